@@ -1,0 +1,286 @@
+"""Data: load instruction records, validate them, split without leaks, format prompts, tokenize with labels.
+
+Records are dicts with the keys instruction / input / output. Labels mask the prompt (completion-only loss)
+and always keep the EOS token that ends every answer; padding is masked by position, never by token id
+(GPT-2 pads with its EOS id).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medtune.config import DataConfig
+from medtune.errors import MedtuneError
+
+FIELDS = ("instruction", "input", "output")
+SAMPLE = Path(__file__).parent / "sample_data" / "medical_qa.jsonl"
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------- loading
+
+def _read_table(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(rows, dict) and "data" in rows and isinstance(rows["data"], list):
+                rows = rows["data"]
+            if not isinstance(rows, list):
+                raise MedtuneError(f"{path}: a .json data file must hold a list of records")
+        elif suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise MedtuneError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+        elif suffix in (".csv", ".parquet"):
+            import pandas as pd
+            df = pd.read_csv(path, dtype=object, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
+            rows = df.to_dict(orient="records")
+        else:
+            raise MedtuneError(f"{path}: unsupported data file type '{suffix}' (use .json, .jsonl, .csv or .parquet)")
+    except json.JSONDecodeError as e:
+        raise MedtuneError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise MedtuneError(f"{path}: not UTF-8 text") from None
+    except MedtuneError:
+        raise
+    except Exception as e:  # pandas / pyarrow parse errors
+        raise MedtuneError(f"{path}: cannot read {suffix} file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise MedtuneError(f"{path}: every record must be an object with instruction/input/output fields")
+    return rows
+
+
+def _load_hub(source: str) -> list[dict]:
+    from medtune.hub import hub_reachable, require_hub
+
+    try:
+        import datasets
+        if hub_reachable():
+            ds = datasets.load_dataset(source, split="train")
+        else:  # offline: only the local cache can serve it
+            datasets.config.HF_HUB_OFFLINE = True
+            try:
+                ds = datasets.load_dataset(source, split="train")
+            except Exception:
+                require_hub(source, "dataset")
+    except MedtuneError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MedtuneError(f"cannot load dataset '{source}' from the Hugging Face hub "
+                           f"(offline, or no such dataset?): {msg[:200]}") from None
+    return [dict(r) for r in ds]
+
+
+def load_records(cfg: DataConfig) -> list[dict]:
+    """Load raw records from a local file or a hub id and map their columns to instruction/input/output."""
+    source = cfg.source
+    if source == "builtin:sample":
+        path = SAMPLE
+    else:
+        path = Path(source).expanduser()
+    looks_local = path.suffix.lower() in (".json", ".jsonl", ".csv", ".parquet") or source.startswith((".", "/", "~"))
+    if path.exists():
+        if path.is_dir():
+            raise MedtuneError(f"{path} is a folder; give a .json, .jsonl, .csv or .parquet file")
+        rows = _read_table(path)
+    elif looks_local:
+        raise MedtuneError(f"data file not found: {source}")
+    else:
+        rows = _load_hub(source)
+    return map_columns(rows, cfg, source)
+
+
+def map_columns(rows: list[dict], cfg: DataConfig, source: str = "data") -> list[dict]:
+    names = {"instruction": cfg.instruction_column, "input": cfg.input_column, "output": cfg.output_column}
+    if not rows:
+        raise MedtuneError(f"{source}: no records")
+    present = set().union(*(r.keys() for r in rows[:1000]))
+    missing = [f"{k} (column '{v}')" for k, v in names.items() if v not in present]
+    if missing:
+        raise MedtuneError(f"{source}: missing column(s) {', '.join(missing)}; found {sorted(present)}; "
+                           "map names with --set data.input_column=... etc.")
+    return [{k: r.get(v) for k, v in names.items()} for r in rows]
+
+
+# ---------------------------------------------------------------- validation
+
+def _rows_text(rows: list[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:10])
+    return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+
+
+def validate_records(records: list[dict], source: str = "data") -> tuple[list[dict], int]:
+    """Check types and emptiness (rows numbered from 1), then drop exact duplicates.
+    `input` may be empty (the no-input template is used); instruction and output may not."""
+    bad_type, empty = [], []
+    for n, r in enumerate(records, 1):
+        for k in FIELDS:
+            v = r[k]
+            if v is None and k == "input":
+                r[k] = v = ""
+            if not isinstance(v, str):
+                bad_type.append((n, k, type(v).__name__))
+            elif k != "input" and not v.strip():
+                empty.append((n, k))
+    if bad_type:
+        n, k, t = bad_type[0]
+        raise MedtuneError(f"{source}: non-string values in rows {_rows_text([b[0] for b in bad_type])} "
+                           f"(first: row {n} field '{k}' is {t})")
+    if empty:
+        n, k = empty[0]
+        raise MedtuneError(f"{source}: empty or whitespace-only fields in rows {_rows_text([e[0] for e in empty])} "
+                           f"(first: row {n} field '{k}')")
+    seen, unique = set(), []
+    for r in records:
+        key = (r["instruction"], r["input"], r["output"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return unique, len(records) - len(unique)
+
+
+# ---------------------------------------------------------------- split
+
+def question_key(r: dict) -> str:
+    """The question a record asks, normalised (case, spacing, stray space before '?')."""
+    text = f"{r['instruction']}\n{r['input']}".lower()
+    return re.sub(r"\s+", " ", text).replace(" ?", "?").strip()
+
+
+def split_records(records: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """Deterministic split by seed in which all records asking the same question land in the same split."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(question_key(r), []).append(r)
+    order = sorted(groups, key=lambda k: hashlib.sha256(f"{seed}\x00{k}".encode()).hexdigest())
+    n = len(order)
+    n_test = round(n * test_fraction) if test_fraction > 0 else 0
+    n_val = round(n * val_fraction) if val_fraction > 0 else 0
+    if test_fraction > 0 and n >= 3:
+        n_test = max(n_test, 1)
+    if val_fraction > 0 and n >= 3:
+        n_val = max(n_val, 1)
+    if n_test + n_val >= n:
+        raise MedtuneError(f"only {n} distinct questions: too few for validation and test splits")
+    parts = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return {name: [r for k in keys for r in groups[k]] for name, keys in parts.items()}
+
+
+# ---------------------------------------------------------------- formatting and tokenization
+
+def format_prompt(r: dict, cfg: DataConfig) -> str:
+    instruction = r.get("instruction") or cfg.default_instruction
+    template = cfg.prompt_template if (r.get("input") or "").strip() else cfg.prompt_template_no_input
+    return template.format(instruction=instruction.strip(), input=(r.get("input") or "").strip())
+
+
+def encode(r: dict, tokenizer, cfg: DataConfig) -> dict:
+    """input_ids = prompt + answer + EOS; labels = -100 over the prompt (if completion-only) then answer + EOS."""
+    prompt_ids = tokenizer(format_prompt(r, cfg), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(r["output"].strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = prompt_ids + answer_ids
+    labels = ([IGNORE_INDEX] * len(prompt_ids) if cfg.completion_only_loss else list(prompt_ids)) + answer_ids
+    return {"input_ids": ids, "labels": labels}
+
+
+@dataclass
+class Prepared:
+    splits: dict[str, list[dict]]  # raw records
+    encoded: dict[str, list[dict]]  # token ids and labels
+    duplicates: int
+    dropped: int
+    source_rows: int
+
+
+def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
+    raw = load_records(cfg)
+    n_rows = len(raw)
+    if cfg.max_records:
+        raw = raw[: cfg.max_records]
+    records, dups = validate_records(raw, cfg.source)
+    splits = split_records(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    encoded, dropped, too_long = {}, 0, []
+    for name, rows in splits.items():
+        kept_rows, kept = [], []
+        for r in rows:
+            e = encode(r, tokenizer, cfg)
+            if len(e["input_ids"]) > cfg.max_length:
+                too_long.append(r)
+                continue
+            kept_rows.append(r)
+            kept.append(e)
+        splits[name], encoded[name] = kept_rows, kept
+    if too_long:
+        if cfg.overlong == "error":
+            index = {id(r): n for n, r in enumerate(raw, 1)}
+            rows = sorted(index[id(r)] for r in too_long)
+            raise MedtuneError(f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
+                               f"rows {_rows_text(rows)} (set data.overlong=drop to skip them)")
+        dropped = len(too_long)
+    log(f"data: {n_rows} records from {cfg.source}; {dups} exact duplicates removed; "
+        f"{dropped} longer than {cfg.max_length} tokens dropped; split train/validation/test = "
+        f"{len(encoded['train'])}/{len(encoded['validation'])}/{len(encoded['test'])}")
+    if not encoded["train"]:
+        raise MedtuneError("no training records left after validation and length filtering")
+    return Prepared(splits, encoded, dups, dropped, n_rows)
+
+
+# ---------------------------------------------------------------- batching
+
+class Collator:
+    """Pads a batch on the right. Padding positions get attention 0 and label -100 by position, so an EOS
+    inside the answer is still learned even when pad id == EOS id (GPT-2)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.tokens_seen = 0
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            n = -(-n // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(features), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[i, :k] = torch.tensor(f["input_ids"])
+            labels[i, :k] = torch.tensor(f["labels"])
+            mask[i, :k] = 1
+        self.tokens_seen += int(mask.sum())
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class PackingCollator:
+    """Padding-free packing: the batch's examples are laid end to end in one row, with position ids that
+    restart at 0 for every example. Attention implementations that read packed position ids (transformers'
+    masking utilities build a block-diagonal causal mask from them) keep examples apart. The first label of
+    each example is already masked by the shift (its prompt) or is a real target of that example only."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.tokens_seen = 0
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids, labels, pos = [], [], []
+        for f in features:
+            k = len(f["input_ids"])
+            ids += f["input_ids"]
+            # the first token of an example must not be predicted from the previous example's last token
+            labels += [IGNORE_INDEX] + list(f["labels"][1:])
+            pos += list(range(k))
+        self.tokens_seen += len(ids)
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([pos])}

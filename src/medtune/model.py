@@ -1,0 +1,220 @@
+"""Model: tokenizer, base model (hub id, local dir, or random weights from a GPT-2 config), quantization, LoRA."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from medtune.config import ModelConfig
+from medtune.errors import MedtuneError
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_TOKENIZERS = {"builtin:tiny": ASSETS / "tiny_tokenizer"}
+
+# GPT-2 family shapes, so that `random:<name>` builds the architecture offline (random weights).
+GPT2_SHAPES = {
+    "tiny": dict(n_layer=2, n_head=4, n_embd=128, n_positions=512, initializer_range=0.1),
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+}
+
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+for _t in ("mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2", "smollm3", "granite"):
+    LORA_TARGETS[_t] = LORA_TARGETS["llama"]
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def tokenizer_path(cfg: ModelConfig) -> str:
+    name = cfg.tokenizer or cfg.name
+    if name in BUILTIN_TOKENIZERS:
+        return str(BUILTIN_TOKENIZERS[name])
+    if name.startswith("random:"):
+        raise MedtuneError("model.tokenizer must be set for random:<model> names "
+                           "(e.g. builtin:tiny or a local tokenizer folder)")
+    return name
+
+
+def _from_hub_or_cache(load, name: str, what: str, **kwargs):
+    """Local folders load directly; hub ids try the local cache first, then the hub if it is reachable."""
+    if os.path.isdir(name):
+        return load(name, **kwargs)
+    if name.startswith((".", "/", "~")):
+        raise MedtuneError(f"{what} folder not found: {name}")
+    try:
+        return load(name, local_files_only=True, **kwargs)
+    except Exception:
+        from medtune.hub import require_hub
+        require_hub(name, what)
+        return load(name, **kwargs)
+
+
+def load_tokenizer(path_or_id: str):
+    from transformers import AutoTokenizer
+
+    path_or_id = str(BUILTIN_TOKENIZERS.get(path_or_id, path_or_id))
+    try:
+        tok = _from_hub_or_cache(AutoTokenizer.from_pretrained, path_or_id, "tokenizer")
+    except MedtuneError:
+        raise
+    except Exception as e:
+        raise MedtuneError(f"cannot load tokenizer '{path_or_id}' (not a local tokenizer folder, "
+                           f"and the hub is unreachable or has no such model): {_first_line(e)}") from None
+    if tok.eos_token_id is None:
+        raise MedtuneError(f"tokenizer '{path_or_id}' has no EOS token; set one in its tokenizer_config.json")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # safe: our collators mask padding by position, not by id
+    tok.padding_side = "right"
+    return tok
+
+
+def is_random(cfg: ModelConfig) -> bool:
+    return cfg.name.startswith("random:")
+
+
+def build_random(name: str, tokenizer, seed: int = 0):
+    """A GPT-2 of the named shape with random weights and the tokenizer's vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    shape = name.split(":", 1)[1]
+    if shape not in GPT2_SHAPES:
+        raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(GPT2_SHAPES)}")
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **GPT2_SHAPES[shape])
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def compute_dtype() -> torch.dtype:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if torch.cuda.is_available() else torch.float32
+
+
+def _weights_dtype(cfg: ModelConfig):
+    if cfg.dtype == "auto":
+        return compute_dtype() if torch.cuda.is_available() else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def quantization_config(cfg: ModelConfig):
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype())
+    if cfg.quantization == "8bit":
+        if not torch.cuda.is_available():
+            raise MedtuneError("model.quantization=8bit needs a CUDA GPU; use 4bit (which also runs on CPU) or none")
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def fix_cpu_4bit(model) -> None:
+    """bitsandbytes 0.50 on CPU repacks 4-bit weights for inference on the first eval-mode forward, after
+    which training fails; turning the avx512-bf16 path off keeps train -> eval -> train working."""
+    if torch.cuda.is_available():
+        return
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+
+
+def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, quantize: bool = True):
+    """Load the base causal LM. `local_path` overrides cfg.name (e.g. a random base saved with a run)."""
+    from transformers import AutoModelForCausalLM
+
+    name = local_path or cfg.name
+    qcfg = quantization_config(cfg) if quantize else None
+    if is_random(cfg) and local_path is None:
+        model = build_random(name, tokenizer)
+        if qcfg is None:
+            return model.to(_weights_dtype(cfg))
+        with tempfile.TemporaryDirectory() as d:  # bitsandbytes quantizes while loading: round-trip via disk
+            model.save_pretrained(d)
+            return load_base_model(cfg, tokenizer, local_path=d)
+    kwargs = dict(dtype=_weights_dtype(cfg), attn_implementation=cfg.attn_implementation)
+    if qcfg is not None:
+        kwargs.update(quantization_config=qcfg,
+                      device_map={"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"})
+        kwargs["dtype"] = compute_dtype()
+    try:
+        model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, name, "model", **kwargs)
+    except MedtuneError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        where = "local folder" if os.path.isdir(name) else "hub id (the hub may be unreachable)"
+        raise MedtuneError(f"cannot load model '{name}' as a {where}: {_first_line(e)}") from None
+    if qcfg is not None and cfg.quantization == "4bit":
+        fix_cpu_4bit(model)
+    return model
+
+
+def lora_targets(model, cfg: ModelConfig) -> list[str] | str:
+    if cfg.lora_targets:
+        return list(cfg.lora_targets)
+    return LORA_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
+
+
+def add_lora(model, cfg: ModelConfig, log=print):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    targets = lora_targets(model, cfg)
+    is_conv1d = getattr(model.config, "model_type", "") == "gpt2"
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM", fan_in_fan_out=is_conv1d)
+    try:
+        model = get_peft_model(model, lcfg)
+    except ValueError as e:
+        raise MedtuneError(f"LoRA targets {targets} do not fit this model: {_first_line(e)}") from None
+    trainable, total = model.get_nb_trainable_parameters()
+    log(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
+        f"LoRA r={cfg.lora_r} on {targets}, quantization={cfg.quantization}")
+    return model
+
+
+def load_for_inference(run_dir: str | Path, device: str | None = None):
+    """Load a finished run (base + adapter) or a merged model folder. Returns (model, tokenizer, config)."""
+    from medtune.config import Config, from_dict
+    import yaml
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MedtuneError(f"not a folder: {run_dir}")
+    cfg_file = run_dir / "config.yaml"
+    cfg = from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.exists() else Config()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = load_tokenizer(str(run_dir))
+    if (run_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+        base_dir = run_dir / "base_model"
+        base = load_base_model(cfg.model, tok, local_path=str(base_dir) if base_dir.is_dir() else None)
+        model = PeftModel.from_pretrained(base, str(run_dir))
+    elif (run_dir / "config.json").exists():
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=_weights_dtype(cfg.model))
+    else:
+        raise MedtuneError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json)")
+    if cfg.model.quantization == "none" or not (run_dir / "adapter_config.json").exists():
+        model.to(device)
+    model.eval()
+    return model, tok, cfg

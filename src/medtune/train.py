@@ -1,0 +1,262 @@
+"""Training: data -> model -> transformers Trainer -> adapter, tokenizer, config, manifest, metrics, loss curve.
+
+Output folder layout (every file written atomically):
+  adapter_model.safetensors, adapter_config.json   the LoRA adapter (PEFT format)
+  tokenizer files                                   so the folder alone is enough to generate
+  base_model/                                       only for random:<name> bases (random weights are not on any hub)
+  config.yaml, manifest.json, metrics.json, loss_curve.png
+  splits/{validation,test}.jsonl                    held-out records, for `medtune eval`
+  checkpoints/checkpoint-N                          Trainer checkpoints (keep-limit), for --resume
+  logs/                                             TensorBoard
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from medtune import data as data_mod
+from medtune import model as model_mod
+from medtune.config import Config, dump_yaml
+from medtune.errors import MedtuneError
+from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
+
+RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml", "manifest.json")
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class MedtuneTrainer(Trainer):
+        """Adds non-padding tokens per second (since the last log) to the logs."""
+
+        def log(self, logs, start_time=None):
+            now = time.perf_counter()
+            counter = self.data_collator
+            if "loss" in logs and hasattr(counter, "tokens_seen"):
+                last_t, last_n = getattr(self, "_tok_clock", (self._train_start, 0))
+                dt = max(now - last_t, 1e-9)
+                logs["tokens_per_second"] = round((counter.tokens_seen - last_n) / dt, 1)
+                self._tok_clock = (now, counter.tokens_seen)
+            super().log(logs, start_time)
+
+        def train(self, *args, **kwargs):
+            self._train_start = time.perf_counter()
+            return super().train(*args, **kwargs)
+
+    return MedtuneTrainer
+
+
+def _bf16(cfg: Config) -> bool:
+    if cfg.train.bf16 == "false":
+        return False
+    capable = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if cfg.train.bf16 == "true" and not capable:
+        raise MedtuneError("train.bf16=true needs a GPU with bf16 support; use auto or false")
+    return capable and cfg.model.quantization == "none"  # 4-bit already computes in bf16
+
+
+def _optim(cfg: Config) -> str:
+    if cfg.train.optim != "auto":
+        return cfg.train.optim
+    if cfg.model.quantization != "none" and torch.cuda.is_available():
+        return "paged_adamw_8bit"
+    return "adamw_torch"
+
+
+def training_arguments(cfg: Config, out: Path, has_eval: bool):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=_optim(cfg),
+        bf16=_bf16(cfg),
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.num_workers,
+        remove_unused_columns=False,
+        report_to=[] if t.report_to == "none" else ["tensorboard"],
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False,  # enabled on the model in model.add_lora
+        disable_tqdm=False,
+    )
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _sha256_records(records: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def manifest(cfg: Config, prepared: data_mod.Prepared, source_sha: str) -> dict:
+    pkgs = {}
+    for name in ("medtune", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "packages": pkgs,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "git_commit": _git_commit(),
+        "data": {"source": cfg.data.source, "sha256": source_sha, "source_rows": prepared.source_rows,
+                 "duplicates_removed": prepared.duplicates, "overlong_dropped": prepared.dropped,
+                 "splits": {k: len(v) for k, v in prepared.encoded.items()}},
+        "model": cfg.model.name,
+    }
+
+
+def _source_sha(cfg: Config, prepared: data_mod.Prepared) -> str:
+    path = data_mod.SAMPLE if cfg.data.source == "builtin:sample" else Path(cfg.data.source)
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return _sha256_records([r for rows in prepared.splits.values() for r in rows])
+
+
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = out / "checkpoints"
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+
+
+def check_output_dir(out: Path, resume: bool) -> str | None:
+    if resume:
+        ckpt = last_checkpoint(out)
+        if ckpt is None:
+            raise MedtuneError(f"--resume: no checkpoint found in {out / 'checkpoints'}")
+        return ckpt
+    if out.exists() and (any((out / f).exists() for f in RUN_FILES) or (out / "checkpoints").exists()):
+        raise MedtuneError(f"output dir {out} already holds a run; pass --resume to continue it, "
+                           "or choose another --output-dir (nothing was overwritten)")
+    return None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run(cfg: Config, resume: bool = False, log=print) -> dict:
+    """Train a LoRA adapter as configured; returns the final metrics."""
+    from transformers import set_seed
+
+    out = Path(cfg.output_dir).expanduser()
+    resume_from = check_output_dir(out, resume)
+    set_seed(cfg.train.seed)
+    if not is_main_process():
+        log = lambda *a, **k: None  # noqa: E731  (rank 0 alone speaks)
+
+    tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
+    prepared = data_mod.prepare(cfg.data, tok, log=log)
+    model = model_mod.load_base_model(cfg.model, tok)
+    if model_mod.is_random(cfg.model) and is_main_process():
+        stage = staging_dir(out)
+        model.save_pretrained(stage / "base_model") if cfg.model.quantization == "none" else \
+            model_mod.build_random(cfg.model.name, tok).save_pretrained(stage / "base_model")
+        publish_dir(stage, out)
+    model.config.use_cache = False
+    model = model_mod.add_lora(model, cfg.model, log=log)
+
+    enc = prepared.encoded
+    pad = tok.pad_token_id
+    collator = data_mod.PackingCollator(pad) if cfg.train.packing else data_mod.Collator(pad)
+    args = training_arguments(cfg, out, has_eval=bool(enc["validation"]))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    log(f"train: {len(enc['train'])} examples, effective batch size {cfg.train.batch_size} x {cfg.train.grad_accum} "
+        f"accumulation x {world} processes = {cfg.train.batch_size * cfg.train.grad_accum * world}; "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer {getattr(args.optim, 'value', args.optim)}")
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        for name in ("validation", "test"):
+            atomic_write_jsonl(out / "splits" / f"{name}.jsonl", prepared.splits[name])
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "logs"))
+
+    trainer = _trainer_class()(model=model, args=args, train_dataset=enc["train"],
+                               eval_dataset=enc["validation"] or None, data_collator=collator)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - t0
+    metrics = dict(result.metrics)
+    if enc["validation"]:
+        metrics.update(trainer.evaluate())
+    metrics["train_seconds"] = round(seconds, 2)
+    metrics["train_tokens"] = collator.tokens_seen
+    metrics["tokens_per_second"] = round(collator.tokens_seen / max(seconds, 1e-9), 1)
+    if "eval_loss" in metrics:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    if torch.cuda.is_available():
+        metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+
+    if is_main_process():
+        stage = staging_dir(out)
+        trainer.model.save_pretrained(stage)
+        tok.save_pretrained(stage)
+        publish_dir(stage, out)
+        history = trainer.state.log_history
+        atomic_write_json(out / "metrics.json", {"final": metrics, "log_history": history})
+        atomic_write_json(out / "manifest.json", manifest(cfg, prepared, _source_sha(cfg, prepared)))
+        plot_losses(history, out / "loss_curve.png")
+        log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
+            + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
+    return metrics
