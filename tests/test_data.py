@@ -1,0 +1,129 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from medtune.config import DataConfig
+from medtune.data import (IGNORE_INDEX, Collator, encode, format_prompt, load_records, prepare, question_key,
+                          split_records, validate_records)
+from medtune.errors import MedtuneError
+
+from conftest import make_records, write_jsonl
+
+REC = {"instruction": "Answer this question truthfully", "input": "What causes a fever?",
+       "output": "A fever is usually the body fighting an infection."}
+
+
+def test_labels_mask_prompt_and_keep_eos(tok):
+    cfg = DataConfig()
+    e = encode(REC, tok, cfg)
+    prompt_len = len(tok(format_prompt(REC, cfg), add_special_tokens=False)["input_ids"])
+    assert e["input_ids"][-1] == tok.eos_token_id
+    assert e["labels"][-1] == tok.eos_token_id
+    assert all(x == IGNORE_INDEX for x in e["labels"][:prompt_len])
+    assert e["labels"][prompt_len:] == e["input_ids"][prompt_len:]
+    assert tok.decode(e["input_ids"][prompt_len:-1]) == REC["output"]
+
+
+def test_full_sequence_loss_when_completion_only_off(tok):
+    e = encode(REC, tok, DataConfig(completion_only_loss=False))
+    assert e["labels"] == e["input_ids"]
+
+
+def test_no_input_template(tok):
+    r = dict(REC, input="")
+    assert "### Input" not in format_prompt(r, DataConfig())
+    assert "### Input" in format_prompt(REC, DataConfig())
+
+
+def test_collator_pads_by_position_not_by_eos_id(tok):
+    assert tok.pad_token_id == tok.eos_token_id  # GPT-2 style: the trap this guards against
+    a, b = encode(REC, tok, DataConfig()), encode(dict(REC, output="Rest."), tok, DataConfig())
+    batch = Collator(tok.pad_token_id)([a, b])
+    short = len(b["input_ids"])
+    assert batch["labels"][1, short - 1] == tok.eos_token_id  # the answer's EOS is a target
+    assert batch["attention_mask"][1, short - 1] == 1
+    assert (batch["labels"][1, short:] == IGNORE_INDEX).all()
+    assert (batch["attention_mask"][1, short:] == 0).all()
+    assert batch["labels"][0, -1] == tok.eos_token_id
+
+
+def test_split_is_leak_free_and_deterministic():
+    rows = make_records(200)
+    # the same question asked twice (with case/spacing/stray-space variants) must stay in one split
+    rows += [dict(r, input=r["input"].upper().replace("?", " ?"), output=r["output"] + " Again.") for r in rows[:60]]
+    s1 = split_records(rows, 0.1, 0.1, seed=7)
+    s2 = split_records(list(rows), 0.1, 0.1, seed=7)
+    assert s1 == s2
+    keys = {name: {question_key(r) for r in part} for name, part in s1.items()}
+    assert not keys["train"] & keys["validation"] and not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    assert sum(len(p) for p in s1.values()) == len(rows)
+    assert len(keys["test"]) == 20 and len(keys["validation"]) == 20
+    assert split_records(rows, 0.1, 0.1, seed=8)["test"] != s1["test"]
+
+
+def test_duplicates_removed_and_bad_rows_named():
+    rows = make_records(3) + make_records(1)
+    unique, dups = validate_records([dict(r) for r in rows])
+    assert len(unique) == 3 and dups == 1
+    bad = make_records(5)
+    bad[2]["output"] = "   "
+    with pytest.raises(MedtuneError, match=r"rows 3 .*output"):
+        validate_records(bad)
+    bad = make_records(5)
+    bad[3]["instruction"] = 12
+    with pytest.raises(MedtuneError, match=r"non-string.*rows 4"):
+        validate_records(bad)
+
+
+@pytest.mark.parametrize("suffix", ["json", "jsonl", "csv", "parquet"])
+def test_file_formats(tmp_path, suffix):
+    rows = make_records(5)
+    path = tmp_path / f"d.{suffix}"
+    if suffix == "json":
+        path.write_text(json.dumps(rows))
+    elif suffix == "jsonl":
+        write_jsonl(path, rows)
+    elif suffix == "csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    assert load_records(DataConfig(source=str(path))) == rows
+
+
+def test_column_mapping_and_missing_columns(tmp_path):
+    rows = [{"q": r["input"], "a": r["output"], "instruction": r["instruction"]} for r in make_records(3)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    got = load_records(DataConfig(source=str(path), input_column="q", output_column="a"))
+    assert got[0]["input"] == rows[0]["q"] and got[0]["output"] == rows[0]["a"]
+    with pytest.raises(MedtuneError, match="missing column.*input"):
+        load_records(DataConfig(source=str(path)))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(MedtuneError, match="not found"):
+        load_records(DataConfig(source=str(tmp_path / "none.jsonl")))
+    (tmp_path / "x.jsonl").write_text('{"a": 1}\n{broken\n')
+    with pytest.raises(MedtuneError, match="line 2"):
+        load_records(DataConfig(source=str(tmp_path / "x.jsonl")))
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(MedtuneError, match="unsupported"):
+        load_records(DataConfig(source=str(tmp_path / "x.txt")))
+
+
+def test_overlong_drop_or_error(tmp_path, tok):
+    rows = make_records(30)
+    rows[4]["output"] = "very long answer " * 100
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    p = prepare(DataConfig(source=str(path), max_length=128), tok, log=lambda *a: None)
+    assert p.dropped == 1 and sum(len(v) for v in p.encoded.values()) == 29
+    assert all(len(e["input_ids"]) <= 128 for v in p.encoded.values() for e in v)
+    with pytest.raises(MedtuneError, match=r"rows 5\b"):
+        prepare(DataConfig(source=str(path), max_length=128, overlong="error"), tok, log=lambda *a: None)
+
+
+def test_builtin_sample_is_valid(tok):
+    p = prepare(DataConfig(source="builtin:sample", max_length=256), tok, log=lambda *a: None)
+    assert p.source_rows >= 150 and p.duplicates == 0 and len(p.encoded["test"]) > 0
