@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from medtune import train
+from medtune.errors import MedtuneError
+from medtune.generate import answer, answer_batch
+from medtune.model import load_for_inference
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    metrics = train.run(tiny_config(out, "train.max_steps=8"), log=lambda *a: None)
+    return out, metrics
+
+
+def test_run_writes_everything(run_dir):
+    out, metrics = run_dir
+    for f in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "manifest.json",
+              "metrics.json", "loss_curve.png", "splits/test.jsonl", "splits/validation.jsonl"):
+        assert (out / f).is_file(), f
+    assert not list(out.glob(".staging-*")) and not list(out.glob("*.tmp"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["data"]["sha256"]) == 64 and manifest["packages"]["transformers"]
+    assert manifest["data"]["splits"]["train"] > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert any("tokens_per_second" in h for h in saved["log_history"])
+    assert any("eval_loss" in h for h in saved["log_history"])
+    assert metrics["train_tokens"] > 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-6", "checkpoint-8"]  # keep-limit 2
+
+
+def test_adapter_reloads_to_same_logits_and_generates(run_dir, tok):
+    out, _ = run_dir
+    model, tok2, cfg = load_for_inference(out)
+    ids = torch.tensor([tok2("Patient symptoms include fever and cough.")["input_ids"]])
+    with torch.no_grad():
+        tuned = model(ids).logits
+        with model.disable_adapter():
+            base = model(ids).logits
+    assert not torch.allclose(tuned, base)  # the adapter changed something
+    model2, _, _ = load_for_inference(out)
+    with torch.no_grad():
+        assert torch.allclose(model2(ids).logits, tuned, atol=1e-5)
+    cfg.generate.max_new_tokens = 8
+    cfg.generate.greedy = True
+    r = answer(model, tok2, "What causes a fever?", cfg.data, cfg.generate)
+    assert 0 < r["tokens"] <= 8 and isinstance(r["answer"], str)
+    single = [answer(model, tok2, q, cfg.data, cfg.generate)["answer"] for q in ("A?", "What is asthma?")]
+    assert [r["answer"] for r in answer_batch(model, tok2, ["A?", "What is asthma?"], cfg.data, cfg.generate)] == single
+
+
+def test_refuses_to_overwrite_and_resumes(run_dir, tmp_path):
+    out, _ = run_dir
+    with pytest.raises(MedtuneError, match="already holds a run"):
+        train.run(tiny_config(out), log=lambda *a: None)
+    with pytest.raises(MedtuneError, match="no checkpoint"):
+        train.run(tiny_config(tmp_path / "fresh"), resume=True, log=lambda *a: None)
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    train.run(tiny_config(out, "train.max_steps=3", "train.save_steps=3"), log=lambda *a: None)
+    state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    m = train.run(tiny_config(out, "train.max_steps=6", "train.save_steps=3"), resume=True, log=lambda *a: None)
+    hist = json.loads((out / "metrics.json").read_text())["log_history"]
+    steps = [h["step"] for h in hist if "loss" in h]
+    # history carries over from the checkpoint; no step was trained (and logged) twice
+    assert len(steps) == len(set(steps)) and max(steps) == 6
+    assert (out / "checkpoints" / "checkpoint-6").is_dir()
+
+
+def test_4bit_on_cpu_train_evaluate_train(tmp_path):
+    out = tmp_path / "q"
+    cfg = tiny_config(out, "model.quantization=4bit", "train.max_steps=6", "train.eval_steps=2")
+    metrics = train.run(cfg, log=lambda *a: None)  # evaluation at steps 2 and 4 between training steps
+    hist = json.loads((out / "metrics.json").read_text())["log_history"]
+    assert sum("eval_loss" in h for h in hist) >= 3 and torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    model, tok, cfg2 = load_for_inference(out)
+    assert cfg2.model.quantization == "4bit"
+    cfg2.generate.max_new_tokens = 5
+    assert answer(model, tok, "What is a cold?", cfg2.data, cfg2.generate)["tokens"] <= 5
