@@ -173,7 +173,14 @@ def lora_targets(model, cfg: ModelConfig) -> list[str] | str:
 def add_lora(model, cfg: ModelConfig, log=print):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.quantization != "none":
+    if cfg.quantization != "none" and compute_dtype() == torch.bfloat16:
+        # QLoRA with bf16 compute: keep the non-quantized weights (embeddings, layer norms) in bf16 rather than
+        # prepare_model_for_kbit_training's float32 copies, so the residual stream and its saved activations stay bf16
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -202,6 +209,8 @@ def load_for_inference(run_dir: str | Path, device: str | None = None):
         raise MedtuneError(f"not a folder: {run_dir}")
     cfg_file = run_dir / "config.yaml"
     cfg = from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.exists() else Config()
+    if not ((run_dir / "adapter_config.json").exists() or (run_dir / "config.json").exists()):
+        raise MedtuneError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(str(run_dir))
     if (run_dir / "adapter_config.json").exists():

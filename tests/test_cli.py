@@ -1,0 +1,80 @@
+"""Every bad input: one clear line on stderr, exit code 2, no traceback."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, make_records, write_jsonl
+
+
+def medtune(*args, env=None):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=240,
+                          cwd=ROOT, env=e)
+
+
+def assert_clean_error(p, needle):
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("medtune: error:")]
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    rows = make_records(20)
+    empty = [dict(r) for r in rows]
+    empty[6]["output"] = " "
+    nonstr = [dict(r) for r in rows]
+    nonstr[2]["input"] = 5
+    long = [dict(r) for r in rows]
+    long[9]["output"] = "word " * 400
+    return {
+        "missing-column": write_jsonl(tmp_path / "mc.jsonl", [{"instruction": "x", "input": "y"}] * 3),
+        "empty": write_jsonl(tmp_path / "em.jsonl", empty),
+        "nonstr": write_jsonl(tmp_path / "ns.jsonl", nonstr),
+        "long": write_jsonl(tmp_path / "lg.jsonl", long),
+    }
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "{tmp}/nope.jsonl"], "data file not found"),
+    (["--data", "{missing-column}"], "missing column"),
+    (["--data", "{empty}"], "rows 7"),
+    (["--data", "{nonstr}"], "rows 3"),
+    (["--data", "{long}", "--set", "data.overlong=error"], "rows 10"),
+    (["--data", "medalpaca/medical_meadow_wikidoc_patient_information"], "hub is unreachable"),
+    (["--model", "gpt2", "--set", "model.tokenizer=gpt2"], "hub is unreachable"),
+    (["--model", "random:gpt9"], "unknown random model"),
+    (["--model", "./no/such/model"], "not found"),
+    (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
+    (["--set", "train.batch_size=big"], "train.batch_size"),
+    (["--resume"], "no checkpoint"),
+])
+def test_train_errors(tmp_path, bad_files, args, needle):
+    args = [a.format(tmp=tmp_path, **bad_files) for a in args]
+    p = medtune("train", "--config", str(TINY), "--output-dir", str(tmp_path / "out"), *args)
+    assert_clean_error(p, needle)
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_missing_config_and_run_dir(tmp_path):
+    assert_clean_error(medtune("train", "--config", str(tmp_path / "none.yaml")), "config file not found")
+    assert_clean_error(medtune("generate", str(tmp_path / "none"), "hi"), "not a folder")
+    assert_clean_error(medtune("generate", str(tmp_path), "hi"), "neither an adapter")
+
+
+def test_train_then_generate_cli(tmp_path):
+    out = tmp_path / "run"
+    p = medtune("train", "--config", str(TINY), "--output-dir", str(out), "--set", "train.max_steps=4",
+                "--set", "train.report_to=none")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "trainable" in p.stdout and "effective batch size" in p.stdout
+    g = medtune("generate", str(out), "Patient symptoms include fever and cough.", "--max-new-tokens", "5", "--greedy")
+    assert g.returncode == 0, g.stderr[-2000:]
+    assert "Not medical advice" in g.stdout
+    again = medtune("train", "--config", str(TINY), "--output-dir", str(out))
+    assert_clean_error(again, "already holds a run")
+    assert (out / "adapter_model.safetensors").is_file()  # nothing lost

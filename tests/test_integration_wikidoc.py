@@ -1,0 +1,26 @@
+"""Tiny GPT-2 + the real GPT-2 tokenizer on a slice of the real WikiDoc data: validation loss must fall."""
+import json
+
+import pytest
+
+from medtune import train
+
+from conftest import SHARED, tiny_config
+
+DATA = SHARED / "wikidoc_patient_information" / "wikidoc_patient_information.json"
+TOKENIZER = SHARED / "gpt2_tokenizer"
+
+
+@pytest.mark.skipif(not (DATA.is_file() and TOKENIZER.is_dir()), reason="../shared/data not present")
+def test_validation_loss_falls_on_real_data(tmp_path):
+    out = tmp_path / "wd"
+    cfg = tiny_config(out, f"model.tokenizer={TOKENIZER}", "data.max_records=400", "data.max_length=256",
+                      "train.max_steps=30", "train.eval_steps=10", "train.save_steps=30", "train.batch_size=8",
+                      "train.learning_rate=0.01", data__source=str(DATA))
+    train.run(cfg, log=lambda *a: None)
+    hist = json.loads((out / "metrics.json").read_text())["log_history"]
+    evals = [h["eval_loss"] for h in hist if "eval_loss" in h]
+    assert len(evals) >= 3
+    assert evals[-1] < evals[0] - 0.05, evals
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["source_rows"] == 5942
