@@ -53,10 +53,15 @@ def bad_files(tmp_path):
     (["--set", "train.batch_size=big"], "train.batch_size"),
     (["--resume"], "no checkpoint"),
 ])
-def test_train_errors(tmp_path, bad_files, args, needle):
+def test_train_errors(tmp_path, bad_files, capsys, monkeypatch, args, needle):
+    """In-process (one import for all cases); any exception other than MedtuneError would fail the test."""
+    from medtune.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = [a.format(tmp=tmp_path, **bad_files) for a in args]
-    p = medtune("train", "--config", str(TINY), "--output-dir", str(tmp_path / "out"), *args)
-    assert_clean_error(p, needle)
+    rc = main(["train", "--config", str(TINY), "--output-dir", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert_clean_error(subprocess.CompletedProcess([], rc, "", err), needle)
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
