@@ -91,8 +91,9 @@ def build_random(name: str, tokenizer, seed: int = 0):
         raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(GPT2_SHAPES)}")
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **GPT2_SHAPES[shape])
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(config)
+    with torch.random.fork_rng(devices=[]):  # same base weights every time, without touching the run's RNG
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
 
 
 def compute_dtype() -> torch.dtype:
