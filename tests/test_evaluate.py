@@ -1,0 +1,254 @@
+"""Evaluation (issue 3): base vs tuned loss/perplexity, generation metrics, report.md + metrics.json.
+
+One tiny GPT-2 (random weights, builtin tokenizer) is trained once per module to overfit ten short records;
+the tests evaluate it on those same records (--data), so the tuned model must beat its base.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from medtune import evaluate
+from medtune.cli import main
+from medtune.config import load_config
+from medtune.data import encode
+from medtune.files import NOTICE
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny-cpu.yaml"
+
+QA = [
+    ("What causes a cold?", "A virus causes the common cold."),
+    ("How is flu spread?", "Flu spreads through droplets from coughs and sneezes."),
+    ("What is anemia?", "Anemia means too few red blood cells."),
+    ("What helps a sore throat?", "Warm drinks and rest help a sore throat."),
+    ("What is asthma?", "Asthma is a disease that narrows the airways."),
+    ("How is acne treated?", "Acne is treated with creams and gentle washing."),
+    ("What is a migraine?", "A migraine is a strong headache with nausea."),
+    ("What lowers fever?", "Paracetamol and fluids can lower a fever."),
+    ("What is eczema?", "Eczema is dry, itchy and red skin."),
+    ("What is gout?", "Gout is joint pain caused by uric acid crystals."),
+]
+
+OVERRIDES = [
+    "data.val_fraction=0.1", "data.test_fraction=0.1",
+    'data.prompt_template="Q: {input}\\nA:"', 'data.prompt_template_no_input="Q: {instruction}\\nA:"',
+    "train.batch_size=8", "train.learning_rate=0.01", "train.warmup_ratio=0.0",
+    "train.logging_steps=5", "train.eval_steps=20", "train.save_steps=1000", "train.report_to=none",
+    "eval.max_new_tokens=20", "eval.num_samples=10",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and on a busy 2-core machine two spinning
+    OpenMP threads are up to 10x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(tmp: Path, name: str, records_file: Path, steps: int, extra: list[str] = ()) -> Path:
+    from medtune import train
+
+    out = tmp / name
+    cfg = load_config(TINY, overrides=[f"output_dir={out}", f"data.source={records_file}",
+                                       f"train.max_steps={steps}", *OVERRIDES, *extra])
+    train.run(cfg, log=lambda *a, **k: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records_file(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    f.write_text("".join(json.dumps({"instruction": "Answer briefly.", "input": q, "output": a}) + "\n" for q, a in QA))
+    return f
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory, records_file):
+    """A tiny run trained to overfit QA, evaluated on QA itself through the CLI: (run dir, metrics, stdout)."""
+    run = _train(tmp_path_factory.mktemp("runs"), "overfit", records_file, steps=40)
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(overfit, records_file):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["eval", str(overfit), "--data", str(records_file)]) == 0
+    out = overfit / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    files = {"report": (out / "report.md").read_text(), "samples": (out / "samples.jsonl").read_text(),
+             "tmp": list(out.glob(".*tmp*"))}  # later tests evaluate again into the same folder
+    return metrics, buf.getvalue(), files
+
+
+def _independent_ppl(model, tok, cfg, records) -> tuple[float, float]:
+    """exp(mean answer-token loss), one unpadded record at a time, through the model's own loss."""
+    total, count = 0.0, 0
+    for r in records:
+        e = encode(r, tok, cfg.data)
+        ids = torch.tensor([e["input_ids"]])
+        labels = torch.tensor([e["labels"]])
+        n = int((labels[:, 1:] != -100).sum())
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss.item()  # mean over this record's answer tokens
+        total += loss * n
+        count += n
+    return math.exp(total / count), total / count
+
+
+def test_perplexity_is_exp_of_mean_answer_token_loss(overfit, evaluated, records_file):
+    from medtune.model import load_for_inference
+
+    metrics = evaluated[0]
+    model, tok, cfg = load_for_inference(overfit)
+    records = [json.loads(line) for line in records_file.read_text().splitlines()]
+    tuned_ppl, tuned_loss = _independent_ppl(model, tok, cfg, records)
+    with model.disable_adapter():
+        base_ppl, base_loss = _independent_ppl(model, tok, cfg, records)
+    assert metrics["tuned"]["perplexity"] == pytest.approx(tuned_ppl, rel=1e-4)
+    assert metrics["tuned"]["loss"] == pytest.approx(tuned_loss, rel=1e-4)
+    assert metrics["base"]["perplexity"] == pytest.approx(base_ppl, rel=1e-4)
+    assert metrics["tuned"]["perplexity"] == pytest.approx(math.exp(metrics["tuned"]["loss"]), rel=1e-9)
+
+    # chunked head (odd batch and chunk sizes) and the plain full-logits forward agree with it too
+    encoded = [encode(r, tok, cfg.data) for r in records]
+    answer_tokens = sum(sum(1 for x in e["labels"][1:] if x != -100) for e in encoded)
+    chunked = evaluate.answer_token_loss(model, encoded, tok.pad_token_id, batch_size=3, chunk_tokens=5)
+    plain = evaluate.answer_token_loss(model, encoded, tok.pad_token_id, batch_size=4, use_chunks=False)
+    for result in (chunked, plain):
+        assert result["perplexity"] == pytest.approx(tuned_ppl, rel=1e-4)
+        assert result["answer_tokens"] == answer_tokens == metrics["data"]["answer_tokens"]
+
+
+def test_overfit_model_beats_its_base(evaluated):
+    metrics = evaluated[0]
+    base, tuned = metrics["base"], metrics["tuned"]
+    assert tuned["perplexity"] < base["perplexity"] / 10
+    assert tuned["rouge_l"] > base["rouge_l"] + 0.2
+    assert tuned["eos_rate"] >= base["eos_rate"]
+    for side in (base, tuned):
+        assert 0 <= side["rouge_l"] <= 1 and 0 <= side["eos_rate"] <= 1
+        assert 0 < side["mean_answer_tokens"] <= 20
+        assert side["generated"] == len(QA)
+    assert metrics["data"] == {**metrics["data"], "records": len(QA), "dropped_overlong": 0, "split": None}
+
+
+def _cell(text: str) -> float | None:
+    text = text.strip()
+    if text in ("", "n/a"):
+        return None
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def test_report_and_metrics_exist_and_agree(overfit, evaluated):
+    metrics, stdout, files = evaluated
+    out = overfit / "eval"
+    report = files["report"]
+    for label, key, fmt in evaluate.ROWS:
+        row = re.search(rf"^\| {re.escape(label)} +\|([^|]*)\|([^|]*)\|([^|]*)\|$", report, re.M)
+        assert row, f"no table row for {label}"
+        assert row.group(0) in stdout  # the CLI printed the same table
+        tol = 0.0006 if "%" in fmt else 10 ** -int(re.search(r"\.(\d)", fmt).group(1)) * 0.51
+        for i, side in ((1, "base"), (2, "tuned")):
+            assert _cell(row.group(i)) == pytest.approx(metrics[side][key], abs=tol), (label, side)
+    # five samples: question, reference, base and tuned answers, as in samples.jsonl
+    samples = [json.loads(line) for line in files["samples"].splitlines()]
+    assert len(samples) == len(QA)
+    assert len(re.findall(r"^### \d\. ", report, re.M)) == 5
+    for s in samples[:5]:
+        for text in (s["question"], s["reference"]):
+            assert f"> {text}" in report
+        for side in ("base", "tuned"):
+            assert f"**{side.capitalize()}** (ROUGE-L {s[f'{side}_rouge_l']:.3f}" in report
+            assert (f"> {s[side]}" if s[side] else "> (empty answer)") in report
+    # loss curve image, config summary, notice
+    img = re.search(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
+    assert img and (out / img.group(1)).stat().st_size > 1000
+    assert "| model | random:tiny |" in report and "| quantization | none |" in report
+    assert NOTICE in report and metrics["notice"] == NOTICE
+    assert not files["tmp"]  # atomic writes left no temporary files
+
+
+def test_default_split_and_validation_split(overfit):
+    m = evaluate.run(overfit, num_samples=1, log=lambda *a, **k: None)
+    assert m["data"]["split"] == "test" and m["data"]["records"] == 1
+    assert m["data"]["source"].endswith("splits/test.jsonl")
+    assert m["base"]["generated"] == m["tuned"]["generated"] == 1
+    m = evaluate.run(overfit, split="validation", num_samples=0, log=lambda *a, **k: None)
+    assert m["data"]["split"] == "validation" and m["tuned"]["rouge_l"] is None
+    assert math.isfinite(m["tuned"]["perplexity"])
+    assert "n/a" in (overfit / "eval" / "report.md").read_text()
+
+
+def test_generation_metric_helpers():
+    assert evaluate.repeated_ngrams([[1, 2, 3, 4, 1, 2, 3, 4], [5, 5, 5], [7, 7, 7, 7, 7]]) == (1 + 1, 5 + 2)
+    assert evaluate.repeated_4gram_share([[1, 2, 3]]) is None
+    assert evaluate.rouge_l(["a virus causes colds", ""], ["A virus causes the common cold.", "x"]) == \
+        pytest.approx([0.8, 0.0])  # stemmed (colds -> cold): LCS 4 words, P 4/4, R 4/6
+
+
+def test_user_errors_are_one_line_exit_2(overfit, tmp_path, capsys):
+    fake = tmp_path / "fake"
+    (fake / "splits").mkdir(parents=True)
+    for name in ("config.yaml", "adapter_config.json"):
+        (fake / name).write_bytes((overfit / name).read_bytes())
+    (fake / "splits" / "test.jsonl").write_text("")
+    cases = [
+        (["eval", str(tmp_path / "nope")], "run folder not found"),
+        (["eval", str(tmp_path)], "holds no adapter"),
+        (["eval", str(fake)], "test split of this run is empty"),
+        (["eval", str(fake), "--split", "validation"], "saved no validation split"),
+        (["eval", str(fake), "--split", "train"], "--split must be one of test, validation"),
+        (["eval", str(fake), "--data", str(tmp_path / "missing.jsonl")], "data file not found"),
+        (["eval", str(fake), "--num-samples", "-1"], "--num-samples must be 0 or more"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    assert main(["eval", str(fake), "--data", str(bad)]) == 2
+    assert "missing column" in capsys.readouterr().err
+
+
+def test_train_eval_at_end_calls_evaluate(tmp_path, monkeypatch):
+    from medtune import train
+
+    calls = []
+    monkeypatch.setattr(train, "run", lambda cfg, resume=False: {})
+    monkeypatch.setattr(evaluate, "run", lambda run_dir, **kw: calls.append((run_dir, kw)))
+    out = tmp_path / "r"
+    assert main(["train", "--config", str(TINY), "--output-dir", str(out), "--set", "train.eval_at_end=true"]) == 0
+    assert calls == [(str(out), {})]
+
+
+def test_4bit_run_evaluates_on_cpu(overfit, tmp_path, records_file):
+    """The overfit run's adapter on a 4-bit NF4 base (as a QLoRA run has), evaluated on CPU."""
+    pytest.importorskip("bitsandbytes")
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "q4"
+    shutil.copytree(overfit, run, ignore=shutil.ignore_patterns("checkpoints", "eval", "logs"))
+    values = yaml.safe_load((run / "config.yaml").read_text())
+    values["model"]["quantization"] = "4bit"
+    (run / "config.yaml").write_text(yaml.safe_dump(values))
+    m = evaluate.run(run, data=str(records_file), num_samples=2, log=lambda *a, **k: None)
+    for side in ("base", "tuned"):
+        assert math.isfinite(m[side]["perplexity"]) and m[side]["generated"] == 2
+    assert m["tuned"]["perplexity"] < m["base"]["perplexity"]
+    assert "| quantization | 4bit |" in (run / "eval" / "report.md").read_text()
