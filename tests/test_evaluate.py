@@ -228,7 +228,7 @@ def test_train_eval_at_end_calls_evaluate(tmp_path, monkeypatch):
     from medtune import train
 
     calls = []
-    monkeypatch.setattr(train, "run", lambda cfg, resume=False: {})
+    monkeypatch.setattr(train, "run", lambda cfg, **kw: {})
     monkeypatch.setattr(evaluate, "run", lambda run_dir, **kw: calls.append((run_dir, kw)))
     out = tmp_path / "r"
     assert main(["train", "--config", str(TINY), "--output-dir", str(out), "--set", "train.eval_at_end=true"]) == 0

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter")
     t.add_argument("--config", help="YAML preset, e.g. configs/gpt2-lora.yaml")
     t.add_argument("--output-dir", help="where the adapter and run files go (config key output_dir)")
-    t.add_argument("--model", help="hub id, local model dir, or random:<gpt2 size> (config key model.name)")
+    t.add_argument("--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> "
+                                    "(config key model.name)")
     t.add_argument("--data", help="hub dataset id or a .json/.jsonl/.csv/.parquet file (config key data.source)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")

@@ -27,8 +27,8 @@ ALPACA_NO_INPUT_TEMPLATE = (
 
 @dataclass
 class ModelConfig:
-    name: str = "gpt2"  # hub id, local dir, or random:<gpt2 size|tiny> (random weights, built from a config)
-    tokenizer: str | None = None  # default: same as name; "builtin:tiny" = the offline tokenizer shipped with medtune
+    name: str = "gpt2"  # hub id, local dir, a .gguf file, or random:<gpt2 size|tiny> (random weights, from a config)
+    tokenizer: str | None = None  # default: same as name (a .gguf: its own); "builtin:tiny" = medtune's offline one
     quantization: str = "none"  # none | 8bit | 4bit (NF4 + double quant)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (weights of the non-quantized base)
     attn_implementation: str = "sdpa"
@@ -45,8 +45,11 @@ class DataConfig:
     instruction_column: str = "instruction"
     input_column: str = "input"
     output_column: str = "output"
+    prompt_format: str = "template"  # template: the two prompt templates below | chat: the tokenizer's chat template
     prompt_template: str = ALPACA_TEMPLATE
     prompt_template_no_input: str = ALPACA_NO_INPUT_TEMPLATE
+    system_prompt: str | None = None  # chat format: a system message (None: none, or the template's own default)
+    chat_prompt: str | None = None  # chat format: the chat template rendered around {user}; filled in by training
     default_instruction: str = "Answer this question truthfully"
     max_length: int = 512  # tokens per example (prompt + answer + EOS)
     overlong: str = "drop"  # drop | error
@@ -117,6 +120,7 @@ CHOICES = {
     "data.overlong": ("drop", "error"),
     "train.bf16": ("auto", "true", "false"),
     "train.report_to": ("tensorboard", "none"),
+    "data.prompt_format": ("template", "chat"),
 }
 
 
@@ -231,6 +235,8 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+    if d.chat_prompt and "{user}" not in d.chat_prompt:
+        raise MedtuneError("data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)")
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 

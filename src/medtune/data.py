@@ -179,15 +179,95 @@ def split_records(records: list[dict], val_fraction: float, test_fraction: float
 
 # ---------------------------------------------------------------- formatting and tokenization
 
-def format_prompt(r: dict, cfg: DataConfig) -> str:
-    instruction = r.get("instruction") or cfg.default_instruction
-    template = cfg.prompt_template if (r.get("input") or "").strip() else cfg.prompt_template_no_input
-    return template.format(instruction=instruction.strip(), input=(r.get("input") or "").strip())
+_USER_MARK = "MEDTUNEUSERTEXT"  # stands in for the user's text while a chat template is rendered once
+_ANSWER_MARK = "MEDTUNEANSWERTEXT"
+
+
+def _chat_messages(cfg: DataConfig, user: str, answer: str | None = None) -> list[dict]:
+    msgs = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    msgs.append({"role": "user", "content": user})
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": answer})
+    return msgs
+
+
+def _apply_chat(tokenizer, cfg: DataConfig, user: str, answer: str | None = None) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise MedtuneError("data.prompt_format=chat, but the tokenizer has no chat template; "
+                           "use data.prompt_format=template")
+    try:
+        return tokenizer.apply_chat_template(_chat_messages(cfg, user, answer), tokenize=False,
+                                             add_generation_prompt=answer is None)
+    except Exception as e:
+        raise MedtuneError(f"the tokenizer's chat template failed: {(str(e).splitlines() or [type(e).__name__])[0]}"
+                           " (use data.prompt_format=template)") from None
+
+
+def render_chat_prompt(tokenizer, cfg: DataConfig) -> str:
+    """The tokenizer's chat template rendered once around a `{user}` field: the user turn (optional system
+    prompt first) and the opening of the assistant's turn, ready for str.format(user=...)."""
+    text = _apply_chat(tokenizer, cfg, _USER_MARK)
+    if text.count(_USER_MARK) != 1:
+        raise MedtuneError("the tokenizer's chat template does not show the user's message verbatim; "
+                           "use data.prompt_format=template")
+    return text.replace("{", "{{").replace("}", "}}").replace(_USER_MARK, "{user}")
+
+
+def chat_end_of_turn_id(tokenizer, cfg: DataConfig) -> int | None:
+    """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>, <end_of_turn>,
+    or EOS itself), or None if the template ends a turn with no special token."""
+    text = _apply_chat(tokenizer, cfg, "Hello", _ANSWER_MARK)
+    if _ANSWER_MARK not in text:
+        return None
+    after = text.split(_ANSWER_MARK, 1)[1]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for i in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if i in special:
+            return i
+    return None
+
+
+def setup_prompt_format(cfg: DataConfig, tokenizer, log=print) -> None:
+    """For data.prompt_format=chat: render the chat template into cfg.chat_prompt (unless pinned there already) and
+    make the tokenizer's EOS the template's end-of-turn token, so that every answer is trained to end with it and
+    generation (which stops at tokenizer.eos_token_id) stops there. The run saves both: config.yaml and the
+    tokenizer. Nothing to do for the plain template format."""
+    if cfg.prompt_format != "chat":
+        return
+    if not cfg.chat_prompt:
+        cfg.chat_prompt = render_chat_prompt(tokenizer, cfg)
+    end = chat_end_of_turn_id(tokenizer, cfg)
+    if end is None:
+        log(f"data: the chat template closes a turn with no special token; answers end with EOS "
+            f"{tokenizer.eos_token!r}")
+    elif end != tokenizer.eos_token_id:
+        token = tokenizer.convert_ids_to_tokens(end)
+        log(f"data: chat format; answers end with the template's end-of-turn token {token!r} "
+            f"(EOS was {tokenizer.eos_token!r}), and generation stops there")
+        tokenizer.eos_token = token
+
+
+def format_prompt(r: dict, cfg: DataConfig, tokenizer=None) -> str:
+    """The prompt for a record: the plain template, or (data.prompt_format=chat) the chat template's user turn
+    (instruction, a blank line, input) followed by the opening of the assistant's turn."""
+    instruction = (r.get("instruction") or cfg.default_instruction).strip()
+    inp = (r.get("input") or "").strip()
+    if cfg.prompt_format == "chat":
+        template = cfg.chat_prompt
+        if not template:
+            if tokenizer is None:
+                raise MedtuneError("data.prompt_format=chat: the chat template has not been rendered "
+                                   "(data.chat_prompt is empty and no tokenizer was given)")
+            template = render_chat_prompt(tokenizer, cfg)
+        return template.format(user=f"{instruction}\n\n{inp}" if inp else instruction)
+    template = cfg.prompt_template if inp else cfg.prompt_template_no_input
+    return template.format(instruction=instruction, input=inp)
 
 
 def encode(r: dict, tokenizer, cfg: DataConfig) -> dict:
-    """input_ids = prompt + answer + EOS; labels = -100 over the prompt (if completion-only) then answer + EOS."""
-    prompt_ids = tokenizer(format_prompt(r, cfg), add_special_tokens=False)["input_ids"]
+    """input_ids = prompt + answer + EOS; labels = -100 over the prompt (if completion-only) then answer + EOS.
+    In chat format, run setup_prompt_format first: it makes EOS the chat template's end-of-turn token."""
+    prompt_ids = tokenizer(format_prompt(r, cfg, tokenizer), add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(r["output"].strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = prompt_ids + answer_ids
     labels = ([IGNORE_INDEX] * len(prompt_ids) if cfg.completion_only_loss else list(prompt_ids)) + answer_ids
@@ -204,6 +284,7 @@ class Prepared:
 
 
 def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
+    setup_prompt_format(cfg, tokenizer, log)
     raw = load_records(cfg)
     n_rows = len(raw)
     if cfg.max_records:

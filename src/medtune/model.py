@@ -1,6 +1,8 @@
-"""Model: tokenizer, base model (hub id, local dir, or random weights from a GPT-2 config), quantization, LoRA."""
+"""Model: tokenizer, base model (hub id, local dir, a .gguf file, or random weights from a GPT-2 config), quantization,
+LoRA."""
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -59,12 +61,40 @@ def _from_hub_or_cache(load, name: str, what: str, **kwargs):
         return load(name, **kwargs)
 
 
+def gguf_path(name: str | None) -> Path | None:
+    """The .gguf file that `name` points to, or None when `name` is not a GGUF path."""
+    if not name or not str(name).lower().endswith(".gguf"):
+        return None
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise MedtuneError(f"GGUF file not found: {name}")
+    return path
+
+
+def _require_gguf() -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise MedtuneError("loading a .gguf file needs the `gguf` package: pip install gguf "
+                           "(or pip install 'medtune[gguf]')") from None
+
+
 def load_tokenizer(path_or_id: str):
+    """A tokenizer from a local folder, a hub id, builtin:tiny, or a .gguf file (its embedded vocabulary)."""
     from transformers import AutoTokenizer
 
     path_or_id = str(BUILTIN_TOKENIZERS.get(path_or_id, path_or_id))
     try:
-        tok = _from_hub_or_cache(AutoTokenizer.from_pretrained, path_or_id, "tokenizer")
+        gguf = gguf_path(path_or_id)
+        if gguf is not None:
+            _require_gguf()
+            try:
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            except Exception as e:
+                raise MedtuneError(f"cannot read a tokenizer from GGUF file {gguf} (set model.tokenizer to a "
+                                   f"tokenizer folder instead): {_first_line(e)}") from None
+        else:
+            tok = _from_hub_or_cache(AutoTokenizer.from_pretrained, path_or_id, "tokenizer")
     except MedtuneError:
         raise
     except Exception as e:
@@ -135,12 +165,62 @@ def fix_cpu_4bit(model) -> None:
             m.support_avx512bf16_for_cpu = False
 
 
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """A GGUF checkpoint as a plain, trainable, serializable transformers model.
+
+    transformers dequantizes the file's weights (to float32), but the model it returns is marked as quantized with
+    gguf and refuses save_pretrained (NOTES.md trap 7). So: rebuild the architecture from the config read out of
+    the file, and load the dequantized weights into it."""
+    from transformers import AutoModelForCausalLM
+
+    _require_gguf()
+    path = Path(path).expanduser()
+    kwargs = {}
+    try:  # transformers >= 5.2x can keep GGUF blocks packed (kernels package); we need plain, trainable weights
+        from transformers import GgufConfig
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:
+        pass
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                      **kwargs)
+    except Exception as e:
+        raise MedtuneError(f"cannot load GGUF file {path}: {_first_line(e)}") from None
+    config = copy.deepcopy(loaded.config)
+    if "quantization_config" in config.__dict__:
+        del config.quantization_config
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten below; leave the run's RNG alone
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    try:
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise MedtuneError(f"GGUF file {path}: its weights do not fit the architecture read from it: "
+                           f"{_first_line(e)}") from None
+    model.generation_config = copy.deepcopy(loaded.generation_config)
+    model.config.name_or_path = str(path)
+    del loaded
+    return model.eval()
+
+
 def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, quantize: bool = True):
-    """Load the base causal LM. `local_path` overrides cfg.name (e.g. a random base saved with a run)."""
+    """Load the base causal LM. `local_path` overrides cfg.name (e.g. a random base saved with a run).
+    A .gguf file loads dequantized as a plain model (serializable, so a run based on it merges to safetensors);
+    with 4bit quantization its dequantized weights are saved to a temporary folder and requantized (NF4) from there."""
     from transformers import AutoModelForCausalLM
 
     name = local_path or cfg.name
     qcfg = quantization_config(cfg) if quantize else None
+    gguf = gguf_path(name)
+    if gguf is not None:
+        model = load_gguf(gguf, _weights_dtype(cfg), cfg.attn_implementation)
+        if qcfg is None:
+            return model
+        with tempfile.TemporaryDirectory() as d:  # bitsandbytes quantizes while loading: round-trip via disk
+            model.save_pretrained(d)
+            del model
+            model = load_base_model(cfg, tokenizer, local_path=d)
+        model.config.name_or_path = str(gguf)  # what the adapter records as its base, not the deleted folder
+        return model
     if is_random(cfg) and local_path is None:
         model = build_random(name, tokenizer)
         if qcfg is None:
@@ -171,6 +251,13 @@ def lora_targets(model, cfg: ModelConfig) -> list[str] | str:
     return LORA_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
 
 
+def _has_conv1d(model) -> bool:
+    """GPT-2-style Conv1D layers (weights stored transposed): LoRA on them needs fan_in_fan_out=True."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
 def add_lora(model, cfg: ModelConfig, log=print):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -187,7 +274,7 @@ def add_lora(model, cfg: ModelConfig, log=print):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     targets = lora_targets(model, cfg)
-    is_conv1d = getattr(model.config, "model_type", "") == "gpt2"
+    is_conv1d = getattr(model.config, "model_type", "") == "gpt2" or _has_conv1d(model)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                       bias="none", task_type="CAUSAL_LM", fan_in_fan_out=is_conv1d)
     try:

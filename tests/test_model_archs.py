@@ -1,0 +1,106 @@
+"""Beyond GPT-2: a Llama-architecture model from a local folder trains, saves, reloads and generates; LoRA targets are
+chosen per architecture, with all linear layers (GPT-2-style Conv1D included) as the fallback."""
+import json
+
+import pytest
+import torch
+
+from medtune import train
+from medtune.config import ModelConfig
+from medtune.generate import answer
+from medtune.model import LORA_TARGETS, add_lora, load_base_model, load_for_inference, lora_targets
+
+from conftest import tiny_config
+from tiny_llama import make_llama, save_hf
+
+LLAMA = set(LORA_TARGETS["llama"])
+quiet = dict(log=lambda *a, **k: None)
+
+
+def lora_leaves(model):
+    return {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith("lora_A")}
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, tok):
+    return save_hf(make_llama(tok), tok, tmp_path_factory.mktemp("llama") / "tiny-llama")
+
+
+def test_llama_targets_and_override(llama_dir, tok):
+    cfg = ModelConfig(name=str(llama_dir))
+    base = load_base_model(cfg, tok)
+    assert base.config.model_type == "llama" and lora_targets(base, cfg) == LORA_TARGETS["llama"]
+    model = add_lora(base, cfg, **quiet)
+    assert lora_leaves(model) == LLAMA
+    assert len([n for n, _ in model.named_modules() if n.endswith("lora_A")]) == 2 * 7
+    assert not model.peft_config["default"].fan_in_fan_out
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    cfg = ModelConfig(name=str(llama_dir), lora_targets=["q_proj", "v_proj"])  # always overridable
+    assert lora_leaves(add_lora(load_base_model(cfg, tok), cfg, **quiet)) == {"q_proj", "v_proj"}
+
+
+def test_llama_train_save_reload_generate(llama_dir, tmp_path):
+    out = tmp_path / "run"
+    metrics = train.run(tiny_config(out, "train.max_steps=6", model__name=str(llama_dir)), **quiet)
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == LLAMA
+    assert not (out / "base_model").exists()  # a local folder is referenced, not copied
+
+    model, tok, cfg = load_for_inference(out)
+    assert cfg.model.name == str(llama_dir)
+    ids = torch.tensor([tok("Patient symptoms include fever and cough.")["input_ids"]])
+    with torch.no_grad():
+        tuned = model(ids).logits
+        with model.disable_adapter():
+            base = model(ids).logits
+        again = load_for_inference(out)[0](ids).logits
+    assert not torch.allclose(tuned, base)  # the adapter changed something
+    assert torch.allclose(again, tuned, atol=1e-5)  # and reloads exactly
+    cfg.generate.max_new_tokens = 6
+    cfg.generate.greedy = True
+    r = answer(model, tok, "What causes a fever?", cfg.data, cfg.generate)
+    assert 0 < r["tokens"] <= 6 and isinstance(r["answer"], str)
+
+
+def _lm(config):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def test_fallback_all_linear_covers_conv1d(tok):
+    """A non-GPT-2 architecture built on Conv1D (OpenAI GPT): no table entry, so all linear layers, Conv1D included,
+    with fan_in_fan_out set for their transposed weights; the output head stays out."""
+    from transformers import OpenAIGPTConfig
+    from transformers.pytorch_utils import Conv1D
+
+    base = _lm(OpenAIGPTConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    cfg = ModelConfig(name="local-openai-gpt")
+    assert base.config.model_type not in LORA_TARGETS and lora_targets(base, cfg) == "all-linear"
+    model = add_lora(base, cfg, **quiet)
+    targeted = [m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    assert lora_leaves(model) == {"c_attn", "c_proj", "c_fc"} and len(targeted) == 2 * 4
+    assert all(isinstance(m.base_layer, Conv1D) for m in targeted)
+    assert model.peft_config["default"].fan_in_fan_out
+    assert "lm_head" not in lora_leaves(model)
+    ids = torch.tensor([tok("A cough and a fever.")["input_ids"]])
+    with torch.no_grad():
+        before = model(ids).logits
+        for m in targeted:  # a non-zero adapter must change the output (shapes fit the transposed weights)
+            torch.nn.init.normal_(m.lora_B["default"].weight, std=0.1)
+        assert not torch.allclose(model(ids).logits, before)
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert all(m.lora_A["default"].weight.grad is not None for m in targeted)
+
+
+def test_fallback_all_linear_on_plain_linear(tok):
+    from transformers import GPTNeoXConfig
+
+    base = _lm(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64))
+    model = add_lora(base, ModelConfig(name="local-neox"), **quiet)
+    assert lora_leaves(model) == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+    assert not model.peft_config["default"].fan_in_fan_out
