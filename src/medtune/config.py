@@ -229,14 +229,14 @@ def validate(cfg: Config) -> None:
             raise MedtuneError(f"config key '{key}' must be >= 1, got {value}")
     if "{instruction}" not in d.prompt_template and "{input}" not in d.prompt_template:
         raise MedtuneError("data.prompt_template must contain {instruction} or {input}")
+    if d.chat_prompt and "{user}" not in d.chat_prompt:
+        raise MedtuneError("data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)")
 
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-    if d.chat_prompt and "{user}" not in d.chat_prompt:
-        raise MedtuneError("data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)")
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
