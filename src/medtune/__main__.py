@@ -1,5 +1,12 @@
+"""`python -m medtune ...`, also the entry point for `torchrun -m medtune` and `accelerate launch -m medtune`."""
 import sys
 
 from medtune.cli import main
 
-sys.exit(main())
+rc = main()
+if rc == 0:  # after a multi-process run, leave the process group cleanly (a failed rank just exits)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+sys.exit(rc)

@@ -41,11 +41,12 @@ def _trainer_class():
         def log(self, logs, start_time=None):
             now = time.perf_counter()
             counter = self.data_collator
-            if "loss" in logs and hasattr(counter, "tokens_seen"):
+            if "loss" in logs and hasattr(counter, "tokens_seen"):  # every rank logs "loss" at the same step
+                seen = sum_over_processes(counter.tokens_seen)
                 last_t, last_n = getattr(self, "_tok_clock", (self._train_start, 0))
                 dt = max(now - last_t, 1e-9)
-                logs["tokens_per_second"] = round((counter.tokens_seen - last_n) / dt, 1)
-                self._tok_clock = (now, counter.tokens_seen)
+                logs["tokens_per_second"] = round((seen - last_n) / dt, 1)
+                self._tok_clock = (now, seen)
             super().log(logs, start_time)
 
         def train(self, *args, **kwargs):
@@ -103,6 +104,8 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool):
         remove_unused_columns=False,
         report_to=[] if t.report_to == "none" else ["tensorboard"],
         use_cpu=not torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
         gradient_checkpointing=False,  # enabled on the model in model.add_lora
         disable_tqdm=False,
     )
@@ -135,6 +138,7 @@ def manifest(cfg: Config, prepared: data_mod.Prepared, source_sha: str) -> dict:
         "packages": pkgs,
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "processes": world_size(),
         "git_commit": _git_commit(),
         "data": {"source": cfg.data.source, "sha256": source_sha, "source_rows": prepared.source_rows,
                  "duplicates_removed": prepared.duplicates, "overlong_dropped": prepared.dropped,
@@ -196,12 +200,41 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """Processes in this run: WORLD_SIZE as set by torchrun / accelerate launch, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_local_gpu() -> None:
+    """Under torchrun / accelerate launch on CUDA: pin this process to its own GPU (LOCAL_RANK) before any model
+    loads, so that a 4-bit base lands there (model.load_base_model maps it to the current device). The process group
+    starts later, with the Trainer's arguments: once it exists, transformers' save_pretrained writes on rank 0 only,
+    which would break each rank's round trip of a random 4-bit base through disk."""
+    if world_size() > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def sum_over_processes(n: int) -> int:
+    """`n` summed over all processes (a collective: every rank must call it); `n` itself in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return n
+    t = torch.tensor([n], dtype=torch.long, device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+    torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
 def run(cfg: Config, resume: bool = False, log=print) -> dict:
     """Train a LoRA adapter as configured; returns the final metrics."""
     from transformers import set_seed
 
     out = Path(cfg.output_dir).expanduser()
-    resume_from = check_output_dir(out, resume)
+    use_local_gpu()
+    resume_from = check_output_dir(out, resume)  # every rank checks before rank 0 writes a run file (barrier below)
     set_seed(cfg.train.seed)
     if not is_main_process():
         log = lambda *a, **k: None  # noqa: E731  (rank 0 alone speaks)
@@ -221,10 +254,11 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     pad = tok.pad_token_id
     collator = data_mod.PackingCollator(pad) if cfg.train.packing else data_mod.Collator(pad)
     args = training_arguments(cfg, out, has_eval=bool(enc["validation"]))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     log(f"train: {len(enc['train'])} examples, effective batch size {cfg.train.batch_size} x {cfg.train.grad_accum} "
         f"accumulation x {world} processes = {cfg.train.batch_size * cfg.train.grad_accum * world}; "
         f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer {getattr(args.optim, 'value', args.optim)}")
+    barrier()  # the Trainer's arguments started the process group; every rank has checked the output dir
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
@@ -237,20 +271,23 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
+    tokens = sum_over_processes(collator.tokens_seen)  # all processes' training tokens, before any evaluation
     metrics = dict(result.metrics)
     if enc["validation"]:
         metrics.update(trainer.evaluate())
     metrics["train_seconds"] = round(seconds, 2)
-    metrics["train_tokens"] = collator.tokens_seen
-    metrics["tokens_per_second"] = round(collator.tokens_seen / max(seconds, 1e-9), 1)
+    metrics["train_tokens"] = tokens
+    metrics["tokens_per_second"] = round(tokens / max(seconds, 1e-9), 1)
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
+    # FSDP shards the LoRA weights too: every process takes part in gathering them (untested: needs GPUs)
+    adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if is_main_process():
         stage = staging_dir(out)
-        trainer.model.save_pretrained(stage)
+        trainer.model.save_pretrained(stage, state_dict=adapter_state)
         tok.save_pretrained(stage)
         publish_dir(stage, out)
         history = trainer.state.log_history
@@ -259,4 +296,5 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
         plot_losses(history, out / "loss_curve.png")
         log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
             + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
+    barrier()  # no process returns before rank 0 has written the run's files
     return metrics
