@@ -78,7 +78,8 @@ def cmd_merge(a):
 def cmd_serve(a):
     from medtune import serve
 
-    serve.serve(a.model_dir, host=a.host, port=a.port)
+    serve.serve(a.model_dir, host=a.host, port=a.port, max_tokens=a.max_tokens,
+                max_prompt_tokens=a.max_prompt_tokens, queue_size=a.queue_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="HTTP API (OpenAI-style /v1/completions) and a small web page")
     s.add_argument("model_dir", help="a training output dir or a merged model dir")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default 512)")
+    s.add_argument("--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the model's context)")
+    s.add_argument("--queue-size", type=int, help="requests queued or running before 429 busy (default 64)")
     s.set_defaults(func=cmd_serve)
     return p
 

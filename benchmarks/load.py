@@ -1,0 +1,163 @@
+"""Bounded load benchmark for `medtune serve` (not a timed test).
+
+Starts `medtune serve` on a free loopback port in a subprocess, sends N completion requests with C in flight
+at once (a mix of plain and streamed ones), and prints errors (must be 0) and latency percentiles.
+Loopback only; nothing else is contacted.
+
+  python benchmarks/load.py                         # trains the tiny preset (a few steps) into a temp dir first
+  python benchmarks/load.py --model-dir runs/tiny-cpu --requests 200 --concurrency 16
+Exit status: 0 when every request succeeded, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ["What is asthma?", "What are the symptoms of type 2 diabetes?", "How is high blood pressure treated?",
+             "What causes migraines?", "When should a fever be checked by a doctor?", "What is anemia?",
+             "How does the flu spread?", "What are the risk factors for stroke?"]
+
+
+def train_tiny(out: Path) -> None:
+    print(f"training the tiny preset into {out} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "medtune", "train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"),
+                    "--output-dir", str(out), "--set", "train.max_steps=20", "--set", "train.report_to=none",
+                    "--set", "train.save_steps=1000", "--set", "train.eval_steps=1000"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def start_server(model_dir: Path, queue_size: int):
+    code = ("import sys; from medtune.serve import serve; "
+            f"serve(sys.argv[1], host='127.0.0.1', port=0, log_level='warning', queue_size={queue_size})")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(model_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if m:
+            return proc, int(m.group(1))
+        if time.time() > deadline:
+            break
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+async def one(client, i: int, args) -> tuple[bool, float, float | None, int, str]:
+    """Returns ok, latency, time to first token (streamed only), completion tokens, error text."""
+    body = {"prompt": QUESTIONS[i % len(QUESTIONS)], "max_tokens": args.max_tokens, "seed": i}
+    stream = args.stream_every > 0 and i % args.stream_every == 0
+    t0 = time.perf_counter()
+    try:
+        if not stream:
+            r = await client.post("/v1/completions", json=body)
+            dt = time.perf_counter() - t0
+            if r.status_code != 200:
+                return False, dt, None, 0, f"HTTP {r.status_code}: {r.text[:200]}"
+            data = r.json()
+            ok = isinstance(data["choices"][0]["text"], str) and "notice" in data
+            return ok, dt, None, data["usage"]["completion_tokens"], "" if ok else "bad body"
+        ttft, done, tokens = None, False, 0
+        async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+            if r.status_code != 200:
+                return False, time.perf_counter() - t0, None, 0, f"HTTP {r.status_code}"
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    done = True
+                    break
+                obj = json.loads(line[6:])
+                if "error" in obj:
+                    return False, time.perf_counter() - t0, None, 0, obj["error"]["message"]
+                if ttft is None and obj["choices"][0]["text"]:
+                    ttft = time.perf_counter() - t0
+                if obj.get("usage"):
+                    tokens = obj["usage"]["completion_tokens"]
+        return done, time.perf_counter() - t0, ttft, tokens, "" if done else "stream ended without [DONE]"
+    except Exception as e:  # a dropped connection, a timeout
+        return False, time.perf_counter() - t0, None, 0, f"{type(e).__name__}: {e}"
+
+
+async def run_load(port: int, args) -> list[tuple]:
+    import httpx
+
+    sem = asyncio.Semaphore(args.concurrency)
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=args.timeout, limits=limits) as client:
+        await one(client, 0, argparse.Namespace(**{**vars(args), "max_tokens": 2}))  # warm-up, not counted
+
+        async def bounded(i):
+            async with sem:
+                return await one(client, i, args)
+
+        return await asyncio.gather(*(bounded(i) for i in range(args.requests)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", type=Path, help="a run or merged folder (default: train the tiny preset)")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--stream-every", type=int, default=4, help="every Nth request streams (0: none)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="per-request client timeout, seconds")
+    args = ap.parse_args()
+
+    tmp = None
+    model_dir = args.model_dir
+    if model_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="medtune-load-")
+        model_dir = Path(tmp.name) / "run"
+        train_tiny(model_dir)
+    proc, port = start_server(model_dir, queue_size=max(64, args.concurrency))
+    try:
+        t0 = time.perf_counter()
+        results = asyncio.run(run_load(port, args))
+        wall = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if tmp is not None:
+            tmp.cleanup()
+
+    lat = [r[1] * 1000 for r in results]
+    ok_lat = [r[1] * 1000 for r in results if r[0]]
+    ttft = [r[2] * 1000 for r in results if r[0] and r[2] is not None]
+    errors = [r[4] for r in results if not r[0]]
+    tokens = sum(r[3] for r in results if r[0])
+    print(f"requests: {len(results)}  concurrency: {args.concurrency}  max_tokens: {args.max_tokens}  "
+          f"streamed: every {args.stream_every}th  model: {model_dir.name}")
+    print(f"errors: {len(errors)}")
+    for e in sorted(set(errors))[:5]:
+        print(f"  {errors.count(e)} x {e}")
+    if lat:
+        print(f"latency ms: p50 {pct(lat, 50):.0f}  p95 {pct(lat, 95):.0f}  max {max(lat):.0f}  "
+              f"mean {statistics.mean(lat):.0f}")
+    if ok_lat and ttft:
+        print(f"time to first token (streamed) ms: p50 {pct(ttft, 50):.0f}  p95 {pct(ttft, 95):.0f}")
+    print(f"wall {wall:.1f}s  throughput {len(results) / wall:.1f} requests/s, {tokens / wall:.0f} tokens/s "
+          f"({tokens} completion tokens)")
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""medtune merge: the merged folder loads with transformers.pipeline and computes what base + adapter computed."""
+import shutil
+
+import pytest
+import torch
+
+from conftest import tiny_config
+
+
+def tiny_run(tmp_path_factory, name="tiny-run", *overrides):
+    """Train the tiny preset for a few steps, once per test session (shared by the export/serve/generate tests)."""
+    out = tmp_path_factory.getbasetemp() / name
+    if not (out / "adapter_model.safetensors").exists():
+        from medtune import train
+
+        shutil.rmtree(out, ignore_errors=True)
+        train.run(tiny_config(out, "train.max_steps=4", "train.eval_steps=100", "train.save_steps=100",
+                              *overrides), log=lambda *a, **k: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def merged(run_dir, tmp_path_factory):
+    from medtune.export import merge
+
+    out = tmp_path_factory.mktemp("export") / "merged"
+    merge(run_dir, out, log=lambda *a, **k: None)
+    return out
+
+
+def prompt_ids(tok, cfg, question="What are the symptoms of asthma?"):
+    from medtune.generate import prompt_for
+
+    return tok(prompt_for(question, cfg.data), return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
+def test_merged_folder_contents(merged):
+    names = {p.name for p in merged.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "README.md", "config.yaml", "manifest.json", "metrics.json"} <= names
+    assert not any(n.startswith(".staging") for n in names)
+    assert not any(n.startswith("adapter") for n in names)  # standalone: no PEFT files
+    for p in merged.iterdir():
+        assert p.stat().st_mode & 0o044, f"{p.name} is not readable by others"
+
+
+def test_model_card(merged):
+    from medtune.files import NOTICE
+
+    card = (merged / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: text-generation" in card
+    for needle in ("## Base model", "random:tiny", "## Data", "builtin:sample", "sha256", "## Recipe", "LoRA r=16",
+                   "## Metrics", "eval_loss", "## Intended use", "## Limits", "### Response:", NOTICE):
+        assert needle in card, needle
+    assert "unquantized" not in card  # only 4-bit runs get the note
+
+
+def test_pipeline_loads_merged_and_logits_match_base_plus_adapter(run_dir, merged):
+    from transformers import pipeline
+
+    from medtune.model import load_for_inference
+
+    pipe = pipeline("text-generation", model=str(merged), device="cpu")
+    ref, tok, cfg = load_for_inference(run_dir, device="cpu")
+    assert type(ref).__name__.startswith("Peft")  # the reference really is base + adapter
+    ids = prompt_ids(tok, cfg)
+    assert ids.tolist() == prompt_ids(pipe.tokenizer, cfg).tolist()  # same tokenizer
+    with torch.no_grad():
+        got, want = pipe.model(input_ids=ids).logits, ref(input_ids=ids).logits
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # the adapter changed something: the merged model is not just the base
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(str(run_dir / "base_model"))
+    with torch.no_grad():
+        assert (base(input_ids=ids).logits - want).abs().max() > 1e-3
+    text = pipe("What is asthma?", max_new_tokens=5, do_sample=False,
+                return_full_text=False)[0]["generated_text"]
+    assert isinstance(text, str)
+
+
+def test_medtune_generate_on_merged_uses_run_template(run_dir, merged, capsys):
+    from medtune.cli import main
+    from medtune.model import load_for_inference
+
+    _, _, cfg_run = load_for_inference(run_dir)
+    _, _, cfg_merged = load_for_inference(merged)
+    assert cfg_merged.data.prompt_template == cfg_run.data.prompt_template
+    assert cfg_merged.generate == cfg_run.generate
+    assert main(["generate", str(merged), "What is asthma?", "--max-new-tokens", "4", "--greedy"]) == 0
+    assert "Not medical advice" in capsys.readouterr().out
+
+
+def test_model_card_shows_eval_table_and_4bit_note(tmp_path):
+    import json
+
+    from medtune.config import Config
+    from medtune.export import model_card
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({
+        "base": {"loss": 8.25, "perplexity": 3900.0, "rouge_l": 0.01, "eos_rate": 0.0},
+        "tuned": {"loss": 6.5, "perplexity": 665.1, "rouge_l": 0.0625, "eos_rate": 0.4},
+        "reference": {"mean_answer_tokens": 71.1}, "data": {"source": "x.jsonl", "records": 21}}))
+    cfg = Config()
+    cfg.model.quantization = "4bit"
+    card = model_card(tmp_path, cfg)
+    assert "| answer-token loss | 8.2500 | 6.5000 |  |" in card and "| EOS rate | 0.0% | 40.0% |  |" in card
+    assert "No metrics were recorded" in card  # no training metrics.json here
+    assert "base_model: gpt2" in card and "reloaded unquantized" in card
+
+
+def test_refuses_non_empty_out_and_non_runs(run_dir, merged, tmp_path):
+    from medtune.errors import MedtuneError
+    from medtune.export import merge
+
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in merged.iterdir())
+    with pytest.raises(MedtuneError, match="not empty"):
+        merge(run_dir, merged, log=lambda *a: None)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in merged.iterdir()) == before
+    with pytest.raises(MedtuneError, match="already a full model"):
+        merge(merged, tmp_path / "again", log=lambda *a: None)
+    with pytest.raises(MedtuneError, match="no LoRA adapter"):
+        merge(tmp_path, tmp_path / "x", log=lambda *a: None)
+    with pytest.raises(MedtuneError, match="not a folder"):
+        merge(tmp_path / "missing", tmp_path / "y", log=lambda *a: None)
+    with pytest.raises(MedtuneError, match="inside"):
+        merge(run_dir, run_dir / "merged", log=lambda *a: None)
+    assert not (run_dir / "merged").exists()
+
+
+def test_cli_merge_error_is_one_line(merged, capsys):
+    from medtune.cli import main
+
+    assert main(["merge", str(merged), "--out", str(merged.parent / "m2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medtune: error:") and "Traceback" not in err
+
+
+def test_failed_merge_leaves_no_partial_files(run_dir, tmp_path, monkeypatch):
+    import transformers
+
+    from medtune.export import merge
+
+    def boom(self, *a, **k):
+        (a[0] / "model.safetensors").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", boom)
+    out = tmp_path / "merged"
+    with pytest.raises(OSError, match="disk full"):
+        merge(run_dir, out, log=lambda *a: None)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_merge_4bit_run_reloads_base_unquantized(tmp_path_factory):
+    pytest.importorskip("bitsandbytes")
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from medtune.config import from_dict
+    from medtune.export import merge
+    from medtune.model import load_base_model, load_tokenizer
+
+    run4 = tiny_run(tmp_path_factory, "tiny-run-4bit", "model.quantization=4bit", "train.max_steps=2")
+    out = tmp_path_factory.mktemp("export4") / "merged"
+    merge(run4, out, log=lambda *a: None)
+    card = (out / "README.md").read_text()
+    assert "quantization during training: 4bit" in card and "reloaded unquantized" in card
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert not any("4bit" in type(m).__name__ for m in model.modules())
+    cfg = from_dict(yaml.safe_load((run4 / "config.yaml").read_text()))
+    tok = load_tokenizer(str(run4))
+    ref = PeftModel.from_pretrained(load_base_model(cfg.model, tok, local_path=str(run4 / "base_model"),
+                                                    quantize=False), str(run4)).eval()
+    ids = prompt_ids(tok, cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)

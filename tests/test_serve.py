@@ -1,0 +1,369 @@
+"""medtune serve: the OpenAI-style API, streaming, limits, the queue, and a 4xx JSON answer to every bad request."""
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from test_export import tiny_run
+
+NOTICE_START = "Not medical advice"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def engine(run_dir):
+    from medtune.serve import Engine, Limits
+
+    e = Engine(run_dir, Limits(max_tokens=64, max_body_bytes=4096, queue_size=8))
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    from fastapi.testclient import TestClient
+
+    from medtune.serve import create_app
+
+    with TestClient(create_app(engine=engine), raise_server_exceptions=False) as c:
+        yield c
+
+
+class ServerThread:
+    """uvicorn on a free loopback port, in a thread (used here and by the browser test)."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        from medtune.serve import _listen
+
+        self.sock = _listen("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def sse_data(text: str) -> list[str]:
+    assert text.endswith("\n\n")
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), events
+    return [e[len("data: "):] for e in events]
+
+
+def complete(client, **body):
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# ---------------------------------------------------------------- basics
+
+def test_health_models_page(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["limits"]["max_tokens"] == 64 and h["notice"].startswith(NOTICE_START)
+    assert client.get("/v1/models").json()["data"][0]["id"] == h["model"]
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Content-Security-Policy" in page.headers
+    for needle in ('id="question"', 'id="ask"', 'id="answers"', NOTICE_START, "/static/app.js"):
+        assert needle in page.text
+    js = client.get("/static/app.js")
+    assert js.status_code == 200 and "text/javascript" in js.headers["content-type"] and "textContent" in js.text
+    assert client.get("/static/style.css").status_code == 200
+    missing = client.get("/static/../serve.py")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_completion_shape_and_limits(client, engine):
+    body = complete(client, prompt="What is asthma?", max_tokens=12, seed=1)
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-") and body["model"] == engine.name
+    (choice,) = body["choices"]
+    assert isinstance(choice["text"], str) and choice["finish_reason"] in ("stop", "length") and choice["index"] == 0
+    u = body["usage"]
+    assert 0 <= u["completion_tokens"] <= 12 and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert (choice["finish_reason"] == "length") == (u["completion_tokens"] == 12)
+    assert body["notice"].startswith(NOTICE_START)
+    # the question was wrapped in the run's prompt template; raw sends it as-is
+    raw = complete(client, prompt="What is asthma?", max_tokens=1, raw=True)
+    assert raw["usage"]["prompt_tokens"] < u["prompt_tokens"] and u["prompt_tokens"] == len(engine.prompt_ids("What is asthma?", False))
+    # a seed makes sampling repeatable; temperature 0 is greedy
+    assert complete(client, prompt="What is asthma?", max_tokens=12, seed=1)["choices"][0]["text"] == choice["text"]
+    g1 = complete(client, prompt=["What is flu?"], max_tokens=8, temperature=0)
+    assert complete(client, prompt="What is flu?", max_tokens=8, temperature=0, top_p=0.5)["choices"] == g1["choices"]
+    # no max_tokens: the run's generate.max_new_tokens, capped by the server limit
+    assert complete(client, prompt="Hi", model="anything", n=1, user="u")["usage"]["completion_tokens"] <= 60
+
+
+def test_streaming_matches_non_streaming(client):
+    req = dict(prompt="What are the symptoms of diabetes?", max_tokens=24, seed=7, temperature=1.0)
+    full = complete(client, **req)
+    with client.stream("POST", "/v1/completions", json={**req, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        text = "".join(r.iter_text())
+    data = sse_data(text)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+    final = chunks[-1]
+    assert final["choices"][0]["finish_reason"] == full["choices"][0]["finish_reason"]
+    assert final["usage"] == full["usage"] and final["notice"].startswith(NOTICE_START)
+    assert chunks[0]["notice"].startswith(NOTICE_START)
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+    assert "".join(c["choices"][0]["text"] for c in chunks) == full["choices"][0]["text"]
+
+
+# ---------------------------------------------------------------- every bad request: 4xx JSON
+
+BAD_BODIES = {
+    "not json": (b"what is asthma?", 400, "not valid JSON"),
+    "truncated json": (b'{"prompt": "x"', 400, "not valid JSON"),
+    "NaN": (b'{"prompt": "x", "temperature": NaN}', 400, "not valid JSON"),
+    "not utf-8": (b'{"prompt": "\xff\xfe"}', 400, "not valid JSON"),
+    "empty body": (b"", 400, "empty"),
+    "null": (b"null", 400, "JSON object"),
+    "array": (b'[{"prompt": "x"}]', 400, "JSON object"),
+    "string": (b'"x"', 400, "JSON object"),
+    "no prompt": (b"{}", 400, "'prompt' is required"),
+    "prompt null": (b'{"prompt": null}', 400, "'prompt' must be a string"),
+    "prompt number": (b'{"prompt": 5}', 400, "'prompt' must be a string"),
+    "prompt object": (b'{"prompt": {"text": "x"}}', 400, "'prompt' must be a string"),
+    "prompt empty": (b'{"prompt": ""}', 400, "must not be empty"),
+    "prompt blank": (b'{"prompt": "   \\n"}', 400, "must not be empty"),
+    "two prompts": (b'{"prompt": ["a", "b"]}', 400, "exactly one prompt"),
+    "no prompts": (b'{"prompt": []}', 400, "exactly one prompt"),
+    "prompt list of ints": (b'{"prompt": [1, 2]}', 400, "'prompt' must be a string"),
+    "max_tokens 0": (b'{"prompt": "x", "max_tokens": 0}', 400, "max_tokens"),
+    "max_tokens negative": (b'{"prompt": "x", "max_tokens": -5}', 400, "max_tokens"),
+    "max_tokens over limit": (b'{"prompt": "x", "max_tokens": 65}', 400, "at most 64"),
+    "max_tokens huge": (b'{"prompt": "x", "max_tokens": 100000000000000000000000}', 400, "at most 64"),
+    "max_tokens float": (b'{"prompt": "x", "max_tokens": 5.5}', 400, "'max_tokens' must be an integer"),
+    "max_tokens string": (b'{"prompt": "x", "max_tokens": "5"}', 400, "'max_tokens' must be an integer"),
+    "max_tokens bool": (b'{"prompt": "x", "max_tokens": true}', 400, "'max_tokens' must be an integer"),
+    "temperature negative": (b'{"prompt": "x", "temperature": -0.1}', 400, "temperature"),
+    "temperature high": (b'{"prompt": "x", "temperature": 2.5}', 400, "temperature"),
+    "temperature string": (b'{"prompt": "x", "temperature": "hot"}', 400, "'temperature' must be a number"),
+    "temperature infinite": (b'{"prompt": "x", "temperature": 1e999}', 400, "temperature"),
+    "top_p zero": (b'{"prompt": "x", "top_p": 0}', 400, "top_p"),
+    "top_p high": (b'{"prompt": "x", "top_p": 1.5}', 400, "top_p"),
+    "stream string": (b'{"prompt": "x", "stream": "yes"}', 400, "'stream' must be true or false"),
+    "stream int": (b'{"prompt": "x", "stream": 1}', 400, "'stream' must be true or false"),
+    "raw string": (b'{"prompt": "x", "raw": "true"}', 400, "'raw' must be true or false"),
+    "seed negative": (b'{"prompt": "x", "seed": -1}', 400, "seed"),
+    "seed huge": (b'{"prompt": "x", "seed": 99999999999}', 400, "seed"),
+    "n 2": (b'{"prompt": "x", "n": 2}', 400, "only n=1"),
+    "unknown field": (b'{"prompt": "x", "max_token": 5}', 400, "unknown field 'max_token'"),
+    "deep nesting": (b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}", 413, "larger than"),
+    "too long prompt": (json.dumps({"prompt": "word " * 700}).encode(), 400, "at most"),
+    "too large body": (json.dumps({"prompt": "x" * 5000}).encode(), 413, "larger than 4096 bytes"),
+    "context overflow": (json.dumps({"prompt": "word " * 210, "max_tokens": 64}).encode(), 400, "context"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_bad_request_bodies_get_4xx_json(client, case):
+    body, status, needle = BAD_BODIES[case]
+    r = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, (case, r.status_code, r.text)
+    err = r.json()["error"]
+    assert needle in err["message"], err
+    assert err["type"] == "invalid_request_error"
+
+
+def test_deeply_nested_json_within_size_limit(client):
+    body = b'{"prompt": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+    r = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+
+
+@pytest.mark.parametrize("method, path, headers, status", [
+    ("POST", "/v1/completions", {"Content-Type": "text/plain"}, 415),
+    ("POST", "/v1/completions", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ("POST", "/v1/completions", {}, 415),
+    ("GET", "/v1/completions", {}, 405),
+    ("PUT", "/health", {}, 405),
+    ("GET", "/v1/chat/completions", {}, 404),
+])
+def test_wrong_method_type_or_path_get_4xx_json(client, method, path, headers, status):
+    r = client.request(method, path, content=b'{"prompt": "x"}', headers=headers)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+
+
+def test_host_check_blocks_other_hosts(engine):
+    from fastapi.testclient import TestClient
+
+    from medtune.serve import LOOPBACK, create_app
+
+    app = create_app(engine=engine, allowed_hosts=LOOPBACK)
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/health").status_code == 200
+    assert TestClient(app, base_url="http://localhost").get("/health").status_code == 200
+    r = TestClient(app, base_url="http://attacker.example:8000").get("/health")
+    assert r.status_code == 400 and "not served" in r.json()["error"]["message"]
+
+
+def test_serve_defaults_to_loopback_and_reports_busy_port():
+    import inspect
+
+    from medtune.cli import build_parser
+    from medtune.errors import MedtuneError
+    from medtune.serve import _listen, serve
+
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    assert build_parser().parse_args(["serve", "x"]).host == "127.0.0.1"
+    sock = _listen("127.0.0.1", 0)
+    try:
+        with pytest.raises(MedtuneError, match="cannot listen"):
+            _listen("127.0.0.1", sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------- the queue
+
+@pytest.fixture
+def gated(engine, monkeypatch):
+    """Replace generation with a fake that waits for a gate (or for cancellation) and records overlap."""
+    state = {"gate": threading.Event(), "active": 0, "max_active": 0, "cancelled": 0, "started": 0}
+    lock = threading.Lock()
+
+    def fake_run(job):
+        with lock:
+            state["active"] += 1
+            state["started"] += 1
+            state["max_active"] = max(state["max_active"], state["active"])
+        try:
+            if job.stream:
+                job.emit("text", "first ")
+            deadline = time.time() + 20
+            while not state["gate"].is_set() and time.time() < deadline:
+                if job.cancel.is_set():
+                    state["cancelled"] += 1
+                    return {"text": "", "completion_tokens": 0, "finish_reason": "stop"}
+                time.sleep(0.01)
+            if job.stream:
+                job.emit("text", "answer")
+            return {"text": "first answer", "completion_tokens": 2, "finish_reason": "stop"}
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    monkeypatch.setattr(engine, "run", fake_run)
+    yield state
+    state["gate"].set()
+    deadline = time.time() + 10
+    while engine.pending and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def wait_until(cond, timeout=10):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_requests_queue_one_at_a_time_and_full_queue_is_429(client, engine, gated, monkeypatch):
+    monkeypatch.setattr(engine.limits, "queue_size", 3)
+    results = []
+
+    def call(i):
+        results.append(client.post("/v1/completions", json={"prompt": f"q{i}", "max_tokens": 2}).status_code)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: engine.pending == 3)
+    busy = client.post("/v1/completions", json={"prompt": "one too many"})
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["type"] == "server_busy"
+    assert client.get("/health").json()["queued"] == 3
+    gated["gate"].set()
+    for t in threads:
+        t.join(30)
+    assert results == [200, 200, 200]
+    assert gated["max_active"] == 1  # never two generations at once
+
+
+def test_client_leaving_cancels_its_generation(engine, gated):
+    from medtune.serve import create_app
+
+    with ServerThread(create_app(engine=engine)) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        # streaming: read the first chunk, then hang up
+        with http.stream("POST", "/v1/completions", json={"prompt": "q", "stream": True}) as r:
+            assert next(r.iter_lines()).startswith("data: ")
+        wait_until(lambda: gated["cancelled"] == 1)
+        # non-streaming: give up while the request is queued behind a running one
+        blocker = threading.Thread(target=lambda: http.post("/v1/completions", json={"prompt": "blocker"}))
+        blocker.start()
+        wait_until(lambda: engine._busy)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/completions", json={"prompt": "impatient"}, timeout=0.5)
+        time.sleep(1.5)  # the server polls for disconnects every second
+        gated["gate"].set()
+        blocker.join(30)
+        wait_until(lambda: engine.pending == 0)
+        assert gated["started"] == 2  # the impatient request was skipped, never generated
+
+
+def test_real_generation_stops_when_cancelled(engine):
+    """The stopping criterion ends model.generate after the current token once the job is cancelled."""
+    import asyncio
+
+    from medtune.serve import Job
+
+    loop = asyncio.new_event_loop()
+    try:
+        job = Job(input_ids=engine.prompt_ids("a b c", raw=True), max_tokens=50, temperature=0, top_p=1.0,
+                  seed=None, stream=False, loop=loop)
+        job.cancel.set()
+        assert engine.run(job)["completion_tokens"] <= 1
+    finally:
+        loop.close()
+
+
+def test_generation_failure_is_reported_and_server_keeps_serving(client, engine, monkeypatch):
+    def broken(job):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "run", broken)
+    r = client.post("/v1/completions", json={"prompt": "x"})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    with client.stream("POST", "/v1/completions", json={"prompt": "x", "stream": True}) as s:
+        data = sse_data("".join(s.iter_text()))
+    assert json.loads(data[0])["error"]["message"].startswith("generation failed") and data[-1] == "[DONE]"
+    monkeypatch.undo()
+    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_serves_a_merged_folder_with_the_same_template(run_dir, engine, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from medtune.export import merge
+    from medtune.serve import create_app
+
+    merged = tmp_path / "merged"
+    merge(run_dir, merged, log=lambda *a: None)
+    with TestClient(create_app(merged)) as c:
+        body = complete(c, prompt="What is asthma?", max_tokens=4, temperature=0)
+    assert body["model"] == "merged"
+    assert body["usage"]["prompt_tokens"] == len(engine.prompt_ids("What is asthma?", False))
