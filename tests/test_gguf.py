@@ -144,3 +144,23 @@ def test_gguf_qlora_requantizes(files, tmp_path):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     cfg.generate.max_new_tokens = 4
     assert answer(model, tok, "What is a cold?", cfg.data, cfg.generate)["tokens"] <= 4
+
+
+def test_chat_format_needs_a_chat_template(tok, tmp_path):
+    from medtune.config import DataConfig, load_config
+    from medtune.data import format_prompt, setup_prompt_format
+
+    with pytest.raises(MedtuneError, match="no chat template"):  # builtin:tiny (like GPT-2) has none
+        setup_prompt_format(DataConfig(prompt_format="chat"), tok, **quiet)
+    with pytest.raises(MedtuneError, match="not been rendered"):
+        format_prompt({"instruction": "A", "input": "B", "output": "C"}, DataConfig(prompt_format="chat"))
+    with pytest.raises(MedtuneError, match="prompt_format"):
+        load_config(overrides=["data.prompt_format=chatml"])
+    with pytest.raises(MedtuneError, match="chat_prompt must contain"):
+        load_config(overrides=["data.chat_prompt=<s>no field</s>"])
+    ctok = chat_tokenizer()
+    cfg = DataConfig(prompt_format="chat", system_prompt="Be brief.")
+    setup_prompt_format(cfg, ctok, **quiet)
+    assert cfg.chat_prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{user}")
+    assert format_prompt({"instruction": "Answer", "input": "", "output": "x"}, cfg).endswith(
+        "user\nAnswer<|im_end|>\n<|im_start|>assistant\n")  # no input: the instruction alone

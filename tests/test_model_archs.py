@@ -104,3 +104,19 @@ def test_fallback_all_linear_on_plain_linear(tok):
     model = add_lora(base, ModelConfig(name="local-neox"), **quiet)
     assert lora_leaves(model) == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
     assert not model.peft_config["default"].fan_in_fan_out
+
+
+@pytest.mark.parametrize("model_type", sorted(t for t in LORA_TARGETS if t != "gpt2"))
+def test_table_targets_cover_every_decoder_linear(model_type):
+    """Each table entry names layers that exist and leaves no linear layer of the blocks out (a wrong entry would
+    silently put LoRA on only the layers whose names happen to match, as the llama names did on phi3)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = _lm(config)
+    head = model.get_output_embeddings()
+    linear = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    assert lora_targets(model, ModelConfig(name="x")) == LORA_TARGETS[model_type]
+    assert set(LORA_TARGETS[model_type]) == linear

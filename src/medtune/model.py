@@ -25,11 +25,15 @@ GPT2_SHAPES = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 
+# Every linear layer of the decoder blocks, per architecture (tests/test_model_archs.py checks each entry against a
+# tiny model of that type); architectures not listed get "all-linear" (which includes GPT-2-style Conv1D layers).
 LORA_TARGETS = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused q/k/v and gate/up
 }
-for _t in ("mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2", "smollm3", "granite"):
+for _t in ("mistral", "ministral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "smollm3", "granite",
+           "stablelm", "cohere", "exaone4", "internlm3"):
     LORA_TARGETS[_t] = LORA_TARGETS["llama"]
 
 
@@ -197,7 +201,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_impleme
         raise MedtuneError(f"GGUF file {path}: its weights do not fit the architecture read from it: "
                            f"{_first_line(e)}") from None
     model.generation_config = copy.deepcopy(loaded.generation_config)
-    model.config.name_or_path = str(path)
+    model.config.name_or_path = model.name_or_path = str(path)
     del loaded
     return model.eval()
 
@@ -219,7 +223,7 @@ def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, 
             model.save_pretrained(d)
             del model
             model = load_base_model(cfg, tokenizer, local_path=d)
-        model.config.name_or_path = str(gguf)  # what the adapter records as its base, not the deleted folder
+        model.config.name_or_path = model.name_or_path = str(gguf)  # the adapter's base: not the deleted folder
         return model
     if is_random(cfg) and local_path is None:
         model = build_random(name, tokenizer)
