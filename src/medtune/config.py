@@ -82,7 +82,9 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 0
     report_to: str = "tensorboard"  # tensorboard | none
-    max_memory_gib: float | None = None
+    max_memory_gib: float | None = None  # CUDA: pick batch_tokens and gradient checkpointing to fit this peak
+    batch_tokens: int | None = None  # with packing: batches of whole examples up to this many tokens (else batch_size examples)
+    compile: bool = False  # torch.compile the decoder blocks and the loss (CUDA)
 
 
 @dataclass
@@ -227,6 +229,10 @@ def validate(cfg: Config) -> None:
                        ("train.save_steps", t.save_steps), ("train.logging_steps", t.logging_steps)):
         if value < 1:
             raise MedtuneError(f"config key '{key}' must be >= 1, got {value}")
+    if t.batch_tokens is not None and t.batch_tokens < d.max_length:
+        raise MedtuneError(f"train.batch_tokens ({t.batch_tokens}) must be at least data.max_length ({d.max_length})")
+    if t.max_memory_gib is not None and t.max_memory_gib <= 0:
+        raise MedtuneError("train.max_memory_gib must be positive")
     if "{instruction}" not in d.prompt_template and "{input}" not in d.prompt_template:
         raise MedtuneError("data.prompt_template must contain {instruction} or {input}")
     if d.chat_prompt and "{user}" not in d.chat_prompt:

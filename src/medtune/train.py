@@ -11,6 +11,7 @@ Output folder layout (every file written atomically):
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -36,7 +37,14 @@ def _trainer_class():
     from transformers import Trainer
 
     class MedtuneTrainer(Trainer):
-        """Adds non-padding tokens per second (since the last log) to the logs."""
+        """Adds non-padding tokens per second (since the last log) to the logs; computes the causal-LM loss from the
+        decoder's hidden states in chunks over the labelled positions only (medtune.fast.linear_cross_entropy), and
+        batches by token budget when a TokenBudgetBatchSampler is given."""
+
+        fast_loss = None  # (decoder, output embedding weight) or None: the model's own loss
+        loss_chunk: int | None = None
+        compile_loss = False
+        train_batch_sampler = None
 
         def log(self, logs, start_time=None):
             now = time.perf_counter()
@@ -53,6 +61,42 @@ def _trainer_class():
             self._train_start = time.perf_counter()
             return super().train(*args, **kwargs)
 
+        def get_train_dataloader(self):
+            if self.train_batch_sampler is None:
+                return super().get_train_dataloader()
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(self.train_dataset, batch_sampler=self.train_batch_sampler, collate_fn=self.data_collator,
+                                num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+            return self.accelerator.prepare(loader)
+
+        def get_eval_dataloader(self, eval_dataset=None):
+            collator = self.data_collator  # evaluation counts its tokens on a copy: tokens_seen stays training's
+            self.data_collator = copy.copy(collator)
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = collator
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if (self.fast_loss is None or "labels" not in inputs or self.label_smoother is not None
+                    or self.compute_loss_func is not None or self.accelerator.num_processes > 1):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            from medtune.fast import linear_cross_entropy
+
+            decoder, weight = self.fast_loss
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            with self.accelerator.autocast():  # the decoder is called directly, outside accelerate's wrapped forward
+                hidden = decoder(**inputs, use_cache=False).last_hidden_state
+                total, n = linear_cross_entropy(hidden, weight, labels, chunk=self.loss_chunk, compiled=self.compile_loss)
+            if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                loss = total / num_items_in_batch  # normalized over the whole accumulated batch, like the model's loss
+            else:
+                loss = total / n.clamp(min=1)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
     return MedtuneTrainer
 
 
@@ -62,7 +106,7 @@ def _bf16(cfg: Config) -> bool:
     capable = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if cfg.train.bf16 == "true" and not capable:
         raise MedtuneError("train.bf16=true needs a GPU with bf16 support; use auto or false")
-    return capable and cfg.model.quantization == "none"  # 4-bit already computes in bf16
+    return capable  # 4-bit too: LoRA and the non-quantized layers then run in bf16 rather than float32
 
 
 def _optim(cfg: Config) -> str:
@@ -108,6 +152,7 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool):
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
         gradient_checkpointing=False,  # enabled on the model in model.add_lora
         disable_tqdm=False,
+        prediction_loss_only=True,  # evaluation needs the loss only: no logits kept
     )
 
 
@@ -228,6 +273,92 @@ def sum_over_processes(n: int) -> int:
     return int(t.item())
 
 
+def _decoder_layers(decoder):
+    for name in ("h", "layers", "layer"):
+        layers = getattr(decoder, name, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    return None
+
+
+def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path, log=print):
+    """The Trainer for a LoRA model, with medtune's speed-ups: one-kernel GELU, packed flash attention (CUDA),
+    the chunked loss over labelled positions, token-budget batches (train.batch_tokens), the train.max_memory_gib
+    plan (tokens per batch, gradient checkpointing, loss chunk) and torch.compile (train.compile).
+    Returns (trainer, collator, info)."""
+    from medtune import fast
+
+    t, enc = cfg.train, prepared.encoded
+    cuda = torch.cuda.is_available()
+    off = set(os.environ.get("MEDTUNE_DISABLE", "").split(","))  # ablations for benchmarks: gelu,norms,varlen,chunked_loss
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    info: dict = {"gelu_fused": 0 if "gelu" in off else fast.fuse_gelu(model),
+                  "norms_keep_dtype": 0 if "norms" in off else fast.keep_dtype_norms(model)}
+    varlen = bool(t.packing and cuda and cfg.model.attn_implementation in ("sdpa", fast.VARLEN) and "varlen" not in off
+                  and fast.use_varlen(model))
+    info["attention"] = fast.VARLEN if varlen else cfg.model.attn_implementation
+    parts = None if "chunked_loss" in off else fast.fast_loss_parts(model)
+    info["loss"] = "chunked" if parts is not None else "model"
+    batch_tokens = t.batch_tokens if t.packing else None
+    checkpointing = cfg.model.gradient_checkpointing
+    chunk = None
+    if t.max_memory_gib is not None:
+        if not cuda:
+            log("train: max_memory_gib applies to CUDA GPUs only; ignored on this machine")
+        else:
+            static = fast.param_bytes(base) + fast.trainable_state_bytes(model, "8bit" in _optim(cfg))
+            wanted = batch_tokens if t.packing else t.batch_size * cfg.data.max_length
+            try:
+                plan = fast.plan(base.config, t.max_memory_gib, static, cfg.data.max_length, wanted,
+                                 base.config.vocab_size, allow_checkpointing=True)
+            except ValueError as e:
+                raise MedtuneError(str(e)) from None
+            if not t.packing and plan["batch_tokens"] < wanted:
+                raise MedtuneError(f"train.max_memory_gib={t.max_memory_gib} fits about {plan['batch_tokens']} tokens per "
+                                   f"batch, fewer than batch_size x max_length = {wanted}; lower train.batch_size or set "
+                                   "train.packing=true (then the batch size is chosen for you)")
+            if t.packing:
+                batch_tokens = plan["batch_tokens"]
+            checkpointing = checkpointing or plan["checkpointing"]
+            chunk = plan["chunk"]
+            info["plan"] = plan
+    if checkpointing and not cfg.model.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    info["gradient_checkpointing"] = checkpointing
+
+    pad = tok.pad_token_id
+    collator = data_mod.PackingCollator(pad, row_length=cfg.data.max_length, flat=varlen) if t.packing \
+        else data_mod.Collator(pad)
+    sampler = None
+    if t.packing and batch_tokens:
+        sampler = data_mod.TokenBudgetBatchSampler([len(e["input_ids"]) for e in enc["train"]], batch_tokens, seed=t.seed)
+    info["batch_tokens"] = batch_tokens
+    if t.compile:
+        layers = _decoder_layers(parts[0]) if parts is not None else None
+        for layer in layers or []:
+            layer.compile(dynamic=True)
+        info["compiled"] = "blocks+loss" if layers is not None else "loss"
+
+    args = training_arguments(cfg, out, has_eval=bool(enc["validation"]))
+    trainer = _trainer_class()(model=model, args=args, train_dataset=enc["train"],
+                               eval_dataset=enc["validation"] or None, data_collator=collator)
+    trainer.fast_loss = parts
+    trainer.loss_chunk = chunk
+    trainer.compile_loss = bool(t.compile)
+    trainer.train_batch_sampler = sampler
+    world = world_size()
+    per_step = (f"up to {batch_tokens} tokens" if sampler else f"{t.batch_size} examples")
+    effective = (f"up to {batch_tokens * t.grad_accum * world} tokens" if sampler
+                 else f"{t.batch_size * t.grad_accum * world} examples")
+    log(f"train: {len(enc['train'])} examples, {per_step} per batch x {t.grad_accum} accumulation x {world} processes"
+        f" = effective batch size {effective}"
+        f"{f' ({len(sampler)} batches per epoch)' if sampler else ''}; device {'cuda' if cuda else 'cpu'}, bf16={args.bf16}, "
+        f"optimizer {getattr(args.optim, 'value', args.optim)}, attention {info['attention']}, loss {info['loss']}, "
+        f"packing {t.packing}, gradient checkpointing {checkpointing}"
+        + (f", memory plan {info['plan']}" if "plan" in info else ""))
+    return trainer, collator, info
+
+
 def run(cfg: Config, resume: bool = False, log=print) -> dict:
     """Train a LoRA adapter as configured; returns the final metrics."""
     from transformers import set_seed
@@ -251,13 +382,7 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     model = model_mod.add_lora(model, cfg.model, log=log)
 
     enc = prepared.encoded
-    pad = tok.pad_token_id
-    collator = data_mod.PackingCollator(pad) if cfg.train.packing else data_mod.Collator(pad)
-    args = training_arguments(cfg, out, has_eval=bool(enc["validation"]))
-    world = world_size()
-    log(f"train: {len(enc['train'])} examples, effective batch size {cfg.train.batch_size} x {cfg.train.grad_accum} "
-        f"accumulation x {world} processes = {cfg.train.batch_size * cfg.train.grad_accum * world}; "
-        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer {getattr(args.optim, 'value', args.optim)}")
+    trainer, collator, speed = make_trainer(cfg, model, tok, prepared, out, log=log)
     barrier()  # the Trainer's arguments started the process group; every rank has checked the output dir
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
@@ -266,8 +391,6 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
             atomic_write_jsonl(out / "splits" / f"{name}.jsonl", prepared.splits[name])
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "logs"))
 
-    trainer = _trainer_class()(model=model, args=args, train_dataset=enc["train"],
-                               eval_dataset=enc["validation"] or None, data_collator=collator)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
@@ -280,6 +403,7 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     metrics["tokens_per_second"] = round(tokens / max(seconds, 1e-9), 1)
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    metrics.update({k: speed[k] for k in ("attention", "loss", "gradient_checkpointing", "batch_tokens")})
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
 

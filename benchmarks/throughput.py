@@ -1,0 +1,427 @@
+"""Training throughput and memory of medtune's recipes against reference recipes, on the wikidoc data with the real
+GPT-2 tokenizer and GPT-2 architectures with random weights (speed and memory do not depend on the weights' values).
+
+GPU (CUDA; needs bitsandbytes, trl and datasets), the README's table (about 11 minutes on an H100):
+  python benchmarks/throughput.py --sizes gpt2 gpt2-xl gpt2-medium gpt2-large --warmup 4 --steps 12 --trl-steps 5 \
+    --variant lora: --variant qlora: --variant gpt2/qlora+b32k:train.batch_tokens=32768 --variant gpt2-xl/lean: \
+    --variant gpt2/lora+c32k:train.batch_tokens=32768,train.compile=true [--profile 2 --profile-variants qlora]
+  in general: [--sizes ...] [--recipes lora qlora lean] [--variant [SIZE/]NAME:key=value,...] [--epoch] [--no-trl]
+    medtune recipes (configs/gpt2-lora.yaml = bf16 LoRA, configs/gpt2-qlora.yaml = 4-bit QLoRA; `lean` = QLoRA
+    with train.max_memory_gib=4) on random:<size>: non-padding tokens/s after warm-up, peak
+    torch.cuda.max_memory_allocated over the whole run, and the time of one wikidoc epoch (measured with --epoch,
+    else tokens per epoch / tokens/s). In the same run on the same card, the TRL reference recipe from
+    anchor_baselines.py (subprocess) and the ratio medtune / TRL. Prints a markdown table.
+CPU:
+  python benchmarks/throughput.py --cpu
+    a small GPT-2 (4 layers x 256, real tokenizer): the tutorial recipe (4-bit fp4, batch 4 padded to 512) and
+    medtune's recipes (packed, token-budget batches, chunked loss) in one process, a few minutes on 2 cores; ends
+    with the line `ratio medtune/tutorial: X.XX` (medtune QLoRA over the tutorial, non-padding tokens/s).
+
+Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baselines.py to .gpu/bench/ or ../shared/bench/).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+WIKIDOC = "wikidoc_patient_information/wikidoc_patient_information.json"
+RECIPES = {  # name -> (config file, overrides)
+    "lora": ("configs/gpt2-lora.yaml", []),
+    "qlora": ("configs/gpt2-qlora.yaml", []),
+    "lean": ("configs/gpt2-qlora.yaml", ["train.max_memory_gib=4"]),
+}
+GIB = 2 ** 30
+
+
+def _first(*paths) -> Path | None:
+    for p in paths:
+        if p and Path(p).exists():
+            return Path(p)
+    return None
+
+
+def default_paths(args):
+    data_dirs = [ROOT / ".gpu" / "data", ROOT.parent / "shared" / "data"]
+    args.data = args.data or str(_first(*(d / WIKIDOC for d in data_dirs)) or "")
+    args.tokenizer = args.tokenizer or str(_first(*(d / "gpt2_tokenizer" for d in data_dirs)) or "")
+    args.anchor = args.anchor or str(_first(ROOT / ".gpu" / "bench" / "anchor_baselines.py",
+                                            ROOT.parent / "shared" / "bench" / "anchor_baselines.py") or "")
+    if not args.data or not args.tokenizer:
+        sys.exit("wikidoc data or GPT-2 tokenizer not found; pass --data and --tokenizer")
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ---------------------------------------------------------------- measuring a Trainer run
+
+class TokenLog:
+    """Wraps a collator; records every batch's non-padding tokens in order (the dataloader prefetches one batch,
+    so counts by step come from this list, not from a running total)."""
+
+    def __init__(self, inner):
+        self.inner, self.per_batch = inner, []
+
+    @property
+    def tokens_seen(self):
+        return sum(self.per_batch)
+
+    def __call__(self, features):
+        before = self.inner.tokens_seen
+        batch = self.inner(features)
+        self.per_batch.append(self.inner.tokens_seen - before)
+        return batch
+
+
+def clock_callback(warmup: int, profile_steps: int = 0, profile_out: Path | None = None):
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        t_start = t0 = t1 = None
+        steps = 0
+        prof = None
+
+        def _sync(self):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._sync()
+            self.t_start = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kw):
+            # profile the last `profile_steps` warm-up steps, so the timed steps run without the profiler
+            if profile_steps and state.global_step == warmup - profile_steps and self.prof is None:
+                acts = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    acts.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kw):
+            control.should_evaluate = control.should_save = False  # measure training only
+            if self.prof and state.global_step == warmup:
+                self._sync()
+                self.prof.__exit__(None, None, None)
+                key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+                table = self.prof.key_averages().table(sort_by=key, row_limit=45, max_name_column_width=70)
+                if profile_out:
+                    profile_out.write_text(f"{profile_steps} steps\n" + table)
+                log(table[:3000])
+                self.prof = False
+            if state.global_step == warmup:
+                self._sync()
+                self.t0 = time.perf_counter()
+            self.steps = state.global_step
+
+        def on_train_end(self, args, state, control, **kw):
+            self._sync()
+            self.t1 = time.perf_counter()
+
+    return Clock()
+
+
+def _summary(clock, tokens: TokenLog, warmup: int, epoch_tokens: int, full_epoch: bool) -> dict:
+    timed_steps = clock.steps - warmup
+    if clock.t0 is None or timed_steps < 1:
+        raise RuntimeError(f"too few steps ({clock.steps}) for {warmup} warm-up steps")
+    dt = clock.t1 - clock.t0
+    tok = sum(tokens.per_batch[warmup:clock.steps])
+    r = dict(steps=timed_steps, s_per_step=round(dt / timed_steps, 4), tok_s=round(tok / dt),
+             tokens_per_step=round(tok / timed_steps))
+    total = clock.t1 - clock.t_start
+    if full_epoch:
+        r.update(epoch_s=round(total, 1), epoch_measured=True)
+    else:
+        r.update(epoch_s=round(epoch_tokens / max(r["tok_s"], 1e-9), 1), epoch_measured=False)
+    return r
+
+
+def _free():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ---------------------------------------------------------------- medtune's recipe
+
+_PREPARED: dict = {}
+_BASES: dict = {}
+
+
+def _random_base(name: str, tok) -> str:
+    """random:<size> as medtune builds it (medtune.model.build_random), saved once to a temporary folder."""
+    from medtune.model import build_random
+
+    if name not in _BASES:
+        d = tempfile.mkdtemp(prefix=f"mt-{name.split(':')[1]}-")
+        model = build_random(name, tok)
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        del model
+        _BASES[name] = d
+    return _BASES[name]
+
+
+def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int | None, full_epoch: bool,
+                profile: int = 0) -> dict:
+    """Train medtune's recipe through medtune.train.make_trainer (what `medtune train` runs) for `steps` steps after
+    `warmup` (or a whole epoch) and measure it."""
+    from medtune import data as data_mod, model as model_mod, train
+    from medtune.config import load_config
+
+    _free()
+    out = Path(tempfile.mkdtemp(prefix="mt-bench-"))
+    big = str(10 ** 9)
+    sets = [f"model.tokenizer={args.tokenizer}", f"data.source={args.data}", "train.report_to=none",
+            f"train.save_steps={big}", f"train.eval_steps={big}", f"train.logging_steps={big}", "train.epochs=1",
+            f"train.max_steps={-1 if full_epoch else warmup + steps}"] + overrides
+    cfg_file = next((o.split("=", 1)[1] for o in overrides if o.startswith("config=")), None)
+    sets = [o for o in sets if not o.startswith("config=")]
+    cfg = load_config(ROOT / cfg_file if cfg_file else None, sets, output_dir=str(out))
+    tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
+    key = (args.tokenizer, cfg.data.max_length)
+    if key not in _PREPARED:
+        _PREPARED[key] = data_mod.prepare(cfg.data, tok, log=lambda *a: None)
+    prepared = _PREPARED[key]
+    epoch_tokens = sum(len(e["input_ids"]) for e in prepared.encoded["train"])
+    if cfg.model.name.startswith("random:"):  # build and save each random base once (gpt2-xl takes a while)
+        cfg.model.name = _random_base(cfg.model.name, tok)
+    model = model_mod.load_base_model(cfg.model, tok)
+    model.config.use_cache = False
+    model = model_mod.add_lora(model, cfg.model, log=lambda *a: None)
+    _free()
+    trainer, collator, info = train.make_trainer(cfg, model, tok, prepared, out, log=log)
+    trainer.args.disable_tqdm = True
+    tokens = TokenLog(collator)
+    trainer.data_collator = tokens
+    prof_file = Path(os.environ["OUT"]) / f"profile-{name}.txt" if profile and os.environ.get("OUT") else None
+    clock = clock_callback(warmup, profile, prof_file)
+    trainer.add_callback(clock)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    r = dict(name=name, **_summary(clock, tokens, warmup, epoch_tokens, full_epoch))
+    r["train_loss"] = round(trainer.state.log_history[-1].get("train_loss", float("nan")), 4)
+    if torch.cuda.is_available():
+        r["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+    r.update(attention=info.get("attention"), loss_kind=info.get("loss"), batch_tokens=info.get("batch_tokens"),
+             gradient_checkpointing=info.get("gradient_checkpointing"))
+    if "plan" in info:
+        r["plan"] = info["plan"]
+    del trainer, model, collator
+    _free()
+    return r
+
+
+# ---------------------------------------------------------------- reference recipes
+
+def run_anchor(args, mode: str, size: str, steps: int) -> dict:
+    """anchor_baselines.py in a subprocess (its own process: its memory peak is its own)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, args.anchor, mode, size, str(steps)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.anchor_timeout)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{mode} {size} failed (rc {p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
+
+
+def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: int) -> dict:
+    """The tutorial recipe of anchor_baselines.py, device-agnostic: 4-bit defaults (fp4, fp32 compute),
+    prepare_model_for_kbit_training (gradient checkpointing), LoRA r16 on c_attn, batch 4 padded to 512."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForLanguageModeling,
+                              Trainer, TrainingArguments)
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok.pad_token = tok.eos_token
+    rows = json.load(open(data))
+    text = [f"### Instruction:\n{r['instruction']}\n\n### Input:\n{r['input']}\n\n### Response:\n{r['output']}" for r in rows]
+    ds = Dataset.from_dict({"text": text}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=512, padding="max_length"), batched=True, remove_columns=["text"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True),
+                                                 device_map={"": "cpu"})
+    model = prepare_model_for_kbit_training(model)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.05,
+                                             bias="none", task_type="CAUSAL_LM"))
+    d = tempfile.mkdtemp()
+    targs = TrainingArguments(output_dir=d, per_device_train_batch_size=4, max_steps=warmup + steps, logging_steps=10 ** 9,
+                              report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.per_batch = inner, []
+
+        def __call__(self, feats):
+            b = self.inner(feats)
+            self.per_batch.append(int(b["attention_mask"].sum()))
+            return b
+
+    counter = Counting(DataCollatorForLanguageModeling(tok, mlm=False))
+    clock = clock_callback(warmup)
+    trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=counter, callbacks=[clock])
+    trainer.train()
+    epoch_tokens = sum(min(len(tok(t)["input_ids"]), 512) for t in text[:200]) * len(text) / 200
+    return dict(name="tutorial", **_summary(clock, counter, warmup, int(epoch_tokens), False))
+
+
+# ---------------------------------------------------------------- output
+
+def fmt_time(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def markdown(rows: list[dict], card: str) -> str:
+    lines = [f"card: {card}", "",
+             "| model | recipe | tokens/s | peak GiB | epoch | TRL tokens/s | TRL peak GiB | ratio vs TRL | settings |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        trl = r.get("trl") or {}
+        ratio = f"{r['tok_s'] / trl['tok_s']:.1f}x" if trl.get("tok_s") else "-"
+        settings = (f"{r.get('batch_tokens') or '-'} tok/batch, {r.get('attention')}, "
+                    f"ckpt {'on' if r.get('gradient_checkpointing') else 'off'}")
+        epoch = fmt_time(r["epoch_s"]) + ("" if r.get("epoch_measured") else " (est.)")
+        lines.append(f"| {r['size']} | {r['recipe']} | {r['tok_s']:,} | {r.get('peak_gib', '-')} | {epoch} | "
+                     f"{trl.get('tok_s', '-') if not trl.get('tok_s') else format(trl['tok_s'], ',')} | "
+                     f"{trl.get('peak_gib', '-')} | {ratio} | {settings} |")
+    return "\n".join(lines)
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """NAME:key=value,key=value"""
+    name, _, rest = text.partition(":")
+    return name, [kv for kv in rest.split(",") if kv]
+
+
+# ---------------------------------------------------------------- modes
+
+def gpu_main(args):
+    card = torch.cuda.get_device_name(0)
+    log(f"card: {card}; torch {torch.__version__}")
+    rows, refs = [], {}
+    prefix = Path(args.out) if args.out else Path(os.environ.get("OUT", ".")) / "throughput"
+    variants = [parse_variant(v) for v in args.variant] or [(r, []) for r in args.recipes]
+    for size in args.sizes:
+        if args.trl:
+            try:
+                refs[size] = run_anchor(args, "trl", size, args.trl_steps)
+                log(f"TRL {size}: {refs[size]}")
+            except Exception as e:  # keep going: the medtune rows are still worth having
+                log(f"TRL {size} failed: {e}")
+        for name, extra in variants:
+            if "/" in name:  # SIZE/NAME: this size only
+                only, name = name.split("/", 1)
+                if only != size:
+                    continue
+            recipe = name.split("+")[0]
+            config, base = RECIPES.get(recipe, RECIPES["qlora"])
+            sets = [f"config={config}", f"model.name=random:{size}"] + base + [e for e in extra if not e.startswith("env.")]
+            env = dict(e[4:].split("=", 1) for e in extra if e.startswith("env."))
+            saved_env = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                r = run_medtune(args, f"{size}-{name}", sets, args.warmup, args.steps, args.epoch,
+                                profile=min(args.profile, args.warmup - 1) if name in args.profile_variants else 0)
+            except Exception as e:
+                import traceback
+                traceback.print_exc()
+                log(f"{size} {name} failed: {type(e).__name__}: {e}")
+                continue
+            finally:
+                for k, v in saved_env.items():
+                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            r.update(size=size, recipe=name, trl=refs.get(size))
+            log(f"medtune {size} {name}: " + json.dumps({k: v for k, v in r.items() if k != 'trl'}))
+            rows.append(r)
+            prefix.with_suffix(".json").write_text(json.dumps(dict(card=card, rows=rows), indent=1))
+    table = markdown(rows, card)
+    prefix.with_suffix(".md").write_text(table + "\n")
+    log("\n" + table)
+
+
+def cpu_main(args):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from medtune.model import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    model_dir = tempfile.mkdtemp(prefix="mt-cpu-model-")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=4, n_head=4, n_embd=256, n_positions=1024,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    log(f"CPU mode: GPT-2 4 layers x 256 (random weights), real GPT-2 tokenizer, {os.cpu_count()} cores, torch {torch.__version__}")
+    w, n = args.warmup, args.steps
+    common = [f"model.name={model_dir}", "model.lora_dropout=0.05", "train.packing=true",
+              f"train.batch_tokens={args.cpu_batch_tokens}", "train.learning_rate=0.0002", "train.warmup_ratio=0.03"]
+    results = {}
+    t = time.perf_counter()
+    results["tutorial"] = tutorial_cpu(model_dir, args.tokenizer, args.data, w, n)
+    log(f"tutorial: {results['tutorial']}  ({time.perf_counter() - t:.0f}s)")
+    for name, extra in (("medtune-qlora", ["model.quantization=4bit"]), ("medtune-lora", ["model.quantization=none"])):
+        t = time.perf_counter()
+        results[name] = run_medtune(args, name, common + extra, w, n, False)
+        log(f"{name}: {json.dumps(results[name])}  ({time.perf_counter() - t:.0f}s)")
+    base = results["tutorial"]["tok_s"]
+    log("\n| recipe | tokens/s (non-padding) | tokens/step | s/step | ratio |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        log(f"| {name} | {r['tok_s']:,} | {r['tokens_per_step']:,} | {r['s_per_step']} | {r['tok_s'] / base:.2f} |")
+    log(f"ratio medtune/tutorial: {results['medtune-qlora']['tok_s'] / base:.2f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cpu", action="store_true", help="CPU mode: small config, tutorial vs medtune, a few minutes")
+    ap.add_argument("--sizes", nargs="+", default=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
+    ap.add_argument("--recipes", nargs="+", default=["lora", "qlora"], choices=sorted(RECIPES))
+    ap.add_argument("--variant", action="append", default=[],
+                    help="[SIZE/]NAME:section.key=value,...,env.VAR=value (NAME starts with a recipe: "
+                         "qlora+big:train.batch_tokens=32768; gpt2/lora+nogelu:env.MEDTUNE_DISABLE=gelu)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 2 CPU)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 GPU, 6 CPU)")
+    ap.add_argument("--epoch", action="store_true", help="GPU: train one whole epoch (measured epoch time)")
+    ap.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True, help="GPU: run the TRL reference")
+    ap.add_argument("--trl-steps", type=int, default=15)
+    ap.add_argument("--anchor-timeout", type=int, default=600)
+    ap.add_argument("--profile", type=int, default=0, help="profile the last N warm-up steps of --profile-variants")
+    ap.add_argument("--profile-variants", nargs="*", default=["lora", "qlora"])
+    ap.add_argument("--cpu-batch-tokens", type=int, default=2048)
+    ap.add_argument("--data")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--anchor")
+    ap.add_argument("--out", help="results go to OUT.json and OUT.md (default $OUT/throughput or ./throughput)")
+    args = ap.parse_args(argv)
+    default_paths(args)
+    if args.cpu or not torch.cuda.is_available():
+        if not args.cpu:
+            log("no CUDA GPU: running the CPU mode")
+        args.warmup = 2 if args.warmup is None else args.warmup
+        args.steps = 6 if args.steps is None else args.steps
+        cpu_main(args)
+    else:
+        args.warmup = 5 if args.warmup is None else args.warmup
+        args.steps = 20 if args.steps is None else args.steps
+        gpu_main(args)
+
+
+if __name__ == "__main__":
+    main()
