@@ -88,7 +88,7 @@ for n in $GPUS; do
   args=(train --config configs/gpt2-xl-qlora.yaml --model "$MODEL" --data "$DATA" --output-dir "$run"
         --set "model.tokenizer=$TOK" --set "train.max_steps=$STEPS" "${batching[@]}"
         --set train.grad_accum=1 --set train.max_memory_gib=null
-        --set train.eval_steps=1000000 --set train.save_steps=1000000 --set train.logging_steps=10
+        --set train.eval_steps=1000000 --set train.eval_on_start=false --set train.save_steps=1000000 --set train.logging_steps=10
         --set train.report_to=none)
   if [ "$n" -eq 1 ]; then
     launch=("$PYTHON" -m medtune)

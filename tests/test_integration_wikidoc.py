@@ -16,11 +16,13 @@ def test_validation_loss_falls_on_real_data(tmp_path):
     out = tmp_path / "wd"
     cfg = tiny_config(out, f"model.tokenizer={TOKENIZER}", "data.max_records=400", "data.max_length=256",
                       "train.max_steps=30", "train.eval_steps=10", "train.save_steps=30", "train.batch_size=8",
-                      "train.learning_rate=0.01", data__source=str(DATA))
+                      "train.learning_rate=0.01", "train.eval_on_start=true", data__source=str(DATA))
     train.run(cfg, log=lambda *a: None)
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
     evals = [h["eval_loss"] for h in hist if "eval_loss" in h]
-    assert len(evals) >= 3
-    assert evals[-1] < evals[0] - 0.05, evals
+    steps = [h["step"] for h in hist if "eval_loss" in h]
+    assert steps[0] == 0 and len(evals) >= 4, steps  # the untrained adapter's loss starts the curve
+    assert evals[-1] < evals[0] - 0.3, evals
+    assert evals[-1] <= min(evals[1:]) + 0.01, evals  # still falling or flat at the end, not diverging
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["source_rows"] == 5942

@@ -79,6 +79,7 @@ class TrainConfig:
     save_steps: int = 100
     save_total_limit: int = 2
     eval_at_end: bool = False
+    eval_on_start: bool = False  # validation loss of the untrained adapter at step 0 (the start of the curve)
     seed: int = 42
     num_workers: int = 0
     report_to: str = "tensorboard"  # tensorboard | none

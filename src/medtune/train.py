@@ -137,6 +137,7 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool):
         bf16=_bf16(cfg),
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_steps,
+        eval_on_start=t.eval_on_start and has_eval,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -397,7 +398,11 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     tokens = sum_over_processes(collator.tokens_seen)  # all processes' training tokens, before any evaluation
     metrics = dict(result.metrics)
     if enc["validation"]:
-        metrics.update(trainer.evaluate())
+        last = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if last and last[-1]["step"] == trainer.state.global_step:  # the final step was already evaluated
+            metrics.update({k: v for k, v in last[-1].items() if k.startswith("eval_")})
+        else:
+            metrics.update(trainer.evaluate())
     metrics["train_seconds"] = round(seconds, 2)
     metrics["train_tokens"] = tokens
     metrics["tokens_per_second"] = round(tokens / max(seconds, 1e-9), 1)
