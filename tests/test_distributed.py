@@ -117,6 +117,7 @@ def test_two_processes_train_one_run_written_by_rank_0(ddp_run):
     # rank 0 alone speaks, and says how the batch scales: 8 per device x 1 accumulation x 2 processes
     assert len(re.findall(r"x 2 processes = (?:effective batch size )?16\b", proc.stdout)) == 1, proc.stdout
     assert proc.stdout.count("done: adapter and run files") == 1
+    assert "loss chunked" in proc.stdout  # the chunked loss runs under DDP too (through the DDP-wrapped forward)
 
     # both ranks trained all 4 steps in one 2-process group, and DDP kept their LoRA weights identical
     t0, t1 = trained(records[0]), trained(records[1])

@@ -102,12 +102,22 @@ def test_trainer_fast_loss_matches_model_loss(tok, tmp_path):
     assert info["loss"] == "chunked" and trainer.train_batch_sampler is not None
     model.eval()
     batch = collator(prepared.encoded["train"][:10])
-    with torch.no_grad():
-        fast_loss = trainer.compute_loss(model, dict(batch))
-        fast_parts, trainer.fast_loss = trainer.fast_loss, None
-        slow_loss = trainer.compute_loss(model, dict(batch))
-        trainer.fast_loss = fast_parts
-    assert abs(fast_loss.item() - slow_loss.item()) < 1e-4
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in lora]
+
+    fast_loss, fast_grads = loss_and_grads()
+    fast_parts, trainer.fast_loss = trainer.fast_loss, None
+    slow_loss, slow_grads = loss_and_grads()
+    trainer.fast_loss = fast_parts
+    assert abs(fast_loss - slow_loss) < 1e-4
+    assert any(g.abs().sum() > 0 for g in fast_grads)
+    for fast_g, slow_g in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(fast_g, slow_g, rtol=1e-3, atol=1e-6)
 
 
 def test_packing_collator_layout(tok):

@@ -80,7 +80,7 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if (self.fast_loss is None or "labels" not in inputs or self.label_smoother is not None
-                    or self.compute_loss_func is not None or self.accelerator.num_processes > 1):
+                    or self.compute_loss_func is not None):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             from medtune.fast import linear_cross_entropy
@@ -88,11 +88,23 @@ def _trainer_class():
             decoder, weight = self.fast_loss
             inputs = dict(inputs)
             labels = inputs.pop("labels")
-            with self.accelerator.autocast():  # the decoder is called directly, outside accelerate's wrapped forward
-                hidden = decoder(**inputs, use_cache=False).last_hidden_state
-                total, n = linear_cross_entropy(hidden, weight, labels, chunk=self.loss_chunk, compiled=self.compile_loss)
+            # The whole (DDP- and accelerate-wrapped) model runs, so DDP syncs gradients and autocast applies, but
+            # its LM head sees only the last position (logits_to_keep=1); the decoder's output is caught by a hook
+            # and the loss computed from it in chunks over the labelled positions.
+            caught = []
+            hook = decoder.register_forward_hook(lambda module, args, out: caught.append(out[0]))
+            try:
+                with self.accelerator.autocast():
+                    model(**inputs, use_cache=False, logits_to_keep=1)
+                    (hidden,) = caught
+                    total, n = linear_cross_entropy(hidden, weight, labels, chunk=self.loss_chunk,
+                                                    compiled=self.compile_loss)
+            finally:
+                hook.remove()
             if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                 loss = total / num_items_in_batch  # normalized over the whole accumulated batch, like the model's loss
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's tokens
             else:
                 loss = total / n.clamp(min=1)
             return (loss, {"loss": loss}) if return_outputs else loss
