@@ -252,3 +252,22 @@ def test_4bit_run_evaluates_on_cpu(overfit, tmp_path, records_file):
         assert math.isfinite(m[side]["perplexity"]) and m[side]["generated"] == 2
     assert m["tuned"]["perplexity"] < m["base"]["perplexity"]
     assert "| quantization | 4bit |" in (run / "eval" / "report.md").read_text()
+
+
+def test_sampled_evaluation_is_seeded_and_recorded(overfit, records_file, capsys):
+    """--sample draws with the run's generate settings; the same seed gives the same answers, and metrics say so."""
+    def sampled():
+        assert main(["eval", str(overfit), "--data", str(records_file), "--num-samples", "3", "--sample"]) == 0
+        capsys.readouterr()
+        m = json.loads((overfit / "eval" / "metrics.json").read_text())
+        answers = [json.loads(line)["tuned"] for line in (overfit / "eval" / "samples.jsonl").read_text().splitlines()]
+        return m, answers
+
+    m1, a1 = sampled()
+    m2, a2 = sampled()
+    assert m1["generation"]["greedy"] is False and a1 == a2
+    cfg = load_config(overfit / "config.yaml")
+    g = evaluate.eval_generate_config(cfg, greedy=False)
+    assert (g.temperature, g.top_p, g.seed) == (cfg.generate.temperature, cfg.generate.top_p, cfg.generate.seed)
+    assert g.max_new_tokens == cfg.eval.max_new_tokens
+    assert evaluate.eval_generate_config(cfg).greedy is True  # the default stays greedy

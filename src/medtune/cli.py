@@ -66,7 +66,7 @@ def cmd_generate(a):
 def cmd_eval(a):
     from medtune import evaluate
 
-    evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples)
+    evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples, greedy=False if a.sample else None)
 
 
 def cmd_merge(a):
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="hub dataset id or local file (default: the split saved by training)")
     e.add_argument("--split", default="test", help="which saved split: test or validation (default test)")
     e.add_argument("--num-samples", type=int, help="questions to generate answers for (default 50)")
+    e.add_argument("--sample", action="store_true", help="sample with the run's generate settings instead of greedy "
+                                                          "decoding (config key eval.greedy)")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("merge", help="merge the adapter into the base model and save a standalone model")

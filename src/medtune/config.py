@@ -105,6 +105,7 @@ class EvalConfig:
     max_new_tokens: int = 128
     batch_size: int = 8
     split: str = "test"
+    greedy: bool = True  # false: sample with the run's generate settings (temperature, top_p, top_k, seed)
 
 
 @dataclass

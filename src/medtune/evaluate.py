@@ -171,10 +171,14 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
 
 
-def eval_generate_config(cfg: Config) -> GenerateConfig:
-    """Greedy decoding (no repetition penalty), eval.max_new_tokens, the run's generation seed."""
-    return GenerateConfig(max_new_tokens=cfg.eval.max_new_tokens, greedy=True, repetition_penalty=1.0,
-                          seed=cfg.generate.seed)
+def eval_generate_config(cfg: Config, greedy: bool | None = None) -> GenerateConfig:
+    """eval.max_new_tokens and the run's generation seed; greedy decoding without repetition penalty (default),
+    or, with greedy false, sampling with the run's generate settings."""
+    greedy = cfg.eval.greedy if greedy is None else greedy
+    if greedy:
+        return GenerateConfig(max_new_tokens=cfg.eval.max_new_tokens, greedy=True, repetition_penalty=1.0,
+                              seed=cfg.generate.seed)
+    return dataclasses.replace(cfg.generate, max_new_tokens=cfg.eval.max_new_tokens, greedy=False)
 
 
 @torch.no_grad()
@@ -340,7 +344,7 @@ def _first_line(text: str, limit: int = 90) -> str:
 # ---------------------------------------------------------------- main entry
 
 def run(run_dir: str | Path, data: str | None = None, split: str | None = None, num_samples: int | None = None,
-        log=print) -> dict:
+        greedy: bool | None = None, log=print) -> dict:
     """Evaluate a training output dir: base vs tuned. Writes RUN_DIR/eval/{metrics.json,report.md,...},
     prints the table, and returns the metrics."""
     from medtune.model import load_for_inference
@@ -374,7 +378,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     log(f"eval: {len(kept)} records from {source}"
         + (f" ({dropped} longer than {data_cfg.max_length} tokens left out)" if dropped else ""))
 
-    g = eval_generate_config(cfg)
+    g = eval_generate_config(cfg, greedy)
     prompts = [format_prompt(r, data_cfg) for r in kept]
     limit = _max_positions(model)
     candidates = [i for i, p in enumerate(prompts)
