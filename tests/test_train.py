@@ -72,6 +72,8 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     steps = [h["step"] for h in hist if "loss" in h]
     # history carries over from the checkpoint; no step was trained (and logged) twice
     assert len(steps) == len(set(steps)) and max(steps) == 6
+    eval_steps = [h["step"] for h in hist if "eval_loss" in h]
+    assert eval_steps.count(0) == 1 and len(eval_steps) == len(set(eval_steps)), eval_steps  # step 0 evaluated once
     assert (out / "checkpoints" / "checkpoint-6").is_dir()
 
 

@@ -396,6 +396,8 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
 
     enc = prepared.encoded
     trainer, collator, speed = make_trainer(cfg, model, tok, prepared, out, log=log)
+    if resume_from:
+        trainer.args.eval_on_start = False  # the step-0 loss is in the checkpoint's log history already
     barrier()  # the Trainer's arguments started the process group; every rank has checked the output dir
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
