@@ -264,7 +264,7 @@ def test_sampled_evaluation_is_seeded_and_recorded(overfit, records_file, capsys
         return m, answers
 
     m1, a1 = sampled()
-    m2, a2 = sampled()
+    _, a2 = sampled()
     assert m1["generation"]["greedy"] is False and a1 == a2
     cfg = load_config(overfit / "config.yaml")
     g = evaluate.eval_generate_config(cfg, greedy=False)

@@ -19,8 +19,7 @@ def test_validation_loss_falls_on_real_data(tmp_path):
                       "train.learning_rate=0.01", "train.eval_on_start=true", data__source=str(DATA))
     train.run(cfg, log=lambda *a: None)
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
-    evals = [h["eval_loss"] for h in hist if "eval_loss" in h]
-    steps = [h["step"] for h in hist if "eval_loss" in h]
+    steps, evals = zip(*[(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h])
     assert steps[0] == 0 and len(evals) >= 4, steps  # the untrained adapter's loss starts the curve
     assert evals[-1] < evals[0] - 0.3, evals
     assert evals[-1] <= min(evals[1:]) + 0.01, evals  # still falling or flat at the end, not diverging
