@@ -19,47 +19,54 @@ def _quiet():
 
 
 def cmd_train(a):
-    from medtune.config import load_config
-    from medtune import train
+    from medtune import training
+    from medtune.config import help_text, load_config
 
+    if a.help_config:
+        print(help_text())
+        return
     cfg = load_config(a.config, a.set, output_dir=a.output_dir, model__name=a.model, data__source=a.data)
-    metrics = train.run(cfg, resume=a.resume)
-    if cfg.train.eval_at_end and train.is_main_process():
+    training.run(cfg, resume=a.resume)
+    if cfg.train.eval_at_end and training.distributed.is_main_process():
         from medtune import evaluate
         evaluate.run(cfg.output_dir)
-    return metrics
+
+
+GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 
 
 def cmd_generate(a):
     from transformers import TextStreamer
 
-    from medtune.config import load_config
-    from medtune.files import NOTICE
-    from medtune.generate import answer, generate_file
-    from medtune.model import load_for_inference
+    from medtune import rundir
+    from medtune.config import override
     from medtune.errors import MedtuneError
+    from medtune.files import NOTICE
+    from medtune.generate import answer, check_output_file, generate_file
+    from medtune.model import context_length
 
-    model, tok, cfg = load_for_inference(a.run_dir)
-    g = cfg.generate
-    for key in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"):
-        if getattr(a, key) is not None:
-            setattr(g, key, getattr(a, key))
-    if a.greedy:
-        g.greedy = True
-    load_config(overrides=[f"generate.{k}={v}" for k, v in vars(g).items() if v is not None])  # type checks
-    if a.input:
-        if not a.output:
-            raise MedtuneError("--input needs --output FILE.jsonl for the answers")
-        rows = generate_file(model, tok, a.input, a.output, cfg.data, g, batch_size=a.batch_size)
-        print(f"wrote {len(rows)} answers to {a.output}")
-        print(NOTICE)
-        return
-    if not a.question:
+    if a.batch_size < 1:
+        raise MedtuneError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.input and not a.output:
+        raise MedtuneError("--input needs --output FILE.jsonl for the answers")
+    if not a.input and not a.question:
         raise MedtuneError("give a question, or --input FILE")
+    if a.output:
+        check_output_file(a.output)
+    run = rundir.open_run(a.run_dir)
+    flags = {f"generate.{k}": getattr(a, k) for k in GENERATE_FLAGS} | {"generate.greedy": True if a.greedy else None}
+    cfg = override(run.config, flags)
+    model, tok = rundir.load_model(run)
+    ctx = context_length(model)
+    if a.input:
+        rows = generate_file(model, tok, a.input, a.output, cfg.data, cfg.generate, a.batch_size, context=ctx)
+        print(f"wrote {len(rows)} answers to {a.output}\n{NOTICE}")
+        return
     print(f"Q: {a.question}\nA: ", end="", flush=True)
-    result = answer(model, tok, a.question, cfg.data, g, streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True))
+    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    result = answer(model, tok, a.question, cfg.data, cfg.generate, streamer=streamer, context=ctx)
     if not result["stopped_at_eos"]:
-        print(f"\n[stopped at max_new_tokens={g.max_new_tokens}]")
+        print(f"\n[stopped at max_new_tokens={cfg.generate.max_new_tokens}]")
     print(f"\n{NOTICE}")
 
 
@@ -70,32 +77,32 @@ def cmd_eval(a):
 
 
 def cmd_merge(a):
-    from medtune import export
+    from medtune import merge
 
-    export.merge(a.run_dir, a.out)
+    merge.merge(a.run_dir, a.out)
 
 
 def cmd_serve(a):
-    from medtune import serve
+    from medtune.serving import server
 
-    serve.serve(a.model_dir, host=a.host, port=a.port, max_tokens=a.max_tokens,
-                max_prompt_tokens=a.max_prompt_tokens, queue_size=a.queue_size)
+    server.serve(a.model_dir, host=a.host, port=a.port, max_tokens=a.max_tokens,
+                 max_prompt_tokens=a.max_prompt_tokens, queue_size=a.queue_size)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medtune", description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _train_parser(sub):
     t = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter")
     t.add_argument("--config", help="YAML preset, e.g. configs/gpt2-lora.yaml")
     t.add_argument("--output-dir", help="where the adapter and run files go (config key output_dir)")
-    t.add_argument("--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> "
-                                    "(config key model.name)")
+    t.add_argument("--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> (config key model.name)")
     t.add_argument("--data", help="hub dataset id or a .json/.jsonl/.csv/.parquet file (config key data.source)")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the output "
+                                                         "dir (none complete: start over)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
+    t.add_argument("--help-config", action="store_true", help="list every config key with its type, default and help")
     t.set_defaults(func=cmd_train)
 
+
+def _generate_parser(sub):
     g = sub.add_parser("generate", help="answer a question (streamed) or a file of questions")
     g.add_argument("run_dir", help="a training output dir (base + adapter) or a merged model dir")
     g.add_argument("question", nargs="?")
@@ -111,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true")
     g.set_defaults(func=cmd_generate)
 
+
+def _other_parsers(sub):
     e = sub.add_parser("eval", help="compare base and tuned model on held-out data; writes metrics.json and report.md")
     e.add_argument("run_dir")
     e.add_argument("--data", help="hub dataset id or local file (default: the split saved by training)")
-    e.add_argument("--split", default="test", help="which saved split: test or validation (default test)")
+    e.add_argument("--split", help="which saved split: test or validation (default: config key eval.split)")
     e.add_argument("--num-samples", type=int, help="questions to generate answers for (default 50)")
     e.add_argument("--sample", action="store_true", help="sample with the run's generate settings instead of greedy "
                                                           "decoding (config key eval.greedy)")
@@ -133,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the model's context)")
     s.add_argument("--queue-size", type=int, help="requests queued or running before 429 busy (default 64)")
     s.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medtune", description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _generate_parser(sub)
+    _other_parsers(sub)
     return p
 
 

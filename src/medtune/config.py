@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -25,87 +27,110 @@ ALPACA_NO_INPUT_TEMPLATE = (
 )
 
 
+def opt(default, help: str, **kw):
+    """A config field with its one-line help (shown by `medtune train --help-config` and in the README table)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+Quantization = Literal["none", "8bit", "4bit"]
+Optimizer = Literal["auto", "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
+                    "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit",
+                    "paged_lion_8bit", "lion_32bit"]
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                    "inverse_sqrt"]
+Speedup = Literal["gelu", "norms", "varlen", "chunked_loss"]
+
+
 @dataclass
 class ModelConfig:
-    name: str = "gpt2"  # hub id, local dir, a .gguf file, or random:<gpt2 size|tiny> (random weights, from a config)
-    tokenizer: str | None = None  # default: same as name (a .gguf: its own); "builtin:tiny" = medtune's offline one
-    quantization: str = "none"  # none | 8bit | 4bit (NF4 + double quant)
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (weights of the non-quantized base)
-    attn_implementation: str = "sdpa"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] | None = None  # None: chosen per architecture
-    gradient_checkpointing: bool = False
+    name: str = opt("gpt2", "hub id, local folder, a .gguf file, or random:<tiny|distilgpt2|gpt2|gpt2-medium|"
+                            "gpt2-large|gpt2-xl> (random weights, built offline)")
+    tokenizer: str | None = opt(None, "tokenizer folder or hub id (default: the model's own); builtin:tiny is "
+                                      "medtune's offline one")
+    quantization: Quantization = opt("none", "none, 8bit (CUDA), or 4bit: QLoRA's NF4 with double quantization")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "weights of a non-quantized base "
+                                                                           "(auto: bf16 on a capable GPU, else float32)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = opt("sdpa", "attention kernel")
+    lora_r: int = opt(16, "LoRA rank", min=1)
+    lora_alpha: float = opt(32, "LoRA scaling numerator (scale = alpha / r)", gt=0)
+    lora_dropout: float = opt(0.05, "dropout on the LoRA input", min=0, lt=1)
+    lora_targets: list[str] | None = opt(None, "module names to adapt (default: every linear layer of the blocks)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, slower")
 
 
 @dataclass
 class DataConfig:
-    source: str = WIKIDOC  # hub dataset id or a .json/.jsonl/.csv/.parquet file
-    instruction_column: str = "instruction"
-    input_column: str = "input"
-    output_column: str = "output"
-    prompt_format: str = "template"  # template: the two prompt templates below | chat: the tokenizer's chat template
-    prompt_template: str = ALPACA_TEMPLATE
-    prompt_template_no_input: str = ALPACA_NO_INPUT_TEMPLATE
-    system_prompt: str | None = None  # chat format: a system message (None: none, or the template's own default)
-    chat_prompt: str | None = None  # chat format: the chat template rendered around {user}; filled in by training
-    default_instruction: str = "Answer this question truthfully"
-    max_length: int = 512  # tokens per example (prompt + answer + EOS)
-    overlong: str = "drop"  # drop | error
-    completion_only_loss: bool = True
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    max_records: int | None = None  # use only the first N records (quick runs)
-    seed: int = 42
+    source: str = opt(WIKIDOC, "hub dataset id, a .json/.jsonl/.csv/.parquet file, or builtin:sample")
+    instruction_column: str = opt("instruction", "column holding the instruction")
+    input_column: str = opt("input", "column holding the question / input (may be empty)")
+    output_column: str = opt("output", "column holding the answer")
+    prompt_format: Literal["template", "chat"] = opt("template", "template: the prompt templates below; chat: the "
+                                                                 "tokenizer's chat template")
+    prompt_template: str = opt(ALPACA_TEMPLATE, "prompt for records with an input ({instruction}, {input})")
+    prompt_template_no_input: str = opt(ALPACA_NO_INPUT_TEMPLATE, "prompt for records without an input")
+    system_prompt: str | None = opt(None, "chat format: a system message")
+    chat_prompt: str | None = opt(None, "chat format: the chat template rendered around {user} (set by training)")
+    default_instruction: str = opt("Answer this question truthfully", "instruction used for a bare question")
+    max_length: int = opt(512, "tokens per example (prompt + answer + EOS); at most the model's context", min=8)
+    overlong: Literal["drop", "error"] = opt("drop", "what to do with longer examples")
+    completion_only_loss: bool = opt(True, "loss on answer tokens only (the prompt is masked)")
+    val_fraction: float = opt(0.05, "share of questions held out for validation", min=0, lt=1)
+    test_fraction: float = opt(0.05, "share of questions held out for testing", min=0, lt=1)
+    max_records: int | None = opt(None, "use only the first N records (quick runs)", min=1)
+    seed: int = opt(42, "seed of the split")
+    phi: Literal["error", "warn", "redact", "off"] = opt("error", "protected health information found in the data: "
+                                                                  "stop, warn, replace with [TYPE], or do not check")
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    optim: str = "auto"  # auto: paged_adamw_8bit for 4bit/8bit on CUDA, adamw_torch otherwise
-    bf16: str = "auto"  # auto | true | false
-    packing: bool = False
-    eval_steps: int = 50
-    logging_steps: int = 10
-    save_steps: int = 100
-    save_total_limit: int = 2
-    eval_at_end: bool = False
-    eval_on_start: bool = False  # validation loss of the untrained adapter at step 0 (the start of the curve)
-    seed: int = 42
-    num_workers: int = 0
-    report_to: str = "tensorboard"  # tensorboard | none
-    max_memory_gib: float | None = None  # CUDA: pick batch_tokens and gradient checkpointing to fit this peak
-    batch_tokens: int | None = None  # with packing: batches of whole examples up to this many tokens (else batch_size examples)
-    compile: bool = False  # torch.compile the decoder blocks and the loss (CUDA)
+    epochs: float = opt(1.0, "passes over the training split (ignored when max_steps > 0)", gt=0)
+    max_steps: int = opt(-1, "optimizer steps (-1: set by epochs)")
+    batch_size: int = opt(8, "examples per batch and process (without packing)", min=1)
+    grad_accum: int = opt(1, "batches per optimizer step", min=1)
+    learning_rate: float = opt(2e-4, "peak learning rate", gt=0, max=1)
+    lr_scheduler: Scheduler = opt("cosine", "learning-rate schedule after warm-up")
+    warmup_ratio: float = opt(0.03, "share of the steps spent warming up", min=0, lt=1)
+    weight_decay: float = opt(0.0, "AdamW weight decay", min=0)
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", min=0)
+    optim: Optimizer = opt("auto", "optimizer (auto: paged_adamw_8bit for 4bit/8bit on CUDA, else adamw_torch)")
+    bf16: Literal["auto", "true", "false"] = opt("auto", "bf16 autocast (auto: when the GPU supports it)")
+    packing: bool = opt(False, "padding-free packing of whole examples")
+    eval_steps: int = opt(50, "steps between validation-loss evaluations", min=1)
+    logging_steps: int = opt(10, "steps between log lines", min=1)
+    save_steps: int = opt(100, "steps between checkpoints (for --resume)", min=1)
+    save_total_limit: int = opt(2, "checkpoints kept", min=1)
+    eval_at_end: bool = opt(False, "run `medtune eval` when training ends")
+    eval_on_start: bool = opt(False, "validation loss of the untrained adapter at step 0 (the start of the curve)")
+    seed: int = opt(42, "seed of the weights' init, dropout and batch order")
+    num_workers: int = opt(0, "data loader worker processes", min=0)
+    report_to: Literal["tensorboard", "none"] = opt("tensorboard", "training logs under logs/")
+    max_memory_gib: float | None = opt(None, "CUDA: choose tokens per batch and checkpointing to fit this peak", gt=0)
+    batch_tokens: int | None = opt(None, "with packing: batches of whole examples up to this many tokens", min=1)
+    compile: bool = opt(False, "torch.compile the decoder blocks and the loss (CUDA)")
+    disable: list[Speedup] = opt([], "speed-ups to turn off, for ablations: gelu, norms, varlen, chunked_loss")
 
 
 @dataclass
 class GenerateConfig:
-    max_new_tokens: int = 200
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    greedy: bool = False
-    seed: int = 42
+    max_new_tokens: int = opt(200, "most tokens in an answer", min=1, max=100_000)
+    temperature: float = opt(0.7, "sampling temperature (0: greedy)", min=0, max=10)
+    top_p: float = opt(0.9, "nucleus sampling: smallest set of tokens with this much probability", gt=0, max=1)
+    top_k: int = opt(50, "sample among the k most likely tokens (0: no limit)", min=0)
+    repetition_penalty: float = opt(1.1, "divide the logits of tokens already present (1: off)", gt=0, max=10)
+    greedy: bool = opt(False, "greedy decoding instead of sampling")
+    seed: int = opt(42, "sampling seed (answers are reproducible)", min=0)
 
 
 @dataclass
 class EvalConfig:
-    num_samples: int = 50
-    max_new_tokens: int = 128
-    batch_size: int = 8
-    split: str = "test"
-    greedy: bool = True  # false: sample with the run's generate settings (temperature, top_p, top_k, seed)
+    num_samples: int = opt(50, "questions to generate answers for", min=0)
+    max_new_tokens: int = opt(128, "most tokens per generated answer", min=1, max=100_000)
+    batch_size: int = opt(8, "questions per generation batch", min=1)
+    split: Literal["test", "validation"] = opt("test", "saved split to evaluate on")
+    greedy: bool = opt(True, "greedy decoding without repetition penalty; false: the run's generate settings")
 
 
 @dataclass
@@ -115,22 +140,19 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs/medtune"
-
-
-CHOICES = {
-    "model.quantization": ("none", "8bit", "4bit"),
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "data.overlong": ("drop", "error"),
-    "train.bf16": ("auto", "true", "false"),
-    "train.report_to": ("tensorboard", "none"),
-    "data.prompt_format": ("template", "chat"),
-}
+    output_dir: str = opt("runs/medtune", "where the run folder goes")
 
 
 def _coerce(key: str, value, typ):
     """Check `value` against the annotated type `typ`; ints are accepted where floats are expected."""
     origin = typing.get_origin(typ)
+    if origin is Literal:
+        choices = typing.get_args(typ)
+        if isinstance(value, bool):  # yaml turns `true` into a bool; keep choice keys such as train.bf16 usable
+            value = "true" if value else "false"
+        if value not in choices:
+            raise MedtuneError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(typ)
         if value is None and type(None) in args:
@@ -140,21 +162,24 @@ def _coerce(key: str, value, typ):
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list):
+            raise MedtuneError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(typ)
+        if item is str and not all(isinstance(v, str) for v in value):
             raise MedtuneError(f"config key '{key}' must be a list of strings, got {value!r}")
-        return value
+        return [_coerce(key, v, item) for v in value]
     if typ is bool:
         if isinstance(value, bool):
             return value
         raise MedtuneError(f"config key '{key}' must be true or false, got {value!r}")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if typ is str and isinstance(value, bool):  # yaml turns `true` into a bool; keep choice keys usable
-        value = "true" if value else "false"
-    if typ is str and isinstance(value, (int, float)):
+    if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise MedtuneError(f"config key '{key}' must be {typ.__name__}, got {value!r}")
+    if typ is float and not math.isfinite(value):
+        raise MedtuneError(f"config key '{key}' must be a finite number, got {value!r}")
     return value
 
 
@@ -171,10 +196,7 @@ def _apply(obj, key_prefix: str, values: dict):
                 raise MedtuneError(f"config key '{key}' must be a mapping")
             _apply(cur, key + ".", v)
         else:
-            v = _coerce(key, v, hints[k])
-            if key in CHOICES and v not in CHOICES[key]:
-                raise MedtuneError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {v!r}")
-            setattr(obj, k, v)
+            setattr(obj, k, _coerce(key, v, hints[k]))
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -195,21 +217,26 @@ def _nested(key: str, value) -> dict:
     return out
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file holding a mapping (a preset, or a run's config.yaml): missing, empty, corrupt or not a mapping
+    is one clear error."""
+    if not path.is_file():
+        raise MedtuneError(f"{what} not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise MedtuneError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise MedtuneError(f"{what} {path} is empty or not a mapping of config sections")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), **top) -> Config:
     """Build a Config from an optional YAML file, then `section.key=value` overrides, then keyword values
-    (e.g. output_dir=..., model__name=...) given by the CLI's dedicated flags."""
+    (e.g. output_dir=..., model__name=...) given by the CLI's dedicated flags; then validate it."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MedtuneError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise MedtuneError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise MedtuneError(f"config file {path} must hold a mapping of sections")
-        _apply(cfg, "", values)
+        _apply(cfg, "", read_yaml_mapping(Path(path), "config file"))
     for text in overrides:
         key, value = parse_override(text)
         _apply(cfg, "", _nested(key, value))
@@ -220,25 +247,69 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return cfg
 
 
+def _check_bounds(obj, prefix: str) -> None:
+    """The numeric bounds declared with the fields (min, max, gt, lt)."""
+    for f in dataclasses.fields(obj):
+        value, meta, key = getattr(obj, f.name), f.metadata, f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, key + ".")
+            continue
+        if value is None or isinstance(value, (bool, str, list)):
+            continue
+        for bound, ok, word in (("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
+                                ("gt", lambda v, b: v > b, ">"), ("lt", lambda v, b: v < b, "<")):
+            if bound in meta and not ok(value, meta[bound]):
+                raise MedtuneError(f"config key '{key}' must be {word} {meta[bound]}, got {value}")
+
+
 def validate(cfg: Config) -> None:
-    d, t, m = cfg.data, cfg.train, cfg.model
-    if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
-        raise MedtuneError("data.val_fraction and data.test_fraction must be in [0, 1) and sum to less than 1")
-    if d.max_length < 8:
-        raise MedtuneError("data.max_length must be at least 8")
-    for key, value in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
-                       ("model.lora_r", m.lora_r), ("train.eval_steps", t.eval_steps),
-                       ("train.save_steps", t.save_steps), ("train.logging_steps", t.logging_steps)):
-        if value < 1:
-            raise MedtuneError(f"config key '{key}' must be >= 1, got {value}")
+    """Every check that needs only the config. It runs before any file is written; checks that need the model
+    (data.max_length against its context) are in medtune.model.check_against_model."""
+    _check_bounds(cfg, "")
+    d, t = cfg.data, cfg.train
+    if d.val_fraction + d.test_fraction >= 1:
+        raise MedtuneError("data.val_fraction + data.test_fraction must be less than 1")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise MedtuneError(f"config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got {t.max_steps}")
     if t.batch_tokens is not None and t.batch_tokens < d.max_length:
         raise MedtuneError(f"train.batch_tokens ({t.batch_tokens}) must be at least data.max_length ({d.max_length})")
-    if t.max_memory_gib is not None and t.max_memory_gib <= 0:
-        raise MedtuneError("train.max_memory_gib must be positive")
     if "{instruction}" not in d.prompt_template and "{input}" not in d.prompt_template:
         raise MedtuneError("data.prompt_template must contain {instruction} or {input}")
+    for key in ("prompt_template", "prompt_template_no_input"):
+        try:
+            getattr(d, key).format(instruction="", input="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise MedtuneError(f"data.{key} is not a valid template ({type(e).__name__}: {e}); only {{instruction}} "
+                               "and {input} may appear in braces (write {{ and }} for literal braces)") from None
     if d.chat_prompt and "{user}" not in d.chat_prompt:
         raise MedtuneError("data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)")
+    if not cfg.output_dir.strip():
+        raise MedtuneError("output_dir must not be empty")
+
+
+def help_rows(obj=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every config key, from the field declarations."""
+    obj = obj or Config()
+    hints = typing.get_type_hints(type(obj))
+    rows = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += help_rows(value, f"{prefix}{f.name}.")
+            continue
+        typ = hints[f.name]
+        shown = " | ".join(map(str, typing.get_args(typ))) if typing.get_origin(typ) is Literal else \
+            str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        default = value if not isinstance(value, str) or len(value) < 40 else value[:37].replace("\n", " ") + "..."
+        rows.append((f"{prefix}{f.name}", shown, repr(default) if isinstance(default, str) else str(default),
+                     f.metadata.get("help", "")))
+    return rows
+
+
+def help_text() -> str:
+    rows = help_rows()
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{k.ljust(width)}  {h} [{t}; default {d}]" for k, t, d, h in rows)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -252,4 +323,13 @@ def dump_yaml(cfg: Config) -> str:
 def from_dict(values: dict) -> Config:
     cfg = Config()
     _apply(cfg, "", values)
+    return cfg
+
+
+def override(cfg: Config, values: dict) -> Config:
+    """`cfg` with dotted keys set (e.g. {"generate.top_p": 0.8}; None values skipped), validated."""
+    for key, value in values.items():
+        if value is not None:
+            _apply(cfg, "", _nested(key, value))
+    validate(cfg)
     return cfg

@@ -50,13 +50,15 @@ def atomic_write_jsonl(path: str | Path, rows) -> None:
 
 
 def publish_dir(tmp_dir: str | Path, dest: str | Path) -> None:
-    """Move every file of `tmp_dir` into `dest`, one atomic rename each, then remove `tmp_dir`."""
+    """Move every file of `tmp_dir` into `dest`, one atomic rename each, then remove `tmp_dir`. Files get the usual
+    permissions (umask): some writers (safetensors, temporary files) create them 0600."""
     tmp_dir, dest = Path(tmp_dir), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for src in sorted(tmp_dir.rglob("*")):
         if src.is_file():
             target = dest / src.relative_to(tmp_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
+            src.chmod(0o666 & ~_UMASK)
             os.replace(src, target)
     shutil.rmtree(tmp_dir, ignore_errors=True)
 

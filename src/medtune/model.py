@@ -136,10 +136,50 @@ def compute_dtype() -> torch.dtype:
     return torch.float16 if torch.cuda.is_available() else torch.float32
 
 
-def _weights_dtype(cfg: ModelConfig):
+def weights_dtype(cfg: ModelConfig):
     if cfg.dtype == "auto":
         return compute_dtype() if torch.cuda.is_available() else torch.float32
     return getattr(torch, cfg.dtype)
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model takes (positions), or None when its config does not say."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    for key in ("n_positions", "max_position_embeddings"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
+def check_against_model(cfg, model) -> None:
+    """The config checks that need the loaded model: run before training starts and before any file is written."""
+    ctx = context_length(model)
+    if ctx is not None and cfg.data.max_length > ctx:
+        raise MedtuneError(f"data.max_length={cfg.data.max_length} is longer than the model's context of {ctx} "
+                           f"tokens; set data.max_length <= {ctx}")
+
+
+# architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: a bias-free linear head with no
+# scaling or soft-capping in between, so the loss can be computed from the decoder's output in chunks
+PLAIN_HEAD_MODELS = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3", "gpt_neox",
+                     "opt"}
+
+
+def decoder_and_head(model):
+    """(decoder, output embedding weight) of a causal LM, PEFT-wrapped or not, for the chunked loss of training and
+    evaluation; None where the logits are more than a plain linear map of the decoder's output."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    decoder = getattr(base, "base_model", None)
+    config = getattr(base, "config", None)
+    if head is None or decoder is None or decoder is base or not isinstance(head, torch.nn.Linear):
+        return None
+    if head.bias is not None or getattr(config, "model_type", "") not in PLAIN_HEAD_MODELS:
+        return None
+    if any(getattr(config, k, None) not in (None, 1.0) for k in
+           ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")):
+        return None
+    return decoder, head.weight
 
 
 def quantization_config(cfg: ModelConfig):
@@ -216,7 +256,7 @@ def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, 
     qcfg = quantization_config(cfg) if quantize else None
     gguf = gguf_path(name)
     if gguf is not None:
-        model = load_gguf(gguf, _weights_dtype(cfg), cfg.attn_implementation)
+        model = load_gguf(gguf, weights_dtype(cfg), cfg.attn_implementation)
         if qcfg is None:
             return model
         with tempfile.TemporaryDirectory() as d:  # bitsandbytes quantizes while loading: round-trip via disk
@@ -228,11 +268,11 @@ def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, 
     if is_random(cfg) and local_path is None:
         model = build_random(name, tokenizer)
         if qcfg is None:
-            return model.to(_weights_dtype(cfg))
+            return model.to(weights_dtype(cfg))
         with tempfile.TemporaryDirectory() as d:  # bitsandbytes quantizes while loading: round-trip via disk
             model.save_pretrained(d)
             return load_base_model(cfg, tokenizer, local_path=d)
-    kwargs = dict(dtype=_weights_dtype(cfg), attn_implementation=cfg.attn_implementation)
+    kwargs = dict(dtype=weights_dtype(cfg), attn_implementation=cfg.attn_implementation)
     if qcfg is not None:
         kwargs.update(quantization_config=qcfg,
                       device_map={"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"})
@@ -289,33 +329,3 @@ def add_lora(model, cfg: ModelConfig, log=print):
     log(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
         f"LoRA r={cfg.lora_r} on {targets}, quantization={cfg.quantization}")
     return model
-
-
-def load_for_inference(run_dir: str | Path, device: str | None = None):
-    """Load a finished run (base + adapter) or a merged model folder. Returns (model, tokenizer, config)."""
-    from medtune.config import Config, from_dict
-    import yaml
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise MedtuneError(f"not a folder: {run_dir}")
-    cfg_file = run_dir / "config.yaml"
-    cfg = from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.exists() else Config()
-    if not ((run_dir / "adapter_config.json").exists() or (run_dir / "config.json").exists()):
-        raise MedtuneError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = load_tokenizer(str(run_dir))
-    if (run_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-        base_dir = run_dir / "base_model"
-        base = load_base_model(cfg.model, tok, local_path=str(base_dir) if base_dir.is_dir() else None)
-        model = PeftModel.from_pretrained(base, str(run_dir))
-    elif (run_dir / "config.json").exists():
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=_weights_dtype(cfg.model))
-    else:
-        raise MedtuneError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json)")
-    if cfg.model.quantization == "none" or not (run_dir / "adapter_config.json").exists():
-        model.to(device)
-    model.eval()
-    return model, tok, cfg

@@ -1,0 +1,102 @@
+"""Merge: fold a run's LoRA adapter into its base model and save a standalone model folder.
+
+The merged folder loads with `transformers.pipeline("text-generation", model=DIR)` and with medtune itself
+(`medtune generate DIR ...`, `medtune serve DIR`). It holds:
+  model.safetensors (+ config.json, generation_config.json)   the merged weights
+  tokenizer files
+  config.yaml                                                  the run's medtune config (prompt template, generation defaults)
+  manifest.json, metrics.json, eval_metrics.json               copied from the run when present
+  README.md                                                    the model card
+
+A 4bit (QLoRA) run is merged on the base reloaded *unquantized* (the usual PEFT path: an adapter can't be
+folded into 4-bit weights). The adapter was trained against the NF4-rounded weights, so the merged model is
+close to, not bit-identical with, what the run evaluated; the card says so.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from medtune.errors import MedtuneError
+from medtune.files import NOTICE, atomic_write_text, publish_dir, staging_dir
+from medtune.modelcard import model_card
+from medtune.rundir import open_run
+
+CHECK_QUESTION = "What is asthma?"
+
+
+def _check_out(run_dir: Path, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise MedtuneError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise MedtuneError(f"--out {out} is not empty; choose a new folder (nothing was overwritten)")
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise MedtuneError("--out must not be the run folder or inside it")
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids.to(next(model.parameters()).device)).logits.float().cpu()
+
+
+def merge(run_dir: str | Path, out: str | Path, log=print) -> Path:
+    """Merge the adapter of `run_dir` into its base model; write the standalone model to `out` (new or empty)."""
+    from peft import PeftModel
+
+    from medtune.model import is_random, load_base_model, load_tokenizer
+
+    run = open_run(run_dir, want="run")
+    run_dir, out, cfg = run.path, Path(out).expanduser(), run.config
+    _check_out(run_dir, out)
+    tok = load_tokenizer(str(run_dir))
+    local_base = str(run.base_model) if run.base_model else None
+    if is_random(cfg.model) and local_base is None:
+        raise MedtuneError(f"{run_dir} was trained on a random base ({cfg.model.name}) but has no base_model/ folder")
+    quantized = cfg.model.quantization != "none"
+    log(f"merge: loading base {local_base or cfg.model.name}" + (" unquantized (the run used "
+                                                                  f"{cfg.model.quantization})" if quantized else ""))
+    base = load_base_model(cfg.model, tok, local_path=local_base, quantize=False)
+    model = PeftModel.from_pretrained(base, str(run_dir))
+    model.eval()
+
+    from medtune.generate import prompt_for
+
+    ids = tok(prompt_for(CHECK_QUESTION, cfg.data), return_tensors="pt", add_special_tokens=False)["input_ids"][:, :64]
+    before = _logits(model, ids)
+    merged = model.merge_and_unload()
+    merged.eval()
+    diff = float((_logits(merged, ids) - before).abs().max())
+    rel = 1e-3 if next(merged.parameters()).dtype == torch.float32 else 5e-2
+    if not diff <= rel * max(1.0, float(before.abs().max())):
+        raise MedtuneError(f"merge check failed: merged logits differ from base + adapter by {diff:.3g}")
+    log(f"merge: adapter folded in (max |logit difference| vs base + adapter: {diff:.2e})")
+
+    _set_generation_defaults(merged, cfg, tok)
+    stage = staging_dir(out)
+    try:
+        merged.save_pretrained(stage)
+        tok.save_pretrained(stage)
+        for src, name in (("config.yaml", "config.yaml"), ("manifest.json", "manifest.json"),
+                          ("metrics.json", "metrics.json"), ("eval/metrics.json", "eval_metrics.json")):
+            if (run_dir / src).is_file():
+                shutil.copyfile(run_dir / src, stage / name)
+        if not (stage / "config.yaml").exists():
+            from medtune.config import dump_yaml
+            atomic_write_text(stage / "config.yaml", dump_yaml(cfg))
+        atomic_write_text(stage / "README.md", model_card(run_dir, cfg, diff, out_name=out.name))
+        publish_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log(f"merged model written to {out}\n{NOTICE}")
+    return out
+
+
+def _set_generation_defaults(model, cfg, tok) -> None:
+    """So that pipeline() and model.generate() on the merged folder sample like `medtune generate`."""
+    from medtune.generate import generation_kwargs
+
+    kwargs = generation_kwargs(cfg.generate, tok)
+    model.generation_config.update(**{k: v for k, v in kwargs.items() if v is not None})

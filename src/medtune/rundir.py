@@ -1,0 +1,235 @@
+"""The run folder: one contract for what `medtune train` writes and every other command reads.
+
+A training run folder (every file written atomically):
+  adapter_model.safetensors, adapter_config.json   the LoRA adapter (PEFT format)
+  tokenizer files                                   so the folder alone is enough to generate
+  base_model/                                       only for random:<name> bases (random weights are not on any hub)
+  config.yaml, manifest.json, metrics.json, loss_curve.png
+  splits/{validation,test}.jsonl                    held-out records, for `medtune eval`
+  checkpoints/checkpoint-N/                         Trainer checkpoints (keep-limit), for --resume
+  logs/                                             TensorBoard
+  eval/                                             what `medtune eval` writes
+A merged model folder (`medtune merge`) holds config.json + model.safetensors + tokenizer files instead of the
+adapter, plus config.yaml, manifest.json, metrics.json and README.md (the model card).
+
+Every command that reads a run or merged folder goes through `open_run`; a missing, empty or corrupt file gives
+the same one-line MedtuneError everywhere.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from medtune.config import Config, from_dict, read_yaml_mapping
+from medtune.errors import MedtuneError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CONFIG = "config.json"
+CONFIG = "config.yaml"
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+LOSS_CURVE = "loss_curve.png"
+SPLITS = "splits"
+CHECKPOINTS = "checkpoints"
+BASE_MODEL = "base_model"
+EVAL = "eval"
+LOGS = "logs"
+RUN_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG, MANIFEST)
+SPLIT_NAMES = ("test", "validation")
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    kind: str  # "run" (base + adapter) or "merged" (a standalone model)
+    config: Config
+
+    @property
+    def is_run(self) -> bool:
+        return self.kind == "run"
+
+    @property
+    def base_model(self) -> Path | None:
+        """The saved base (random:<name> runs), else None: the base is config.model.name."""
+        d = self.path / BASE_MODEL
+        return d if d.is_dir() else None
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL
+
+    def split_file(self, name: str) -> Path:
+        return self.path / SPLITS / f"{name}.jsonl"
+
+    def read_json(self, name: str, required: bool = False) -> dict | None:
+        return read_json(self.path / name, required)
+
+
+def read_json(path: Path, required: bool = False) -> dict | None:
+    """A JSON object from `path`. Missing: None (or an error when required). Empty or corrupt: an error."""
+    if not path.is_file():
+        if required:
+            raise MedtuneError(f"{path} not found")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MedtuneError(f"{path} is empty or corrupt (not valid JSON: {str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MedtuneError(f"{path} is corrupt: expected a JSON object")
+    return data
+
+
+def read_run_config(path: Path) -> Config:
+    """A run's config.yaml as a Config (unknown keys, wrong types and corrupt YAML are one clear error)."""
+    values = read_yaml_mapping(path, "run config")
+    try:
+        return from_dict(values)
+    except MedtuneError as e:
+        raise MedtuneError(f"{path}: {e}") from None
+
+
+def open_run(path: str | Path, want: str = "any") -> RunFolder:
+    """Open a run folder (want="run"), a merged model folder (want="merged") or either (want="any").
+    A merged folder without config.yaml (a plain transformers model) gets the default config."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MedtuneError(f"folder not found: {path}")
+    if not path.is_dir():
+        raise MedtuneError(f"not a folder: {path}")
+    if (path / ADAPTER_CONFIG).exists():
+        kind = "run"
+    elif (path / MODEL_CONFIG).exists():
+        kind = "merged"
+    else:
+        raise MedtuneError(f"{path} holds neither an adapter ({ADAPTER_CONFIG}) nor a model ({MODEL_CONFIG}); "
+                           "give a `medtune train` output folder or a merged model folder")
+    if want == "run" and kind != "run":
+        raise MedtuneError(f"{path} is a full model (config.json, no adapter): this command needs a "
+                           "`medtune train` output folder (base + adapter)")
+    if want == "merged" and kind != "merged":
+        raise MedtuneError(f"{path} is a training run (adapter): this command needs a merged model folder")
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if kind == "run" else (MODEL_CONFIG,):
+        f = path / name
+        if f.exists() and f.stat().st_size == 0:
+            raise MedtuneError(f"{f} is empty (an interrupted write?); retrain, or --resume the run")
+    if kind == "run" and not (path / ADAPTER_WEIGHTS).exists():
+        raise MedtuneError(f"{path} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
+    cfg_file = path / CONFIG
+    if kind == "run" or cfg_file.exists():
+        config = read_run_config(cfg_file)
+    else:
+        config = Config()
+    return RunFolder(path, kind, config)
+
+
+def load_model(run: RunFolder, device: str | None = None):
+    """The run's model for inference: base + adapter (a PeftModel) or the merged model. Returns (model, tokenizer)."""
+    import torch
+
+    from medtune.model import load_base_model, load_tokenizer, weights_dtype
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = load_tokenizer(str(run.path))
+    cfg = run.config
+    try:
+        if run.is_run:
+            from peft import PeftModel
+
+            base_dir = run.base_model
+            base = load_base_model(cfg.model, tok, local_path=str(base_dir) if base_dir else None)
+            model = PeftModel.from_pretrained(base, str(run.path))
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(run.path), dtype=weights_dtype(cfg.model))
+    except MedtuneError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise MedtuneError(f"cannot load the model in {run.path} (a corrupt or incomplete file?): "
+                           f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
+    if cfg.model.quantization == "none" or not run.is_run:
+        model.to(device)
+    model.eval()
+    return model, tok
+
+
+# ---------------------------------------------------------------- checkpoints (--resume)
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# what Trainer.save writes and resume needs: the trainer state, the optimizer, and the adapter weights
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", ADAPTER_WEIGHTS)
+
+
+def checkpoints(run_path: Path) -> list[tuple[int, Path]]:
+    """Every checkpoint-N folder of a run, oldest first."""
+    d = run_path / CHECKPOINTS
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := CHECKPOINT.match(p.name))]
+    return sorted(found)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a missing or empty file, a corrupt trainer state), or None."""
+    for name in CHECKPOINT_FILES:
+        f = ckpt / name
+        if not f.is_file():
+            return f"{name} missing"
+        if f.stat().st_size == 0:
+            return f"{name} is empty"
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return "trainer_state.json is corrupt"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json is corrupt"
+    return None
+
+
+def latest_complete_checkpoint(run_path: Path, log=print) -> Path | None:
+    """The newest checkpoint that holds everything resume needs. Incomplete ones newer than it (an interrupted save)
+    are named and removed: they cannot be resumed from, and would confuse the Trainer's checkpoint rotation."""
+    for step, ckpt in reversed(checkpoints(run_path)):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        log(f"resume: removing incomplete {ckpt.name} ({problem})")
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def clean_staging(run_path: Path) -> None:
+    """Remove `.staging-*` folders an interrupted write left behind."""
+    if run_path.is_dir():
+        for p in run_path.glob(".staging-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def holds_run(path: Path) -> bool:
+    return any((path / f).exists() for f in RUN_FILES) or (path / CHECKPOINTS).exists()
+
+
+def prepare_output(out: Path, resume: bool, log=print) -> Path | None:
+    """Check the output folder before anything is written; returns the checkpoint to resume from, or None.
+    Without --resume the folder must not hold a run. With --resume, the newest complete checkpoint is used; a run
+    that has none (it failed before its first checkpoint) starts over in the same folder, saying so."""
+    if out.exists() and not out.is_dir():
+        raise MedtuneError(f"output dir {out} exists and is not a folder")
+    if not resume:
+        if out.exists() and holds_run(out):
+            raise MedtuneError(f"output dir {out} already holds a run; pass --resume to continue it, "
+                               "or choose another --output-dir (nothing was overwritten)")
+        return None
+    if not out.is_dir():
+        raise MedtuneError(f"--resume: output dir {out} not found")
+    ckpt = latest_complete_checkpoint(out, log)
+    if ckpt is None:
+        if (out / ADAPTER_WEIGHTS).exists() and not checkpoints(out):
+            raise MedtuneError(f"--resume: {out} holds a finished run with no checkpoint to continue from")
+        log(f"resume: no complete checkpoint in {out / CHECKPOINTS}; starting over")
+    return ckpt

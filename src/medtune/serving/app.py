@@ -1,0 +1,293 @@
+"""HTTP serving: an OpenAI-style completions API, a health check and a small web page, for a run or merged folder.
+
+  POST /v1/completions   {"prompt", "max_tokens", "temperature", "top_p", "stream", "seed", "raw"}  (OpenAI shape)
+  GET  /v1/models        the one model served
+  GET  /health           status, queue length, limits
+  GET  /                 a page: question box, the answer streaming in, the not-medical-advice notice
+
+The question is wrapped in the run's prompt template (config.yaml) unless `"raw": true`. Requests wait in a bounded
+FIFO queue served by the engine's worker (a full queue answers 429). A streaming request whose client goes away is
+cancelled, queued or running. Every error is JSON in OpenAI's shape, `{"error": {"message", "type", "param",
+"code"}}`; a malformed request gets a 4xx, never a 5xx.
+"""
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from medtune.files import NOTICE
+from medtune.serving.engine import Engine, Job, Limits
+from medtune.serving.schemas import ApiError, CompletionRequest, error_body, parse_json_object, validation_message
+
+STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+log = logging.getLogger("medtune.serve")
+
+
+def _err(status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, param), status_code=status, headers=headers)
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+# ---------------------------------------------------------------- pages and metadata
+
+def _page(engine: Engine) -> str:
+    text = (STATIC / "index.html").read_text(encoding="utf-8")
+    subs = {"{{MODEL}}": engine.name, "{{NOTICE}}": NOTICE, "{{MAX_TOKENS}}": str(engine.max_tokens),
+            "{{DEFAULT_MAX_TOKENS}}": str(engine.default_max_tokens),
+            "{{TEMPERATURE}}": str(engine.cfg.generate.temperature)}
+    for k, v in subs.items():
+        text = text.replace(k, html.escape(v, quote=True))
+    return text
+
+
+async def index(request: Request):
+    return HTMLResponse(_page(_engine(request)), headers=PAGE_HEADERS)
+
+
+async def static_file(name: str):
+    path = STATIC / name
+    if path.suffix not in STATIC_TYPES or path.name != name or not path.is_file():
+        raise ApiError(404, f"no such file: {name}", "not_found_error")
+    return Response(path.read_bytes(), media_type=STATIC_TYPES[path.suffix],
+                    headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+
+async def health(request: Request):
+    e = _engine(request)
+    return {"status": "ok", "model": e.name, "base_model": e.cfg.model.name, "busy": e.busy, "queued": e.pending,
+            "limits": {"max_tokens": e.max_tokens, "max_prompt_tokens": e.max_prompt_tokens, "context": e.context,
+                       "queue_size": e.limits.queue_size, "max_body_bytes": e.limits.max_body_bytes},
+            "notice": NOTICE}
+
+
+async def models(request: Request):
+    return {"object": "list", "data": [{"id": _engine(request).name, "object": "model", "created": 0,
+                                        "owned_by": "medtune"}]}
+
+
+# ---------------------------------------------------------------- completions
+
+async def _read_body(request: Request, limit: int) -> dict:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "send the request body as JSON with 'Content-Type: application/json'")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is larger than {limit} bytes")
+    return parse_json_object(bytes(body))
+
+
+def _prompt_ids(engine: Engine, req: CompletionRequest, max_tokens: int) -> list[int]:
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ApiError(400, "send exactly one prompt per request", param="prompt")
+        prompt = prompt[0]
+    if not prompt.strip() and not (req.raw and prompt):
+        raise ApiError(400, "'prompt' must not be empty", param="prompt")
+    if len(prompt) > 16 * engine.max_prompt_tokens + 64:  # no tokenizer packs more chars per token than that
+        raise ApiError(400, f"prompt is too long (over {engine.max_prompt_tokens} tokens)", param="prompt")
+    try:
+        ids = engine.prompt_ids(prompt, req.raw)
+    except (ValueError, TypeError):  # e.g. a lone surrogate: text that is not valid Unicode
+        raise ApiError(400, "'prompt' is not valid text (invalid Unicode)", param="prompt") from None
+    if len(ids) > engine.max_prompt_tokens:
+        raise ApiError(400, f"prompt is {len(ids)} tokens{'' if req.raw else ' with the prompt template'}; "
+                            f"this server allows at most {engine.max_prompt_tokens}", param="prompt")
+    if len(ids) + max_tokens > engine.context:
+        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+                            f"of {engine.context} tokens; lower max_tokens", param="max_tokens")
+    return ids
+
+
+async def _job_for(request: Request) -> Job:
+    engine = _engine(request)
+    data = await _read_body(request, engine.limits.max_body_bytes)
+    try:
+        req = CompletionRequest.model_validate(data)
+    except ValidationError as e:
+        message, param = validation_message(e.errors(include_url=False))
+        raise ApiError(400, message, param=param) from None
+    max_tokens = req.max_tokens if req.max_tokens is not None else engine.default_max_tokens
+    if max_tokens > engine.max_tokens:
+        raise ApiError(400, f"'max_tokens' is {max_tokens}; this server allows at most {engine.max_tokens}",
+                       param="max_tokens")
+    ids = _prompt_ids(engine, req, max_tokens)
+    g = engine.cfg.generate
+    return Job(input_ids=ids, max_tokens=max_tokens, temperature=g.temperature if req.temperature is None
+               else req.temperature, top_p=g.top_p if req.top_p is None else req.top_p, seed=req.seed,
+               stream=req.stream, loop=asyncio.get_running_loop())
+
+
+def _completion(name: str, id_: str, created: int, text: str, finish, usage=None, notice=True) -> dict:
+    obj = {"id": id_, "object": "text_completion", "created": created, "model": name,
+           "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+    if usage is not None:
+        obj["usage"] = usage
+    if notice:
+        obj["notice"] = NOTICE
+    return obj
+
+
+def _usage(job: Job, done: dict) -> dict:
+    n = len(job.input_ids)
+    return {"prompt_tokens": n, "completion_tokens": done["completion_tokens"],
+            "total_tokens": n + done["completion_tokens"]}
+
+
+def _stream(name: str, job: Job, id_: str, created: int):
+    """Server-sent events (sse-starlette): one event per piece of text, a final one with the finish reason and
+    usage, then [DONE]. sse-starlette closes the generator when the client goes away: the job is cancelled."""
+    from sse_starlette.sse import EventSourceResponse
+
+    async def events():
+        first = True
+        try:
+            while True:
+                kind, value = await job.events.get()
+                if kind == "text":
+                    yield {"data": json.dumps(_completion(name, id_, created, value, None, notice=first))}
+                    first = False
+                elif kind == "done":
+                    yield {"data": json.dumps(_completion(name, id_, created, "", value["finish_reason"],
+                                                          _usage(job, value)))}
+                    break
+                else:
+                    yield {"data": json.dumps(error_body(value, "server_error"))}
+                    break
+            yield {"data": "[DONE]"}
+        finally:
+            job.cancel.set()  # the client left (or we finished): stop or skip the generation
+
+    return EventSourceResponse(events(), sep="\n", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _wait(request: Request, job: Job):
+    kind = value = None
+    try:
+        while kind is None:
+            try:
+                kind, value = await asyncio.wait_for(job.events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return None  # the client left; the finally clause cancels the job
+    finally:
+        if kind is None:
+            job.cancel.set()
+    return kind, value
+
+
+async def completions(request: Request):
+    engine = _engine(request)
+    job = await _job_for(request)
+    if not engine.submit(job):
+        raise ApiError(429, f"server busy: {engine.pending} requests queued; retry shortly", "server_busy",
+                       headers={"Retry-After": "1"})
+    id_, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if job.stream:
+        return _stream(engine.name, job, id_, created)
+    result = await _wait(request, job)
+    if result is None:
+        return Response(status_code=499)
+    kind, value = result
+    if kind == "error":
+        return _err(500, value, "server_error")
+    return _completion(engine.name, id_, created, value["text"], value["finish_reason"], _usage(job, value))
+
+
+# ---------------------------------------------------------------- the app
+
+async def _api_error(request, exc: ApiError):
+    return _err(exc.status, exc.message, exc.type, exc.param, exc.headers)
+
+
+async def _validation_error(request, exc: RequestValidationError):
+    message, param = validation_message(list(exc.errors()))
+    return _err(400, message, param=param)
+
+
+async def _http_error(request, exc: StarletteHTTPException):
+    type_ = {404: "not_found_error"}.get(exc.status_code, "invalid_request_error")
+    return _err(exc.status_code, str(exc.detail), type_, headers=getattr(exc, "headers", None))
+
+
+async def _server_error(request, exc: Exception):
+    log.exception("unhandled error")
+    return _err(500, "internal server error", "server_error")
+
+
+class HostCheck:
+    """Answer only requests addressed to an allowed host name (blocks DNS rebinding onto a loopback server).
+    starlette's TrustedHostMiddleware does the same but answers in plain text, not the API's JSON error shape."""
+
+    def __init__(self, app, allowed: set[str]):
+        self.app, self.allowed = app, {h.lower() for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0] \
+                if host.count(":") == 1 else host
+            if name not in self.allowed:
+                await _err(400, f"host '{host}' is not served here")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = None, limits: Limits | None = None,
+               allowed_hosts: set[str] | None = None):
+    """The FastAPI app. Pass a model folder (the app owns and closes its engine) or a ready Engine."""
+    owned = engine is None
+    if engine is None:
+        if model_dir is None:
+            raise ValueError("create_app needs model_dir or engine")
+        engine = Engine(model_dir, limits)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if owned:
+            engine.close()
+
+    app = FastAPI(title="medtune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine = engine
+    for exc, handler in ((ApiError, _api_error), (RequestValidationError, _validation_error),
+                         (StarletteHTTPException, _http_error), (Exception, _server_error)):
+        app.add_exception_handler(exc, handler)
+    app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/static/{name}", static_file, methods=["GET"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/v1/completions", completions, methods=["POST"])
+    if allowed_hosts is not None and "*" not in allowed_hosts:
+        return HostCheck(app, allowed_hosts)
+    return app

@@ -1,0 +1,62 @@
+"""`medtune serve`: bind the socket first (a busy port fails before the model loads), then run uvicorn."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+from medtune.files import NOTICE
+from medtune.serving.app import create_app
+from medtune.serving.engine import Engine, Limits
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise MedtuneError(f"cannot resolve host '{host}': {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise MedtuneError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          **limits) -> None:
+    """Load the model, bind host:port (127.0.0.1 by default), and serve until Ctrl+C."""
+    import uvicorn
+
+    lim = Limits(**{k: v for k, v in limits.items() if v is not None})
+    if lim.queue_size < 1 or lim.max_tokens < 1 or (lim.max_prompt_tokens is not None and lim.max_prompt_tokens < 1):
+        raise MedtuneError("--queue-size, --max-tokens and --max-prompt-tokens must be >= 1")
+    loopback = host in LOOPBACK or host.startswith("127.")
+    sock = _listen(host, port)  # first: a busy port fails at once, before the model loads
+    try:
+        engine = Engine(model_dir, lim)
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(engine=engine, allowed_hosts=(LOOPBACK | {host}) if loopback else {"*"})
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"medtune: serving {engine.name} at http://{shown}:{bound}/  (API: POST /v1/completions; Ctrl+C stops)",
+          flush=True)
+    if not loopback:
+        print(f"medtune: warning: listening on {host}, not loopback: the API has no authentication, anyone who can "
+              "reach this port can use it", flush=True)
+    print(NOTICE, flush=True)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        engine.close()
+        sock.close()

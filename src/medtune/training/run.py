@@ -1,0 +1,197 @@
+"""Training: config -> data -> model -> Trainer -> the run folder (layout: medtune.rundir)."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from medtune import data as data_mod
+from medtune import model as model_mod
+from medtune import rundir
+from medtune.config import Config, dump_yaml
+from medtune.errors import MedtuneError
+from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
+from medtune.training import attention, memory, patches
+from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
+from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
+from medtune.training.distributed import barrier, is_main_process, sum_over_processes, use_local_gpu, world_size
+from medtune.training.trainer import MedtuneTrainer, optimizer_name, training_arguments, use_bf16
+
+
+def _decoder_layers(decoder):
+    for name in ("h", "layers", "layer"):
+        layers = getattr(decoder, name, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    return None
+
+
+def _memory_plan(cfg: Config, model, base, log) -> dict | None:
+    """train.max_memory_gib on CUDA: tokens per batch, gradient checkpointing and the loss chunk that fit."""
+    t = cfg.train
+    if t.max_memory_gib is None:
+        return None
+    if not torch.cuda.is_available():
+        log("train: max_memory_gib applies to CUDA GPUs only; ignored on this machine")
+        return None
+    static = memory.param_bytes(base) + memory.trainable_state_bytes(model, "8bit" in optimizer_name(cfg))
+    wanted = t.batch_tokens if t.packing else t.batch_size * cfg.data.max_length
+    try:
+        plan = memory.plan(base.config, t.max_memory_gib, static, cfg.data.max_length, wanted,
+                           base.config.vocab_size, allow_checkpointing=True)
+    except ValueError as e:
+        raise MedtuneError(str(e)) from None
+    if not t.packing and plan["batch_tokens"] < wanted:
+        raise MedtuneError(f"train.max_memory_gib={t.max_memory_gib} fits about {plan['batch_tokens']} tokens per "
+                           f"batch, fewer than batch_size x max_length = {wanted}; lower train.batch_size or set "
+                           "train.packing=true (then the batch size is chosen for you)")
+    return plan
+
+
+def apply_speedups(cfg: Config, model, log=print) -> dict:
+    """One-kernel GELU, dtype-keeping layer norms, packed flash attention (CUDA), the chunked loss, the memory plan,
+    torch.compile; train.disable turns pieces off. Returns what was chosen."""
+    t, off = cfg.train, set(cfg.train.disable)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    info: dict = {"gelu_fused": 0 if "gelu" in off else patches.fuse_gelu(model),
+                  "norms_keep_dtype": 0 if "norms" in off else patches.keep_dtype_norms(model)}
+    varlen = bool(t.packing and torch.cuda.is_available() and "varlen" not in off
+                  and cfg.model.attn_implementation in ("sdpa", attention.VARLEN) and attention.use_varlen(model))
+    info["attention"] = attention.VARLEN if varlen else cfg.model.attn_implementation
+    info["varlen"] = varlen
+    info["fast_loss"] = None if "chunked_loss" in off else model_mod.decoder_and_head(model)
+    info["loss"] = "chunked" if info["fast_loss"] is not None else "model"
+    info["batch_tokens"] = t.batch_tokens if t.packing else None
+    info["chunk"] = None
+    checkpointing = cfg.model.gradient_checkpointing
+    plan = _memory_plan(cfg, model, base, log)
+    if plan is not None:
+        info["plan"], info["chunk"] = plan, plan["chunk"]
+        info["batch_tokens"] = plan["batch_tokens"] if t.packing else info["batch_tokens"]
+        checkpointing = checkpointing or plan["checkpointing"]
+    if checkpointing and not cfg.model.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    info["gradient_checkpointing"] = checkpointing
+    if t.compile:
+        layers = _decoder_layers(info["fast_loss"][0]) if info["fast_loss"] is not None else None
+        for layer in layers or []:
+            layer.compile(dynamic=True)
+        info["compiled"] = "blocks+loss" if layers is not None else "loss"
+    return info
+
+
+def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path, log=print):
+    """The Trainer for a LoRA model with medtune's speed-ups. Returns (trainer, collator, info)."""
+    t, enc = cfg.train, prepared.encoded
+    info = apply_speedups(cfg, model, log)
+    batch_tokens = info["batch_tokens"]
+    collator = PackingCollator(tok.pad_token_id, row_length=cfg.data.max_length, flat=info["varlen"]) if t.packing \
+        else Collator(tok.pad_token_id)
+    sampler = None
+    if t.packing and batch_tokens:
+        sampler = TokenBudgetBatchSampler([len(e["input_ids"]) for e in enc["train"]], batch_tokens, seed=t.seed)
+    args = training_arguments(cfg, out, has_eval=bool(enc["validation"]))
+    trainer = MedtuneTrainer(model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"] or None,
+                             data_collator=collator, fast_loss=info["fast_loss"], loss_chunk=info["chunk"],
+                             compile_loss=bool(t.compile), batch_sampler=sampler)
+    world = world_size()
+    per_step = f"up to {batch_tokens} tokens" if sampler else f"{t.batch_size} examples"
+    effective = (f"up to {batch_tokens * t.grad_accum * world} tokens" if sampler
+                 else f"{t.batch_size * t.grad_accum * world} examples")
+    log(f"train: {len(enc['train'])} examples, {per_step} per batch x {t.grad_accum} accumulation x {world} processes"
+        f" = effective batch size {effective}{f' ({len(sampler)} batches per epoch)' if sampler else ''}; "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer "
+        f"{getattr(args.optim, 'value', args.optim)}, attention {info['attention']}, loss {info['loss']}, "
+        f"packing {t.packing}, gradient checkpointing {info['gradient_checkpointing']}"
+        + (f", memory plan {info['plan']}" if "plan" in info else ""))
+    return trainer, collator, info
+
+
+def _save_random_base(cfg: Config, model, tok, out: Path) -> None:
+    """random:<name> bases are on no hub: the run keeps its (unquantized) base weights in base_model/."""
+    stage = staging_dir(out)
+    base = model if cfg.model.quantization == "none" else model_mod.build_random(cfg.model.name, tok)
+    base.save_pretrained(stage / rundir.BASE_MODEL)
+    publish_dir(stage, out)
+
+
+def _final_metrics(trainer, result, collator, info: dict, seconds: float, resumed: bool) -> dict:
+    tokens = sum_over_processes(collator.tokens_seen)  # all processes' training tokens, before any evaluation
+    metrics = dict(result.metrics)
+    history = trainer.state.log_history
+    if resumed and whole_run_train_loss(history) is not None:
+        metrics["train_loss"] = whole_run_train_loss(history)
+    if trainer.eval_dataset is not None:
+        last = [h for h in history if "eval_loss" in h]
+        if last and last[-1]["step"] == trainer.state.global_step:  # the final step was already evaluated
+            metrics.update({k: v for k, v in last[-1].items() if k.startswith("eval_")})
+        else:
+            metrics.update(trainer.evaluate())
+    metrics.update(train_seconds=round(seconds, 2), train_tokens=tokens,
+                   tokens_per_second=round(tokens / max(seconds, 1e-9), 1))
+    if "eval_loss" in metrics:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    metrics.update({k: info[k] for k in ("attention", "loss", "gradient_checkpointing", "batch_tokens")})
+    if torch.cuda.is_available():
+        metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return metrics
+
+
+def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, adapter_state, extra: dict | None) -> None:
+    stage = staging_dir(out)
+    trainer.model.save_pretrained(stage, state_dict=adapter_state)
+    tok.save_pretrained(stage)
+    publish_dir(stage, out)
+    history = trainer.state.log_history
+    atomic_write_json(out / rundir.METRICS, {"final": metrics, "log_history": history})
+    atomic_write_json(out / rundir.MANIFEST, manifest(cfg, prepared, extra))
+    plot_losses(history, out / rundir.LOSS_CURVE)
+
+
+def run(cfg: Config, resume: bool = False, log=print) -> dict:
+    """Train a LoRA adapter as configured; returns the final metrics. Every check runs before the first file is
+    written: the config's (config.validate), the output folder's, the data's, and those that need the model."""
+    from transformers import set_seed
+
+    out = Path(cfg.output_dir).expanduser()
+    use_local_gpu()
+    if not is_main_process():
+        log = lambda *a, **k: None  # noqa: E731  (rank 0 alone speaks)
+    resume_from = rundir.prepare_output(out, resume, log)  # every rank checks before rank 0 writes (barrier below)
+    set_seed(cfg.train.seed)
+    tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
+    prepared = data_mod.prepare(cfg.data, tok, log=log)
+    model = model_mod.load_base_model(cfg.model, tok)
+    model_mod.check_against_model(cfg, model)
+    optimizer_name(cfg), use_bf16(cfg)  # the checks that need to know the machine
+    if is_main_process():
+        rundir.clean_staging(out)
+        if model_mod.is_random(cfg.model):
+            _save_random_base(cfg, model, tok, out)
+    model.config.use_cache = False
+    model = model_mod.add_lora(model, cfg.model, log=log)
+    trainer, collator, info = make_trainer(cfg, model, tok, prepared, out, log=log)
+    if resume_from:
+        trainer.args.eval_on_start = False  # the step-0 loss is in the checkpoint's log history already
+    barrier()  # the Trainer's arguments started the process group; every rank has checked the output dir
+    if is_main_process():
+        atomic_write_text(out / rundir.CONFIG, dump_yaml(cfg))
+        for name in rundir.SPLIT_NAMES:
+            atomic_write_jsonl(out / rundir.SPLITS / f"{name}.jsonl", prepared.splits[name])
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / rundir.LOGS))
+
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - t0
+    metrics = _final_metrics(trainer, result, collator, info, seconds, resumed=resume_from is not None)
+    # FSDP shards the LoRA weights too: every process takes part in gathering them (untested: needs GPUs)
+    adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    if is_main_process():
+        _write_results(cfg, trainer, tok, prepared, metrics, out, adapter_state, getattr(prepared, "extra", None))
+        log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
+            + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
+    barrier()  # no process returns before rank 0 has written the run's files
+    return metrics

@@ -1,0 +1,120 @@
+"""The transformers Trainer with medtune's additions: tokens/s in the logs, the chunked loss over labelled positions,
+and token-budget batches. TRL's SFTTrainer would add its own data pipeline on top of the one in medtune.data; the
+plain Trainer is all this needs."""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from medtune.config import Config
+from medtune.errors import MedtuneError
+from medtune.training.distributed import sum_over_processes, world_size
+from medtune.training.loss import decoder_output, linear_cross_entropy
+
+
+class MedtuneTrainer(Trainer):
+    """fast_loss: (decoder, output embedding weight) to compute the loss from the decoder's output in chunks over
+    the labelled positions (None: the model's own loss); loss_chunk: rows per chunk (None: chosen from the
+    vocabulary); compile_loss: torch.compile the chunk; batch_sampler: batches of whole examples by token budget."""
+
+    def __init__(self, *args, fast_loss=None, loss_chunk: int | None = None, compile_loss: bool = False,
+                 batch_sampler=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast_loss, self.loss_chunk, self.compile_loss = fast_loss, loss_chunk, compile_loss
+        self.train_batch_sampler = batch_sampler
+        self._train_start = time.perf_counter()
+
+    def log(self, logs, start_time=None):
+        now = time.perf_counter()
+        counter = self.data_collator
+        if "loss" in logs and hasattr(counter, "tokens_seen"):  # every rank logs "loss" at the same step
+            seen = sum_over_processes(counter.tokens_seen)
+            last_t, last_n = getattr(self, "_tok_clock", (self._train_start, 0))
+            logs["tokens_per_second"] = round((seen - last_n) / max(now - last_t, 1e-9), 1)
+            self._tok_clock = (now, seen)
+        super().log(logs, start_time)
+
+    def train(self, *args, **kwargs):
+        self._train_start = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        if self.train_batch_sampler is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_dataset, batch_sampler=self.train_batch_sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        collator = self.data_collator  # evaluation counts its tokens on a copy: tokens_seen stays training's
+        self.data_collator = copy.copy(collator)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if (self.fast_loss is None or "labels" not in inputs or self.label_smoother is not None
+                or self.compute_loss_func is not None):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        decoder, weight = self.fast_loss
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        with self.accelerator.autocast():
+            hidden = decoder_output(model, decoder, **inputs)
+            total, n = linear_cross_entropy(hidden, weight, labels, chunk=self.loss_chunk, compiled=self.compile_loss)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            loss = total / num_items_in_batch  # normalized over the whole accumulated batch, like the model's loss
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's tokens
+        else:
+            loss = total / n.clamp(min=1)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
+def use_bf16(cfg: Config) -> bool:
+    if cfg.train.bf16 == "false":
+        return False
+    capable = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if cfg.train.bf16 == "true" and not capable:
+        raise MedtuneError("train.bf16=true needs a GPU with bf16 support; use auto or false")
+    return capable  # 4-bit too: LoRA and the non-quantized layers then run in bf16 rather than float32
+
+
+def optimizer_name(cfg: Config) -> str:
+    if cfg.train.optim != "auto":
+        if ("8bit" in cfg.train.optim or "paged" in cfg.train.optim) and not torch.cuda.is_available():
+            raise MedtuneError(f"train.optim={cfg.train.optim} needs a CUDA GPU (bitsandbytes); use auto or adamw_torch")
+        return cfg.train.optim
+    if cfg.model.quantization != "none" and torch.cuda.is_available():
+        return "paged_adamw_8bit"
+    return "adamw_torch"
+
+
+def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=optimizer_name(cfg), bf16=use_bf16(cfg),
+        eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps,
+        eval_on_start=t.eval_on_start and has_eval, logging_steps=t.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        seed=t.seed, data_seed=t.seed, dataloader_num_workers=t.num_workers, remove_unused_columns=False,
+        report_to=[] if t.report_to == "none" else ["tensorboard"],
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
+        gradient_checkpointing=False,  # enabled on the model in model.add_lora / make_trainer
+        disable_tqdm=False,
+        prediction_loss_only=True,  # evaluation needs the loss only: no logits kept
+    )
