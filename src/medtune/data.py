@@ -326,4 +326,9 @@ def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
         f"{len(encoded['train'])}/{len(encoded['validation'])}/{len(encoded['test'])}")
     if not encoded["train"]:
         raise MedtuneError("no training records left after validation and length filtering")
+    for name, frac in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)):
+        if frac > 0 and not encoded[name]:
+            log(f"data: warning: the {name} split is empty ({len(records)} records are too few for "
+                f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
+                + ("no validation loss will be computed" if name == "validation" else "`medtune eval` will need --data"))
     return Prepared(splits, encoded, dups, dropped, n_rows)

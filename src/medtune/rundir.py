@@ -161,8 +161,8 @@ def load_model(run: RunFolder, device: str | None = None):
 # ---------------------------------------------------------------- checkpoints (--resume)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# what Trainer.save writes and resume needs: the trainer state, the optimizer, and the adapter weights
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", ADAPTER_WEIGHTS)
+# what Trainer._save_checkpoint writes and resume needs; trainer_state.json is written last
+CHECKPOINT_FILES = (ADAPTER_WEIGHTS, "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
 def checkpoints(run_path: Path) -> list[tuple[int, Path]]:
@@ -174,20 +174,38 @@ def checkpoints(run_path: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def checkpoint_problem(ckpt: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from (a missing or empty file, a corrupt trainer state), or None."""
-    for name in CHECKPOINT_FILES:
-        f = ckpt / name
-        if not f.is_file():
-            return f"{name} missing"
-        if f.stat().st_size == 0:
-            return f"{name} is empty"
+def _unreadable(f: Path) -> bool:
+    """True when a checkpoint file does not load (truncated or corrupt)."""
     try:
-        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return "trainer_state.json is corrupt"
-    if not isinstance(state, dict) or "global_step" not in state:
-        return "trainer_state.json is corrupt"
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    st.get_tensor(key)
+        elif f.suffix in (".pt", ".pth"):
+            import torch
+            torch.load(f, map_location="cpu", weights_only=False)
+        else:
+            state = json.loads(f.read_text(encoding="utf-8"))
+            return not (isinstance(state, dict) and "global_step" in state)
+    except Exception:
+        return True
+    return False
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a missing, empty or unreadable file), or None."""
+    files = [ckpt / name for name in CHECKPOINT_FILES]
+    rng = sorted(ckpt.glob("rng_state*.pth"))
+    if not rng:
+        return "rng_state.pth missing"
+    for f in files + rng:
+        if not f.is_file():
+            return f"{f.name} missing"
+        if f.stat().st_size == 0:
+            return f"{f.name} is empty"
+        if _unreadable(f):
+            return f"{f.name} is corrupt"
     return None
 
 
