@@ -14,6 +14,7 @@ def _quiet():
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars; training's own progress bar stays
     import huggingface_hub.utils.logging as hub_logging
     hub_logging.set_verbosity_error()
 
@@ -42,7 +43,7 @@ def cmd_generate(a):
     from medtune.config import override
     from medtune.errors import MedtuneError
     from medtune.files import NOTICE
-    from medtune.generate import answer, check_output_file, generate_file
+    from medtune.generate import answer, check_output_file, generate_file, read_questions
     from medtune.model import context_length
 
     if a.batch_size < 1:
@@ -53,13 +54,14 @@ def cmd_generate(a):
         raise MedtuneError("give a question, or --input FILE")
     if a.output:
         check_output_file(a.output)
+    questions = read_questions(a.input) if a.input else [a.question]  # bad input fails before the model loads
     run = rundir.open_run(a.run_dir)
     flags = {f"generate.{k}": getattr(a, k) for k in GENERATE_FLAGS} | {"generate.greedy": True if a.greedy else None}
     cfg = override(run.config, flags)
     model, tok = rundir.load_model(run)
     ctx = context_length(model)
     if a.input:
-        rows = generate_file(model, tok, a.input, a.output, cfg.data, cfg.generate, a.batch_size, context=ctx)
+        rows = generate_file(model, tok, questions, a.output, cfg.data, cfg.generate, a.batch_size, context=ctx)
         print(f"wrote {len(rows)} answers to {a.output}\n{NOTICE}")
         return
     print(f"Q: {a.question}\nA: ", end="", flush=True)

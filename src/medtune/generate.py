@@ -134,6 +134,11 @@ def read_questions(path: str | Path) -> list[str]:
     except UnicodeDecodeError as e:
         raise MedtuneError(f"{path}: not UTF-8 text (byte {e.start})") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise MedtuneError(f"{path}: no questions")
+    for n, ln in enumerate(lines, 1):
+        if len(ln) > MAX_QUESTION_CHARS:
+            raise MedtuneError(f"{path}: line {n} is {len(ln):,} characters long; the limit is {MAX_QUESTION_CHARS:,}")
     if path.suffix.lower() != ".jsonl":
         return [ln.strip() for ln in lines]
     questions = []
@@ -158,13 +163,10 @@ def check_output_file(path: str | Path) -> Path:
     return path
 
 
-def generate_file(model, tokenizer, in_path, out_path, data_cfg: DataConfig, g: GenerateConfig, batch_size: int = 8,
-                  context: int | None = None) -> list[dict]:
-    """Answer every question of a .txt/.jsonl file; write the answers (with the notice) to a .jsonl atomically."""
+def generate_file(model, tokenizer, questions: list[str], out_path, data_cfg: DataConfig, g: GenerateConfig,
+                  batch_size: int = 8, context: int | None = None) -> list[dict]:
+    """Answer questions (see read_questions); write the answers (with the notice) to a .jsonl atomically."""
     out_path = check_output_file(out_path)
-    questions = read_questions(in_path)
-    if not questions:
-        raise MedtuneError(f"{in_path}: no questions")
     prompts = encode_questions(tokenizer, questions, data_cfg, context, g.max_new_tokens)
     answers = complete(model, tokenizer, prompts, g, batch_size, progress=True)
     rows = [{"question": q, "answer": c.text, "tokens": len(c.token_ids), "stopped_at_eos": c.stopped_at_eos,

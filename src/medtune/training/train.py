@@ -110,11 +110,16 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
     return trainer, collator, info
 
 
-def _save_random_base(cfg: Config, model, tok, out: Path) -> None:
-    """random:<name> bases are on no hub: the run keeps its (unquantized) base weights in base_model/."""
+def _save_random_base(cfg: Config, tok, out: Path) -> None:
+    """random:<name> bases are on no hub: the run keeps its base weights (unquantized, as built) in base_model/."""
+    from transformers.utils import logging as hf_logging
+
     stage = staging_dir(out)
-    base = model if cfg.model.quantization == "none" else model_mod.build_random(cfg.model.name, tok)
-    base.save_pretrained(stage / rundir.BASE_MODEL)
+    hf_logging.disable_progress_bar()
+    try:
+        model_mod.build_random(cfg.model.name, tok).save_pretrained(stage / rundir.BASE_MODEL)
+    finally:
+        hf_logging.enable_progress_bar()
     publish_dir(stage, out)
 
 
@@ -167,13 +172,13 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     model = model_mod.load_base_model(cfg.model, tok)
     model_mod.check_against_model(cfg, model)
     optimizer_name(cfg), use_bf16(cfg)  # the checks that need to know the machine
-    if is_main_process():
-        rundir.clean_staging(out)
-        if model_mod.is_random(cfg.model):
-            _save_random_base(cfg, model, tok, out)
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model, log=log)
     trainer, collator, info = make_trainer(cfg, model, tok, prepared, out, log=log)
+    if is_main_process():  # every check has passed: the first file of the run is written now
+        rundir.clean_staging(out)
+        if model_mod.is_random(cfg.model):
+            _save_random_base(cfg, tok, out)
     if resume_from:
         trainer.args.eval_on_start = False  # the step-0 loss is in the checkpoint's log history already
     barrier()  # the Trainer's arguments started the process group; every rank has checked the output dir

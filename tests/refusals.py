@@ -1,0 +1,125 @@
+"""Bad inputs medtune must refuse with one clear line and exit 2 (used by tests/test_refusals.py and by
+scripts/refusals_table.py, which renders the README table "What medtune refuses, and how").
+
+Each case: (id, what the user did, argv with placeholders, a phrase the error line must contain). Placeholders are
+paths made by `materialize`: {tiny} the tiny preset, {tmp} a scratch folder, {run} a trained tiny run, {bad_run} a
+copy of it with a corrupt config.yaml, {empty_adapter} a copy with a 0-byte adapter, {merged} its merged model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+T = ["train", "--config", "{tiny}", "--output-dir", "{tmp}/out", "--set", "train.report_to=none"]
+
+CASES = [
+    ("lr-negative", "`--set train.learning_rate=-1`", T + ["--set", "train.learning_rate=-1"], "must be > 0"),
+    ("lr-nan", "`--set train.learning_rate=.nan`", T + ["--set", "train.learning_rate=.nan"], "finite number"),
+    ("optim-bogus", "`--set train.optim=bogus`", T + ["--set", "train.optim=bogus"], "must be one of auto"),
+    ("scheduler-bogus", "`--set train.lr_scheduler=bogus`", T + ["--set", "train.lr_scheduler=bogus"], "must be one of linear"),
+    ("epochs-negative", "`--set train.epochs=-1`", T + ["--set", "train.epochs=-1"], "must be > 0"),
+    ("max-steps-zero", "`--set train.max_steps=0`", T + ["--set", "train.max_steps=0"], "must be -1"),
+    ("max-records-negative", "`--set data.max_records=-1`", T + ["--set", "data.max_records=-1"], "must be >= 1"),
+    ("max-length-over-context", "`data.max_length` above the model's context", T + ["--set", "data.max_length=2048"],
+     "longer than the model's context"),
+    ("output-dir-is-file", "`--output-dir` naming an existing file",
+     ["train", "--config", "{tiny}", "--output-dir", "{tmp}/a-file"], "exists and is not a folder"),
+    ("fractions-sum", "validation + test fractions >= 1", T + ["--set", "data.val_fraction=0.6", "--set",
+                                                                "data.test_fraction=0.5"], "must be less than 1"),
+    ("bf16-on-cpu", "`--set train.bf16=true` without a bf16 GPU", T + ["--set", "train.bf16=true"], "needs a GPU"),
+    ("paged-optim-on-cpu", "`--set train.optim=paged_adamw_8bit` without CUDA",
+     T + ["--set", "train.optim=paged_adamw_8bit"], "needs a CUDA GPU"),
+    ("8bit-on-cpu", "`--set model.quantization=8bit` without CUDA", T + ["--set", "model.quantization=8bit"],
+     "needs a CUDA GPU"),
+    ("batch-tokens-small", "`train.batch_tokens` below `data.max_length`",
+     T + ["--set", "train.packing=true", "--set", "train.batch_tokens=10"], "must be at least data.max_length"),
+    ("template-bad-field", "a prompt template with an unknown `{field}`",
+     T + ["--set", "data.prompt_template=Q: {question} {input}"], "not a valid template"),
+    ("unknown-key", "`--set train.bogus=1`", T + ["--set", "train.bogus=1"], "unknown config key"),
+    ("set-without-equals", "`--set train`", T + ["--set", "train"], "section.key=value"),
+    ("config-missing", "`--config` naming a missing file", ["train", "--config", "{tmp}/nope.yaml"], "not found"),
+    ("config-not-mapping", "a preset that is not a mapping", ["train", "--config", "{tmp}/list.yaml"],
+     "not a mapping"),
+    ("random-unknown", "`--model random:nope`", T + ["--model", "random:nope"], "unknown random model"),
+    ("lora-targets-missing", "LoRA targets the model does not have", T + ["--set", "model.lora_targets=q_proj"],
+     "do not fit this model"),
+    ("data-missing", "`--data` naming a missing file", T + ["--data", "{tmp}/missing.jsonl"], "not found"),
+    ("data-bad-json", "a .jsonl line that is not JSON", T + ["--data", "{tmp}/bad.jsonl"], "not valid JSON"),
+    ("data-empty-output", "a record with an empty answer", T + ["--data", "{tmp}/empty_output.jsonl"], "empty"),
+    ("data-not-utf8", "a data file that is not UTF-8", T + ["--data", "{tmp}/latin1.jsonl"], "not UTF-8"),
+    ("data-folder", "`--data` naming a folder", T + ["--data", "{tmp}"], "is a folder"),
+    ("data-type", "an unsupported data file type", T + ["--data", "{tmp}/q.txt"], "unsupported data file type"),
+    ("resume-missing", "`--resume` on a folder that does not exist", T + ["--resume"], "not found"),
+    ("resume-finished", "a second `train` into a finished run", T[:4] + ["{run}"], "already holds a run"),
+    ("gen-not-utf8-txt", "`generate --input` a non-UTF-8 .txt", ["generate", "{run}", "--input", "{tmp}/latin1.txt",
+                                                                 "--output", "{tmp}/a.jsonl"], "not UTF-8"),
+    ("gen-not-utf8-jsonl", "`generate --input` a non-UTF-8 .jsonl",
+     ["generate", "{run}", "--input", "{tmp}/latin1.jsonl", "--output", "{tmp}/a.jsonl"], "not UTF-8"),
+    ("gen-long-question", "a question longer than the context (5,000 tokens)", ["generate", "{run}", "--input",
+                                                                                 "{tmp}/long.txt", "--output",
+                                                                                 "{tmp}/a.jsonl"], "exceeds the model's context"),
+    ("gen-huge-line", "a 1 MB line as a question", ["generate", "{run}", "--input", "{tmp}/huge.txt", "--output",
+                                                    "{tmp}/a.jsonl"], "characters long; the limit"),
+    ("gen-batch-zero", "`generate --batch-size 0`", ["generate", "{run}", "hi", "--batch-size", "0"], "must be >= 1"),
+    ("gen-batch-negative", "`generate --batch-size -1`", ["generate", "{run}", "--input", "{tmp}/q.txt", "--output",
+                                                          "{tmp}/a.jsonl", "--batch-size", "-1"], "must be >= 1"),
+    ("gen-max-new-negative", "`generate --max-new-tokens -5`", ["generate", "{run}", "hi", "--max-new-tokens", "-5"],
+     "must be >= 1"),
+    ("gen-max-new-huge", "`generate --max-new-tokens 100000`", ["generate", "{run}", "hi", "--max-new-tokens",
+                                                                "100000"], "exceeds the model's context"),
+    ("gen-top-p", "`generate --top-p 5`", ["generate", "{run}", "hi", "--top-p", "5"], "must be <= 1"),
+    ("gen-temperature", "`generate --temperature -1`", ["generate", "{run}", "hi", "--temperature", "-1"],
+     "must be >= 0"),
+    ("gen-output-dir", "`generate --output` naming a folder", ["generate", "{run}", "--input", "{tmp}/q.txt",
+                                                               "--output", "{tmp}"], "is a folder"),
+    ("gen-input-no-output", "`generate --input` without `--output`", ["generate", "{run}", "--input", "{tmp}/q.txt"],
+     "needs --output"),
+    ("gen-input-missing", "`generate --input` a missing file", ["generate", "{run}", "--input", "{tmp}/none.txt",
+                                                                "--output", "{tmp}/a.jsonl"], "not found"),
+    ("gen-corrupt-config", "`generate` on a run whose config.yaml is corrupt", ["generate", "{bad_run}", "hi"],
+     "not valid YAML"),
+    ("gen-empty-adapter", "`generate` on a run whose adapter file is empty", ["generate", "{empty_adapter}", "hi"],
+     "is empty"),
+    ("gen-not-a-run", "`generate` on a folder holding no model", ["generate", "{tmp}", "hi"], "neither an adapter"),
+    ("gen-missing", "`generate` on a missing folder", ["generate", "{tmp}/nothing", "hi"], "not found"),
+    ("serve-corrupt-config", "`serve` on a run whose config.yaml is corrupt", ["serve", "{bad_run}", "--port", "0"],
+     "not valid YAML"),
+    ("serve-queue-zero", "`serve --queue-size 0`", ["serve", "{run}", "--port", "0", "--queue-size", "0"],
+     "must be >= 1"),
+    ("eval-merged", "`eval` on a merged model (no base to compare)", ["eval", "{merged}"], "needs a `medtune train`"),
+    ("eval-split", "`eval --split bogus`", ["eval", "{run}", "--split", "bogus"], "--split must be one of"),
+    ("eval-num-samples", "`eval --num-samples -1`", ["eval", "{run}", "--num-samples", "-1"], "0 or more"),
+    ("eval-data-missing", "`eval --data` a missing file", ["eval", "{run}", "--data", "{tmp}/none.jsonl"], "not found"),
+    ("merge-out-not-empty", "`merge --out` a non-empty folder", ["merge", "{run}", "--out", "{tmp}"], "is not empty"),
+    ("merge-out-inside-run", "`merge --out` inside the run folder", ["merge", "{run}", "--out", "{run}/merged"],
+     "must not be the run folder"),
+    ("merge-merged", "`merge` a merged model", ["merge", "{merged}", "--out", "{tmp}/m2"], "needs a `medtune train`"),
+]
+
+
+def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
+    """Write the bad files the cases name; returns the placeholder values."""
+    rec = {"instruction": "Answer.", "input": "What is asthma?", "output": "A disease of the airways."}
+    (tmp / "a-file").write_text("x")
+    (tmp / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp / "bad.jsonl").write_text(json.dumps(rec) + "\n{not json\n")
+    (tmp / "empty_output.jsonl").write_text(json.dumps({**rec, "output": "  "}) + "\n")
+    (tmp / "latin1.jsonl").write_bytes((json.dumps({**rec, "input": "caf\u00e9"}, ensure_ascii=False) + "\n").encode("latin-1"))
+    (tmp / "latin1.txt").write_bytes("caf\u00e9 au lait?\n".encode("latin-1"))
+    (tmp / "q.txt").write_text("What is asthma?\n")
+    (tmp / "long.txt").write_text("word " * 5000 + "?\n")
+    (tmp / "huge.txt").write_text("a" * 1_000_000 + "\n")
+    bad_run, empty_adapter = tmp / "bad_run", tmp / "empty_adapter"
+    for copy in (bad_run, empty_adapter):
+        if not copy.exists():
+            shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    (bad_run / "config.yaml").write_text("model: [unclosed\n")
+    (empty_adapter / "adapter_model.safetensors").write_bytes(b"")
+    return {"tiny": str(ROOT / "configs" / "tiny-cpu.yaml"), "tmp": str(tmp), "run": str(run),
+            "bad_run": str(bad_run), "empty_adapter": str(empty_adapter), "merged": str(merged)}
+
+
+def argv(case_args: list[str], values: dict[str, str]) -> list[str]:
+    return [a.format(**values) if "{" in a and "{question}" not in a and "{input}" not in a else a for a in case_args]

@@ -1,0 +1,46 @@
+"""Every bad input of tests/refusals.py gives one line on stderr (`medtune: error: ...`), exit 2, no traceback, and
+leaves no folder that blocks a rerun."""
+from __future__ import annotations
+
+import pytest
+
+import refusals
+from medtune.cli import main
+from medtune.rundir import holds_run
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    from medtune import training
+    from medtune.config import load_config
+    from medtune.merge import merge
+
+    base = tmp_path_factory.mktemp("refusals")
+    run = base / "run"
+    training.run(load_config(refusals.ROOT / "configs" / "tiny-cpu.yaml",
+                             ["train.max_steps=2", "train.save_steps=100", "train.eval_steps=100",
+                              "train.report_to=none", "data.max_records=40"], output_dir=str(run)),
+                 log=lambda *a, **k: None)
+    merge(run, base / "merged", log=lambda *a, **k: None)
+    scratch = base / "scratch"
+    scratch.mkdir()
+    return refusals.materialize(scratch, run, base / "merged")
+
+
+@pytest.mark.parametrize("case", refusals.CASES, ids=[c[0] for c in refusals.CASES])
+def test_refused_with_one_clear_line(case, places, capsys):
+    _, _, args, phrase = case
+    rc = main(refusals.argv(args, places))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and err[0].startswith("medtune: error: "), err
+    assert phrase in err[0], err[0]
+    out = places["tmp"] + "/out"
+    from pathlib import Path
+
+    assert not holds_run(Path(out)), "a refused train left a folder that blocks a rerun"
+
+
+def test_cases_have_unique_ids():
+    ids = [c[0] for c in refusals.CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 50
