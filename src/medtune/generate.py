@@ -18,7 +18,10 @@ from medtune.data import format_prompt
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE, atomic_write_jsonl
 
-MAX_QUESTION_CHARS = 100_000  # longer lines are refused before tokenizing (no tokenizer packs more into a context)
+MAX_QUESTION_CHARS = 100_000
+# below this, sampling is greedy decoding in all but name, and logits / temperature overflow to inf (found by the
+# property tests: temperature 1e-160 crashed sampling)
+MIN_TEMPERATURE = 1e-2  # longer lines are refused before tokenizing (no tokenizer packs more into a context)
 
 
 @dataclass
@@ -37,7 +40,7 @@ def generation_kwargs(g: GenerateConfig, tokenizer) -> dict:
     """The one translation of a GenerateConfig into `model.generate` keyword arguments."""
     kw = dict(max_new_tokens=g.max_new_tokens, repetition_penalty=g.repetition_penalty,
               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    if g.greedy or g.temperature <= 0:
+    if g.greedy or g.temperature < MIN_TEMPERATURE:
         kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
         kw.update(do_sample=True, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
