@@ -88,7 +88,8 @@ def cmd_serve(a):
     from medtune.serving import server
 
     server.serve(a.model_dir, host=a.host, port=a.port, max_tokens=a.max_tokens,
-                 max_prompt_tokens=a.max_prompt_tokens, queue_size=a.queue_size)
+                 max_prompt_tokens=a.max_prompt_tokens, queue_size=a.queue_size, max_batch_size=a.max_batch_size,
+                 api_key=a.api_key or os.environ.get("MEDTUNE_API_KEY") or None, insecure=a.insecure)
 
 
 def _train_parser(sub):
@@ -143,6 +144,10 @@ def _other_parsers(sub):
     s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default 512)")
     s.add_argument("--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the model's context)")
     s.add_argument("--queue-size", type=int, help="requests queued or running before 429 busy (default 64)")
+    s.add_argument("--max-batch-size", type=int, help="requests decoded together (default 16; 1: one at a time)")
+    s.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health "
+                                     "(default: env MEDTUNE_API_KEY)")
+    s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
     s.set_defaults(func=cmd_serve)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,31 +63,145 @@ def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
-def _finish(seq: list[int], prompt_len: int, tokenizer, cancelled: bool) -> Completion:
+@dataclass
+class Request:
+    """One prompt to complete with its own settings: what serving batches together (per-request sampling and seed,
+    max_new_tokens, cancellation, streamed text)."""
+    ids: list[int]
+    g: GenerateConfig
+    cancel: threading.Event | None = None
+    on_text: Callable[[str], None] | None = None
+
+
+class RowSampler:
+    """A logits processor that samples each row with its own temperature, top-k, top-p and seeded generator (greedy
+    rows take the argmax), and returns a one-hot score row, so generate's greedy step picks that token. HF's own
+    sampling uses one setting and the global RNG for the whole batch; this keeps an answer a function of its prompt
+    and seed alone, whatever else shares the batch."""
+
+    def __init__(self, rows: list[GenerateConfig], device):
+        self.greedy = [r.greedy or r.temperature < MIN_TEMPERATURE for r in rows]
+        self.temperature = torch.tensor([max(r.temperature, MIN_TEMPERATURE) for r in rows], device=device)[:, None]
+        self.top_p = torch.tensor([r.top_p for r in rows], device=device)[:, None]
+        self.top_k = [r.top_k for r in rows]
+        self.generators = [None if r.seed is None else torch.Generator(device).manual_seed(r.seed) for r in rows]
+
+    def __call__(self, input_ids, scores):
+        x = scores.float() / self.temperature
+        vocab = x.shape[1]
+        for i, k in enumerate(self.top_k):
+            if 0 < k < vocab:
+                x[i, x[i] < torch.topk(x[i], k).values[-1]] = float("-inf")
+        if (self.top_p < 1).any():
+            sorted_x, idx = torch.sort(x, descending=True, dim=-1)
+            cum = sorted_x.softmax(-1).cumsum(-1)
+            drop = (cum - sorted_x.softmax(-1)) >= self.top_p  # keep the smallest set reaching top_p (at least 1)
+            x = x.scatter(1, idx, sorted_x.masked_fill(drop, float("-inf")))
+        probs = x.softmax(-1)
+        choice = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+        for i in range(x.shape[0]):
+            choice[i] = scores[i].argmax() if self.greedy[i] else torch.multinomial(probs[i], 1,
+                                                                                      generator=self.generators[i])[0]
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(x.shape[0], device=x.device), choice] = 0.0
+        return out
+
+
+class _RowStop:
+    """Stopping criterion: a row is done at its own max_new_tokens or when its request is cancelled. Records how many
+    tokens each row had when it stopped (what follows is padding, which for GPT-2 is the EOS id)."""
+
+    def __init__(self, requests: list[Request], width: int):
+        self.requests, self.width = requests, width
+        self.stopped: list[int | None] = [None] * len(requests)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        n = input_ids.shape[1] - self.width
+        for i, r in enumerate(self.requests):
+            if self.stopped[i] is None and (n >= r.g.max_new_tokens or (r.cancel is not None and r.cancel.is_set())):
+                self.stopped[i] = n
+        return torch.tensor([s is not None for s in self.stopped], dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer:
+    """Streams each row's new text to its request's on_text, cutting only where the decoded text is stable."""
+
+    def __init__(self, tokenizer, requests: list[Request]):
+        self.tok, self.requests = tokenizer, requests
+        self.tokens: list[list[int]] = [[] for _ in requests]
+        self.shown = [0] * len(requests)
+        self.closed = [r.on_text is None for r in requests]
+        self.started = False
+
+    def put(self, value):
+        if not self.started:  # the first call carries the prompts
+            self.started = True
+            return
+        for i, t in enumerate(value.reshape(len(self.requests), -1)[:, -1].tolist()):
+            if self.closed[i]:
+                continue
+            if t == self.tok.eos_token_id:
+                self._flush(i)
+                self.closed[i] = True
+                continue
+            self.tokens[i].append(t)
+            self._flush(i, final=False)
+
+    def _flush(self, i: int, final: bool = True):
+        text = self.tok.decode(self.tokens[i], skip_special_tokens=True)
+        if final or text.endswith("\n"):
+            cut = len(text)
+        elif text.endswith("\ufffd"):  # the rest of a multi-byte character is still to come
+            return
+        else:
+            cut = text.rfind(" ") + 1  # up to the last word boundary: later tokens may still change the last word
+        if cut > self.shown[i]:
+            self.requests[i].on_text(text[self.shown[i]:cut])
+            self.shown[i] = cut
+
+    def end(self):
+        for i in range(len(self.requests)):
+            if not self.closed[i]:
+                self._flush(i)
+                self.closed[i] = True
+
+
+def _finish(seq: list[int], req: Request, tokenizer, stopped: int | None) -> Completion:
     eos = tokenizer.eos_token_id
-    reason = "cancelled" if cancelled else "length"
+    seq = seq[: req.g.max_new_tokens if stopped is None else stopped]
     if eos in seq:
         seq, reason = seq[: seq.index(eos)], "eos"
-    elif tokenizer.pad_token_id in seq and tokenizer.pad_token_id != eos:  # a row that ended while others went on
-        seq = seq[: seq.index(tokenizer.pad_token_id)]
-    return Completion(tokenizer.decode(seq, skip_special_tokens=True).strip(), seq, reason, prompt_len)
+    else:
+        reason = "cancelled" if req.cancel is not None and req.cancel.is_set() else "length"
+    return Completion(tokenizer.decode(seq, skip_special_tokens=True).strip(), seq, reason, len(req.ids))
 
 
 @torch.no_grad()
+def complete_batch(model, tokenizer, requests: list[Request], streamer=None) -> list[Completion]:
+    """One batch through model.generate: left padding, per-row sampling and limits, EOS trimming, stop reasons.
+    Streams to each request's on_text (or to `streamer`, an HF streamer, for a single request)."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    device = next(model.parameters()).device
+    ids, mask = _left_padded([r.ids for r in requests], tokenizer.pad_token_id, device)
+    kwargs = generation_kwargs(requests[0].g, tokenizer)
+    kwargs.update(max_new_tokens=max(r.g.max_new_tokens for r in requests), do_sample=False, temperature=None,
+                  top_p=None, top_k=None,  # sampling is RowSampler's, per row
+                  logits_processor=LogitsProcessorList([RowSampler([r.g for r in requests], device)]),
+                  stopping_criteria=StoppingCriteriaList([stop := _RowStop(requests, ids.shape[1])]))
+    if streamer is None and any(r.on_text for r in requests):
+        streamer = _RowStreamer(tokenizer, requests)
+    seqs = model.generate(input_ids=ids, attention_mask=mask, streamer=streamer, **kwargs)
+    return [_finish(seq, r, tokenizer, n) for seq, r, n in zip(seqs[:, ids.shape[1]:].tolist(), requests, stop.stopped)]
+
+
 def complete(model, tokenizer, prompts: list[list[int]], g: GenerateConfig, batch_size: int = 8, streamer=None,
              cancel=None, progress: bool = False) -> list[Completion]:
-    """Answers for prompts given as token ids, in the order given. `streamer` (one prompt only) receives the text as
-    it is generated; `cancel` (a threading.Event) stops generation early. Seeded once per call (g.seed; None: not)."""
-    from transformers import StoppingCriteriaList, set_seed
-
+    """Answers for prompts given as token ids, in the order given: batches of prompts of similar length (longest
+    first), each answer seeded with g.seed (reproducible whatever the batch). `streamer` (an HF streamer, one prompt
+    only) receives the text as it is generated; `cancel` (a threading.Event) stops generation early."""
     if streamer is not None and len(prompts) != 1:
-        raise ValueError("streaming needs exactly one prompt")
-    if g.seed is not None:
-        set_seed(g.seed)
-    kwargs = generation_kwargs(g, tokenizer)
-    if cancel is not None:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
-    device = next(model.parameters()).device
+        raise ValueError("streaming with an HF streamer needs exactly one prompt")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out: list[Completion | None] = [None] * len(prompts)
     starts = range(0, len(order), batch_size)
@@ -94,22 +210,10 @@ def complete(model, tokenizer, prompts: list[list[int]], g: GenerateConfig, batc
         starts = tqdm(starts, desc="generating", unit="batch", file=sys.stderr)
     for start in starts:
         chunk = order[start:start + batch_size]
-        ids, mask = _left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
-        seqs = model.generate(input_ids=ids, attention_mask=mask, streamer=streamer, **kwargs)
-        cancelled = cancel is not None and cancel.is_set()
-        for i, seq in zip(chunk, seqs[:, ids.shape[1]:].tolist()):
-            out[i] = _finish(seq, len(prompts[i]), tokenizer, cancelled)
+        done = complete_batch(model, tokenizer, [Request(prompts[i], g, cancel) for i in chunk], streamer)
+        for i, c in zip(chunk, done):
+            out[i] = c
     return out
-
-
-class _Cancelled:
-    """A stopping criterion that ends generation for every row once `event` is set."""
-
-    def __init__(self, event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def encode_questions(tokenizer, questions: list[str], data_cfg: DataConfig, context: int | None,

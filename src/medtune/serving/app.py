@@ -252,6 +252,9 @@ class HostCheck:
     def __init__(self, app, allowed: set[str]):
         self.app, self.allowed = app, {h.lower() for h in allowed}
 
+    def __getattr__(self, name):
+        return getattr(self.app, name)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
@@ -264,8 +267,11 @@ class HostCheck:
 
 
 def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = None, limits: Limits | None = None,
-               allowed_hosts: set[str] | None = None):
-    """The FastAPI app. Pass a model folder (the app owns and closes its engine) or a ready Engine."""
+               allowed_hosts: set[str] | None = None, api_key: str | None = None):
+    """The FastAPI app. Pass a model folder (the app owns and closes its engine) or a ready Engine. With api_key,
+    every route but /health needs it; /metrics serves Prometheus metrics."""
+    from medtune.serving.middleware import ApiKeyAuth, Metrics
+
     owned = engine is None
     if engine is None:
         if model_dir is None:
@@ -288,6 +294,9 @@ def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = N
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
+    wrapped = Metrics(app, engine)
+    if api_key:
+        wrapped = ApiKeyAuth(wrapped, api_key)
     if allowed_hosts is not None and "*" not in allowed_hosts:
-        return HostCheck(app, allowed_hosts)
-    return app
+        wrapped = HostCheck(wrapped, allowed_hosts)
+    return wrapped

@@ -1,5 +1,7 @@
 """The generation engine: the model, its limits, and one worker thread that runs queued jobs through the one
-decoding path (medtune.generate.complete). A full queue refuses new jobs (the app answers 429)."""
+decoding path (medtune.generate.complete_batch). Requests that wait together are decoded together: the worker takes
+up to max_batch_size queued jobs at a time into one batch (dynamic batching; each keeps its own sampling settings,
+seed, max_tokens, streaming and cancellation). A full queue refuses new jobs (the app answers 429)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune import rundir
-from medtune.generate import complete, prompt_for
+from medtune.generate import Request, complete_batch, prompt_for
 from medtune.model import context_length
 
 log = logging.getLogger("medtune.serve")
@@ -23,6 +25,7 @@ class Limits:
     max_prompt_tokens: int | None = None  # default: the model's context minus one
     max_body_bytes: int = 65536      # larger request bodies get 413
     queue_size: int = 64             # requests queued or running; beyond that 429
+    max_batch_size: int = 16         # requests decoded together (1: one at a time)
 
 
 @dataclass
@@ -43,23 +46,6 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancel.set()
-
-
-def _streamer_class():
-    from transformers import TextStreamer
-
-    class JobStreamer(TextStreamer):
-        """TextStreamer's word-boundary-safe incremental decoding, sending text to the job instead of stdout."""
-
-        def __init__(self, tokenizer, job: Job):
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.job = job
-
-        def on_finalized_text(self, text: str, stream_end: bool = False):
-            if text:
-                self.job.emit("text", text)
-
-    return JobStreamer
 
 
 class Engine:
@@ -84,7 +70,7 @@ class Engine:
         self._count_lock = threading.Lock()
         self.busy = False
         self._closed = False
-        self._streamer = _streamer_class()
+        self.batches = self.batched_requests = self.generated_tokens = 0  # for /metrics
         self._thread = threading.Thread(target=self._work, name="medtune-generate", daemon=True)
         self._thread.start()
 
@@ -105,22 +91,39 @@ class Engine:
         self._closed = True
         self._jobs.put(None)
 
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                break
+    def _next_batch(self) -> list[Job] | None:
+        """Block for one job, then take whatever else is waiting, up to max_batch_size. None: the engine closed."""
+        job = self._jobs.get()
+        if job is None:
+            return None
+        batch = [job]
+        while len(batch) < self.limits.max_batch_size:
             try:
-                if not job.cancel.is_set():
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._jobs.put(None)  # closing: finish this batch first
+                break
+            batch.append(job)
+        return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = [j for j in batch if not j.cancel.is_set()]
+            try:
+                if live:
                     self.busy = True
-                    job.emit("done", self.run(job))
-            except Exception as e:  # a bug or an out-of-memory: report it to this request, keep serving
+                    for job, result in zip(live, self.run(live)):
+                        job.emit("done", result)
+            except Exception as e:  # a bug or an out-of-memory: report it to these requests, keep serving
                 log.exception("generation failed")
-                job.emit("error", f"generation failed ({type(e).__name__})")
+                for job in live:
+                    job.emit("error", f"generation failed ({type(e).__name__})")
             finally:
                 self.busy = False
                 with self._count_lock:
-                    self._count -= 1
+                    self._count -= len(batch)
 
     def prompt_ids(self, prompt: str, raw: bool) -> list[int]:
         """Token ids of a prompt (wrapped in the run's prompt template unless raw). Raises ValueError for text the
@@ -129,11 +132,17 @@ class Engine:
         text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates, before the tokenizer sees it
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def run(self, job: Job) -> dict:
-        """Generate for one job (worker thread). Streams text through job.emit when job.stream."""
-        g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
-                                top_p=job.top_p, greedy=job.temperature <= 0, seed=job.seed)
-        streamer = self._streamer(self.tok, job) if job.stream else None
-        (c,) = complete(self.model, self.tok, [job.input_ids], g, streamer=streamer, cancel=job.cancel)
-        return {"text": c.text, "completion_tokens": len(c.token_ids),
-                "finish_reason": "stop" if c.stopped_at_eos else "length"}
+    def run(self, jobs: list[Job]) -> list[dict]:
+        """Generate for a batch of jobs (worker thread); streaming jobs get their text through job.emit."""
+        requests = []
+        for job in jobs:
+            g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
+                                    top_p=job.top_p, greedy=job.temperature <= 0, seed=job.seed)
+            on_text = (lambda text, job=job: job.emit("text", text)) if job.stream else None
+            requests.append(Request(job.input_ids, g, job.cancel, on_text))
+        done = complete_batch(self.model, self.tok, requests)
+        self.batches += 1
+        self.batched_requests += len(jobs)
+        self.generated_tokens += sum(len(c.token_ids) for c in done)
+        return [{"text": c.text, "completion_tokens": len(c.token_ids),
+                 "finish_reason": "stop" if c.stopped_at_eos else "length"} for c in done]

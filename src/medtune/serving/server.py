@@ -30,29 +30,42 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_limits(lim: Limits) -> None:
+    for flag, value in (("--queue-size", lim.queue_size), ("--max-tokens", lim.max_tokens),
+                        ("--max-prompt-tokens", lim.max_prompt_tokens), ("--max-batch-size", lim.max_batch_size)):
+        if value is not None and value < 1:
+            raise MedtuneError(f"{flag} must be >= 1, got {value}")
+
+
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          **limits) -> None:
-    """Load the model, bind host:port (127.0.0.1 by default), and serve until Ctrl+C."""
+          api_key: str | None = None, insecure: bool = False, **limits) -> None:
+    """Load the model, bind host:port (127.0.0.1 by default), and serve until Ctrl+C. A non-loopback address needs
+    an API key (or insecure=True)."""
     import uvicorn
 
     lim = Limits(**{k: v for k, v in limits.items() if v is not None})
-    if lim.queue_size < 1 or lim.max_tokens < 1 or (lim.max_prompt_tokens is not None and lim.max_prompt_tokens < 1):
-        raise MedtuneError("--queue-size, --max-tokens and --max-prompt-tokens must be >= 1")
+    check_limits(lim)
     loopback = host in LOOPBACK or host.startswith("127.")
+    if not loopback and not api_key and not insecure:
+        raise MedtuneError(f"--host {host} is reachable from other machines: set an API key (--api-key or "
+                           "MEDTUNE_API_KEY), or pass --insecure to serve without one")
     sock = _listen(host, port)  # first: a busy port fails at once, before the model loads
     try:
         engine = Engine(model_dir, lim)
     except BaseException:
         sock.close()
         raise
-    app = create_app(engine=engine, allowed_hosts=(LOOPBACK | {host}) if loopback else {"*"})
+    app = create_app(engine=engine, allowed_hosts=(LOOPBACK | {host}) if loopback else {"*"}, api_key=api_key)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(f"medtune: serving {engine.name} at http://{shown}:{bound}/  (API: POST /v1/completions; Ctrl+C stops)",
           flush=True)
-    if not loopback:
-        print(f"medtune: warning: listening on {host}, not loopback: the API has no authentication, anyone who can "
-              "reach this port can use it", flush=True)
+    if not loopback and not api_key:
+        print(f"medtune: warning: listening on {host} without an API key (--insecure): anyone who can reach this "
+              "port can use it", flush=True)
+    if api_key:
+        print(f"medtune: API key required (Authorization: Bearer ...); web page: http://{shown}:{bound}/?key=KEY",
+              flush=True)
     print(NOTICE, flush=True)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3)
     try:
