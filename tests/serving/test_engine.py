@@ -1,0 +1,158 @@
+"""Batched serving: requests that wait together are decoded together, each with its own settings; API key; metrics."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from medtune import training
+    from medtune.config import load_config
+
+    out = tmp_path_factory.mktemp("engine") / "run"
+    training.run(load_config(ROOT / "configs" / "tiny-cpu.yaml", ["train.max_steps=3", "train.save_steps=100",
+                                                                  "train.eval_steps=100", "train.report_to=none",
+                                                                  "data.max_records=40"], output_dir=str(out)),
+                 log=lambda *a, **k: None)
+    return out
+
+
+def _job(engine, prompt: str, **kw):
+    from medtune.serving.engine import Job
+
+    loop = asyncio.new_event_loop()
+    defaults = dict(max_tokens=12, temperature=0.7, top_p=0.9, seed=5, stream=False)
+    return Job(input_ids=engine.prompt_ids(prompt, False), loop=loop, **{**defaults, **kw})
+
+
+def test_batched_answers_equal_one_at_a_time(run_dir):
+    """A request's answer depends on its prompt and seed only, not on what shares its batch."""
+    from medtune.serving.engine import Engine, Limits
+
+    engine = Engine(run_dir, Limits(max_batch_size=8))
+    try:
+        prompts = ["What is asthma?", "How is a broken arm treated at home and in hospital?", "What is gout?"]
+        jobs = [_job(engine, p, seed=i, max_tokens=6 + 3 * i, temperature=[0.0, 0.7, 1.3][i]) for i, p in
+                enumerate(prompts)]
+        together = engine.run(jobs)
+        alone = [engine.run([j])[0] for j in jobs]
+        assert together == alone
+        for j, r in zip(jobs, together):
+            assert r["completion_tokens"] <= j.max_tokens
+        assert engine.batches == 4 and engine.batched_requests == 6
+    finally:
+        engine.close()
+
+
+def test_worker_takes_waiting_jobs_into_one_batch(run_dir):
+    from medtune.serving.engine import Engine, Limits
+
+    engine = Engine(run_dir, Limits(max_batch_size=4))
+    try:
+        gate = threading.Event()
+        real = engine.run
+        engine.run = lambda jobs: (gate.wait(10), real(jobs))[1]  # hold the first batch until all are queued
+        first = _job(engine, "Question 0?")
+        assert engine.submit(first)
+        for _ in range(1000):  # the worker has taken the first job and waits at the gate
+            if engine.busy:
+                break
+            threading.Event().wait(0.01)
+        jobs = [first] + [_job(engine, f"Question {i}?") for i in range(1, 7)]
+        for j in jobs[1:]:
+            assert engine.submit(j)
+        gate.set()
+        for j in jobs:
+            kind, _ = j.loop.run_until_complete(asyncio.wait_for(j.events.get(), 60))
+            assert kind == "done"
+        assert engine.batches == 3 and engine.batched_requests == 7  # 1, then 4 of the 6 waiting, then 2
+    finally:
+        engine.close()
+
+
+def test_streamed_text_equals_the_answer_and_cancel_stops(run_dir):
+    from medtune.serving.engine import Engine, Limits
+
+    engine = Engine(run_dir, Limits(max_batch_size=4))
+    try:
+        pieces = []
+        streamed = _job(engine, "What is asthma?", stream=True, max_tokens=20)
+        streamed.emit = lambda kind, value: pieces.append(value) if kind == "text" else None
+        cancelled = _job(engine, "What is gout?", max_tokens=50)
+        cancelled.cancel.set()
+        done = engine.run([streamed, cancelled])
+        assert "".join(pieces).strip() == done[0]["text"]
+        assert done[1]["completion_tokens"] <= 1 and done[1]["finish_reason"] == "length"
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def keyed(run_dir):
+    from fastapi.testclient import TestClient
+
+    from medtune.serving.app import create_app
+    from medtune.serving.engine import Limits
+
+    with TestClient(create_app(run_dir, limits=Limits(max_tokens=8), api_key="k3y")) as c:
+        yield c
+
+
+def test_api_key_required_everywhere_but_health(keyed):
+    assert keyed.get("/health").status_code == 200
+    for method, path in (("get", "/"), ("get", "/v1/models"), ("get", "/metrics"), ("post", "/v1/completions"),
+                         ("get", "/static/app.js")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k3y"}):
+            r = getattr(keyed, method)(path, headers=headers)
+            assert r.status_code == 401, (path, headers)
+            assert r.json() == {"error": {"message": "unauthorized", "type": "authentication_error", "param": None,
+                                          "code": None}}
+    ok = keyed.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+                    headers={"Authorization": "Bearer k3y"})
+    assert ok.status_code == 200 and "choices" in ok.json()
+
+
+def test_page_key_sets_cookie_then_page_and_api_work(keyed):
+    r = keyed.get("/?key=wrong", follow_redirects=False)
+    assert r.status_code == 401
+    r = keyed.get("/?key=k3y", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/" and "HttpOnly" in r.headers["set-cookie"]
+    assert keyed.get("/").status_code == 200  # the client keeps the cookie
+    assert keyed.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+    keyed.cookies.clear()
+
+
+def test_metrics_count_requests_tokens_and_rejections(run_dir):
+    from fastapi.testclient import TestClient
+
+    from medtune.serving.app import create_app
+    from medtune.serving.engine import Limits
+
+    with TestClient(create_app(run_dir, limits=Limits(max_tokens=4))) as c:
+        for _ in range(3):
+            assert c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3}).status_code == 200
+        assert c.post("/v1/completions", json={"prompt": ""}).status_code == 400
+        text = c.get("/metrics").text
+    values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
+    assert values['medtune_requests_total{path="/v1/completions",status="200"}'] == 3
+    assert values['medtune_requests_total{path="/v1/completions",status="400"}'] == 1
+    assert values["medtune_request_seconds_count"] == 3
+    assert 3 <= values["medtune_generated_tokens_total"] <= 9
+    assert values["medtune_queue_depth"] == 0 and values["medtune_rejected_total"] == 0
+
+
+def test_non_loopback_needs_a_key(run_dir):
+    from medtune.errors import MedtuneError
+    from medtune.serving.server import serve
+
+    with pytest.raises(MedtuneError, match="--insecure"):
+        serve(run_dir, host="0.0.0.0", port=0)
+    with pytest.raises(MedtuneError, match="--max-batch-size must be >= 1"):
+        serve(run_dir, port=0, max_batch_size=0)
