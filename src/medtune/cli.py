@@ -75,7 +75,8 @@ def cmd_generate(a):
 def cmd_eval(a):
     from medtune import evaluate
 
-    evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples, greedy=False if a.sample else None)
+    evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples,
+                 greedy=True if a.greedy else False if a.sample else None)
 
 
 def cmd_merge(a):
@@ -128,8 +129,9 @@ def _other_parsers(sub):
     e.add_argument("--data", help="hub dataset id or local file (default: the split saved by training)")
     e.add_argument("--split", help="which saved split: test or validation (default: config key eval.split)")
     e.add_argument("--num-samples", type=int, help="questions to generate answers for (default 50)")
-    e.add_argument("--sample", action="store_true", help="sample with the run's generate settings instead of greedy "
-                                                          "decoding (config key eval.greedy)")
+    e.add_argument("--greedy", action="store_true", help="greedy decoding without repetition penalty instead of the "
+                                                          "run's generate settings (config key eval.greedy)")
+    e.add_argument("--sample", action="store_true", help="the run's generate settings, seeded (the default)")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("merge", help="merge the adapter into the base model and save a standalone model")

@@ -127,10 +127,14 @@ class GenerateConfig:
 @dataclass
 class EvalConfig:
     num_samples: int = opt(50, "questions to generate answers for", min=0)
-    max_new_tokens: int = opt(128, "most tokens per generated answer", min=1, max=100_000)
-    batch_size: int = opt(8, "questions per generation batch", min=1)
+    max_new_tokens: int | None = opt(None, "most tokens per generated answer (None: 512, or more when the reference "
+                                           "answers are longer; always within the model's context)", min=1,
+                                     max=100_000)
+    batch_size: int = opt(64, "questions per generation batch (and records per loss batch)", min=1)
     split: Literal["test", "validation"] = opt("test", "saved split to evaluate on")
-    greedy: bool = opt(True, "greedy decoding without repetition penalty; false: the run's generate settings")
+    greedy: bool = opt(False, "false: decode like `medtune generate` (the run's generate settings, seeded); "
+                              "true: greedy decoding without repetition penalty")
+    bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals", min=0)
 
 
 @dataclass

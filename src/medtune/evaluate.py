@@ -33,6 +33,8 @@ from medtune.report import MODELS, _num, render_report, table
 from medtune.training.batching import Collator
 from medtune.training.loss import decoder_output, linear_cross_entropy
 
+DEFAULT_MAX_NEW_TOKENS = 512
+
 
 # ---------------------------------------------------------------- inputs
 
@@ -130,14 +132,27 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
 
 
-def eval_generate_config(cfg: Config, greedy: bool | None = None) -> GenerateConfig:
-    """eval.max_new_tokens and the run's generation seed; greedy decoding without repetition penalty (default),
-    or, with greedy false, sampling with the run's generate settings."""
+def eval_generate_config(cfg: Config, greedy: bool | None = None, max_new_tokens: int | None = None) -> GenerateConfig:
+    """What eval decodes with: by default the run's generate settings (what `medtune generate` and `serve` give
+    users), seeded; with greedy, greedy decoding without repetition penalty."""
     greedy = cfg.eval.greedy if greedy is None else greedy
+    n = max_new_tokens or cfg.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     if greedy:
-        return GenerateConfig(max_new_tokens=cfg.eval.max_new_tokens, greedy=True, repetition_penalty=1.0,
-                              seed=cfg.generate.seed)
-    return dataclasses.replace(cfg.generate, max_new_tokens=cfg.eval.max_new_tokens, greedy=False)
+        return GenerateConfig(max_new_tokens=n, greedy=True, repetition_penalty=1.0, seed=cfg.generate.seed)
+    return dataclasses.replace(cfg.generate, max_new_tokens=n, greedy=False)
+
+
+def resolve_max_new_tokens(cfg: Config, ref_lengths: list[int], prompt_lengths: list[int], context: int | None) -> int:
+    """eval.max_new_tokens, or (unset) enough for an answer to stop by itself: 512, or the 95th percentile of the
+    reference answers' lengths when that is more; either way within the model's context for a median prompt."""
+    if cfg.eval.max_new_tokens:
+        return cfg.eval.max_new_tokens
+    refs = sorted(ref_lengths)
+    p95 = refs[min(len(refs) - 1, int(0.95 * len(refs)))] if refs else 0
+    n = max(DEFAULT_MAX_NEW_TOKENS, p95)
+    if context is not None and prompt_lengths:
+        n = min(n, context - sorted(prompt_lengths)[len(prompt_lengths) // 2])
+    return max(n, 1)
 
 
 def generation_metrics(completions: list, references: list[str]) -> tuple[dict, list[float]]:
@@ -162,7 +177,8 @@ class _Inputs:
     source: str
 
 
-def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, g: GenerateConfig) -> _Inputs:
+def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy) -> tuple[_Inputs,
+                                                                                                       GenerateConfig]:
     records, source = load_eval_records(run, data, split)
     data_cfg = dataclasses.replace(run.config.data, completion_only_loss=True)  # answer tokens only, whatever training did
     kept, encoded = encode_within_length(records, tok, data_cfg)
@@ -171,10 +187,13 @@ def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples:
                            f"{data_cfg.max_length} tokens; nothing to evaluate")
     limit = context_length(model)
     ids = [tok(format_prompt(r, data_cfg), add_special_tokens=False)["input_ids"] for r in kept]
+    ref_lengths = [len(e["input_ids"]) - len(p) - 1 for e, p in zip(encoded, ids)]
+    g = eval_generate_config(run.config, greedy, resolve_max_new_tokens(run.config, ref_lengths,
+                                                                        list(map(len, ids)), limit))
     candidates = [i for i, p in enumerate(ids) if limit is None or len(p) + g.max_new_tokens <= limit]
     chosen = random.Random(g.seed).sample(candidates, min(num_samples, len(candidates)))
     return _Inputs(kept, encoded, [ids[i] for i in chosen], chosen, [kept[i]["output"].strip() for i in chosen],
-                   len(records) - len(kept), source)
+                   len(records) - len(kept), source), g
 
 
 def _evaluate_models(model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int, log) -> tuple[dict, dict, dict]:
@@ -248,8 +267,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
         raise MedtuneError(f"--num-samples must be 0 or more, got {num_samples}")
     load_eval_records(run, data, split)  # bad --data / --split fail before the model loads
     model, tok = rundir.load_model(run)
-    g = eval_generate_config(cfg, greedy)
-    inp = _prepare_inputs(run, model, tok, data, split, num_samples, g)
+    inp, g = _prepare_inputs(run, model, tok, data, split, num_samples, greedy)
     log(f"eval: {len(inp.kept)} records from {inp.source}"
         + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else ""))
     result, seconds, answers = _evaluate_models(model, tok, inp, g, cfg.eval.batch_size, log)

@@ -88,23 +88,24 @@ class RowSampler:
 
     def __call__(self, input_ids, scores):
         x = scores.float() / self.temperature
-        vocab = x.shape[1]
-        for i, k in enumerate(self.top_k):
-            if 0 < k < vocab:
-                x[i, x[i] < torch.topk(x[i], k).values[-1]] = float("-inf")
+        inf = float("-inf")
+        if len(set(self.top_k)) == 1 and 0 < self.top_k[0] < x.shape[1]:  # the usual case: one top_k for all rows
+            x = x.masked_fill(x < torch.topk(x, self.top_k[0]).values[:, -1:], inf)
+        else:
+            for i, k in enumerate(self.top_k):
+                if 0 < k < x.shape[1]:
+                    x[i].masked_fill_(x[i] < torch.topk(x[i], k).values[-1], inf)
         if (self.top_p < 1).any():
             sorted_x, idx = torch.sort(x, descending=True, dim=-1)
-            cum = sorted_x.softmax(-1).cumsum(-1)
-            drop = (cum - sorted_x.softmax(-1)) >= self.top_p  # keep the smallest set reaching top_p (at least 1)
-            x = x.scatter(1, idx, sorted_x.masked_fill(drop, float("-inf")))
+            p = sorted_x.softmax(-1)
+            drop = (p.cumsum(-1) - p) >= self.top_p  # keep the smallest set reaching top_p (at least one token)
+            x = x.scatter(1, idx, sorted_x.masked_fill(drop, inf))
         probs = x.softmax(-1)
-        choice = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-        for i in range(x.shape[0]):
-            choice[i] = scores[i].argmax() if self.greedy[i] else torch.multinomial(probs[i], 1,
-                                                                                      generator=self.generators[i])[0]
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(x.shape[0], device=x.device), choice] = 0.0
-        return out
+        choice = scores.argmax(-1)
+        for i, gen in enumerate(self.generators):
+            if not self.greedy[i]:
+                choice[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
+        return torch.full_like(scores, inf).scatter_(1, choice[:, None], 0.0)
 
 
 class _RowStop:
