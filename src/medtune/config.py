@@ -120,6 +120,8 @@ class GenerateConfig:
     top_p: float = opt(0.9, "nucleus sampling: smallest set of tokens with this much probability", gt=0, max=1)
     top_k: int = opt(50, "sample among the k most likely tokens (0: no limit)", min=0)
     repetition_penalty: float = opt(1.1, "divide the logits of tokens already present (1: off)", gt=0, max=10)
+    min_p: float = opt(0.0, "drop tokens less likely than min_p x the most likely one (0: off)", min=0, lt=1)
+    no_repeat_ngram: int = opt(0, "never repeat an n-gram of this size within an answer (0: off)", min=0)
     greedy: bool = opt(False, "greedy decoding instead of sampling")
     seed: int = opt(42, "sampling seed (answers are reproducible)", min=0)
 

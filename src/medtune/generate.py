@@ -41,11 +41,12 @@ class Completion:
 def generation_kwargs(g: GenerateConfig, tokenizer) -> dict:
     """The one translation of a GenerateConfig into `model.generate` keyword arguments."""
     kw = dict(max_new_tokens=g.max_new_tokens, repetition_penalty=g.repetition_penalty,
-              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+              no_repeat_ngram_size=g.no_repeat_ngram or None, eos_token_id=tokenizer.eos_token_id,
+              pad_token_id=tokenizer.pad_token_id)
     if g.greedy or g.temperature < MIN_TEMPERATURE:
-        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
     else:
-        kw.update(do_sample=True, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
+        kw.update(do_sample=True, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, min_p=g.min_p or None)
     return kw
 
 
@@ -84,6 +85,7 @@ class RowSampler:
         self.temperature = torch.tensor([max(r.temperature, MIN_TEMPERATURE) for r in rows], device=device)[:, None]
         self.top_p = torch.tensor([r.top_p for r in rows], device=device)[:, None]
         self.top_k = [r.top_k for r in rows]
+        self.min_p = torch.tensor([r.min_p for r in rows], device=device)[:, None]
         self.generators = [None if r.seed is None else torch.Generator(device).manual_seed(r.seed) for r in rows]
 
     def __call__(self, input_ids, scores):
@@ -101,6 +103,8 @@ class RowSampler:
             drop = (p.cumsum(-1) - p) >= self.top_p  # keep the smallest set reaching top_p (at least one token)
             x = x.scatter(1, idx, sorted_x.masked_fill(drop, inf))
         probs = x.softmax(-1)
+        if (self.min_p > 0).any():
+            probs = probs.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), 0.0)
         choice = scores.argmax(-1)
         for i, gen in enumerate(self.generators):
             if not self.greedy[i]:
@@ -187,7 +191,7 @@ def complete_batch(model, tokenizer, requests: list[Request], streamer=None) -> 
     ids, mask = _left_padded([r.ids for r in requests], tokenizer.pad_token_id, device)
     kwargs = generation_kwargs(requests[0].g, tokenizer)
     kwargs.update(max_new_tokens=max(r.g.max_new_tokens for r in requests), do_sample=False, temperature=None,
-                  top_p=None, top_k=None,  # sampling is RowSampler's, per row
+                  top_p=None, top_k=None, min_p=None,  # sampling is RowSampler's, per row
                   logits_processor=LogitsProcessorList([RowSampler([r.g for r in requests], device)]),
                   stopping_criteria=StoppingCriteriaList([stop := _RowStop(requests, ids.shape[1])]))
     if streamer is None and any(r.on_text for r in requests):

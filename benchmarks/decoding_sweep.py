@@ -1,0 +1,61 @@
+"""Decoding settings compared on a run's validation split (tuned model only): EOS rate within max_new_tokens,
+repeated 4-grams, gibberish share, ROUGE-L, mean length, and time. Not a test; for choosing `generate` defaults.
+
+    python benchmarks/decoding_sweep.py RUN_DIR [--num-samples 50] [--max-new-tokens 512]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+SETTINGS = {  # name: generate overrides on top of the run's settings
+    "greedy, no penalty": dict(greedy=True, repetition_penalty=1.0),
+    "greedy, penalty 1.1": dict(greedy=True, repetition_penalty=1.1),
+    "greedy, no-repeat 4-gram": dict(greedy=True, repetition_penalty=1.0, no_repeat_ngram=4),
+    "T0.7 p0.9 pen1.1": dict(temperature=0.7, top_p=0.9, repetition_penalty=1.1),
+    "T0.7 p0.9 pen1.0": dict(temperature=0.7, top_p=0.9, repetition_penalty=1.0),
+    "T0.7 p0.9 pen1.2": dict(temperature=0.7, top_p=0.9, repetition_penalty=1.2),
+    "T0.5 p0.9 pen1.1": dict(temperature=0.5, top_p=0.9, repetition_penalty=1.1),
+    "T1.0 min_p0.1 pen1.1": dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.1, repetition_penalty=1.1),
+    "T0.7 min_p0.05 pen1.1": dict(temperature=0.7, top_p=1.0, top_k=0, min_p=0.05, repetition_penalty=1.1),
+    "T0.7 p0.9 pen1.1 no-repeat 4": dict(temperature=0.7, top_p=0.9, repetition_penalty=1.1, no_repeat_ngram=4),
+}
+
+
+def main() -> None:
+    from medtune import evaluate, rundir
+    from medtune.generate import complete
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--num-samples", type=int, default=50)
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--save", help="write every answer to this .jsonl (setting, question index, answer)")
+    args = ap.parse_args()
+    run = rundir.open_run(args.run_dir, want="run")
+    run.config.eval.max_new_tokens = args.max_new_tokens
+    model, tok = rundir.load_model(run)
+    inp, base_g = evaluate._prepare_inputs(run, model, tok, None, args.split, args.num_samples, greedy=False)
+    print(f"{len(inp.chosen)} questions from the {args.split} split, at most {base_g.max_new_tokens} new tokens\n")
+    print("| decoding | ROUGE-L | EOS rate | repeated 4-grams | gibberish | mean tokens | seconds |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    saved = []
+    for name, over in SETTINGS.items():
+        g = dataclasses.replace(base_g, **over)
+        t0 = time.perf_counter()
+        out = complete(model, tok, inp.prompts, g, batch_size=len(inp.prompts))
+        dt = time.perf_counter() - t0
+        m, _ = evaluate.generation_metrics(out, inp.refs)
+        print(f"| {name} | {m['rouge_l']:.3f} | {m['eos_rate']:.0%} | {m['repeated_4gram_share'] or 0:.1%} | "
+              f"{m.get('gibberish_share', float('nan')):.0%} | {m['mean_answer_tokens']:.0f} | {dt:.1f} |", flush=True)
+        saved += [{"setting": name, "i": i, "answer": c.text, "stop": c.stop_reason} for i, c in enumerate(out)]
+    if args.save:
+        from medtune.files import atomic_write_jsonl
+        atomic_write_jsonl(args.save, saved + [{"setting": "reference", "i": i, "answer": r}
+                                               for i, r in enumerate(inp.refs)])
+
+
+if __name__ == "__main__":
+    main()
