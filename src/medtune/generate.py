@@ -90,26 +90,23 @@ class RowSampler:
 
     def __call__(self, input_ids, scores):
         x = scores.float() / self.temperature
-        inf = float("-inf")
-        if len(set(self.top_k)) == 1 and 0 < self.top_k[0] < x.shape[1]:  # the usual case: one top_k for all rows
-            x = x.masked_fill(x < torch.topk(x, self.top_k[0]).values[:, -1:], inf)
+        k = self.top_k[0] if len(set(self.top_k)) == 1 and 0 < self.top_k[0] < x.shape[1] else 0
+        if k:  # the usual case, one top_k for every row: top-p, min-p and the draw work on the k candidates only
+            x, idx = torch.topk(x, k)  # sorted, most likely first
         else:
-            for i, k in enumerate(self.top_k):
-                if 0 < k < x.shape[1]:
-                    x[i].masked_fill_(x[i] < torch.topk(x[i], k).values[-1], inf)
-        if (self.top_p < 1).any():
-            sorted_x, idx = torch.sort(x, descending=True, dim=-1)
-            p = sorted_x.softmax(-1)
-            drop = (p.cumsum(-1) - p) >= self.top_p  # keep the smallest set reaching top_p (at least one token)
-            x = x.scatter(1, idx, sorted_x.masked_fill(drop, inf))
+            for i, kk in enumerate(self.top_k):
+                if 0 < kk < x.shape[1]:
+                    x[i].masked_fill_(x[i] < torch.topk(x[i], kk).values[-1], float("-inf"))
+            x, idx = torch.sort(x, descending=True, dim=-1)
         probs = x.softmax(-1)
-        if (self.min_p > 0).any():
-            probs = probs.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), 0.0)
+        drop = (probs.cumsum(-1) - probs) >= self.top_p  # keep the smallest set reaching top_p (at least one)
+        drop |= probs < self.min_p * probs[:, :1]
+        probs = probs.masked_fill(drop, 0.0)
         choice = scores.argmax(-1)
         for i, gen in enumerate(self.generators):
             if not self.greedy[i]:
-                choice[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
-        return torch.full_like(scores, inf).scatter_(1, choice[:, None], 0.0)
+                choice[i] = idx[i, torch.multinomial(probs[i], 1, generator=gen)[0]]
+        return torch.full_like(scores, float("-inf")).scatter_(1, choice[:, None], 0.0)
 
 
 class _RowStop:

@@ -688,11 +688,15 @@ def ollama_modelfile(gguf_file: Path) -> str:
     mark = "\x01PROMPT\x01"
     fmt = meta.get(KEY_PROMPT_FORMAT)
     template = None
-    if fmt == "chat" and meta.get(KEY_CHAT_PROMPT):
-        template = meta[KEY_CHAT_PROMPT].format(user=mark)
-    elif meta.get(KEY_PROMPT_TEMPLATE):
-        instruction = meta.get(KEY_DEFAULT_INSTRUCTION, "Answer this question truthfully")
-        template = meta[KEY_PROMPT_TEMPLATE].format(instruction=instruction, input=mark)
+    try:
+        if fmt == "chat" and meta.get(KEY_CHAT_PROMPT):
+            template = meta[KEY_CHAT_PROMPT].format(user=mark)
+        elif meta.get(KEY_PROMPT_TEMPLATE):
+            instruction = meta.get(KEY_DEFAULT_INSTRUCTION, "Answer this question truthfully")
+            template = meta[KEY_PROMPT_TEMPLATE].format(instruction=instruction, input=mark)
+    except (KeyError, IndexError, ValueError) as e:
+        raise MedtuneError(f"{gguf_file}: medtune's prompt template in the file cannot be filled in: "
+                           f"{_first_line(e)}") from None
     lines = [f"FROM ./{gguf_file.name}"]
     if template is not None:
         body = _go_template_text(template).replace(mark, "{{ .Prompt }}")
