@@ -45,7 +45,8 @@ def main() -> None:
     for name, over in SETTINGS.items():
         g = dataclasses.replace(base_g, **over)
         t0 = time.perf_counter()
-        out = complete(model, tok, inp.prompts, g, batch_size=len(inp.prompts))
+        with evaluate.merged_adapter(model):
+            out = complete(model, tok, inp.prompts, g, batch_size=len(inp.prompts))
         dt = time.perf_counter() - t0
         m, _ = evaluate.generation_metrics(out, inp.refs)
         print(f"| {name} | {m['rouge_l']:.3f} | {m['eos_rate']:.0%} | {m['repeated_4gram_share'] or 0:.1%} | "
