@@ -38,7 +38,7 @@ def train_tiny(out: Path) -> None:
 
 
 def start_server(model_dir: Path, queue_size: int):
-    code = ("import sys; from medtune.serve import serve; "
+    code = ("import sys; from medtune.serving.server import serve; "
             f"serve(sys.argv[1], host='127.0.0.1', port=0, log_level='warning', queue_size={queue_size})")
     proc = subprocess.Popen([sys.executable, "-c", code, str(model_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))

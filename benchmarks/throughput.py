@@ -6,6 +6,8 @@ GPU (CUDA; needs bitsandbytes, trl and datasets), the README's table (about 11 m
     --variant lora: --variant qlora: --variant gpt2/qlora+b32k:train.batch_tokens=32768 --variant gpt2-xl/lean: \
     --variant gpt2/lora+c32k:train.batch_tokens=32768,train.compile=true [--profile 2 --profile-variants qlora]
   in general: [--sizes ...] [--recipes lora qlora lean] [--variant [SIZE/]NAME:key=value,...] [--epoch] [--no-trl]
+    (ablations turn speed-ups off with the config key train.disable, e.g. --variant gpt2/lora+nogelu:train.disable=gelu
+    or lora+plain:train.disable=gelu,norms,chunked_loss)
     medtune recipes (configs/gpt2-lora.yaml = bf16 LoRA, configs/gpt2-qlora.yaml = 4-bit QLoRA; `lean` = QLoRA
     with train.max_memory_gib=4) on random:<size>: non-padding tokens/s after warm-up, peak
     torch.cuda.max_memory_allocated over the whole run, and the time of one wikidoc epoch (measured with --epoch,
@@ -181,9 +183,9 @@ def _random_base(name: str, tok) -> str:
 
 def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int | None, full_epoch: bool,
                 profile: int = 0) -> dict:
-    """Train medtune's recipe through medtune.train.make_trainer (what `medtune train` runs) for `steps` steps after
+    """Train medtune's recipe through medtune.training.make_trainer (what `medtune train` runs) for `steps` steps after
     `warmup` (or a whole epoch) and measure it."""
-    from medtune import data as data_mod, model as model_mod, train
+    from medtune import data as data_mod, model as model_mod, training
     from medtune.config import load_config
 
     _free()
@@ -207,7 +209,7 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model, log=lambda *a: None)
     _free()
-    trainer, collator, info = train.make_trainer(cfg, model, tok, prepared, out, log=log)
+    trainer, collator, info = training.make_trainer(cfg, model, tok, prepared, out, log=log)
     trainer.args.disable_tqdm = True
     tokens = TokenLog(collator)
     trainer.data_collator = tokens
@@ -306,9 +308,16 @@ def markdown(rows: list[dict], card: str) -> str:
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """NAME:key=value,key=value"""
+    """NAME:key=value,key=value; a piece without `=` continues the list value before it
+    (lora+plain:train.disable=gelu,norms,train.compile=true -> train.disable=gelu,norms and train.compile=true)"""
     name, _, rest = text.partition(":")
-    return name, [kv for kv in rest.split(",") if kv]
+    sets: list[str] = []
+    for piece in (p for p in rest.split(",") if p):
+        if "=" not in piece and sets:
+            sets[-1] += "," + piece
+        else:
+            sets.append(piece)
+    return name, sets
 
 
 # ---------------------------------------------------------------- modes
@@ -333,10 +342,7 @@ def gpu_main(args):
                     continue
             recipe = name.split("+")[0]
             config, base = RECIPES.get(recipe, RECIPES["qlora"])
-            sets = [f"config={config}", f"model.name=random:{size}"] + base + [e for e in extra if not e.startswith("env.")]
-            env = dict(e[4:].split("=", 1) for e in extra if e.startswith("env."))
-            saved_env = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
+            sets = [f"config={config}", f"model.name=random:{size}"] + base + extra
             try:
                 r = run_medtune(args, f"{size}-{name}", sets, args.warmup, args.steps, args.epoch,
                                 profile=min(args.profile, args.warmup - 1) if name in args.profile_variants else 0)
@@ -345,9 +351,6 @@ def gpu_main(args):
                 traceback.print_exc()
                 log(f"{size} {name} failed: {type(e).__name__}: {e}")
                 continue
-            finally:
-                for k, v in saved_env.items():
-                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
             r.update(size=size, recipe=name, trl=refs.get(size))
             log(f"medtune {size} {name}: " + json.dumps({k: v for k, v in r.items() if k != 'trl'}))
             rows.append(r)
@@ -394,8 +397,9 @@ def main(argv=None):
     ap.add_argument("--sizes", nargs="+", default=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
     ap.add_argument("--recipes", nargs="+", default=["lora", "qlora"], choices=sorted(RECIPES))
     ap.add_argument("--variant", action="append", default=[],
-                    help="[SIZE/]NAME:section.key=value,...,env.VAR=value (NAME starts with a recipe: "
-                         "qlora+big:train.batch_tokens=32768; gpt2/lora+nogelu:env.MEDTUNE_DISABLE=gelu)")
+                    help="[SIZE/]NAME:section.key=value,... (NAME starts with a recipe: "
+                         "qlora+big:train.batch_tokens=32768; gpt2/lora+nogelu:train.disable=gelu; "
+                         "lora+plain:train.disable=gelu,norms,chunked_loss)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 2 CPU)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 GPU, 6 CPU)")
     ap.add_argument("--epoch", action="store_true", help="GPU: train one whole epoch (measured epoch time)")

@@ -49,7 +49,8 @@ def answer_token_loss(model, tok, records, data_cfg, batch_size: int = 8) -> tup
     import torch
     import torch.nn.functional as F
 
-    from medtune.data import IGNORE_INDEX, Collator, encode
+    from medtune.data import IGNORE_INDEX, encode
+    from medtune.training.batching import Collator
 
     encoded = [encode(r, tok, data_cfg) for r in records]
     encoded = [e for e in encoded if len(e["input_ids"]) <= data_cfg.max_length]
@@ -105,7 +106,7 @@ def main() -> int:
 def train_run(a, gguf: Path, out: Path) -> dict:
     import torch
 
-    from medtune import train
+    from medtune import training
     from medtune.config import load_config
 
     if out.exists():
@@ -122,7 +123,7 @@ def train_run(a, gguf: Path, out: Path) -> dict:
     ], output_dir=str(out))
 
     t0 = time.perf_counter()
-    metrics = train.run(cfg)
+    metrics = training.run(cfg)
     metrics["script_train_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"train: {a.steps} steps x batch {a.batch_size}, {metrics['train_tokens']:,} tokens, "
           f"{metrics['script_train_seconds']:.0f} s including the GGUF load and data preparation "
@@ -134,10 +135,12 @@ def score(a, out: Path, metrics: dict) -> None:
     import torch
 
     from medtune.generate import answer
-    from medtune.model import load_for_inference
+    from medtune.rundir import load_model, open_run
 
     t1 = time.perf_counter()
-    model, tok, run_cfg = load_for_inference(out)
+    run = open_run(out, want="run")
+    model, tok = load_model(run)
+    run_cfg = run.config
     val = [json.loads(line) for line in (out / "splits" / "validation.jsonl").read_text().splitlines()][:a.val_records]
     with model.disable_adapter():
         before, n = answer_token_loss(model, tok, val, run_cfg.data)

@@ -6,13 +6,16 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, make_records, write_jsonl
 
+@pytest.fixture
+def medtune(root):
+    """A function: (*args, env=None) -> the finished `python -m medtune ARGS` process, run from the repository root."""
+    def run(*args, env=None):
+        e = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+        return subprocess.run([sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=240,
+                              cwd=root, env=e)
 
-def medtune(*args, env=None):
-    e = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=240,
-                          cwd=ROOT, env=e)
+    return run
 
 
 def assert_clean_error(p, needle):
@@ -23,7 +26,7 @@ def assert_clean_error(p, needle):
 
 
 @pytest.fixture
-def bad_files(tmp_path):
+def bad_files(tmp_path, make_records, write_jsonl):
     rows = make_records(20)
     empty = [dict(r) for r in rows]
     empty[6]["output"] = " "
@@ -51,35 +54,35 @@ def bad_files(tmp_path):
     (["--model", "./no/such/model"], "not found"),
     (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
     (["--set", "train.batch_size=big"], "train.batch_size"),
-    (["--resume"], "no checkpoint"),
+    (["--resume"], "--resume: output dir"),
 ])
-def test_train_errors(tmp_path, bad_files, capsys, monkeypatch, args, needle):
+def test_train_errors(tmp_path, tiny_preset, bad_files, capsys, monkeypatch, args, needle):
     """In-process (one import for all cases); any exception other than MedtuneError would fail the test."""
     from medtune.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = [a.format(tmp=tmp_path, **bad_files) for a in args]
-    rc = main(["train", "--config", str(TINY), "--output-dir", str(tmp_path / "out"), *args])
+    rc = main(["train", "--config", str(tiny_preset), "--output-dir", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert_clean_error(subprocess.CompletedProcess([], rc, "", err), needle)
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
-def test_missing_config_and_run_dir(tmp_path):
+def test_missing_config_and_run_dir(tmp_path, medtune):
     assert_clean_error(medtune("train", "--config", str(tmp_path / "none.yaml")), "config file not found")
-    assert_clean_error(medtune("generate", str(tmp_path / "none"), "hi"), "not a folder")
+    assert_clean_error(medtune("generate", str(tmp_path / "none"), "hi"), "folder not found")
     assert_clean_error(medtune("generate", str(tmp_path), "hi"), "neither an adapter")
 
 
-def test_train_then_generate_cli(tmp_path):
+def test_train_then_generate_cli(tmp_path, tiny_preset, medtune):
     out = tmp_path / "run"
-    p = medtune("train", "--config", str(TINY), "--output-dir", str(out), "--set", "train.max_steps=4",
+    p = medtune("train", "--config", str(tiny_preset), "--output-dir", str(out), "--set", "train.max_steps=4",
                 "--set", "train.report_to=none")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "trainable" in p.stdout and "effective batch size" in p.stdout
     g = medtune("generate", str(out), "Patient symptoms include fever and cough.", "--max-new-tokens", "5", "--greedy")
     assert g.returncode == 0, g.stderr[-2000:]
     assert "Not medical advice" in g.stdout
-    again = medtune("train", "--config", str(TINY), "--output-dir", str(out))
+    again = medtune("train", "--config", str(tiny_preset), "--output-dir", str(out))
     assert_clean_error(again, "already holds a run")
     assert (out / "adapter_model.safetensors").is_file()  # nothing lost

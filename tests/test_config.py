@@ -1,13 +1,15 @@
-import pytest
+from pathlib import Path
 
-from medtune.config import load_config, dump_yaml, from_dict
-from medtune.errors import MedtuneError
+import pytest
 import yaml
 
-from conftest import ROOT, TINY
+from medtune.config import dump_yaml, from_dict, help_text, load_config
+from medtune.errors import MedtuneError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # parametrize needs the presets before fixtures exist
 
 
-@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_presets_load(preset):
     if preset.name.startswith("accelerate"):
         pytest.skip("accelerate launcher config, not a medtune preset")
@@ -15,8 +17,8 @@ def test_presets_load(preset):
     assert cfg.model.name and cfg.data.source
 
 
-def test_overrides_and_flags_win():
-    cfg = load_config(TINY, ["model.quantization=4bit", "train.max_steps=50", "model.lora_targets=c_attn,c_fc"],
+def test_overrides_and_flags_win(tiny_preset):
+    cfg = load_config(tiny_preset, ["model.quantization=4bit", "train.max_steps=50", "model.lora_targets=c_attn,c_fc"],
                       output_dir="/tmp/x", model__name="random:gpt2")
     assert cfg.model.quantization == "4bit" and cfg.train.max_steps == 50
     assert cfg.model.lora_targets == ["c_attn", "c_fc"]
@@ -24,8 +26,8 @@ def test_overrides_and_flags_win():
     assert isinstance(cfg.train.learning_rate, float)
 
 
-def test_roundtrip_through_yaml():
-    cfg = load_config(TINY, ["train.epochs=2"])
+def test_roundtrip_through_yaml(tiny_preset):
+    cfg = load_config(tiny_preset, ["train.epochs=2"])
     assert from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
 
 
@@ -37,9 +39,9 @@ def test_roundtrip_through_yaml():
     ("train.packing=maybe", "train.packing"),
     ("train", "section.key=value"),
 ])
-def test_bad_keys_name_the_key(override, needle):
+def test_bad_keys_name_the_key(tiny_preset, override, needle):
     with pytest.raises(MedtuneError, match=needle.replace(".", r"\.")):
-        load_config(TINY, [override])
+        load_config(tiny_preset, [override])
 
 
 def test_bad_yaml_file(tmp_path):
@@ -48,3 +50,28 @@ def test_bad_yaml_file(tmp_path):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(MedtuneError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.quantization=3bit", "config key 'model.quantization' must be one of none, 8bit, 4bit, got '3bit'"),
+    ("train.batch_size=0", "config key 'train.batch_size' must be >= 1, got 0"),
+    ("model.lora_dropout=1.5", "config key 'model.lora_dropout' must be < 1, got 1.5"),
+    ("train.max_steps=0", "config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got 0"),
+    ("train.disable=gelu,fast", "config key 'train.disable' must be one of gelu, norms, varlen, chunked_loss, got 'fast'"),
+])
+def test_choice_and_bound_messages(tiny_preset, override, message):
+    with pytest.raises(MedtuneError) as e:
+        load_config(tiny_preset, [override])
+    assert str(e.value) == message
+
+
+def test_lora_alpha_is_a_float_and_disable_a_list(tiny_preset):
+    cfg = load_config(tiny_preset, ["model.lora_alpha=16", "train.disable=gelu,norms"])
+    assert cfg.model.lora_alpha == 16.0 and isinstance(cfg.model.lora_alpha, float)
+    assert cfg.train.disable == ["gelu", "norms"]
+
+
+def test_help_lists_every_key():
+    text = help_text()
+    for key in ("model.lora_alpha", "data.max_length", "train.disable", "generate.top_p", "eval.split", "output_dir"):
+        assert any(line.startswith(key + " ") for line in text.splitlines()), key

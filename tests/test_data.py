@@ -2,14 +2,11 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from medtune.config import DataConfig
-from medtune.data import (IGNORE_INDEX, Collator, encode, format_prompt, load_records, prepare, question_key,
-                          split_records, validate_records)
+from medtune.data import (IGNORE_INDEX, encode, format_prompt, load_records, prepare, question_key, split_records,
+                          validate_records)
 from medtune.errors import MedtuneError
-
-from conftest import make_records, write_jsonl
 
 REC = {"instruction": "Answer this question truthfully", "input": "What causes a fever?",
        "output": "A fever is usually the body fighting an infection."}
@@ -37,19 +34,7 @@ def test_no_input_template(tok):
     assert "### Input" in format_prompt(REC, DataConfig())
 
 
-def test_collator_pads_by_position_not_by_eos_id(tok):
-    assert tok.pad_token_id == tok.eos_token_id  # GPT-2 style: the trap this guards against
-    a, b = encode(REC, tok, DataConfig()), encode(dict(REC, output="Rest."), tok, DataConfig())
-    batch = Collator(tok.pad_token_id)([a, b])
-    short = len(b["input_ids"])
-    assert batch["labels"][1, short - 1] == tok.eos_token_id  # the answer's EOS is a target
-    assert batch["attention_mask"][1, short - 1] == 1
-    assert (batch["labels"][1, short:] == IGNORE_INDEX).all()
-    assert (batch["attention_mask"][1, short:] == 0).all()
-    assert batch["labels"][0, -1] == tok.eos_token_id
-
-
-def test_split_is_leak_free_and_deterministic():
+def test_split_is_leak_free_and_deterministic(make_records):
     rows = make_records(200)
     # the same question asked twice (with case/spacing/stray-space variants) must stay in one split
     rows += [dict(r, input=r["input"].upper().replace("?", " ?"), output=r["output"] + " Again.") for r in rows[:60]]
@@ -64,7 +49,7 @@ def test_split_is_leak_free_and_deterministic():
     assert split_records(rows, 0.1, 0.1, seed=8)["test"] != s1["test"]
 
 
-def test_duplicates_removed_and_bad_rows_named():
+def test_duplicates_removed_and_bad_rows_named(make_records):
     rows = make_records(3) + make_records(1)
     unique, dups = validate_records([dict(r) for r in rows])
     assert len(unique) == 3 and dups == 1
@@ -79,7 +64,7 @@ def test_duplicates_removed_and_bad_rows_named():
 
 
 @pytest.mark.parametrize("suffix", ["json", "jsonl", "csv", "parquet"])
-def test_file_formats(tmp_path, suffix):
+def test_file_formats(tmp_path, suffix, make_records, write_jsonl):
     rows = make_records(5)
     path = tmp_path / f"d.{suffix}"
     if suffix == "json":
@@ -93,7 +78,7 @@ def test_file_formats(tmp_path, suffix):
     assert load_records(DataConfig(source=str(path))) == rows
 
 
-def test_column_mapping_and_missing_columns(tmp_path):
+def test_column_mapping_and_missing_columns(tmp_path, make_records, write_jsonl):
     rows = [{"q": r["input"], "a": r["output"], "instruction": r["instruction"]} for r in make_records(3)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     got = load_records(DataConfig(source=str(path), input_column="q", output_column="a"))
@@ -113,7 +98,7 @@ def test_bad_files(tmp_path):
         load_records(DataConfig(source=str(tmp_path / "x.txt")))
 
 
-def test_overlong_drop_or_error(tmp_path, tok):
+def test_overlong_drop_or_error(tmp_path, tok, make_records, write_jsonl):
     rows = make_records(30)
     rows[4]["output"] = "very long answer " * 100
     path = write_jsonl(tmp_path / "d.jsonl", rows)

@@ -18,9 +18,7 @@ from medtune.cli import main
 from medtune.config import load_config
 from medtune.data import encode
 from medtune.files import NOTICE
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny-cpu.yaml"
+from medtune.report import ROWS
 
 QA = [
     ("What causes a cold?", "A virus causes the common cold."),
@@ -54,13 +52,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _train(tmp: Path, name: str, records_file: Path, steps: int, extra: list[str] = ()) -> Path:
-    from medtune import train
+def _train(tiny: Path, tmp: Path, name: str, records_file: Path, steps: int, extra: list[str] = ()) -> Path:
+    from medtune import training
 
     out = tmp / name
-    cfg = load_config(TINY, overrides=[f"output_dir={out}", f"data.source={records_file}",
+    cfg = load_config(tiny, overrides=[f"output_dir={out}", f"data.source={records_file}",
                                        f"train.max_steps={steps}", *OVERRIDES, *extra])
-    train.run(cfg, log=lambda *a, **k: None)
+    training.run(cfg, log=lambda *a, **k: None)
     return out
 
 
@@ -72,9 +70,9 @@ def records_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def overfit(tmp_path_factory, records_file):
+def overfit(tmp_path_factory, tiny_preset, records_file):
     """A tiny run trained to overfit QA, evaluated on QA itself through the CLI: (run dir, metrics, stdout)."""
-    run = _train(tmp_path_factory.mktemp("runs"), "overfit", records_file, steps=40)
+    run = _train(tiny_preset, tmp_path_factory.mktemp("runs"), "overfit", records_file, steps=40)
     return run
 
 
@@ -84,8 +82,8 @@ def evaluated(overfit, records_file):
     import io
 
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["eval", str(overfit), "--data", str(records_file)]) == 0
+    with contextlib.redirect_stdout(buf):  # greedy: the overfit model's answers are its training answers
+        assert main(["eval", str(overfit), "--data", str(records_file), "--greedy"]) == 0
     out = overfit / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
     files = {"report": (out / "report.md").read_text(), "samples": (out / "samples.jsonl").read_text(),
@@ -108,11 +106,9 @@ def _independent_ppl(model, tok, cfg, records) -> tuple[float, float]:
     return math.exp(total / count), total / count
 
 
-def test_perplexity_is_exp_of_mean_answer_token_loss(overfit, evaluated, records_file):
-    from medtune.model import load_for_inference
-
+def test_perplexity_is_exp_of_mean_answer_token_loss(overfit, evaluated, records_file, load_run):
     metrics = evaluated[0]
-    model, tok, cfg = load_for_inference(overfit)
+    model, tok, cfg = load_run(overfit)
     records = [json.loads(line) for line in records_file.read_text().splitlines()]
     tuned_ppl, tuned_loss = _independent_ppl(model, tok, cfg, records)
     with model.disable_adapter():
@@ -156,7 +152,7 @@ def test_report_and_metrics_exist_and_agree(overfit, evaluated):
     metrics, stdout, files = evaluated
     out = overfit / "eval"
     report = files["report"]
-    for label, key, fmt in evaluate.ROWS:
+    for label, key, fmt in ROWS:
         row = re.search(rf"^\| {re.escape(label)} +\|([^|]*)\|([^|]*)\|([^|]*)\|$", report, re.M)
         assert row, f"no table row for {label}"
         assert row.group(0) in stdout  # the CLI printed the same table
@@ -204,10 +200,15 @@ def test_user_errors_are_one_line_exit_2(overfit, tmp_path, capsys):
     (fake / "splits").mkdir(parents=True)
     for name in ("config.yaml", "adapter_config.json"):
         (fake / name).write_bytes((overfit / name).read_bytes())
+    assert main(["eval", str(fake)]) == 2  # a run folder holds the adapter's weights too
+    err = capsys.readouterr().err.strip()
+    assert "has adapter_config.json but no adapter_model.safetensors" in err and len(err.splitlines()) == 1, err
+    (fake / "adapter_model.safetensors").write_bytes((overfit / "adapter_model.safetensors").read_bytes())
     (fake / "splits" / "test.jsonl").write_text("")
     cases = [
-        (["eval", str(tmp_path / "nope")], "run folder not found"),
-        (["eval", str(tmp_path)], "holds no adapter"),
+        (["eval", str(tmp_path / "nope")], "folder not found"),
+        (["eval", str(tmp_path)], "holds neither an adapter"),
+        (["eval", str(overfit.parent / "overfit" / "config.yaml")], "not a folder"),
         (["eval", str(fake)], "test split of this run is empty"),
         (["eval", str(fake), "--split", "validation"], "saved no validation split"),
         (["eval", str(fake), "--split", "train"], "--split must be one of test, validation"),
@@ -224,14 +225,14 @@ def test_user_errors_are_one_line_exit_2(overfit, tmp_path, capsys):
     assert "missing column" in capsys.readouterr().err
 
 
-def test_train_eval_at_end_calls_evaluate(tmp_path, monkeypatch):
-    from medtune import train
+def test_train_eval_at_end_calls_evaluate(tmp_path, tiny_preset, monkeypatch):
+    from medtune import training
 
     calls = []
-    monkeypatch.setattr(train, "run", lambda cfg, **kw: {})
+    monkeypatch.setattr(training, "run", lambda cfg, **kw: {})
     monkeypatch.setattr(evaluate, "run", lambda run_dir, **kw: calls.append((run_dir, kw)))
     out = tmp_path / "r"
-    assert main(["train", "--config", str(TINY), "--output-dir", str(out), "--set", "train.eval_at_end=true"]) == 0
+    assert main(["train", "--config", str(tiny_preset), "--output-dir", str(out), "--set", "train.eval_at_end=true"]) == 0
     assert calls == [(str(out), {})]
 
 
@@ -270,4 +271,7 @@ def test_sampled_evaluation_is_seeded_and_recorded(overfit, records_file, capsys
     g = evaluate.eval_generate_config(cfg, greedy=False)
     assert (g.temperature, g.top_p, g.seed) == (cfg.generate.temperature, cfg.generate.top_p, cfg.generate.seed)
     assert g.max_new_tokens == cfg.eval.max_new_tokens
-    assert evaluate.eval_generate_config(cfg).greedy is True  # the default stays greedy
+    # the default decodes like `medtune generate` (the run's settings, seeded); --greedy without repetition penalty
+    assert cfg.eval.greedy is False and evaluate.eval_generate_config(cfg) == g
+    greedy = evaluate.eval_generate_config(cfg, greedy=True)
+    assert greedy.greedy is True and greedy.repetition_penalty == 1.0 and greedy.max_new_tokens == g.max_new_tokens

@@ -6,13 +6,12 @@ import json
 import pytest
 import torch
 
-from medtune import cli, train
+from medtune import cli, training
 from medtune.config import ModelConfig
 from medtune.errors import MedtuneError
 from medtune.generate import answer, generation_kwargs
-from medtune.model import LORA_TARGETS, load_base_model, load_for_inference, load_tokenizer
+from medtune.model import LORA_TARGETS, load_base_model, load_tokenizer
 
-from conftest import TINY, tiny_config
 from tiny_llama import chat_tokenizer, make_llama, write_gguf
 
 pytest.importorskip("gguf")
@@ -30,10 +29,10 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chat_run(files, tmp_path_factory):
+def chat_run(files, tmp_path_factory, tiny_preset):
     """`medtune train --model tiny-q8.gguf` with the GGUF's own tokenizer and chat template."""
     out = tmp_path_factory.mktemp("gguf-run") / "run"
-    argv = ["train", "--config", str(TINY), "--model", str(files[3]), "--output-dir", str(out)]
+    argv = ["train", "--config", str(tiny_preset), "--model", str(files[3]), "--output-dir", str(out)]
     for s in ("model.tokenizer=null", "data.prompt_format=chat", "train.max_steps=6", "train.eval_steps=3",
               "train.save_steps=100", "train.logging_steps=2", "train.report_to=none"):
         argv += ["--set", s]
@@ -77,12 +76,12 @@ def test_gguf_errors_are_clear(tmp_path, tok):
         load_tokenizer(str(bad))
 
 
-def test_cli_train_on_gguf_in_chat_format(chat_run):
+def test_cli_train_on_gguf_in_chat_format(chat_run, load_run):
     out = chat_run
     for f in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "metrics.json"):
         assert (out / f).is_file(), f
     assert set(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == set(LORA_TARGETS["llama"])
-    model, tok, cfg = load_for_inference(out)
+    model, tok, cfg = load_run(out)
     assert cfg.data.prompt_format == "chat"
     assert cfg.data.chat_prompt == "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"  # saved with the run
     end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -109,17 +108,18 @@ def test_cli_train_on_gguf_in_chat_format(chat_run):
         assert r["stopped_at_eos"] is stops and r["tokens"] == (0 if stops else 5)
 
 
-def test_gguf_run_merges_to_standard_safetensors(chat_run, tmp_path):
+def test_gguf_run_merges_to_standard_safetensors(chat_run, tmp_path, load_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    merge = pytest.importorskip("medtune.export").merge  # the merge stage (export.py) may land separately
+    from medtune.merge import merge
+
     out = merge(chat_run, tmp_path / "merged", **quiet)
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "config.yaml"} <= names
     assert not any(n.endswith(".gguf") or n.startswith("adapter") for n in names)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
-    model, tok, _ = load_for_inference(chat_run)
+    model, tok, _ = load_run(chat_run)
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert merged.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
     assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
@@ -128,7 +128,7 @@ def test_gguf_run_merges_to_standard_safetensors(chat_run, tmp_path):
         assert torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4)
 
 
-def test_gguf_qlora_requantizes(files, tmp_path):
+def test_gguf_qlora_requantizes(files, tmp_path, tiny_config, load_run):
     import bitsandbytes as bnb
 
     q8 = str(files[3])
@@ -137,10 +137,10 @@ def test_gguf_qlora_requantizes(files, tmp_path):
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) == 2 * 7 and layers[0].weight.quant_type == "nf4"
     out = tmp_path / "qlora"
-    metrics = train.run(tiny_config(out, "model.tokenizer=null", "model.quantization=4bit", "train.max_steps=4",
+    metrics = training.run(tiny_config(out, "model.tokenizer=null", "model.quantization=4bit", "train.max_steps=4",
                                     model__name=q8), **quiet)
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
-    model, tok, cfg = load_for_inference(out)
+    model, tok, cfg = load_run(out)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     cfg.generate.max_new_tokens = 4
     assert answer(model, tok, "What is a cold?", cfg.data, cfg.generate)["tokens"] <= 4

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from medtune import train
+from medtune import training
 from medtune.config import ModelConfig
 from medtune.generate import answer
-from medtune.model import LORA_TARGETS, add_lora, load_base_model, load_for_inference, lora_targets
+from medtune.model import LORA_TARGETS, add_lora, load_base_model, lora_targets
+from medtune.rundir import load_model, open_run
 
-from conftest import tiny_config
 from tiny_llama import make_llama, save_hf
 
 LLAMA = set(LORA_TARGETS["llama"])
@@ -39,22 +39,24 @@ def test_llama_targets_and_override(llama_dir, tok):
     assert lora_leaves(add_lora(load_base_model(cfg, tok), cfg, **quiet)) == {"q_proj", "v_proj"}
 
 
-def test_llama_train_save_reload_generate(llama_dir, tmp_path):
+def test_llama_train_save_reload_generate(llama_dir, tmp_path, tiny_config):
     out = tmp_path / "run"
-    metrics = train.run(tiny_config(out, "train.max_steps=6", model__name=str(llama_dir)), **quiet)
+    metrics = training.run(tiny_config(out, "train.max_steps=6", model__name=str(llama_dir)), **quiet)
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == LLAMA
     assert not (out / "base_model").exists()  # a local folder is referenced, not copied
 
-    model, tok, cfg = load_for_inference(out)
+    run = open_run(out)
+    model, tok = load_model(run)
+    cfg = run.config
     assert cfg.model.name == str(llama_dir)
     ids = torch.tensor([tok("Patient symptoms include fever and cough.")["input_ids"]])
     with torch.no_grad():
         tuned = model(ids).logits
         with model.disable_adapter():
             base = model(ids).logits
-        again = load_for_inference(out)[0](ids).logits
+        again = load_model(open_run(out))[0](ids).logits
     assert not torch.allclose(tuned, base)  # the adapter changed something
     assert torch.allclose(again, tuned, atol=1e-5)  # and reloads exactly
     cfg.generate.max_new_tokens = 6

@@ -79,6 +79,36 @@ def cmd_eval(a):
                  greedy=True if a.greedy else False if a.sample else None)
 
 
+def cmd_audit(a):
+    from pathlib import Path
+
+    from medtune.errors import MedtuneError
+    from medtune import audit, data, phi
+    from medtune.config import load_config
+    from medtune.files import atomic_write_json
+    from medtune.model import load_tokenizer, tokenizer_path
+
+    cfg = load_config(a.config, a.set, data__source=a.source)
+    name = Path(a.source).stem if Path(a.source).suffix else a.source.rstrip("/").split("/")[-1].split(":")[-1]
+    out = Path(a.out or f"audit-{name}")
+    if out.exists() and not out.is_dir():
+        raise MedtuneError(f"--out {out} exists and is not a folder")
+    tok = load_tokenizer(tokenizer_path(cfg.model))
+    result = audit.audit(cfg.data, tok, out, against=a.against, log=lambda *x, **k: None)
+    records, _ = data.validate_records(data.load_records(cfg.data), cfg.data.source) if result["phi"]["counts"] else ([], 0)
+    findings = [{**f.to_dict(), "key": data.finding_key(records, f)} for f in phi.scan_records(records)]
+    reviewed = data.reviewed_findings(cfg.data.phi_reviewed)
+    atomic_write_json(out / "phi_review.json", {
+        "about": "Each finding's key (sha256 of its type and matched text). Copy into 'reviewed' the keys of findings "
+                 "you judged not to be patient information; pass this file as data.phi_reviewed.",
+        "reviewed": [], "findings": findings})
+    print("\n".join(audit.summary_lines(result)))
+    blocking = [f for f in findings if f["key"] not in reviewed]
+    print(f"PHI guard (data.phi={cfg.data.phi}): {len(findings) - len(blocking)} findings already reviewed; "
+          + (f"`train` would act on {len(blocking)}" if blocking else "`train` passes"))
+    print(f"audit: {out / 'audit.md'}, {out / 'audit.json'}, {out / 'phi_review.json'}")
+
+
 def cmd_merge(a):
     from medtune import merge
 
@@ -133,6 +163,17 @@ def _other_parsers(sub):
                                                           "run's generate settings (config key eval.greedy)")
     e.add_argument("--sample", action="store_true", help="the run's generate settings, seeded (the default)")
     e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    au = d.add_parser("audit", help="records, duplicates, lengths, contamination and protected health information of "
+                                    "a data source; writes audit.json, audit.md, lengths.png")
+    au.add_argument("source", help="hub dataset id or a .json/.jsonl/.csv/.parquet file (as `train --data`)")
+    au.add_argument("--out", help="folder for the audit (default: audit-<name>)")
+    au.add_argument("--against", action="append", default=[], metavar="FILE",
+                    help="an evaluation set to check the train split against (n-gram overlap); repeatable")
+    au.add_argument("--config", help="YAML preset: column mapping, split, tokenizer (model.tokenizer / model.name)")
+    au.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
+    au.set_defaults(func=cmd_audit)
 
     m = sub.add_parser("merge", help="merge the adapter into the base model and save a standalone model")
     m.add_argument("run_dir")

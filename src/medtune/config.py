@@ -82,6 +82,8 @@ class DataConfig:
     seed: int = opt(42, "seed of the split")
     phi: Literal["error", "warn", "redact", "off"] = opt("error", "protected health information found in the data: "
                                                                   "stop, warn, replace with [TYPE], or do not check")
+    phi_reviewed: str | None = opt(None, "a JSON file of reviewed findings (`medtune data audit` writes "
+                                         "phi_review.json) that the guard lets pass")
 
 
 @dataclass

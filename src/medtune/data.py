@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.config import DataConfig
@@ -293,6 +293,56 @@ class Prepared:
     duplicates: int
     dropped: int
     source_rows: int
+    extra: dict = field(default_factory=dict)  # for the manifest: e.g. phi_redacted counts
+
+
+REVIEWED = Path(__file__).parent / "assets" / "phi_reviewed.json"
+
+
+def finding_key(records: list[dict], f) -> str:
+    """A finding's identity without its text: sha256 of its type and the matched text."""
+    text = records[f.row - 1][f.field][f.start:f.end]
+    return hashlib.sha256(f"{f.type}\0{text}".encode()).hexdigest()
+
+
+def reviewed_findings(path: str | None) -> set[str]:
+    """Keys of findings a person reviewed and judged not to be patient information: medtune's own list (the
+    wikidoc data's editor and author names, contact addresses and web references) plus data.phi_reviewed."""
+    keys = set()
+    for f in [REVIEWED] + ([Path(path).expanduser()] if path else []):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            keys |= {k for k in data["reviewed"] if isinstance(k, str)}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise MedtuneError(f"data.phi_reviewed: {f} is not a JSON file with a 'reviewed' list of finding keys") \
+                from None
+    return keys
+
+
+def phi_guard(records: list[dict], cfg: DataConfig, log=print) -> tuple[list[dict], dict]:
+    """data.phi: stop (error), warn, or replace findings with [TYPE] placeholders (redact) before training."""
+    if cfg.phi == "off":
+        return records, {}
+    from medtune import phi
+
+    reviewed = reviewed_findings(cfg.phi_reviewed)
+    findings = [f for f in phi.scan_records(records) if finding_key(records, f) not in reviewed]
+    if not findings:
+        return records, {}
+    counts = phi.count_by_type(findings)
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if cfg.phi == "error":
+        raise MedtuneError(f"{cfg.source}: {len(findings)} possible protected health information findings ({shown}); "
+                           f"see them with `medtune data audit {cfg.source}`, or set data.phi=redact to replace "
+                           "them with [TYPE] placeholders (warn: train anyway)")
+    if cfg.phi == "warn":
+        log(f"data: warning: {len(findings)} possible protected health information findings ({shown}); "
+            f"training on them as data.phi=warn says (`medtune data audit {cfg.source}` lists them)")
+        return records, {}
+    records, counts = phi.redact_records(records)
+    log(f"data: replaced {sum(counts.values())} possible protected health information findings with placeholders "
+        f"({shown})")
+    return records, {"phi_redacted": counts}
 
 
 def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
@@ -302,6 +352,7 @@ def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
     if cfg.max_records:
         raw = raw[: cfg.max_records]
     records, dups = validate_records(raw, cfg.source)
+    records, extra = phi_guard(records, cfg, log)
     splits = split_records(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     encoded, dropped, too_long = {}, 0, []
     for name, rows in splits.items():
@@ -331,4 +382,4 @@ def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
             log(f"data: warning: the {name} split is empty ({len(records)} records are too few for "
                 f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
                 + ("no validation loss will be computed" if name == "validation" else "`medtune eval` will need --data"))
-    return Prepared(splits, encoded, dups, dropped, n_rows)
+    return Prepared(splits, encoded, dups, dropped, n_rows, extra)

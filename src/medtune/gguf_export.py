@@ -482,6 +482,12 @@ def _write_vocab(writer, v: _Vocab) -> None:
 
 # ----------------------------------------------------------------------------------------------------- metadata
 
+def _is_hub_id(name: str) -> bool:
+    """A hub id such as gpt2 or org/name, as opposed to a local path or file (kept out of shared metadata)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name)) and not re.search(
+        r"\.(gguf|jsonl?|csv|parquet|txt|bin|safetensors)$", name, re.IGNORECASE)
+
+
 def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> None:
     from medtune import __version__
     from medtune.files import NOTICE
@@ -504,12 +510,14 @@ def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> No
     about = f"{model_dir.name}: a {arch} model"
     if cfg:
         about += " fine-tuned with medtune (LoRA adapter merged into the base weights)"
-        if isinstance(base, str) and base and not base.startswith(("/", ".", "~")):
+        if isinstance(base, str) and (base.startswith("random:") or _is_hub_id(base)):
             about += f"; base model {base}"
+        if isinstance(base, str) and _is_hub_id(base):
             writer.add_base_model_count(1)
             writer.add_base_model_name(0, base)
-        if isinstance(data.get("source"), str) and not data["source"].startswith(("/", ".", "~")):
-            about += f"; training data {data['source']}"
+        source = data.get("source")
+        if isinstance(source, str) and (source.startswith("builtin:") or _is_hub_id(source)):
+            about += f"; training data {source}"  # local paths stay out of a file meant to be shared
         if fmt == "chat":
             about += ". Prompt: the chat template (tokenizer.chat_template), as in medtune.chat_prompt"
         elif fmt:

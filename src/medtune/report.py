@@ -35,7 +35,7 @@ def table(metrics: dict) -> str:
     body = []
     for label, key, fmt in ROWS:
         ref = metrics["reference"].get(key)
-        body.append([label, _num(metrics["base"][key], fmt), _num(metrics["tuned"][key], fmt),
+        body.append([label, _num(metrics["base"].get(key), fmt), _num(metrics["tuned"].get(key), fmt),
                      _num(ref, fmt) if key in metrics["reference"] else ""])
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731

@@ -195,7 +195,7 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     # FSDP shards the LoRA weights too: every process takes part in gathering them (untested: needs GPUs)
     adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if is_main_process():
-        _write_results(cfg, trainer, tok, prepared, metrics, out, adapter_state, getattr(prepared, "extra", None))
+        _write_results(cfg, trainer, tok, prepared, metrics, out, adapter_state, prepared.extra)
         log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
             + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
     barrier()  # no process returns before rank 0 has written the run's files

@@ -1,36 +1,31 @@
 """medtune merge: the merged folder loads with transformers.pipeline and computes what base + adapter computed."""
-import shutil
-
 import pytest
 import torch
+import yaml
 
-from conftest import tiny_config
-
-
-def tiny_run(tmp_path_factory, name="tiny-run", *overrides):
-    """Train the tiny preset for a few steps, once per test session (shared by the export/serve/generate tests)."""
-    out = tmp_path_factory.getbasetemp() / name
-    if not (out / "adapter_model.safetensors").exists():
-        from medtune import train
-
-        shutil.rmtree(out, ignore_errors=True)
-        train.run(tiny_config(out, "train.max_steps=4", "train.eval_steps=100", "train.save_steps=100",
-                              *overrides), log=lambda *a, **k: None)
-    return out
+TAGS = ["medtune", "lora", "merged", "medical"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def run_dir(tiny_run):
+    return tiny_run()
 
 
 @pytest.fixture(scope="module")
 def merged(run_dir, tmp_path_factory):
-    from medtune.export import merge
+    from medtune.merge import merge
 
-    out = tmp_path_factory.mktemp("export") / "merged"
+    out = tmp_path_factory.mktemp("merge") / "merged"
     merge(run_dir, out, log=lambda *a, **k: None)
     return out
+
+
+def front_matter(card: str) -> dict:
+    """The model card's YAML front matter (between the first two `---` lines)."""
+    assert card.startswith("---\n")
+    head, sep, _ = card[4:].partition("\n---\n")
+    assert sep, "no closing --- after the front matter"
+    return yaml.safe_load(head)
 
 
 def prompt_ids(tok, cfg, question="What are the symptoms of asthma?"):
@@ -53,20 +48,20 @@ def test_model_card(merged):
     from medtune.files import NOTICE
 
     card = (merged / "README.md").read_text()
-    assert card.startswith("---\n") and "pipeline_tag: text-generation" in card
+    meta = front_matter(card)
+    assert meta["pipeline_tag"] == "text-generation" and meta["library_name"] == "transformers"
+    assert meta["tags"] == TAGS and "base_model" not in meta  # a random base is on no hub
     for needle in ("## Base model", "random:tiny", "## Data", "builtin:sample", "sha256", "## Recipe", "LoRA r=16",
                    "## Metrics", "eval_loss", "## Intended use", "## Limits", "### Response:", NOTICE):
         assert needle in card, needle
     assert "unquantized" not in card  # only 4-bit runs get the note
 
 
-def test_pipeline_loads_merged_and_logits_match_base_plus_adapter(run_dir, merged):
+def test_pipeline_loads_merged_and_logits_match_base_plus_adapter(run_dir, merged, load_run):
     from transformers import pipeline
 
-    from medtune.model import load_for_inference
-
     pipe = pipeline("text-generation", model=str(merged), device="cpu")
-    ref, tok, cfg = load_for_inference(run_dir, device="cpu")
+    ref, tok, cfg = load_run(run_dir, device="cpu")
     assert type(ref).__name__.startswith("Peft")  # the reference really is base + adapter
     ids = prompt_ids(tok, cfg)
     assert ids.tolist() == prompt_ids(pipe.tokenizer, cfg).tolist()  # same tokenizer
@@ -86,52 +81,88 @@ def test_pipeline_loads_merged_and_logits_match_base_plus_adapter(run_dir, merge
 
 def test_medtune_generate_on_merged_uses_run_template(run_dir, merged, capsys):
     from medtune.cli import main
-    from medtune.model import load_for_inference
+    from medtune.rundir import open_run
 
-    _, _, cfg_run = load_for_inference(run_dir)
-    _, _, cfg_merged = load_for_inference(merged)
+    cfg_run = open_run(run_dir, want="run").config
+    merged_run = open_run(merged)
+    assert merged_run.kind == "merged"
+    cfg_merged = merged_run.config
     assert cfg_merged.data.prompt_template == cfg_run.data.prompt_template
     assert cfg_merged.generate == cfg_run.generate
     assert main(["generate", str(merged), "What is asthma?", "--max-new-tokens", "4", "--greedy"]) == 0
     assert "Not medical advice" in capsys.readouterr().out
 
 
+def table_rows(card: str) -> dict[str, list[str]]:
+    """The card's Markdown table rows by first cell: {label: [the other cells, stripped]}."""
+    rows = {}
+    for line in card.splitlines():
+        if line.startswith("| ") and line.endswith(" |"):
+            cells = [c.strip() for c in line[1:-1].split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+EVAL_METRICS = {  # eval/metrics.json as `medtune eval` writes it (the keys the card's table reads)
+    "base": {"loss": 8.25, "perplexity": 3900.0, "rouge_l": 0.01, "eos_rate": 0.0, "mean_answer_tokens": 12.5,
+             "repeated_4gram_share": 0.5},
+    "tuned": {"loss": 6.5, "perplexity": 665.1, "rouge_l": 0.0625, "eos_rate": 0.4, "mean_answer_tokens": 40.0,
+              "repeated_4gram_share": None},
+    "reference": {"mean_answer_tokens": 71.1}, "data": {"source": "x.jsonl", "records": 21}}
+
+
 def test_model_card_shows_eval_table_and_4bit_note(tmp_path):
     import json
 
     from medtune.config import Config
-    from medtune.export import model_card
+    from medtune.modelcard import model_card
 
     (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({
-        "base": {"loss": 8.25, "perplexity": 3900.0, "rouge_l": 0.01, "eos_rate": 0.0},
-        "tuned": {"loss": 6.5, "perplexity": 665.1, "rouge_l": 0.0625, "eos_rate": 0.4},
-        "reference": {"mean_answer_tokens": 71.1}, "data": {"source": "x.jsonl", "records": 21}}))
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(EVAL_METRICS))
     cfg = Config()
     cfg.model.quantization = "4bit"
     card = model_card(tmp_path, cfg)
-    assert "| answer-token loss | 8.2500 | 6.5000 |  |" in card and "| EOS rate | 0.0% | 40.0% |  |" in card
+    rows = table_rows(card)
+    assert rows["answer-token loss"] == ["8.2500", "6.5000", ""] and rows["EOS rate"] == ["0.0%", "40.0%", ""]
+    assert rows["mean answer length (tokens)"] == ["12.5", "40.0", "71.1"]
+    assert rows["repeated 4-grams"] == ["50.0%", "n/a", ""]
     assert "No metrics were recorded" in card  # no training metrics.json here
-    assert "base_model: gpt2" in card and "reloaded unquantized" in card
+    assert front_matter(card)["base_model"] == "gpt2" and "reloaded unquantized" in card
+
+
+def test_model_card_tolerates_eval_metrics_without_some_rows(tmp_path):
+    import json
+
+    from medtune.config import Config
+    from medtune.modelcard import model_card
+
+    partial = {side: {k: v for k, v in EVAL_METRICS[side].items()
+                      if k not in ("mean_answer_tokens", "repeated_4gram_share")} for side in ("base", "tuned")}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({**EVAL_METRICS, **partial}))
+    rows = table_rows(model_card(tmp_path, Config()))
+    assert rows["answer-token loss"] == ["8.2500", "6.5000", ""] and rows["EOS rate"] == ["0.0%", "40.0%", ""]
+    assert rows["mean answer length (tokens)"][:2] == ["n/a", "n/a"]
 
 
 def test_refuses_non_empty_out_and_non_runs(run_dir, merged, tmp_path):
     from medtune.errors import MedtuneError
-    from medtune.export import merge
+    from medtune.merge import merge
 
     before = sorted((p.name, p.stat().st_mtime_ns) for p in merged.iterdir())
     with pytest.raises(MedtuneError, match="not empty"):
         merge(run_dir, merged, log=lambda *a: None)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in merged.iterdir()) == before
-    with pytest.raises(MedtuneError, match="already a full model"):
+    with pytest.raises(MedtuneError, match=r"is a full model \(config.json, no adapter\)"):
         merge(merged, tmp_path / "again", log=lambda *a: None)
-    with pytest.raises(MedtuneError, match="no LoRA adapter"):
+    with pytest.raises(MedtuneError, match="holds neither an adapter"):
         merge(tmp_path, tmp_path / "x", log=lambda *a: None)
-    with pytest.raises(MedtuneError, match="not a folder"):
+    with pytest.raises(MedtuneError, match="folder not found"):
         merge(tmp_path / "missing", tmp_path / "y", log=lambda *a: None)
     with pytest.raises(MedtuneError, match="inside"):
         merge(run_dir, run_dir / "merged", log=lambda *a: None)
     assert not (run_dir / "merged").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no refused merge left a folder behind
 
 
 def test_cli_merge_error_is_one_line(merged, capsys):
@@ -145,7 +176,7 @@ def test_cli_merge_error_is_one_line(merged, capsys):
 def test_failed_merge_leaves_no_partial_files(run_dir, tmp_path, monkeypatch):
     import transformers
 
-    from medtune.export import merge
+    from medtune.merge import merge
 
     def boom(self, *a, **k):
         (a[0] / "model.safetensors").write_bytes(b"partial")
@@ -158,18 +189,18 @@ def test_failed_merge_leaves_no_partial_files(run_dir, tmp_path, monkeypatch):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_merge_4bit_run_reloads_base_unquantized(tmp_path_factory):
+def test_merge_4bit_run_reloads_base_unquantized(tmp_path_factory, tiny_run):
     pytest.importorskip("bitsandbytes")
     import yaml
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from medtune.config import from_dict
-    from medtune.export import merge
+    from medtune.merge import merge
     from medtune.model import load_base_model, load_tokenizer
 
-    run4 = tiny_run(tmp_path_factory, "tiny-run-4bit", "model.quantization=4bit", "train.max_steps=2")
-    out = tmp_path_factory.mktemp("export4") / "merged"
+    run4 = tiny_run("tiny-run-4bit", "model.quantization=4bit", "train.max_steps=2")
+    out = tmp_path_factory.mktemp("merge4") / "merged"
     merge(run4, out, log=lambda *a: None)
     card = (out / "README.md").read_text()
     assert "quantization during training: 4bit" in card and "reloaded unquantized" in card

@@ -1,4 +1,5 @@
-"""medtune serve: the OpenAI-style API, streaming, limits, the queue, and a 4xx JSON answer to every bad request."""
+"""medtune serve (medtune.serving.app): the OpenAI-style API, streaming, limits, the queue, and a 4xx JSON answer to
+every bad request."""
 import json
 import threading
 import time
@@ -6,19 +7,17 @@ import time
 import httpx
 import pytest
 
-from test_export import tiny_run
-
 NOTICE_START = "Not medical advice"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def run_dir(tiny_run):
+    return tiny_run()
 
 
 @pytest.fixture(scope="module")
 def engine(run_dir):
-    from medtune.serve import Engine, Limits
+    from medtune.serving.engine import Engine, Limits
 
     e = Engine(run_dir, Limits(max_tokens=64, max_body_bytes=4096, queue_size=8))
     yield e
@@ -29,44 +28,19 @@ def engine(run_dir):
 def client(engine):
     from fastapi.testclient import TestClient
 
-    from medtune.serve import create_app
+    from medtune.serving.app import create_app
 
     with TestClient(create_app(engine=engine), raise_server_exceptions=False) as c:
         yield c
 
 
-class ServerThread:
-    """uvicorn on a free loopback port, in a thread (used here and by the browser test)."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        from medtune.serve import _listen
-
-        self.sock = _listen("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-
 def sse_data(text: str) -> list[str]:
+    """The data of each server-sent event; every event is one `data: ` line. Comment-only events (`: ping`, which
+    sse-starlette sends on long streams) carry no data and are skipped."""
     assert text.endswith("\n\n")
     events = [e for e in text.split("\n\n") if e]
-    assert all(e.startswith("data: ") for e in events), events
+    events = [e for e in events if not all(line.startswith(":") for line in e.split("\n"))]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events), events
     return [e[len("data: "):] for e in events]
 
 
@@ -212,7 +186,8 @@ def test_wrong_method_type_or_path_get_4xx_json(client, method, path, headers, s
 def test_host_check_blocks_other_hosts(engine):
     from fastapi.testclient import TestClient
 
-    from medtune.serve import LOOPBACK, create_app
+    from medtune.serving.app import create_app
+    from medtune.serving.server import LOOPBACK
 
     app = create_app(engine=engine, allowed_hosts=LOOPBACK)
     assert TestClient(app, base_url="http://127.0.0.1:8000").get("/health").status_code == 200
@@ -226,7 +201,7 @@ def test_serve_defaults_to_loopback_and_reports_busy_port():
 
     from medtune.cli import build_parser
     from medtune.errors import MedtuneError
-    from medtune.serve import _listen, serve
+    from medtune.serving.server import _listen, serve
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     assert build_parser().parse_args(["serve", "x"]).host == "127.0.0.1"
@@ -246,23 +221,31 @@ def gated(engine, monkeypatch):
     state = {"gate": threading.Event(), "active": 0, "max_active": 0, "cancelled": 0, "started": 0}
     lock = threading.Lock()
 
-    def fake_run(job):
+    def fake_run(jobs):
+        """engine.run's contract: a batch of jobs in, one result per job out (streaming jobs emit their text)."""
         with lock:
             state["active"] += 1
-            state["started"] += 1
+            state["started"] += len(jobs)
             state["max_active"] = max(state["max_active"], state["active"])
         try:
-            if job.stream:
-                job.emit("text", "first ")
+            for job in jobs:
+                if job.stream:
+                    job.emit("text", "first ")
             deadline = time.time() + 20
             while not state["gate"].is_set() and time.time() < deadline:
+                if all(job.cancel.is_set() for job in jobs):
+                    break
+                time.sleep(0.01)
+            results = []
+            for job in jobs:
                 if job.cancel.is_set():
                     state["cancelled"] += 1
-                    return {"text": "", "completion_tokens": 0, "finish_reason": "stop"}
-                time.sleep(0.01)
-            if job.stream:
-                job.emit("text", "answer")
-            return {"text": "first answer", "completion_tokens": 2, "finish_reason": "stop"}
+                    results.append({"text": "", "completion_tokens": 0, "finish_reason": "stop"})
+                    continue
+                if job.stream:
+                    job.emit("text", "answer")
+                results.append({"text": "first answer", "completion_tokens": 2, "finish_reason": "stop"})
+            return results
         finally:
             with lock:
                 state["active"] -= 1
@@ -301,13 +284,14 @@ def test_requests_queue_one_at_a_time_and_full_queue_is_429(client, engine, gate
     for t in threads:
         t.join(30)
     assert results == [200, 200, 200]
-    assert gated["max_active"] == 1  # never two generations at once
+    assert gated["max_active"] == 1  # one worker: never two batches at once
+    assert gated["started"] == 3
 
 
-def test_client_leaving_cancels_its_generation(engine, gated):
-    from medtune.serve import create_app
+def test_client_leaving_cancels_its_generation(engine, gated, server_thread):
+    from medtune.serving.app import create_app
 
-    with ServerThread(create_app(engine=engine)) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+    with server_thread(create_app(engine=engine)) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
         # streaming: read the first chunk, then hang up
         with http.stream("POST", "/v1/completions", json={"prompt": "q", "stream": True}) as r:
             assert next(r.iter_lines()).startswith("data: ")
@@ -315,7 +299,7 @@ def test_client_leaving_cancels_its_generation(engine, gated):
         # non-streaming: give up while the request is queued behind a running one
         blocker = threading.Thread(target=lambda: http.post("/v1/completions", json={"prompt": "blocker"}))
         blocker.start()
-        wait_until(lambda: engine._busy)
+        wait_until(lambda: engine.busy)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(srv.url + "/v1/completions", json={"prompt": "impatient"}, timeout=0.5)
         time.sleep(1.5)  # the server polls for disconnects every second
@@ -329,20 +313,21 @@ def test_real_generation_stops_when_cancelled(engine):
     """The stopping criterion ends model.generate after the current token once the job is cancelled."""
     import asyncio
 
-    from medtune.serve import Job
+    from medtune.serving.engine import Job
 
     loop = asyncio.new_event_loop()
     try:
         job = Job(input_ids=engine.prompt_ids("a b c", raw=True), max_tokens=50, temperature=0, top_p=1.0,
                   seed=None, stream=False, loop=loop)
         job.cancel.set()
-        assert engine.run(job)["completion_tokens"] <= 1
+        (result,) = engine.run([job])
+        assert result["completion_tokens"] <= 1
     finally:
         loop.close()
 
 
 def test_generation_failure_is_reported_and_server_keeps_serving(client, engine, monkeypatch):
-    def broken(job):
+    def broken(jobs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(engine, "run", broken)
@@ -358,8 +343,8 @@ def test_generation_failure_is_reported_and_server_keeps_serving(client, engine,
 def test_serves_a_merged_folder_with_the_same_template(run_dir, engine, tmp_path):
     from fastapi.testclient import TestClient
 
-    from medtune.export import merge
-    from medtune.serve import create_app
+    from medtune.merge import merge
+    from medtune.serving.app import create_app
 
     merged = tmp_path / "merged"
     merge(run_dir, merged, log=lambda *a: None)

@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
-
 HOOKS = r'''
-import hashlib, json, os
+import hashlib, importlib, json, os
 from pathlib import Path
 
 if "RANK" in os.environ and "LOCAL_RANK" in os.environ and os.environ.get("MEDTUNE_TEST_RECORD"):
     import transformers
-    from medtune import train
+    train = importlib.import_module("medtune.training.train")  # the recipe module (it imports the writers by name)
 
     RANK = os.environ["RANK"]
     LOG = Path(os.environ["MEDTUNE_TEST_RECORD"]) / f"rank{RANK}.jsonl"
@@ -70,7 +68,7 @@ QUICK = ["model.quantization=4bit", "train.report_to=none", "train.logging_steps
          "train.save_steps=2"]
 
 
-def launch(tmp: Path, out: Path, *args: str, steps: int, nproc: int = 2):
+def launch(tiny: Path, tmp: Path, out: Path, *args: str, steps: int, nproc: int = 2):
     """torchrun -m medtune train on the tiny preset; returns (completed process, records per rank)."""
     hooks = tmp / "hooks"
     hooks.mkdir(exist_ok=True)
@@ -82,7 +80,7 @@ def launch(tmp: Path, out: Path, *args: str, steps: int, nproc: int = 2):
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU and gloo even where a GPU exists
     sets = [a for s in QUICK + [f"train.max_steps={steps}"] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "medtune", "train", "--config", str(TINY), "--output-dir", str(out), *sets, *args]
+           "-m", "medtune", "train", "--config", str(tiny), "--output-dir", str(out), *sets, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     records = {r: [json.loads(line) for line in (rec / f"rank{r}.jsonl").read_text().splitlines()]
                if (rec / f"rank{r}.jsonl").exists() else [] for r in range(nproc)}
@@ -104,10 +102,10 @@ def check_clean(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def ddp_run(tmp_path_factory, tiny_preset):
     tmp = tmp_path_factory.mktemp("ddp")
     out = tmp / "run"
-    proc, records = launch(tmp, out, steps=4)
+    proc, records = launch(tiny_preset, tmp, out, steps=4)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return tmp, out, proc, records
 
@@ -148,11 +146,9 @@ def test_two_processes_train_one_run_written_by_rank_0(ddp_run):
     assert steps == [1, 2, 3, 4]
 
 
-def test_adapter_from_two_processes_loads(ddp_run):
-    from medtune.model import load_for_inference
-
+def test_adapter_from_two_processes_loads(ddp_run, load_run):
     _, out, _, _ = ddp_run
-    model, tok, cfg = load_for_inference(out)
+    model, tok, cfg = load_run(out)
     assert cfg.model.quantization == "4bit"
     ids = torch.tensor([tok("Patient symptoms include fever and cough.")["input_ids"]])
     with torch.no_grad():
@@ -162,11 +158,11 @@ def test_adapter_from_two_processes_loads(ddp_run):
     assert torch.isfinite(tuned).all() and not torch.allclose(tuned, base)
 
 
-def test_resume_under_two_processes(ddp_run):
+def test_resume_under_two_processes(ddp_run, tiny_preset):
     tmp, first, _, records = ddp_run
     out = tmp / "resumed"
     shutil.copytree(first, out)  # leave the first run as it was for the other tests
-    proc, rec = launch(tmp, out, "--resume", steps=6)
+    proc, rec = launch(tiny_preset, tmp, out, "--resume", steps=6)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     t0, t1 = trained(rec[0]), trained(rec[1])
     assert t0["step"] == t1["step"] == 6 and t0["weights"] == t1["weights"]

@@ -1,20 +1,19 @@
+"""medtune.training.run: the run folder, reloading the adapter, refusing to overwrite, --resume, 4-bit on CPU."""
 import json
 
 import pytest
 import torch
 
-from medtune import train
+from medtune import rundir, training
 from medtune.errors import MedtuneError
-from medtune.generate import answer, answer_batch
-from medtune.model import load_for_inference
-
-from conftest import tiny_config
+from medtune.generate import answer, complete, encode_questions
+from medtune.model import context_length
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("run") / "out"
-    metrics = train.run(tiny_config(out, "train.max_steps=8"), log=lambda *a: None)
+    metrics = training.run(tiny_config(out, "train.max_steps=8"), log=lambda *a: None)
     return out, metrics
 
 
@@ -34,40 +33,62 @@ def test_run_writes_everything(run_dir):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-6", "checkpoint-8"]  # keep-limit 2
 
 
-def test_adapter_reloads_to_same_logits_and_generates(run_dir, tok):
+def test_adapter_reloads_to_same_logits_and_generates(run_dir, tok, load_run):
     out, _ = run_dir
-    model, tok2, cfg = load_for_inference(out)
+    model, tok2, cfg = load_run(out)
     ids = torch.tensor([tok2("Patient symptoms include fever and cough.")["input_ids"]])
     with torch.no_grad():
         tuned = model(ids).logits
         with model.disable_adapter():
             base = model(ids).logits
     assert not torch.allclose(tuned, base)  # the adapter changed something
-    model2, _, _ = load_for_inference(out)
+    model2, _, _ = load_run(out)
     with torch.no_grad():
         assert torch.allclose(model2(ids).logits, tuned, atol=1e-5)
     cfg.generate.max_new_tokens = 8
     cfg.generate.greedy = True
     r = answer(model, tok2, "What causes a fever?", cfg.data, cfg.generate)
     assert 0 < r["tokens"] <= 8 and isinstance(r["answer"], str)
-    single = [answer(model, tok2, q, cfg.data, cfg.generate)["answer"] for q in ("A?", "What is asthma?")]
-    assert [r["answer"] for r in answer_batch(model, tok2, ["A?", "What is asthma?"], cfg.data, cfg.generate)] == single
+    questions = ["A?", "What is asthma?"]
+    single = [answer(model, tok2, q, cfg.data, cfg.generate)["answer"] for q in questions]
+    prompts = encode_questions(tok2, questions, cfg.data, context_length(model), cfg.generate.max_new_tokens)
+    assert [c.text for c in complete(model, tok2, prompts, cfg.generate)] == single
 
 
-def test_refuses_to_overwrite_and_resumes(run_dir, tmp_path):
+def test_refuses_to_overwrite_and_resumes(run_dir, tmp_path, tiny_config):
     out, _ = run_dir
     with pytest.raises(MedtuneError, match="already holds a run"):
-        train.run(tiny_config(out), log=lambda *a: None)
-    with pytest.raises(MedtuneError, match="no checkpoint"):
-        train.run(tiny_config(tmp_path / "fresh"), resume=True, log=lambda *a: None)
+        training.run(tiny_config(out), log=lambda *a: None)
+    with pytest.raises(MedtuneError, match="--resume: output dir .* not found"):
+        training.run(tiny_config(tmp_path / "fresh"), resume=True, log=lambda *a: None)
+    assert not (tmp_path / "fresh").exists()
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path):
+def test_prepare_output(run_dir, tmp_path):
+    """The output folder is checked before anything is written: a run is never overwritten, --resume picks the
+    newest complete checkpoint, and a folder without one starts over."""
+    out, _ = run_dir
+    assert rundir.RUN_FILES == ("adapter_config.json", "adapter_model.safetensors", "config.yaml", "manifest.json")
+    assert rundir.prepare_output(tmp_path / "new", resume=False) is None
+    (tmp_path / "empty").mkdir()
+    assert rundir.prepare_output(tmp_path / "empty", resume=False) is None
+    with pytest.raises(MedtuneError, match="already holds a run"):
+        rundir.prepare_output(out, resume=False)
+    assert rundir.prepare_output(out, resume=True, log=lambda *a: None) == out / "checkpoints" / "checkpoint-8"
+    said = []
+    assert rundir.prepare_output(tmp_path / "empty", resume=True, log=said.append) is None  # starts over
+    assert len(said) == 1 and "starting over" in said[0]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MedtuneError, match="not a folder"):
+        rundir.prepare_output(tmp_path / "file", resume=False)
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, tiny_config):
     out = tmp_path / "r"
-    train.run(tiny_config(out, "train.max_steps=3", "train.save_steps=3"), log=lambda *a: None)
+    training.run(tiny_config(out, "train.max_steps=3", "train.save_steps=3"), log=lambda *a: None)
     state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
-    m = train.run(tiny_config(out, "train.max_steps=6", "train.save_steps=3"), resume=True, log=lambda *a: None)
+    training.run(tiny_config(out, "train.max_steps=6", "train.save_steps=3"), resume=True, log=lambda *a: None)
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
     steps = [h["step"] for h in hist if "loss" in h]
     # history carries over from the checkpoint; no step was trained (and logged) twice
@@ -77,13 +98,13 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     assert (out / "checkpoints" / "checkpoint-6").is_dir()
 
 
-def test_4bit_on_cpu_train_evaluate_train(tmp_path):
+def test_4bit_on_cpu_train_evaluate_train(tmp_path, tiny_config, load_run):
     out = tmp_path / "q"
     cfg = tiny_config(out, "model.quantization=4bit", "train.max_steps=6", "train.eval_steps=2")
-    metrics = train.run(cfg, log=lambda *a: None)  # evaluation at steps 2 and 4 between training steps
+    metrics = training.run(cfg, log=lambda *a: None)  # evaluation at steps 2 and 4 between training steps
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
     assert sum("eval_loss" in h for h in hist) >= 3 and torch.isfinite(torch.tensor(metrics["eval_loss"]))
-    model, tok, cfg2 = load_for_inference(out)
+    model, tok, cfg2 = load_run(out)
     assert cfg2.model.quantization == "4bit"
     cfg2.generate.max_new_tokens = 5
     assert answer(model, tok, "What is a cold?", cfg2.data, cfg2.generate)["tokens"] <= 5

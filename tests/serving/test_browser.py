@@ -5,9 +5,6 @@ import tempfile
 
 import pytest
 
-from test_export import tiny_run
-from test_serve import ServerThread
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -16,11 +13,13 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from medtune.serve import LOOPBACK, Engine, Limits, create_app
+def server(tiny_run, server_thread):
+    from medtune.serving.app import create_app
+    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.server import LOOPBACK
 
-    engine = Engine(tiny_run(tmp_path_factory), Limits(max_tokens=64))
-    with ServerThread(create_app(engine=engine, allowed_hosts=LOOPBACK)) as srv:
+    engine = Engine(tiny_run(), Limits(max_tokens=64))
+    with server_thread(create_app(engine=engine, allowed_hosts=LOOPBACK)) as srv:
         yield srv
     engine.close()
 

@@ -1,0 +1,173 @@
+"""medtune.generate, the one decoding path: reading questions, prompts, batched generation (complete) with its stop
+reasons, and `medtune generate` (one question, or --input FILE --output FILE.jsonl)."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_run):
+    return tiny_run()
+
+
+def test_read_questions_txt_and_jsonl(tmp_path):
+    from medtune.generate import read_questions
+
+    txt = tmp_path / "q.txt"
+    txt.write_text("  What is asthma?  \n\nHow is flu treated?\n   \n")
+    assert read_questions(txt) == ["What is asthma?", "How is flu treated?"]
+    jl = tmp_path / "q.jsonl"
+    jl.write_text('{"question": "A?"}\n\n{"input": "B?", "id": 7}\n{"prompt": " C? "}\n')
+    assert read_questions(jl) == ["A?", "B?", "C?"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"question": "A?"}\nnot json\n', "line 2 is not valid JSON"),
+    ('{"text": "A?"}\n', "line 1 needs a non-empty 'question'"),
+    ('{"question": "  "}\n', "line 1 needs"),
+    ('["A?"]\n', "line 1 needs"),
+])
+def test_read_questions_errors(tmp_path, content, needle):
+    from medtune.errors import MedtuneError
+    from medtune.generate import read_questions
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(MedtuneError, match=needle):
+        read_questions(f)
+    with pytest.raises(MedtuneError, match="not found"):
+        read_questions(tmp_path / "missing.txt")
+
+
+def test_batched_greedy_equals_one_at_a_time(run_dir, load_run):
+    """Left padding must not change the answers (GPT-2 positions come from the attention mask); answers come back
+    in the order of the prompts, whatever order complete() decodes them in."""
+    from transformers import AutoModelForCausalLM
+
+    from medtune.generate import answer, complete, encode_questions
+    from medtune.model import context_length
+
+    _, tok, cfg = load_run(run_dir)
+    # the random base gives varied greedy text (the briefly tuned model mostly repeats one token)
+    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "base_model")).eval()
+    g = dataclasses.replace(cfg.generate, greedy=True, max_new_tokens=8)
+    qs = ["What is asthma?", "How long does a common cold usually last in adults and in children?", "Fever?"]
+    prompts = encode_questions(tok, qs, cfg.data, context_length(model), g.max_new_tokens)
+    for batch_size in (8, 2):  # one batch of three; two batches (longest first)
+        batched = complete(model, tok, prompts, g, batch_size=batch_size)
+        assert [c.prompt_tokens for c in batched] == [len(p) for p in prompts]  # the order of the questions
+        for q, p, c in zip(qs, prompts, batched):
+            (alone,) = complete(model, tok, [p], g)
+            assert alone.token_ids == c.token_ids and alone.text == c.text
+            one = answer(model, tok, q, cfg.data, g)
+            assert one["answer"] == c.text and one["tokens"] == len(c.token_ids)
+            assert one["stopped_at_eos"] == c.stopped_at_eos
+            assert c.stop_reason in ("eos", "length") and c.stopped_at_eos == (c.stop_reason == "eos")
+            assert len(c.token_ids) <= 8 and (c.stop_reason == "eos" or len(c.token_ids) == 8)
+    assert len({len(p) for p in prompts}) > 1  # prompts of different lengths: the batch really was padded
+    assert tok.padding_side == "right"  # restored
+
+
+def test_complete_stop_reasons_and_cancel(run_dir, tok):
+    """A cancelled generation stops at once with stop_reason "cancelled"; EOS ends an answer ("eos") and is not part
+    of its tokens; otherwise max_new_tokens does ("length")."""
+    import threading
+
+    from transformers import AutoModelForCausalLM
+
+    from medtune.config import GenerateConfig
+    from medtune.generate import complete
+
+    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "base_model")).eval()
+    prompt = tok("What is asthma?", add_special_tokens=False)["input_ids"]
+    g = GenerateConfig(max_new_tokens=6, greedy=True)
+    cancelled = threading.Event()
+    cancelled.set()
+    word = tok(" a", add_special_tokens=False)["input_ids"][0]
+    assert word != tok.eos_token_id
+    head = model.get_output_embeddings()
+    # the head's output forced to one token: EOS ends the answer at once, another token runs to max_new_tokens
+    for forced, cancel, reason, n in ((tok.eos_token_id, None, "eos", 0), (word, None, "length", 6),
+                                      (word, cancelled, "cancelled", 1)):
+        hook = head.register_forward_hook(lambda m, i, o, t=forced: o.index_fill(-1, torch.tensor([t]), 1e4))
+        try:
+            (c,) = complete(model, tok, [prompt], g, cancel=cancel)
+        finally:
+            hook.remove()
+        assert c.stop_reason == reason and len(c.token_ids) == n and tok.eos_token_id not in c.token_ids, (reason, c)
+        assert c.stopped_at_eos == (reason == "eos") and c.prompt_tokens == len(prompt)
+
+
+def test_sampled_answers_are_seeded(run_dir, load_run):
+    """complete() seeds each answer with g.seed: the same call gives the same answers, another seed others."""
+    from medtune.generate import complete, encode_questions
+    from medtune.model import context_length
+
+    model, tok, cfg = load_run(run_dir)
+    g = dataclasses.replace(cfg.generate, greedy=False, temperature=1.0, max_new_tokens=12, seed=3)
+    prompts = encode_questions(tok, ["What is asthma?", "What is gout?"], cfg.data, context_length(model), 12)
+    first = [c.token_ids for c in complete(model, tok, prompts, g)]
+    assert [c.token_ids for c in complete(model, tok, prompts, g)] == first
+    others = [[c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(g, seed=s))]
+              for s in (4, 5, 6)]
+    assert any(o != first for o in others)
+
+
+def test_questions_longer_than_the_context_are_refused(run_dir, load_run):
+    from medtune.errors import MedtuneError
+    from medtune.generate import encode_questions
+
+    _, tok, cfg = load_run(run_dir)
+    with pytest.raises(MedtuneError, match="question 2: its prompt .* exceeds the model's context of 512 tokens"):
+        encode_questions(tok, ["Short?", "word " * 600], cfg.data, 512, 16)
+    assert len(encode_questions(tok, ["word " * 600], cfg.data, None, 16)) == 1  # no known context: no limit
+
+
+def test_cli_generate_input_file(run_dir, tmp_path, capsys):
+    from medtune.cli import main
+    from medtune.files import NOTICE
+
+    qs = [f"What is condition number {i}?" for i in range(5)]
+    src = tmp_path / "questions.txt"
+    src.write_text("\n".join(qs) + "\n")
+    out = tmp_path / "answers.jsonl"
+    args = ["generate", str(run_dir), "--input", str(src), "--output", str(out), "--batch-size", "2",
+            "--max-new-tokens", "6", "--seed", "3"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "wrote 5 answers" in captured.out and NOTICE in captured.out
+    assert "generating" in captured.err  # the progress bar (3 batches)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question"] for r in rows] == qs
+    for r in rows:
+        assert set(r) >= {"question", "answer", "tokens", "stopped_at_eos", "notice"}
+        assert r["notice"] == NOTICE and 0 <= r["tokens"] <= 6 and isinstance(r["answer"], str)
+    first = out.read_text()
+    assert main(args) == 0  # same seed, same answers
+    assert out.read_text() == first
+
+
+def test_cli_generate_jsonl_input_and_errors(run_dir, tmp_path, capsys):
+    from medtune.cli import main
+
+    src = tmp_path / "q.jsonl"
+    src.write_text('{"question": "What is asthma?"}\n{"input": "What is flu?"}\n')
+    out = tmp_path / "sub" / "a.jsonl"
+    args = ["generate", str(run_dir), "--input", str(src), "--output", str(out), "--max-new-tokens", "3"]
+    assert main(args) == 2  # the --output folder must exist: refused before the model loads
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"folder {out.parent} not found" in err, err
+    assert not out.parent.exists()
+    out.parent.mkdir()
+    assert main(args) == 0
+    assert len(out.read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--input", str(src)]) == 2
+    assert "--output" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert main(["generate", str(run_dir), "--input", str(empty), "--output", str(tmp_path / "e.jsonl")]) == 2
+    assert "no questions" in capsys.readouterr().err
+    assert not (tmp_path / "e.jsonl").exists()
