@@ -72,24 +72,6 @@ def log(*a):
 
 # ---------------------------------------------------------------- measuring a Trainer run
 
-class TokenLog:
-    """Wraps a collator; records every batch's non-padding tokens in order (the dataloader prefetches one batch,
-    so counts by step come from this list, not from a running total)."""
-
-    def __init__(self, inner):
-        self.inner, self.per_batch = inner, []
-
-    @property
-    def tokens_seen(self):
-        return sum(self.per_batch)
-
-    def __call__(self, features):
-        before = self.inner.tokens_seen
-        batch = self.inner(features)
-        self.per_batch.append(self.inner.tokens_seen - before)
-        return batch
-
-
 def clock_callback(warmup: int, profile_steps: int = 0, profile_out: Path | None = None):
     from transformers import TrainerCallback
 
@@ -138,12 +120,14 @@ def clock_callback(warmup: int, profile_steps: int = 0, profile_out: Path | None
     return Clock()
 
 
-def _summary(clock, tokens: TokenLog, warmup: int, epoch_tokens: int, full_epoch: bool) -> dict:
+def _summary(clock, batch_tokens: list[int], warmup: int, epoch_tokens: int, full_epoch: bool) -> dict:
+    """Tokens per second over the timed steps; batch_tokens: the trainer's count of each training batch's real tokens
+    (one batch per step: the benchmark runs without gradient accumulation); evaluation batches never enter it."""
     timed_steps = clock.steps - warmup
     if clock.t0 is None or timed_steps < 1:
         raise RuntimeError(f"too few steps ({clock.steps}) for {warmup} warm-up steps")
     dt = clock.t1 - clock.t0
-    tok = sum(tokens.per_batch[warmup:clock.steps])
+    tok = sum(batch_tokens[warmup:clock.steps])
     r = dict(steps=timed_steps, s_per_step=round(dt / timed_steps, 4), tok_s=round(tok / dt),
              tokens_per_step=round(tok / timed_steps))
     total = clock.t1 - clock.t_start
@@ -211,15 +195,13 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
     _free()
     trainer, collator, info = training.make_trainer(cfg, model, tok, prepared, out, log=log)
     trainer.args.disable_tqdm = True
-    tokens = TokenLog(collator)
-    trainer.data_collator = tokens
     prof_file = Path(os.environ["OUT"]) / f"profile-{name}.txt" if profile and os.environ.get("OUT") else None
     clock = clock_callback(warmup, profile, prof_file)
     trainer.add_callback(clock)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    r = dict(name=name, **_summary(clock, tokens, warmup, epoch_tokens, full_epoch))
+    r = dict(name=name, **_summary(clock, trainer.batch_tokens, warmup, epoch_tokens, full_epoch))
     r["train_loss"] = round(trainer.state.log_history[-1].get("train_loss", float("nan")), 4)
     if torch.cuda.is_available():
         r["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)

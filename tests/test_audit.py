@@ -15,21 +15,12 @@ from medtune.config import DataConfig
 from medtune.data import drop_duplicates, encode, load_records, record_problems, split_records
 from medtune.errors import MedtuneError
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 QUIET = dict(log=lambda *a: None)
 
 _WORDS = ("blood pressure kidney liver lungs heart rest fluids fever cough rash pain swelling infection dose tablet "
           "doctor nurse clinic exercise sleep diet salt sugar water vitamin bone muscle joint skin eye ear throat "
           "stomach bowel bladder nerve brain mood stress weight breath chest back head neck arm leg hand foot "
           "morning evening daily weekly often rarely mild severe sudden slow early late").split()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from medtune.model import load_tokenizer
-
-    return load_tokenizer("builtin:tiny")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -197,9 +188,9 @@ def test_near_duplicates_and_containment_helpers():
     assert scores[0] > 0.8 and scores[1] == 0.0 and scores[2] == 0.0
 
 
-def test_wikidoc_audit(tmp_path):
-    data = SHARED / "wikidoc_patient_information" / "wikidoc_patient_information.json"
-    tokenizer = SHARED / "gpt2_tokenizer"
+def test_wikidoc_audit(tmp_path, shared):
+    data = shared / "wikidoc_patient_information" / "wikidoc_patient_information.json"
+    tokenizer = shared / "gpt2_tokenizer"
     if not (data.is_file() and tokenizer.is_dir()):
         pytest.skip("../shared/data not present")
     from medtune.model import load_tokenizer

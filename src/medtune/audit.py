@@ -116,12 +116,16 @@ def _minhash(shingle_sets: list[np.ndarray], seed: int = 1) -> np.ndarray:
 
 
 def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_THRESHOLD) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, estimated Jaccard) of texts whose word-shingle sets are at least `threshold` similar, i < j.
-    Texts with fewer than SHINGLE words are one shingle; identical texts are pairs too (callers remove them)."""
+    """Pairs (i, j, estimated Jaccard) of texts whose word-shingle sets (lower case, punctuation ignored) are at
+    least `threshold` similar, i < j. Texts with fewer than SHINGLE words are one shingle; texts with no word are in
+    no pair."""
     hasher = _WordHasher()
     sets = []
     for t in texts:
         words = hasher(_WORDS.findall(t.lower()))
+        if len(words) == 0:
+            sets.append(np.empty(0, dtype=np.uint64))
+            continue
         sh = _ngram_hashes(words, SHINGLE) if len(words) >= SHINGLE else _ngram_hashes(words, len(words))
         sets.append(np.unique(sh))
     sigs = _minhash(sets)
@@ -286,9 +290,8 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
 
     # near duplicates among the unique records
     t = time.perf_counter()
-    texts = ["\n".join(_text(r, f) for f in FIELDS) for r in unique]
-    keys = [_content_key(r) for r in unique]
-    pairs = [(i, j, est) for i, j, est in near_duplicate_pairs(texts) if keys[i] != keys[j]]
+    texts = ["\n".join(_text(r, f) for f in FIELDS) for r in unique]  # exact duplicates are gone already
+    pairs = near_duplicate_pairs(texts)
     pairs.sort(key=lambda p: (-p[2], row_of[id(unique[p[0]])]))
     in_pairs = {i for p in pairs for i in p[:2]}
     report["duplicates"].update({

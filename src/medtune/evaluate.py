@@ -30,7 +30,7 @@ from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_
 from medtune.generate import complete
 from medtune.model import context_length, decoder_and_head
 from medtune.report import MODELS, _num, render_report, table
-from medtune.training.batching import Collator
+from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import decoder_output, linear_cross_entropy
 
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -86,6 +86,7 @@ def answer_token_loss(model, encoded: list[dict], pad_token_id: int, batch_size:
     for start in range(0, len(order), batch_size):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in order[start:start + batch_size]]).items()}
         labels = batch.pop("labels")
+        batch.pop(NUM_TOKENS)
         if parts is not None:
             decoder, weight = parts
             hidden = decoder_output(model, decoder, **batch)

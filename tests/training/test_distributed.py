@@ -2,7 +2,7 @@
 
 Each launch runs the real command line. A sitecustomize.py on PYTHONPATH (active in the two workers only, which
 torchrun gives a RANK) records, per rank, every file medtune writes into the run folder and, after training, the
-global step, a hash of the trainable weights and the tokens that rank's collator handed out. So the tests can tell
+global step, a hash of the trainable weights and the tokens that rank trained on. So the tests can tell
 that rank 0 alone wrote the run's files, each once, and that both ranks trained the same synchronized weights."""
 import json
 import os
@@ -57,7 +57,7 @@ if "RANK" in os.environ and "LOCAL_RANK" in os.environ and os.environ.get("MEDTU
             if p.requires_grad:
                 h.update(name.encode() + p.detach().float().cpu().numpy().tobytes())
         record(event="trained", step=self.state.global_step, weights=h.hexdigest(),
-               tokens=getattr(self.data_collator, "tokens_seen", None), world=self.args.world_size)
+               tokens=getattr(self, "tokens_seen", None), world=self.args.world_size)
         return result
 
     transformers.Trainer.train = trainer_train

@@ -108,3 +108,36 @@ def test_4bit_on_cpu_train_evaluate_train(tmp_path, tiny_config, load_run):
     assert cfg2.model.quantization == "4bit"
     cfg2.generate.max_new_tokens = 5
     assert answer(model, tok, "What is a cold?", cfg2.data, cfg2.generate)["tokens"] <= 5
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_train_tokens_are_the_tokens_trained_on(tmp_path, tiny_config, packing):
+    """One epoch sees every training example once: the token count equals the train split's tokens, whatever the
+    evaluations (at step 0 and every 2 steps) and the data loader's prefetching push through the collator."""
+    from medtune import data as data_mod, training
+    from medtune.model import load_tokenizer
+
+    cfg = tiny_config(tmp_path / "out", "train.max_steps=-1", "train.epochs=1", "train.eval_steps=2",
+                      "train.eval_on_start=true", "data.max_records=60", f"train.packing={str(packing).lower()}",
+                      *(["train.batch_tokens=512"] if packing else []))
+    metrics = training.run(cfg, log=lambda *a, **k: None)
+    prepared = data_mod.prepare(cfg.data, load_tokenizer("builtin:tiny"), log=lambda *a, **k: None)
+    assert metrics["train_tokens"] == sum(len(e["input_ids"]) for e in prepared.encoded["train"])
+    history = json.loads((tmp_path / "out" / "metrics.json").read_text())["log_history"]
+    assert sum("eval_loss" in h for h in history) >= 3  # the evaluations did run
+
+
+def test_batch_tokens_one_entry_per_trained_batch(tmp_path, tiny_config):
+    """The per-batch token list (what benchmarks/throughput.py divides by time) has one entry per batch trained on,
+    and evaluation batches and prefetched batches never enter it, although they pass through the collator."""
+    from medtune import data as data_mod, model as model_mod, training
+
+    cfg = tiny_config(tmp_path / "out", "train.max_steps=3", "train.eval_steps=1", "train.eval_on_start=true")
+    tok = model_mod.load_tokenizer("builtin:tiny")
+    prepared = data_mod.prepare(cfg.data, tok, log=lambda *a, **k: None)
+    model = model_mod.add_lora(model_mod.load_base_model(cfg.model, tok), cfg.model, log=lambda *a, **k: None)
+    trainer, collator, _ = training.make_trainer(cfg, model, tok, prepared, tmp_path / "out", log=lambda *a, **k: None)
+    trainer.train()
+    assert len(trainer.batch_tokens) == trainer.state.global_step * cfg.train.grad_accum == 3
+    assert all(0 < n <= cfg.train.batch_size * cfg.data.max_length for n in trainer.batch_tokens)
+    assert collator.tokens_seen > sum(trainer.batch_tokens)  # evaluations (and prefetching) went through it too

@@ -9,6 +9,11 @@ import torch
 
 from medtune.data import IGNORE_INDEX
 
+# every batch says how many real (non-padding) tokens it holds; the trainer takes the key out before the forward and
+# counts it when the batch is trained on (a collator's own count runs ahead: the data loader prefetches, and
+# evaluation batches go through it too)
+NUM_TOKENS = "num_tokens"
+
 class Collator:
     """Pads a batch on the right. Padding positions get attention 0 and label -100 by position, so an EOS
     inside the answer is still learned even when pad id == EOS id (GPT-2)."""
@@ -27,8 +32,9 @@ class Collator:
             ids[i, :k] = torch.tensor(f["input_ids"])
             labels[i, :k] = torch.tensor(f["labels"])
             mask[i, :k] = 1
-        self.tokens_seen += int(mask.sum())
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        n = int(mask.sum())
+        self.tokens_seen += n
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, NUM_TOKENS: torch.tensor(n)}
 
 
 class PackingCollator:
@@ -85,7 +91,7 @@ class PackingCollator:
             if at < width:  # tail padding: its own segment, never a target
                 pos[i, at:] = torch.arange(width - at)
         self.tokens_seen += sum(lengths)
-        batch = {"input_ids": ids, "labels": labels, "position_ids": pos}
+        batch = {"input_ids": ids, "labels": labels, "position_ids": pos, NUM_TOKENS: torch.tensor(sum(lengths))}
         if self.flat:
             cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
             cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)

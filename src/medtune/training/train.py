@@ -124,7 +124,7 @@ def _save_random_base(cfg: Config, tok, out: Path) -> None:
 
 
 def _final_metrics(trainer, result, collator, info: dict, seconds: float, resumed: bool) -> dict:
-    tokens = sum_over_processes(collator.tokens_seen)  # all processes' training tokens, before any evaluation
+    tokens = sum_over_processes(trainer.tokens_seen)  # all processes' training tokens (evaluation never counts)
     metrics = dict(result.metrics)
     history = trainer.state.log_history
     if resumed and whole_run_train_loss(history) is not None:

@@ -3,7 +3,6 @@ and token-budget batches. TRL's SFTTrainer would add its own data pipeline on to
 plain Trainer is all this needs."""
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from transformers import Trainer, TrainingArguments
 
 from medtune.config import Config
 from medtune.errors import MedtuneError
+from medtune.training.batching import NUM_TOKENS
 from medtune.training.distributed import sum_over_processes, world_size
 from medtune.training.loss import decoder_output, linear_cross_entropy
 
@@ -27,12 +27,26 @@ class MedtuneTrainer(Trainer):
         self.fast_loss, self.loss_chunk, self.compile_loss = fast_loss, loss_chunk, compile_loss
         self.train_batch_sampler = batch_sampler
         self._train_start = time.perf_counter()
+        self.batch_tokens: list[int] = []  # real tokens of every training batch, in the order trained on
+
+    @property
+    def tokens_seen(self) -> int:
+        return sum(self.batch_tokens)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        n = inputs.pop(NUM_TOKENS, None)
+        if n is not None:
+            self.batch_tokens.append(int(n))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(NUM_TOKENS, None)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     def log(self, logs, start_time=None):
         now = time.perf_counter()
-        counter = self.data_collator
-        if "loss" in logs and hasattr(counter, "tokens_seen"):  # every rank logs "loss" at the same step
-            seen = sum_over_processes(counter.tokens_seen)
+        if "loss" in logs:  # every rank logs "loss" at the same step
+            seen = sum_over_processes(self.tokens_seen)
             last_t, last_n = getattr(self, "_tok_clock", (self._train_start, 0))
             logs["tokens_per_second"] = round((seen - last_n) / max(now - last_t, 1e-9), 1)
             self._tok_clock = (now, seen)
@@ -50,14 +64,6 @@ class MedtuneTrainer(Trainer):
         loader = DataLoader(self.train_dataset, batch_sampler=self.train_batch_sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        collator = self.data_collator  # evaluation counts its tokens on a copy: tokens_seen stays training's
-        self.data_collator = copy.copy(collator)
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if (self.fast_loss is None or "labels" not in inputs or self.label_smoother is not None
