@@ -5,7 +5,8 @@ at once (a mix of plain and streamed ones), and prints errors (must be 0) and la
 Loopback only; nothing else is contacted.
 
   python benchmarks/load.py                         # trains the tiny preset (a few steps) into a temp dir first
-  python benchmarks/load.py --model-dir runs/tiny-cpu --requests 200 --concurrency 16
+  python benchmarks/load.py --model-dir runs/tiny-cpu --requests 200 --concurrency 1,8,32 --max-batch-size 1,16
+Prints a table: requests/s, p50 and p95 latency, tokens/s for each server --max-batch-size and client count.
 Exit status: 0 when every request succeeded, 1 otherwise.
 """
 from __future__ import annotations
@@ -37,9 +38,10 @@ def train_tiny(out: Path) -> None:
                    env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
-def start_server(model_dir: Path, queue_size: int):
+def start_server(model_dir: Path, queue_size: int, max_batch_size: int):
     code = ("import sys; from medtune.serving.server import serve; "
-            f"serve(sys.argv[1], host='127.0.0.1', port=0, log_level='warning', queue_size={queue_size})")
+            f"serve(sys.argv[1], host='127.0.0.1', port=0, log_level='warning', queue_size={queue_size}, "
+            f"max_batch_size={max_batch_size})")
     proc = subprocess.Popen([sys.executable, "-c", code, str(model_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     deadline = time.time() + 300
@@ -60,7 +62,8 @@ def pct(values: list[float], p: float) -> float:
 
 async def one(client, i: int, args) -> tuple[bool, float, float | None, int, str]:
     """Returns ok, latency, time to first token (streamed only), completion tokens, error text."""
-    body = {"prompt": QUESTIONS[i % len(QUESTIONS)], "max_tokens": args.max_tokens, "seed": i}
+    lo, hi = args.max_tokens
+    body = {"prompt": QUESTIONS[i % len(QUESTIONS)], "max_tokens": lo + (i * 7919) % (hi - lo + 1), "seed": i}
     stream = args.stream_every > 0 and i % args.stream_every == 0
     t0 = time.perf_counter()
     try:
@@ -100,7 +103,7 @@ async def run_load(port: int, args) -> list[tuple]:
     sem = asyncio.Semaphore(args.concurrency)
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=args.timeout, limits=limits) as client:
-        await one(client, 0, argparse.Namespace(**{**vars(args), "max_tokens": 2}))  # warm-up, not counted
+        await one(client, 0, argparse.Namespace(**{**vars(args), "max_tokens": (2, 2)}))  # warm-up, not counted
 
         async def bounded(i):
             async with sem:
@@ -109,15 +112,27 @@ async def run_load(port: int, args) -> list[tuple]:
         return await asyncio.gather(*(bounded(i) for i in range(args.requests)))
 
 
+def summarize(results: list[tuple], wall: float) -> dict:
+    lat = [r[1] * 1000 for r in results]
+    ttft = [r[2] * 1000 for r in results if r[0] and r[2] is not None]
+    errors = [r[4] for r in results if not r[0]]
+    tokens = sum(r[3] for r in results if r[0])
+    return {"errors": errors, "p50": pct(lat, 50), "p95": pct(lat, 95), "ttft_p50": pct(ttft, 50) if ttft else None,
+            "rps": len(results) / wall, "tps": tokens / wall, "wall": wall}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path, help="a run or merged folder (default: train the tiny preset)")
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--concurrency", default="1,8,32", help="clients in flight at once; a comma list runs each")
+    ap.add_argument("--max-batch-size", default="1,16", help="server --max-batch-size; a comma list runs each")
+    ap.add_argument("--max-tokens", default="16-64", help="each request asks for LO-HI new tokens (spread evenly)")
     ap.add_argument("--stream-every", type=int, default=4, help="every Nth request streams (0: none)")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request client timeout, seconds")
     args = ap.parse_args()
+    lo, _, hi = args.max_tokens.partition("-")
+    args.max_tokens = (int(lo), int(hi or lo))
 
     tmp = None
     model_dir = args.model_dir
@@ -125,38 +140,35 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory(prefix="medtune-load-")
         model_dir = Path(tmp.name) / "run"
         train_tiny(model_dir)
-    proc, port = start_server(model_dir, queue_size=max(64, args.concurrency))
+    print(f"{args.requests} requests each, max_tokens {lo}-{hi or lo}, every {args.stream_every}th streamed, "
+          f"model {model_dir.name}\n")
+    print("| --max-batch-size | clients | requests/s | p50 ms | p95 ms | tokens/s | errors |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    failed = False
     try:
-        t0 = time.perf_counter()
-        results = asyncio.run(run_load(port, args))
-        wall = time.perf_counter() - t0
+        for batch in [int(b) for b in args.max_batch_size.split(",")]:
+            proc, port = start_server(model_dir, queue_size=max(64, args.requests), max_batch_size=batch)
+            try:
+                for clients in [int(c) for c in args.concurrency.split(",")]:
+                    t0 = time.perf_counter()
+                    results = asyncio.run(run_load(port, argparse.Namespace(**{**vars(args),
+                                                                                "concurrency": clients})))
+                    r = summarize(results, time.perf_counter() - t0)
+                    failed |= bool(r["errors"])
+                    print(f"| {batch} | {clients} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+                          f"{r['tps']:.0f} | {len(r['errors'])} |", flush=True)
+                    for e in sorted(set(r["errors"]))[:3]:
+                        print(f"  {r['errors'].count(e)} x {e}")
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         if tmp is not None:
             tmp.cleanup()
-
-    lat = [r[1] * 1000 for r in results]
-    ok_lat = [r[1] * 1000 for r in results if r[0]]
-    ttft = [r[2] * 1000 for r in results if r[0] and r[2] is not None]
-    errors = [r[4] for r in results if not r[0]]
-    tokens = sum(r[3] for r in results if r[0])
-    print(f"requests: {len(results)}  concurrency: {args.concurrency}  max_tokens: {args.max_tokens}  "
-          f"streamed: every {args.stream_every}th  model: {model_dir.name}")
-    print(f"errors: {len(errors)}")
-    for e in sorted(set(errors))[:5]:
-        print(f"  {errors.count(e)} x {e}")
-    if lat:
-        print(f"latency ms: p50 {pct(lat, 50):.0f}  p95 {pct(lat, 95):.0f}  max {max(lat):.0f}  "
-              f"mean {statistics.mean(lat):.0f}")
-    if ok_lat and ttft:
-        print(f"time to first token (streamed) ms: p50 {pct(ttft, 50):.0f}  p95 {pct(ttft, 95):.0f}")
-    print(f"wall {wall:.1f}s  throughput {len(results) / wall:.1f} requests/s, {tokens / wall:.0f} tokens/s "
-          f"({tokens} completion tokens)")
-    return 0 if not errors else 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

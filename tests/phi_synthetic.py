@@ -7,7 +7,7 @@ Everything here is invented for the tests: the people, numbers and addresses do 
 The name pools are this file's own and differ on purpose from medtune.phi.FIRST_NAMES: some planted first names
 are not on the detector's list.
 
-Used by tests/test_phi.py, tests/test_audit.py and benchmarks/phi_recall.py (imported by path; not a conftest).
+Used by tests/test_phi.py and benchmarks/phi_recall.py (imported by path; not a conftest).
 """
 from __future__ import annotations
 
