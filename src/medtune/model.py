@@ -25,18 +25,6 @@ GPT2_SHAPES = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 
-# Every linear layer of the decoder blocks, per architecture (tests/test_model_archs.py checks each entry against a
-# tiny model of that type); architectures not listed get "all-linear" (which includes GPT-2-style Conv1D layers).
-LORA_TARGETS = {
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused q/k/v and gate/up
-}
-for _t in ("mistral", "ministral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "smollm3", "granite",
-           "stablelm", "cohere", "exaone4", "internlm3"):
-    LORA_TARGETS[_t] = LORA_TARGETS["llama"]
-
-
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
@@ -290,9 +278,11 @@ def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, 
 
 
 def lora_targets(model, cfg: ModelConfig) -> list[str] | str:
+    """model.lora_targets, else peft's "all-linear": every Linear and GPT-2-style Conv1D layer but the output head
+    (tests/test_model_archs.py checks per architecture that this is every linear layer of the decoder blocks)."""
     if cfg.lora_targets:
         return list(cfg.lora_targets)
-    return LORA_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
+    return "all-linear"
 
 
 def _has_conv1d(model) -> bool:
