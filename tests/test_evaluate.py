@@ -142,10 +142,15 @@ def test_overfit_model_beats_its_base(evaluated):
 
 
 def _cell(text: str) -> float | None:
-    text = text.strip()
+    text = text.split("[")[0].strip()  # the value, without its interval
     if text in ("", "n/a"):
         return None
     return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def _interval(text: str) -> list[float] | None:
+    m = re.search(r"\[([^,]+), ([^\]]+)\]", text)
+    return [_cell(m.group(1)), _cell(m.group(2))] if m else None
 
 
 def test_report_and_metrics_exist_and_agree(overfit, evaluated):
@@ -159,6 +164,10 @@ def test_report_and_metrics_exist_and_agree(overfit, evaluated):
         tol = 0.0006 if "%" in fmt else 10 ** -int(re.search(r"\.(\d)", fmt).group(1)) * 0.51
         for i, side in ((1, "base"), (2, "tuned")):
             assert _cell(row.group(i)) == pytest.approx(metrics[side][key], abs=tol), (label, side)
+            if f"{key}_ci" in metrics[side]:  # ROUGE-L and EOS rate carry 95% bootstrap intervals
+                lo, hi = metrics[side][f"{key}_ci"]
+                assert lo <= metrics[side][key] <= hi
+                assert _interval(row.group(i)) == pytest.approx([lo, hi], abs=tol), (label, side)
     # five samples: question, reference, base and tuned answers, as in samples.jsonl
     samples = [json.loads(line) for line in files["samples"].splitlines()]
     assert len(samples) == len(QA)

@@ -26,6 +26,7 @@ from medtune import rundir
 from medtune.config import Config, DataConfig, GenerateConfig
 from medtune.data import IGNORE_INDEX, encode, format_prompt, load_records, validate_records
 from medtune.errors import MedtuneError
+from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import complete
 from medtune.model import context_length, decoder_and_head
@@ -156,22 +157,30 @@ def resolve_max_new_tokens(cfg: Config, ref_lengths: list[int], prompt_lengths: 
     return max(n, 1)
 
 
-def generation_metrics(completions: list, references: list[str]) -> tuple[dict, list[float]]:
-    """Aggregate metrics of generated answers against references, and the ROUGE-L of each answer."""
+def generation_metrics(completions: list, references: list[str], bootstrap: int = 0, seed: int = 0) -> tuple[dict,
+                                                                                                        list[float]]:
+    """Aggregate metrics of generated answers against references (with 95% bootstrap intervals for ROUGE-L and the
+    EOS rate when bootstrap > 0), and the ROUGE-L of each answer."""
     scores = rouge_l([c.text for c in completions], references)
+    stopped = [float(c.stopped_at_eos) for c in completions]
     n = len(completions)
-    return {"rouge_l": sum(scores) / n, "eos_rate": sum(c.stopped_at_eos for c in completions) / n,
-            "mean_answer_tokens": sum(len(c.token_ids) for c in completions) / n,
-            "repeated_4gram_share": repeated_4gram_share([c.token_ids for c in completions]), "generated": n}, scores
+    out = {"rouge_l": sum(scores) / n, "eos_rate": sum(stopped) / n,
+           "mean_answer_tokens": sum(len(c.token_ids) for c in completions) / n,
+           "repeated_4gram_share": repeated_4gram_share([c.token_ids for c in completions]),
+           "gibberish_share": gibberish_share([c.text for c in completions]), "generated": n}
+    if bootstrap:
+        out["rouge_l_ci"] = list(bootstrap_ci(scores, bootstrap, seed))
+        out["eos_rate_ci"] = list(bootstrap_ci(stopped, bootstrap, seed))
+    return out, scores
 
 
 @contextlib.contextmanager
 def merged_adapter(model):
     """The LoRA weights folded into the base for the duration (one matmul per layer instead of three, same function;
     generation runs a forward per token); a 4-bit base cannot take them, so it keeps the adapter separate."""
-    quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False) or \
-        getattr(model.get_base_model(), "is_loaded_in_8bit", False)
-    if quantized or not hasattr(model, "merge_adapter"):
+    base = model.get_base_model()
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False) \
+            or not hasattr(model, "merge_adapter"):
         yield
         return
     model.merge_adapter()
@@ -213,7 +222,8 @@ def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples:
                    len(records) - len(kept), source), g
 
 
-def _evaluate_models(model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int, log) -> tuple[dict, dict, dict]:
+def _evaluate_models(model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int, log,
+                     bootstrap: int = 0) -> tuple[dict, dict, dict]:
     """Loss and (when questions were chosen) generated answers for the base and the tuned model."""
     result: dict = {name: {} for name in MODELS}
     seconds, answers = {}, {}
@@ -228,13 +238,13 @@ def _evaluate_models(model, tok, inp: _Inputs, g: GenerateConfig, batch_size: in
             result["answer_tokens"] = loss["answer_tokens"]
             if not inp.chosen:
                 result[name].update(rouge_l=None, eos_rate=None, mean_answer_tokens=None,
-                                    repeated_4gram_share=None, generated=0)
+                                    repeated_4gram_share=None, gibberish_share=None, generated=0)
                 continue
             t0 = time.perf_counter()
             with merged_adapter(model) if name == "tuned" else contextlib.nullcontext():
                 answers[name] = complete(model, tok, inp.prompts, g, batch_size)
             seconds[f"{name} generation"] = time.perf_counter() - t0
-            agg, answers[f"{name}_rouge_l"] = generation_metrics(answers[name], inp.refs)
+            agg, answers[f"{name}_rouge_l"] = generation_metrics(answers[name], inp.refs, bootstrap, g.seed)
             result[name].update(agg)
             log(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f} "
                 f"({seconds[f'{name} generation']:.1f} s)")
@@ -288,12 +298,12 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     inp, g = _prepare_inputs(run, model, tok, data, split, num_samples, greedy)
     log(f"eval: {len(inp.kept)} records from {inp.source}"
         + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else ""))
-    result, seconds, answers = _evaluate_models(model, tok, inp, g, cfg.eval.batch_size, log)
+    result, seconds, answers = _evaluate_models(model, tok, inp, g, cfg.eval.batch_size, log, cfg.eval.bootstrap)
     reference = {}
     if inp.chosen:
         ref_ids = [tok(r, add_special_tokens=False)["input_ids"] for r in inp.refs]
         reference = {"mean_answer_tokens": sum(map(len, ref_ids)) / len(ref_ids),
-                     "repeated_4gram_share": repeated_4gram_share(ref_ids)}
+                     "repeated_4gram_share": repeated_4gram_share(ref_ids), "gibberish_share": gibberish_share(inp.refs)}
     seconds["total"] = time.perf_counter() - t_start
     metrics = {
         "base": result["base"], "tuned": result["tuned"], "reference": reference,

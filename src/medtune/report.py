@@ -26,7 +26,17 @@ ROWS = (  # (label, metrics key, format)
     ("EOS rate", "eos_rate", ".1%"),
     ("mean answer length (tokens)", "mean_answer_tokens", ".1f"),
     ("repeated 4-grams", "repeated_4gram_share", ".1%"),
+    ("gibberish answers", "gibberish_share", ".0%"),
 )
+
+
+def _cell(side: dict, key: str, fmt: str) -> str:
+    """A value, with its 95% bootstrap interval when the metrics carry one (key_ci)."""
+    text = _num(side.get(key), fmt)
+    ci = side.get(f"{key}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        text += f" [{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+    return text
 
 
 def table(metrics: dict) -> str:
@@ -35,7 +45,7 @@ def table(metrics: dict) -> str:
     body = []
     for label, key, fmt in ROWS:
         ref = metrics["reference"].get(key)
-        body.append([label, _num(metrics["base"].get(key), fmt), _num(metrics["tuned"].get(key), fmt),
+        body.append([label, _cell(metrics["base"], key, fmt), _cell(metrics["tuned"], key, fmt),
                      _num(ref, fmt) if key in metrics["reference"] else ""])
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
