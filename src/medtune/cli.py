@@ -115,6 +115,32 @@ def cmd_merge(a):
     merge.merge(a.run_dir, a.out)
 
 
+def cmd_export(a):
+    import tempfile
+    from pathlib import Path
+
+    from medtune import merge, rundir
+    from medtune.errors import MedtuneError
+    from medtune.files import NOTICE, atomic_write_text
+    from medtune.gguf_export import export_gguf, ollama_modelfile
+
+    out = Path(a.out).expanduser()
+    if out.is_dir():
+        raise MedtuneError(f"--out {out} is a folder; give a file name such as model.gguf")
+    if not out.parent.is_dir():
+        raise MedtuneError(f"--out {out}: folder {out.parent} not found")
+    run = rundir.open_run(a.model_dir)
+    if run.is_run:  # a training run: merge into a temporary folder first (GGUF holds a standalone model)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".medtune-export-") as tmp:
+            merge.merge(run.path, Path(tmp) / "merged", log=lambda *x, **k: None)
+            export_gguf(Path(tmp) / "merged", out, a.dtype)
+    else:
+        export_gguf(run.path, out, a.dtype)
+    modelfile = out.with_name(out.stem + ".Modelfile")
+    atomic_write_text(modelfile, ollama_modelfile(out))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {a.dtype}) and {modelfile} (for Ollama)\n{NOTICE}")
+
+
 def cmd_serve(a):
     from medtune.serving import server
 
@@ -179,6 +205,13 @@ def _other_parsers(sub):
     m.add_argument("run_dir")
     m.add_argument("--out", required=True, help="folder for the merged model")
     m.set_defaults(func=cmd_merge)
+
+    x = sub.add_parser("export", help="write a run or merged model as a GGUF file (llama.cpp, Ollama)")
+    x.add_argument("model_dir", help="a training output dir (merged first) or a merged model dir")
+    x.add_argument("--format", default="gguf", choices=["gguf"])
+    x.add_argument("--out", required=True, help="the .gguf file to write")
+    x.add_argument("--dtype", default="f16", choices=["f16", "q8_0", "f32"], help="weight type (default f16)")
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="HTTP API (OpenAI-style /v1/completions) and a small web page")
     s.add_argument("model_dir", help="a training output dir or a merged model dir")
