@@ -76,7 +76,7 @@ def cmd_eval(a):
     from medtune import evaluate
 
     evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples,
-                 greedy=True if a.greedy else False if a.sample else None)
+                 greedy=True if a.greedy else False if a.sample else None, benchmarks=a.benchmark)
 
 
 def cmd_audit(a):
@@ -188,6 +188,8 @@ def _other_parsers(sub):
     e.add_argument("--greedy", action="store_true", help="greedy decoding without repetition penalty instead of the "
                                                           "run's generate settings (config key eval.greedy)")
     e.add_argument("--sample", action="store_true", help="the run's generate settings, seeded (the default)")
+    e.add_argument("--benchmark", metavar="NAME[=FILE],...", help="multiple-choice benchmarks: medmcqa, medqa, "
+                   "pubmedqa, mmlu_medical (or mmlu_anatomy, ...); NAME=FILE reads a local copy instead of the hub")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)

@@ -141,6 +141,8 @@ class EvalConfig:
     greedy: bool = opt(False, "false: decode like `medtune generate` (the run's generate settings, seeded); "
                               "true: greedy decoding without repetition penalty")
     bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals", min=0)
+    benchmark_limit: int | None = opt(None, "questions per multiple-choice benchmark (a seeded subset; None: all)",
+                                      min=1)
 
 
 @dataclass

@@ -22,7 +22,7 @@ IGNORE_INDEX = -100
 
 # ---------------------------------------------------------------- loading
 
-def _read_table(path: Path) -> list[dict]:
+def read_table(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -58,17 +58,18 @@ def _read_table(path: Path) -> list[dict]:
     return rows
 
 
-def _load_hub(source: str) -> list[dict]:
+def load_hub(source: str, name: str | None = None, split: str = "train") -> list[dict]:
+    """Rows of a hub dataset (configuration `name`, `split`); offline, only the local cache can serve it."""
     from medtune.hub import hub_reachable, require_hub
 
     try:
         import datasets
         if hub_reachable():
-            ds = datasets.load_dataset(source, split="train")
+            ds = datasets.load_dataset(source, name, split=split)
         else:  # offline: only the local cache can serve it
             datasets.config.HF_HUB_OFFLINE = True
             try:
-                ds = datasets.load_dataset(source, split="train")
+                ds = datasets.load_dataset(source, name, split=split)
             except Exception:
                 require_hub(source, "dataset")
     except MedtuneError:
@@ -91,11 +92,11 @@ def load_records(cfg: DataConfig) -> list[dict]:
     if path.exists():
         if path.is_dir():
             raise MedtuneError(f"{path} is a folder; give a .json, .jsonl, .csv or .parquet file")
-        rows = _read_table(path)
+        rows = read_table(path)
     elif looks_local:
         raise MedtuneError(f"data file not found: {source}")
     else:
-        rows = _load_hub(source)
+        rows = load_hub(source)
     return map_columns(rows, cfg, source)
 
 

@@ -282,8 +282,29 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict], lo
     log(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
 
 
+def run_benchmarks(model, tok, spec: str, cfg: Config, log=print) -> dict:
+    """Multiple-choice benchmarks (medtune.medbench), base (adapter disabled) and tuned (adapter merged)."""
+    from medtune import medbench
+
+    tasks = [(name, source, medbench.load_task(name, source, cfg.eval.benchmark_limit, cfg.generate.seed))
+             for name, source in medbench.parse_benchmarks(spec)]  # every file or hub id is checked first
+    out = {}
+    for name, source, items in tasks:
+        t0 = time.perf_counter()
+        res = {"source": source or medbench.TASKS[name].hub, "chance": 1 / medbench.TASKS[name].n_choices}
+        for side in MODELS:
+            with model.disable_adapter() if side == "base" else merged_adapter(model):
+                res[side] = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap,
+                                           cfg.generate.seed)
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        log(f"eval: {name}: accuracy base {res['base']['acc']:.3f}, tuned {res['tuned']['acc']:.3f}, chance "
+            f"{res['chance']:.3f} ({len(items)} questions, {res['seconds']:.1f} s)")
+        out[name] = res
+    return out
+
+
 def run(run_dir: str | Path, data: str | None = None, split: str | None = None, num_samples: int | None = None,
-        greedy: bool | None = None, log=print) -> dict:
+        greedy: bool | None = None, benchmarks: str | None = None, log=print) -> dict:
     """Evaluate a training output dir: base vs tuned. Writes RUN_DIR/eval/{metrics.json,report.md,...},
     prints the table, and returns the metrics."""
     t_start = time.perf_counter()
@@ -294,6 +315,9 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     if num_samples < 0:
         raise MedtuneError(f"--num-samples must be 0 or more, got {num_samples}")
     load_eval_records(run, data, split)  # bad --data / --split fail before the model loads
+    if benchmarks:
+        from medtune.medbench import parse_benchmarks
+        parse_benchmarks(benchmarks)
     model, tok = rundir.load_model(run)
     inp, g = _prepare_inputs(run, model, tok, data, split, num_samples, greedy)
     log(f"eval: {len(inp.kept)} records from {inp.source}"
@@ -304,6 +328,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
         ref_ids = [tok(r, add_special_tokens=False)["input_ids"] for r in inp.refs]
         reference = {"mean_answer_tokens": sum(map(len, ref_ids)) / len(ref_ids),
                      "repeated_4gram_share": repeated_4gram_share(ref_ids), "gibberish_share": gibberish_share(inp.refs)}
+    bench = run_benchmarks(model, tok, benchmarks, cfg, log) if benchmarks else {}
     seconds["total"] = time.perf_counter() - t_start
     metrics = {
         "base": result["base"], "tuned": result["tuned"], "reference": reference,
@@ -311,6 +336,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
                  "dropped_overlong": inp.dropped, "answer_tokens": result["answer_tokens"]},
         "generation": {"generated": len(inp.chosen), "greedy": g.greedy, "max_new_tokens": g.max_new_tokens,
                        "repetition_penalty": g.repetition_penalty, "seed": g.seed, "batch_size": cfg.eval.batch_size},
+        "benchmarks": bench,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "run_dir": str(run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notice": NOTICE,
     }

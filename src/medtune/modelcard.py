@@ -9,7 +9,7 @@ from pathlib import Path
 from medtune import rundir
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE
-from medtune.report import table
+from medtune.report import benchmark_table, table
 
 INTENDED_USE = ("Research and education on fine-tuning small language models for medical question answering: "
                 "studying the recipe, comparing runs, demonstrating a pipeline. Not for diagnosis, treatment, "
@@ -97,6 +97,9 @@ def _metrics(run_dir: Path, quantization: str) -> list[str]:
         decoding = "greedy" if gen.get("greedy") else "sampled"
         lines += ["", f"Evaluation (`medtune eval`, {where}; generation {decoding}"
                       + (f", {quantization} base" if quantization != "none" else "") + "):", "", table(ev)]
+        if ev.get("benchmarks"):
+            lines += ["", "Medical multiple-choice benchmarks (log-likelihood accuracy):", "",
+                      benchmark_table(ev["benchmarks"])]
     return lines
 
 

@@ -52,6 +52,17 @@ def table(metrics: dict) -> str:
     return "\n".join([line(head), "| " + " | ".join("-" * w for w in widths) + " |"] + [line(r) for r in body])
 
 
+def benchmark_table(benchmarks: dict) -> str:
+    """Multiple-choice accuracy, base vs tuned, with the 95% interval and chance level; '' when none were run."""
+    if not benchmarks:
+        return ""
+    rows = ["| benchmark | questions | base accuracy | tuned accuracy | chance |", "| --- | ---: | --- | --- | ---: |"]
+    for name, r in benchmarks.items():
+        rows.append(f"| {name} | {r['tuned']['n']} | {_cell(r['base'], 'acc', '.3f')} | "
+                    f"{_cell(r['tuned'], 'acc', '.3f')} | {r['chance']:.3f} |")
+    return "\n".join(rows)
+
+
 def _quote(text: str, limit: int = 800) -> str:
     text = text.strip()
     if len(text) > limit:
@@ -93,7 +104,10 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
            f"Base model vs tuned model (base + LoRA adapter) on {d['records']} held-out records from `{d['source']}`"
            + (f" ({d['dropped_overlong']} longer than data.max_length={cfg.data.max_length} tokens left out)"
               if d["dropped_overlong"] else "") + ".", "",
-           table(metrics), "",
+           table(metrics), "", *([benchmark_table(metrics["benchmarks"]), "",
+                                   "Multiple-choice benchmarks: log-likelihood of each choice after the prompt "
+                                   "(lm-evaluation-harness prompts); accuracy with its 95% bootstrap interval.", ""]
+                                  if metrics.get("benchmarks") else []),
            f"- Loss and perplexity: answer tokens only (prompt masked, EOS counted), {d['answer_tokens']:,} tokens; "
            "perplexity = exp(mean loss per answer token).",
            f"- Generation: {gen['generated']} questions drawn with seed {gen['seed']}, "
