@@ -29,6 +29,8 @@ def read_table(path: Path) -> list[dict]:
             rows = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(rows, dict) and "data" in rows and isinstance(rows["data"], list):
                 rows = rows["data"]
+            elif isinstance(rows, dict) and rows and all(isinstance(v, dict) for v in rows.values()):
+                rows = [{"id": k, **v} for k, v in rows.items()]  # records keyed by id (e.g. PubMedQA's release)
             if not isinstance(rows, list):
                 raise MedtuneError(f"{path}: a .json data file must hold a list of records")
         elif suffix == ".jsonl":

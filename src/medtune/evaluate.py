@@ -294,8 +294,8 @@ def run_benchmarks(model, tok, spec: str, cfg: Config, log=print) -> dict:
         res = {"source": source or medbench.TASKS[name].hub, "chance": 1 / medbench.TASKS[name].n_choices}
         for side in MODELS:
             with model.disable_adapter() if side == "base" else merged_adapter(model):
-                res[side] = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap,
-                                           cfg.generate.seed)
+                scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
+                res[side] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
         res["seconds"] = round(time.perf_counter() - t0, 2)
         log(f"eval: {name}: accuracy base {res['base']['acc']:.3f}, tuned {res['tuned']['acc']:.3f}, chance "
             f"{res['chance']:.3f} ({len(items)} questions, {res['seconds']:.1f} s)")

@@ -1,0 +1,97 @@
+"""Multiple-choice medical benchmarks: prompt formats per task, log-likelihood scoring checked against a direct
+computation, batching invariance, local files and clear errors; `medtune eval --benchmark` end to end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from medtune import medbench
+from medtune.errors import MedtuneError
+
+ROWS = {  # invented questions, in each hub dataset's own columns
+    "medmcqa": [{"question": "Which organ makes insulin?", "opa": "Liver", "opb": "Pancreas", "opc": "Spleen",
+                 "opd": "Kidney", "cop": 1},
+                {"question": "Which vitamin prevents scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D",
+                 "cop": 2}],
+    "medqa": [{"question": "A man has chest pain on exertion. First test?",
+               "options": {"A": "ECG", "B": "MRI", "C": "Biopsy", "D": "EEG"}, "answer_idx": "A"}],
+    "pubmedqa": [{"question": "Does rest help sprains?", "context": {"contexts": ["Rest was studied.", "It helped."]},
+                  "final_decision": "yes"},
+                 {"question": "Does coffee cure flu?", "context": {"contexts": ["No effect was seen."]},
+                  "final_decision": "no"}],
+    "mmlu_anatomy": [{"question": "How many chambers has the heart?", "choices": ["2", "3", "4", "5"], "answer": 2}],
+}
+
+
+def write(tmp_path, name):
+    f = tmp_path / f"{name}.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in ROWS[name]))
+    return str(f)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from medtune.model import build_random
+
+    return build_random("random:tiny", tok).eval()
+
+
+def test_loglik_matches_a_direct_computation_and_batching(model, tok, tmp_path):
+    items = medbench.load_task("medmcqa", write(tmp_path, "medmcqa")) + \
+        medbench.load_task("pubmedqa", write(tmp_path, "pubmedqa"))
+    ll = medbench.choice_logliks(model, tok, items, batch_size=3)
+    one = medbench.choice_logliks(model, tok, items, batch_size=1)
+    assert [x for row in ll for x in row] == pytest.approx([x for row in one for x in row], abs=1e-4)
+    it = items[2]
+    ctx = tok(it.prompt, add_special_tokens=False)["input_ids"]
+    cont = tok(" " + it.choices[1], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([ctx + cont])).logits[0].log_softmax(-1)
+    direct = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
+    assert ll[2][1] == pytest.approx(direct, abs=1e-4)
+
+
+def test_accuracy_follows_the_loglik(model, tok, tmp_path, monkeypatch):
+    items = medbench.load_task("pubmedqa", write(tmp_path, "pubmedqa"))
+    res = medbench.score(model, tok, items, bootstrap=200)
+    assert 0 <= res["acc"] <= 1 and res["n"] == 2 and res["acc_ci"][0] <= res["acc"] <= res["acc_ci"][1]
+    # a model that prefers the gold answer gets every question right
+    monkeypatch.setattr(medbench.scoring, "choice_logliks",
+                        lambda m, t, its, b=32: [[0.0 if j == i.gold else -5.0 for j in range(len(i.choices))]
+                                                 for i in its])
+    assert medbench.score(model, tok, items)["acc"] == 1.0
+
+
+def test_errors(tmp_path, monkeypatch):
+    with pytest.raises(MedtuneError, match="unknown benchmark 'nope'"):
+        medbench.parse_benchmarks("medqa,nope")
+    assert [n for n, _ in medbench.parse_benchmarks("mmlu_medical")] == [f"mmlu_{s}" for s in medbench.MMLU_MEDICAL]
+    assert medbench.parse_benchmarks("medqa=x.jsonl") == [("medqa", "x.jsonl")]
+    with pytest.raises(MedtuneError, match="file not found"):
+        medbench.load_task("medqa", str(tmp_path / "none.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    with pytest.raises(MedtuneError, match="does not have the"):
+        medbench.load_task("medmcqa", str(bad))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MedtuneError, match="hub"):
+        medbench.load_task("medmcqa")
+
+
+def test_eval_runs_benchmarks_base_vs_tuned(tmp_path, tiny_config, capsys):
+    from medtune import training
+    from medtune.cli import main
+
+    out = tmp_path / "run"
+    training.run(tiny_config(out, "train.max_steps=2", "data.max_records=30"), log=lambda *a, **k: None)
+    spec = f"medmcqa={write(tmp_path, 'medmcqa')},pubmedqa={write(tmp_path, 'pubmedqa')}"
+    assert main(["eval", str(out), "--num-samples", "0", "--benchmark", spec]) == 0
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == {"medmcqa", "pubmedqa"}
+    assert metrics["benchmarks"]["pubmedqa"]["chance"] == pytest.approx(1 / 3)
+    assert {"acc", "acc_norm", "n"} <= set(metrics["benchmarks"]["medmcqa"]["tuned"])
+    assert "| medmcqa | 2 |" in (out / "eval" / "report.md").read_text()
+    assert main(["eval", str(out), "--benchmark", "bogus"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
