@@ -75,3 +75,13 @@ def test_help_lists_every_key():
     text = help_text()
     for key in ("model.lora_alpha", "data.max_length", "train.disable", "generate.top_p", "eval.split", "output_dir"):
         assert any(line.startswith(key + " ") for line in text.splitlines()), key
+
+
+def test_a_run_config_written_before_the_restructure_still_loads(root):
+    """tests/data/config_v0.yaml: the tiny preset's config.yaml as medtune wrote it before the config got typed choices,
+    bounds and new keys (commit 69e6539)."""
+    from medtune.rundir import read_run_config
+
+    cfg = read_run_config(root / "tests" / "data" / "config_v0.yaml")
+    assert cfg.model.name == "random:tiny" and cfg.model.lora_alpha == 32.0 and cfg.eval.split == "test"
+    assert cfg.train.disable == [] and cfg.data.phi == "error"  # new keys take their defaults
