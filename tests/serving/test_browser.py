@@ -96,3 +96,34 @@ def test_error_from_the_api_is_shown_not_swallowed(server, browser):
     assert "at most 511" in answer.find_element(By.CSS_SELECTOR, ".answer-text").text
     assert answer.find_element(By.CSS_SELECTOR, ".answer-notice").text.startswith("Not medical advice")
     assert browser.find_element(By.ID, "ask").is_enabled()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_run, server_thread):
+    from medtune.serving.app import create_app
+    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.server import LOOPBACK
+
+    engine = Engine(tiny_run(), Limits(max_tokens=32))
+    with server_thread(create_app(engine=engine, allowed_hosts=LOOPBACK, api_key="browser-key")) as srv:
+        yield srv
+    engine.close()
+
+
+def test_page_works_with_an_api_key(keyed_server, browser):
+    """Without the key the page is a bare 401; opening /?key=KEY once sets the cookie, and the page then answers."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.delete_all_cookies()
+    browser.get(keyed_server.url + "/")
+    assert "unauthorized" in browser.page_source and not browser.find_elements(By.ID, "question")
+    browser.get(keyed_server.url + "/?key=browser-key")
+    assert browser.current_url.rstrip("/") == keyed_server.url  # the key left the address bar
+    box = browser.find_element(By.ID, "question")
+    box.send_keys("What is asthma?")
+    browser.find_element(By.ID, "ask").click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".answer"))
+    answer = browser.find_elements(By.CSS_SELECTOR, ".answer")[0]
+    WebDriverWait(browser, 60).until(lambda _: answer.get_attribute("data-state") in ("done", "error"))
+    assert answer.get_attribute("data-state") == "done", answer.text
