@@ -201,7 +201,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_impleme
     """A GGUF checkpoint as a plain, trainable, serializable transformers model.
 
     transformers dequantizes the file's weights (to float32), but the model it returns is marked as quantized with
-    gguf and refuses save_pretrained (NOTES.md trap 7). So: rebuild the architecture from the config read out of
+    gguf and refuses save_pretrained. So: rebuild the architecture from the config read out of
     the file, and load the dequantized weights into it."""
     from transformers import AutoModelForCausalLM
 
