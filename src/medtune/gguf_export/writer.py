@@ -146,6 +146,25 @@ def _check_model_dir(model_dir: Path) -> dict:
     return _read_json(model_dir / "config.json")
 
 
+def _write_tensors(gguf, writer, arch, plan, weights, dtype: str) -> dict[str, int]:
+    """Tensor infos, header and metadata, then the tensors one at a time (one in memory); counts by GGML type."""
+    extra = arch.extra_tensors()
+    for t in plan:
+        shape, np_dtype, nbytes, qtype = _nbytes(gguf, t, dtype)
+        writer.add_tensor_info(t.name, shape, np_dtype, nbytes, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    counts: dict[str, int] = {}
+    for t in plan:
+        w = extra[t.name] if not t.hf_name else arch.transform(t.hf_name, weights.get(t.hf_name))
+        data, qtype = _encode(gguf, t, w, dtype)
+        writer.write_tensor_data(data)
+        counts[qtype.name] = counts.get(qtype.name, 0) + 1
+        del w, data
+    return counts
+
+
 def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) -> Path:
     """Write the model folder `model_dir` (config.json, safetensors, tokenizer; optionally medtune's config.yaml) as
     the GGUF file `out_file` (f16, q8_0 or f32 weights), atomically. Returns `out_file`."""
@@ -197,20 +216,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) 
         _write_vocab(writer, vocab)
         _write_medtune_metadata(writer, medtune_cfg, model_dir.resolve(), arch.name)
 
-        extra = arch.extra_tensors()
-        for t in plan:
-            shape, np_dtype, nbytes, qtype = _nbytes(gguf, t, dtype)
-            writer.add_tensor_info(t.name, shape, np_dtype, nbytes, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        counts: dict[str, int] = {}
-        for t in plan:  # one tensor in memory at a time
-            w = extra[t.name] if not t.hf_name else arch.transform(t.hf_name, weights.get(t.hf_name))
-            data, qtype = _encode(gguf, t, w, dtype)
-            writer.write_tensor_data(data)
-            counts[qtype.name] = counts.get(qtype.name, 0) + 1
-            del w, data
+        counts = _write_tensors(gguf, writer, arch, plan, weights, dtype)
         writer.flush()
         for f in writer.fout or ():
             os.fsync(f.fileno())
