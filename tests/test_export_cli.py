@@ -1,0 +1,17 @@
+"""`medtune export RUN --format gguf`: a training run is merged on the way, the file and an Ollama Modelfile are
+written, the file carries the run's prompt template; bad --out is one clear line."""
+from medtune.cli import main
+
+
+def test_export_a_run_to_gguf(tiny_run, tmp_path, capsys):
+    from medtune.gguf_export import read_gguf_metadata
+
+    out = tmp_path / "tiny.gguf"
+    assert main(["export", str(tiny_run()), "--out", str(out), "--dtype", "q8_0"]) == 0
+    meta = read_gguf_metadata(out)
+    assert meta["general.architecture"] == "gpt2" and "### Response:" in meta["medtune.prompt_template"]
+    modelfile = (tmp_path / "tiny.Modelfile").read_text()
+    assert modelfile.startswith("FROM ./tiny.gguf") and "{{ .Prompt }}" in modelfile
+    assert not list(tmp_path.glob(".medtune-export-*"))  # the temporary merged folder is gone
+    assert main(["export", str(tiny_run()), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
