@@ -197,6 +197,24 @@ def fix_cpu_4bit(model) -> None:
             m.support_avx512bf16_for_cpu = False
 
 
+def _gguf_context_config(path: Path) -> dict:
+    """transformers' GGUF reader assumes GPT-2's 1024 positions; a GPT-2 file of another context length loads with a
+    config that says so. {} for other architectures."""
+    import gguf
+    from transformers import AutoConfig
+
+    reader = gguf.GGUFReader(str(path))
+    f = reader.fields.get("gpt2.context_length")
+    if f is None:
+        return {}
+    n = int(f.parts[f.data[0]][0])
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    if getattr(config, "n_positions", n) == n:
+        return {}
+    config.n_positions = n
+    return {"config": config}
+
+
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
     """A GGUF checkpoint as a plain, trainable, serializable transformers model.
 
@@ -214,6 +232,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_impleme
     except ImportError:
         pass
     try:
+        kwargs.update(_gguf_context_config(path))
         loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                                       **kwargs)
     except Exception as e:
