@@ -36,12 +36,12 @@ TEXTS = ["What causes a fever?", "Asthma: wheezing, 3-4 puffs of salbutamol ever
 CHAT = "<|im_start|>user\nWhat is asthma?<|im_end|>\n<|im_start|>assistant\nA lung disease.<|im_end|>"
 
 
-def tiny_gpt2(tok, seed=0, vocab=None, n_embd=128):
-    """The shape of medtune's random:tiny, but with GPT-2's 1024 positions: transformers' GGUF reader maps the
-    file's context length to n_ctx and leaves n_positions at its default 1024 (every released GPT-2 has 1024)."""
+def tiny_gpt2(tok, seed=0, vocab=None, n_embd=128, n_positions=1024):
+    """The shape of medtune's random:tiny, but with GPT-2's 1024 positions by default: transformers' GGUF reader maps
+    the file's context length to n_ctx and leaves n_positions at its default 1024 (every released GPT-2 has 1024)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab or len(tok), n_layer=2, n_head=4, n_embd=n_embd, n_positions=1024,
+    config = GPT2Config(vocab_size=vocab or len(tok), n_layer=2, n_head=4, n_embd=n_embd, n_positions=n_positions,
                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -257,6 +257,23 @@ def test_random_tiny_context_of_512(tmp_path, tok):
     assert read_gguf_metadata(out)["gpt2.context_length"] == 512
     model = load_back(out, config=AutoConfig.from_pretrained(folder))
     assert max_logit_diff(ref, model, tok, TEXTS) <= TOL["f16"]
+
+
+def test_load_gguf_reads_the_gpt2_context_length(tmp_path, tok):
+    """medtune.model.load_gguf, unlike transformers' GGUF reader, takes GPT-2's positions from gpt2.context_length:
+    a 512-position GPT-2 loads without its folder's config, with logits within the f16 tolerance."""
+    from medtune.model import load_gguf
+
+    ref = tiny_gpt2(tok, seed=3, n_positions=512)
+    folder = tmp_path / "gpt2-512"
+    ref.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = export_gguf(folder, tmp_path / "gpt2-512.gguf", "f16", **quiet)
+    shutil.rmtree(folder)  # nothing but the .gguf to go by
+    model = load_gguf(out)
+    assert model.config.n_positions == 512
+    assert model.transformer.wpe.weight.shape[0] == 512
+    assert max_logit_diff(ref, model.eval(), tok, TEXTS) <= TOL["f16"]
 
 
 def test_real_gpt2_tokenizer(tmp_path, shared):
