@@ -110,6 +110,9 @@ def test_audit_finds_what_was_planted(tmp_path, tok, planted_file):
     # files: written, and free of record text
     written = json.loads((out / "audit.json").read_text())
     assert written == json.loads(json.dumps(a))
+    review = json.loads((out / "phi_review.json").read_text())  # the same findings, each with its key
+    assert [{k: v for k, v in f.items() if k != "key"} for f in review["findings"]] == p["findings"]
+    assert all(len(f["key"]) == 64 for f in review["findings"]) and review["reviewed"] == []
     md = (out / "audit.md").read_text()
     assert "## Protected health information" in md and "| NAME | 1 |" in md
     assert (out / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -155,9 +155,17 @@ def _contamination(unique: list[dict], row_of: dict[int, int], cfg: DataConfig,
     return split, reports
 
 
-def _phi_findings(records: list[dict]) -> dict:
-    """Protected health information in every record (valid or not): counts by type and each finding's place."""
+def _phi_findings(records: list[dict], out_dir: Path) -> dict:
+    """Protected health information in every record (valid or not): counts by type and each finding's place; and
+    out_dir/phi_review.json, each finding with its key (sha256 of type and text), for data.phi_reviewed."""
+    from medtune.data import finding_key
+
     findings = phi.scan_records(records)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "phi_review.json", {
+        "about": "Each finding's key (sha256 of its type and matched text). Copy into 'reviewed' the keys of findings "
+                 "you judged not to be patient information; pass this file as data.phi_reviewed.",
+        "reviewed": [], "findings": [{**f.to_dict(), "key": finding_key(records, f)} for f in findings]})
     return {"counts": phi.count_by_type(findings), "total": len(findings),
             "rows": len({f.row for f in findings}), "findings": [f.to_dict() for f in findings]}
 
@@ -196,7 +204,7 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
     log(f"audit: contamination ({time.perf_counter() - t:.1f}s)")
 
     t = time.perf_counter()
-    report["phi"] = _phi_findings(records)
+    report["phi"] = _phi_findings(records, out_dir)
     log(f"audit: PHI scan ({time.perf_counter() - t:.1f}s)")
 
     report["seconds"] = round(time.perf_counter() - t0, 2)

@@ -82,10 +82,9 @@ def cmd_eval(a):
 def cmd_audit(a):
     from pathlib import Path
 
-    from medtune.errors import MedtuneError
-    from medtune import audit, data, phi
+    from medtune import audit, data, rundir
     from medtune.config import load_config
-    from medtune.files import atomic_write_json
+    from medtune.errors import MedtuneError
     from medtune.model import load_tokenizer, tokenizer_path
 
     cfg = load_config(a.config, a.set, data__source=a.source)
@@ -95,14 +94,9 @@ def cmd_audit(a):
         raise MedtuneError(f"--out {out} exists and is not a folder")
     tok = load_tokenizer(tokenizer_path(cfg.model))
     result = audit.audit(cfg.data, tok, out, against=a.against, log=lambda *x, **k: None)
-    records, _ = data.validate_records(data.load_records(cfg.data), cfg.data.source) if result["phi"]["counts"] else ([], 0)
-    findings = [{**f.to_dict(), "key": data.finding_key(records, f)} for f in phi.scan_records(records)]
-    reviewed = data.reviewed_findings(cfg.data.phi_reviewed)
-    atomic_write_json(out / "phi_review.json", {
-        "about": "Each finding's key (sha256 of its type and matched text). Copy into 'reviewed' the keys of findings "
-                 "you judged not to be patient information; pass this file as data.phi_reviewed.",
-        "reviewed": [], "findings": findings})
     print("\n".join(audit.summary_lines(result)))
+    findings = rundir.read_json(out / "phi_review.json", required=True)["findings"]
+    reviewed = data.reviewed_findings(cfg.data.phi_reviewed)
     blocking = [f for f in findings if f["key"] not in reviewed]
     print(f"PHI guard (data.phi={cfg.data.phi}): {len(findings) - len(blocking)} findings already reviewed; "
           + (f"`train` would act on {len(blocking)}" if blocking else "`train` passes"))

@@ -123,7 +123,7 @@ def _save_random_base(cfg: Config, tok, out: Path) -> None:
     publish_dir(stage, out)
 
 
-def _final_metrics(trainer, result, collator, info: dict, seconds: float, resumed: bool) -> dict:
+def _final_metrics(trainer, result, info: dict, seconds: float, resumed: bool) -> dict:
     tokens = sum_over_processes(trainer.tokens_seen)  # all processes' training tokens (evaluation never counts)
     metrics = dict(result.metrics)
     history = trainer.state.log_history
@@ -174,7 +174,7 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     optimizer_name(cfg), use_bf16(cfg)  # the checks that need to know the machine
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model, log=log)
-    trainer, collator, info = make_trainer(cfg, model, tok, prepared, out, log=log)
+    trainer, _, info = make_trainer(cfg, model, tok, prepared, out, log=log)
     if is_main_process():  # every check has passed: the first file of the run is written now
         rundir.clean_staging(out)
         if model_mod.is_random(cfg.model):
@@ -191,7 +191,7 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t0
-    metrics = _final_metrics(trainer, result, collator, info, seconds, resumed=resume_from is not None)
+    metrics = _final_metrics(trainer, result, info, seconds, resumed=resume_from is not None)
     # FSDP shards the LoRA weights too: every process takes part in gathering them (untested: needs GPUs)
     adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if is_main_process():
