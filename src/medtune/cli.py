@@ -37,8 +37,6 @@ GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition
 
 
 def cmd_generate(a):
-    from transformers import TextStreamer
-
     from medtune import rundir
     from medtune.config import override
     from medtune.errors import MedtuneError
@@ -65,10 +63,12 @@ def cmd_generate(a):
         print(f"wrote {len(rows)} answers to {a.output}\n{NOTICE}")
         return
     print(f"Q: {a.question}\nA: ", end="", flush=True)
-    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    result = answer(model, tok, a.question, cfg.data, cfg.generate, streamer=streamer, context=ctx)
-    if not result["stopped_at_eos"]:
+    result = answer(model, tok, a.question, cfg.data, cfg.generate, context=ctx,
+                    on_text=lambda text: print(text, end="", flush=True))
+    if result["stop_reason"] == "length":
         print(f"\n[stopped at max_new_tokens={cfg.generate.max_new_tokens}]")
+    elif result["stop_reason"] == "loop":
+        print("\n[stopped: the answer started repeating itself]")
     print(f"\n{NOTICE}")
 
 
@@ -174,6 +174,9 @@ def _generate_parser(sub):
 
 
 def _other_parsers(sub):
+    from medtune.serving.limits import Limits
+
+    SERVE_DEFAULTS = Limits()
     e = sub.add_parser("eval", help="compare base and tuned model on held-out data; writes metrics.json and report.md")
     e.add_argument("run_dir")
     e.add_argument("--data", help="hub dataset id or local file (default: the split saved by training)")
@@ -213,10 +216,13 @@ def _other_parsers(sub):
     s.add_argument("model_dir", help="a training output dir or a merged model dir")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
-    s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default 512)")
+    s.add_argument("--max-tokens", type=int, help=f"largest max_tokens a request may ask for (default "
+                                                  f"{SERVE_DEFAULTS.max_tokens})")
     s.add_argument("--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the model's context)")
-    s.add_argument("--queue-size", type=int, help="requests queued or running before 429 busy (default 64)")
-    s.add_argument("--max-batch-size", type=int, help="requests decoded together (default 16; 1: one at a time)")
+    s.add_argument("--queue-size", type=int, help=f"requests queued or running before 429 busy (default "
+                                                  f"{SERVE_DEFAULTS.queue_size})")
+    s.add_argument("--max-batch-size", type=int, help=f"requests decoded together, continuously batched (default "
+                                                      f"{SERVE_DEFAULTS.max_batch_size}; 1: one at a time)")
     s.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health "
                                      "(default: env MEDTUNE_API_KEY)")
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")

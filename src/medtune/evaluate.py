@@ -32,7 +32,8 @@ from medtune.generate import complete
 from medtune.model import context_length, decoder_and_head
 from medtune.report import MODELS, _num, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
-from medtune.training.loss import decoder_output, linear_cross_entropy
+from medtune.model import decoder_output
+from medtune.training.loss import linear_cross_entropy
 
 DEFAULT_MAX_NEW_TOKENS = 512
 

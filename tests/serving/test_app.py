@@ -215,47 +215,54 @@ def test_serve_defaults_to_loopback_and_reports_busy_port():
 
 # ---------------------------------------------------------------- the queue
 
+class GatedDecoder:
+    """Stands in for the decoding engine: every request streams "first ", then waits for the gate (or its
+    cancellation); counts what it started and what was cancelled."""
+
+    def __init__(self, state):
+        self.state, self.requests, self.rows, self.steps_run = state, [], [], 0
+
+    @property
+    def pending(self):
+        return len(self.requests)
+
+    def add(self, request):
+        self.state["started"] += 1
+        self.requests.append(request)
+        if request.on_text:
+            request.on_text("first ")
+
+    def step(self):
+        from medtune.generate import Completion
+
+        time.sleep(0.01)
+        for r in list(self.requests):
+            if r.cancel.is_set():
+                self.state["cancelled"] += 1
+                text, reason = "", "cancelled"
+            elif self.state["gate"].is_set():
+                if r.on_text:
+                    r.on_text("answer")
+                text, reason = "first answer", "eos"
+            else:
+                continue
+            self.requests.remove(r)
+            r.on_done(Completion(text, [1, 2] if text else [], reason, len(r.ids)))
+
+    def abort(self):
+        dropped, self.requests = self.requests, []
+        return dropped
+
+
 @pytest.fixture
 def gated(engine, monkeypatch):
-    """Replace generation with a fake that waits for a gate (or for cancellation) and records overlap."""
-    state = {"gate": threading.Event(), "active": 0, "max_active": 0, "cancelled": 0, "started": 0}
-    lock = threading.Lock()
-
-    def fake_run(jobs):
-        """engine.run's contract: a batch of jobs in, one result per job out (streaming jobs emit their text)."""
-        with lock:
-            state["active"] += 1
-            state["started"] += len(jobs)
-            state["max_active"] = max(state["max_active"], state["active"])
-        try:
-            for job in jobs:
-                if job.stream:
-                    job.emit("text", "first ")
-            deadline = time.time() + 20
-            while not state["gate"].is_set() and time.time() < deadline:
-                if all(job.cancel.is_set() for job in jobs):
-                    break
-                time.sleep(0.01)
-            results = []
-            for job in jobs:
-                if job.cancel.is_set():
-                    state["cancelled"] += 1
-                    results.append({"text": "", "completion_tokens": 0, "finish_reason": "stop"})
-                    continue
-                if job.stream:
-                    job.emit("text", "answer")
-                results.append({"text": "first answer", "completion_tokens": 2, "finish_reason": "stop"})
-            return results
-        finally:
-            with lock:
-                state["active"] -= 1
-
-    monkeypatch.setattr(engine, "run", fake_run)
+    """Replace the decoding engine with GatedDecoder (while no request is in flight)."""
+    state = {"gate": threading.Event(), "cancelled": 0, "started": 0}
+    wait_until(lambda: engine.pending == 0)
+    monkeypatch.setattr(engine, "decoder", GatedDecoder(state))
     yield state
     state["gate"].set()
-    deadline = time.time() + 10
-    while engine.pending and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: engine.pending == 0)
 
 
 def wait_until(cond, timeout=10):
@@ -265,7 +272,7 @@ def wait_until(cond, timeout=10):
         time.sleep(0.01)
 
 
-def test_requests_queue_one_at_a_time_and_full_queue_is_429(client, engine, gated, monkeypatch):
+def test_full_queue_is_429(client, engine, gated, monkeypatch):
     monkeypatch.setattr(engine.limits, "queue_size", 3)
     results = []
 
@@ -283,9 +290,7 @@ def test_requests_queue_one_at_a_time_and_full_queue_is_429(client, engine, gate
     gated["gate"].set()
     for t in threads:
         t.join(30)
-    assert results == [200, 200, 200]
-    assert gated["max_active"] == 1  # one worker: never two batches at once
-    assert gated["started"] == 3
+    assert results == [200, 200, 200] and gated["started"] == 3
 
 
 def test_client_leaving_cancels_its_generation(engine, gated, server_thread):
@@ -296,41 +301,37 @@ def test_client_leaving_cancels_its_generation(engine, gated, server_thread):
         with http.stream("POST", "/v1/completions", json={"prompt": "q", "stream": True}) as r:
             assert next(r.iter_lines()).startswith("data: ")
         wait_until(lambda: gated["cancelled"] == 1)
-        # non-streaming: give up while the request is queued behind a running one
-        blocker = threading.Thread(target=lambda: http.post("/v1/completions", json={"prompt": "blocker"}))
-        blocker.start()
-        wait_until(lambda: engine.busy)
+        # non-streaming: give up while the answer is being generated
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(srv.url + "/v1/completions", json={"prompt": "impatient"}, timeout=0.5)
-        time.sleep(1.5)  # the server polls for disconnects every second
-        gated["gate"].set()
-        blocker.join(30)
-        wait_until(lambda: engine.pending == 0)
-        assert gated["started"] == 2  # the impatient request was skipped, never generated
+        wait_until(lambda: gated["cancelled"] == 2)  # the server polls for disconnects every second
+        assert engine.pending == 0
 
 
 def test_real_generation_stops_when_cancelled(engine):
-    """The stopping criterion ends model.generate after the current token once the job is cancelled."""
-    import asyncio
+    """A request cancelled while it runs stops at the next token; one cancelled before it starts never runs."""
+    import threading as th
 
-    from medtune.serving.engine import Job
+    from medtune.config import GenerateConfig
+    from medtune.generate import Request, make_engine
 
-    loop = asyncio.new_event_loop()
-    try:
-        job = Job(input_ids=engine.prompt_ids("a b c", raw=True), max_tokens=50, temperature=0, top_p=1.0,
-                  seed=None, stream=False, loop=loop)
-        job.cancel.set()
-        (result,) = engine.run([job])
-        assert result["completion_tokens"] <= 1
-    finally:
-        loop.close()
+    decoder = make_engine(engine.model, engine.tok, 2)
+    decoder.eos = -1
+    g = GenerateConfig(max_new_tokens=50, greedy=True, loop_guard=0)
+    running = Request(engine.prompt_ids("a b c", raw=True), g, th.Event())
+    running.on_text = lambda text: running.cancel.set()
+    never = Request(engine.prompt_ids("d e f", raw=True), g, th.Event())
+    never.cancel.set()
+    a, b = decoder.run([running, never])
+    assert a.stop_reason == "cancelled" and 1 <= len(a.token_ids) <= 3
+    assert b.stop_reason == "cancelled" and b.token_ids == []
 
 
 def test_generation_failure_is_reported_and_server_keeps_serving(client, engine, monkeypatch):
-    def broken(jobs):
+    def broken():
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine, "run", broken)
+    monkeypatch.setattr(engine.decoder, "step", broken)
     r = client.post("/v1/completions", json={"prompt": "x"})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     with client.stream("POST", "/v1/completions", json={"prompt": "x", "stream": True}) as s:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -32,47 +33,72 @@ def _job(engine, prompt: str, **kw):
     return Job(input_ids=engine.prompt_ids(prompt, False), loop=loop, **{**defaults, **kw})
 
 
-def test_batched_answers_equal_one_at_a_time(run_dir):
-    """A request's answer depends on its prompt and seed only, not on what shares its batch."""
+def _results(jobs, timeout=60):
+    """Each job's streamed text and final event, read from its own event loop."""
+    out = []
+    for j in jobs:
+        pieces = []
+        while True:
+            kind, value = j.loop.run_until_complete(asyncio.wait_for(j.events.get(), timeout))
+            if kind == "text":
+                pieces.append(value)
+                continue
+            out.append((kind, value, "".join(pieces)))
+            break
+    return out
+
+
+def test_answers_do_not_depend_on_what_runs_beside_them(run_dir):
+    """A request's answer depends on its prompt and seed only, not on which requests share its steps."""
     from medtune.serving.engine import Engine, Limits
 
     engine = Engine(run_dir, Limits(max_batch_size=8))
     try:
         prompts = ["What is asthma?", "How is a broken arm treated at home and in hospital?", "What is gout?"]
-        jobs = [_job(engine, p, seed=i, max_tokens=6 + 3 * i, temperature=[0.0, 0.7, 1.3][i]) for i, p in
-                enumerate(prompts)]
-        together = engine.run(jobs)
-        alone = [engine.run([j])[0] for j in jobs]
+        settings = [dict(seed=i, max_tokens=6 + 3 * i, temperature=[0.0, 0.7, 1.3][i]) for i in range(3)]
+        jobs = [_job(engine, p, **kw) for p, kw in zip(prompts, settings)]
+        for j in jobs:
+            assert engine.submit(j)
+        together = [value for _, value, _ in _results(jobs)]
+        alone = []
+        for p, kw in zip(prompts, settings):
+            job = _job(engine, p, **kw)
+            assert engine.submit(job)
+            alone.append(_results([job])[0][1])
         assert together == alone
-        for j, r in zip(jobs, together):
-            assert r["completion_tokens"] <= j.max_tokens
-        assert engine.batches == 4 and engine.batched_requests == 6
+        for kw, r in zip(settings, together):
+            assert r["completion_tokens"] <= kw["max_tokens"]
+        assert engine.pending == 0 and engine.generated_tokens == 2 * sum(r["completion_tokens"] for r in together)
     finally:
         engine.close()
 
 
-def test_worker_takes_waiting_jobs_into_one_batch(run_dir):
+def test_a_request_joins_the_running_batch(run_dir):
+    """Continuous batching: a short request sent while a long one runs is decoded beside it and ends first."""
     from medtune.serving.engine import Engine, Limits
 
     engine = Engine(run_dir, Limits(max_batch_size=4))
     try:
-        gate = threading.Event()
-        real = engine.run
-        engine.run = lambda jobs: (gate.wait(10), real(jobs))[1]  # hold the first batch until all are queued
-        first = _job(engine, "Question 0?")
-        assert engine.submit(first)
-        for _ in range(1000):  # the worker has taken the first job and waits at the gate
-            if engine.busy:
+        widths = []
+        real_step = engine.decoder.step
+        engine.decoder.step = lambda: (widths.append(len(engine.decoder.rows)), real_step())[1]
+        finished = []
+        long_job = _job(engine, "Question 0?", max_tokens=60, temperature=0.0)
+        short_job = _job(engine, "Question 1?", max_tokens=3, temperature=0.0)
+        for job in (long_job, short_job):
+            done = job.emit
+            job.emit = lambda kind, value, job=job, done=done: (kind == "done" and finished.append(job), done(kind, value))
+        engine.decoder.eos = -1  # neither may stop early (the tiny model repeats itself: no loop guard either)
+        engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
+        assert engine.submit(long_job)
+        for _ in range(1000):
+            if engine.decoder.steps_run >= 3:
                 break
-            threading.Event().wait(0.01)
-        jobs = [first] + [_job(engine, f"Question {i}?") for i in range(1, 7)]
-        for j in jobs[1:]:
-            assert engine.submit(j)
-        gate.set()
-        for j in jobs:
-            kind, _ = j.loop.run_until_complete(asyncio.wait_for(j.events.get(), 60))
-            assert kind == "done"
-        assert engine.batches == 3 and engine.batched_requests == 7  # 1, then 4 of the 6 waiting, then 2
+            threading.Event().wait(0.005)
+        assert engine.submit(short_job)
+        results = _results([long_job, short_job])
+        assert [r[1]["completion_tokens"] for r in results] == [60, 3]
+        assert finished == [short_job, long_job] and max(widths) == 2
     finally:
         engine.close()
 
@@ -82,14 +108,17 @@ def test_streamed_text_equals_the_answer_and_cancel_stops(run_dir):
 
     engine = Engine(run_dir, Limits(max_batch_size=4))
     try:
-        pieces = []
+        engine.decoder.eos = -1
+        engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
         streamed = _job(engine, "What is asthma?", stream=True, max_tokens=20)
-        streamed.emit = lambda kind, value: pieces.append(value) if kind == "text" else None
-        cancelled = _job(engine, "What is gout?", max_tokens=50)
-        cancelled.cancel.set()
-        done = engine.run([streamed, cancelled])
-        assert "".join(pieces).strip() == done[0]["text"]
-        assert done[1]["completion_tokens"] <= 1 and done[1]["finish_reason"] == "length"
+        cancelled = _job(engine, "What is gout?", stream=True, max_tokens=500)
+        emit = cancelled.emit
+        cancelled.emit = lambda kind, value: (cancelled.cancel.set(), emit(kind, value))  # the client leaves
+        for j in (streamed, cancelled):
+            assert engine.submit(j)
+        (kind, done, text), (kind2, stopped, _) = _results([streamed, cancelled])
+        assert kind == kind2 == "done" and text == done["text"] and done["completion_tokens"] == 20
+        assert stopped["completion_tokens"] < 10 and stopped["finish_reason"] == "length"
     finally:
         engine.close()
 

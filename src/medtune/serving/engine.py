@@ -1,7 +1,7 @@
-"""The generation engine: the model, its limits, and one worker thread that runs queued jobs through the one
-decoding path (medtune.generate.complete_batch). Requests that wait together are decoded together: the worker takes
-up to max_batch_size queued jobs at a time into one batch (dynamic batching; each keeps its own sampling settings,
-seed, max_tokens, streaming and cancellation). A full queue refuses new jobs (the app answers 429)."""
+"""The serving side of the decoding engine: the model, its limits, and one worker thread that feeds requests into
+medtune.decoding.Engine as they arrive (continuous batching: a request joins the running batch at the next step and
+leaves it when it ends; each keeps its own sampling settings, seed, max_tokens, streaming and cancellation). A full
+queue refuses new jobs (the app answers 429)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,19 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune import rundir
-from medtune.generate import Request, complete_batch, prompt_for
+from medtune.generate import Request, make_engine, prompt_for
 from medtune.model import context_length
+from medtune.serving.limits import Limits
 
 log = logging.getLogger("medtune.serve")
-
-
-@dataclass
-class Limits:
-    max_tokens: int = 512            # largest max_tokens a request may ask for (also capped by the context)
-    max_prompt_tokens: int | None = None  # default: the model's context minus one
-    max_body_bytes: int = 65536      # larger request bodies get 413
-    queue_size: int = 64             # requests queued or running; beyond that 429
-    max_batch_size: int = 16         # requests decoded together (1: one at a time)
 
 
 @dataclass
@@ -49,7 +41,7 @@ class Job:
 
 
 class Engine:
-    """The model, its tokenizer and config, and one worker thread that runs queued jobs one at a time."""
+    """The model, its tokenizer and config, and one worker thread running the decoding engine."""
 
     def __init__(self, model_dir: str | Path, limits: Limits | None = None, device: str | None = None):
         self.limits = limits or Limits()
@@ -65,18 +57,28 @@ class Engine:
         self.max_tokens = max(1, min(self.limits.max_tokens, self.context - 1))
         self.max_prompt_tokens = min(self.limits.max_prompt_tokens or self.context - 1, self.context - 1)
         self.default_max_tokens = max(1, min(cfg.generate.max_new_tokens, self.max_tokens))
+        self.decoder = make_engine(model, tok, self.limits.max_batch_size,
+                                   min(self.context, self.max_prompt_tokens + self.max_tokens))
         self._jobs: queue.Queue = queue.Queue()
         self._count = 0
         self._count_lock = threading.Lock()
-        self.busy = False
         self._closed = False
-        self.batches = self.batched_requests = self.generated_tokens = 0  # for /metrics
+        self.generated_tokens = 0  # for /metrics
         self._thread = threading.Thread(target=self._work, name="medtune-generate", daemon=True)
         self._thread.start()
 
     @property
     def pending(self) -> int:
+        """Requests queued or running."""
         return self._count
+
+    @property
+    def busy(self) -> bool:
+        return self.decoder.pending > 0
+
+    @property
+    def decode_steps(self) -> int:
+        return self.decoder.steps_run
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False when the queue is full (or the engine closed)."""
@@ -91,39 +93,35 @@ class Engine:
         self._closed = True
         self._jobs.put(None)
 
-    def _next_batch(self) -> list[Job] | None:
-        """Block for one job, then take whatever else is waiting, up to max_batch_size. None: the engine closed."""
-        job = self._jobs.get()
-        if job is None:
-            return None
-        batch = [job]
-        while len(batch) < self.limits.max_batch_size:
+    def _take_jobs(self) -> bool:
+        """Move newly submitted jobs into the decoder (blocking while it has nothing to do). False: closing."""
+        block = self.decoder.pending == 0
+        while True:
             try:
-                job = self._jobs.get_nowait()
+                job = self._jobs.get(block=block)
             except queue.Empty:
-                break
+                return True
             if job is None:
-                self._jobs.put(None)  # closing: finish this batch first
-                break
-            batch.append(job)
-        return batch
+                return False
+            block = False
+            if job.cancel.is_set():  # the client left while it waited
+                self._done(job)
+                continue
+            self.decoder.add(self.request(job))
 
     def _work(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            live = [j for j in batch if not j.cancel.is_set()]
+        while self._take_jobs():
             try:
-                if live:
-                    self.busy = True
-                    for job, result in zip(live, self.run(live)):
-                        job.emit("done", result)
-            except Exception as e:  # a bug or an out-of-memory: report it to these requests, keep serving
+                self.decoder.step()
+            except Exception as e:  # a bug or an out-of-memory: report it to the requests in flight, keep serving
                 log.exception("generation failed")
-                for job in live:
-                    job.emit("error", f"generation failed ({type(e).__name__})")
-            finally:
-                self.busy = False
-                with self._count_lock:
-                    self._count -= len(batch)
+                for request in self.decoder.abort():
+                    request.job.emit("error", f"generation failed ({type(e).__name__})")
+                    self._done(request.job)
+
+    def _done(self, job: Job) -> None:
+        with self._count_lock:
+            self._count -= 1
 
     def prompt_ids(self, prompt: str, raw: bool) -> list[int]:
         """Token ids of a prompt (wrapped in the run's prompt template unless raw). Raises ValueError for text the
@@ -132,17 +130,17 @@ class Engine:
         text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates, before the tokenizer sees it
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def run(self, jobs: list[Job]) -> list[dict]:
-        """Generate for a batch of jobs (worker thread); streaming jobs get their text through job.emit."""
-        requests = []
-        for job in jobs:
-            g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
-                                    top_p=job.top_p, greedy=job.temperature <= 0, seed=job.seed)
-            on_text = (lambda text, job=job: job.emit("text", text)) if job.stream else None
-            requests.append(Request(job.input_ids, g, job.cancel, on_text))
-        done = complete_batch(self.model, self.tok, requests)
-        self.batches += 1
-        self.batched_requests += len(jobs)
-        self.generated_tokens += sum(len(c.token_ids) for c in done)
-        return [{"text": c.text, "completion_tokens": len(c.token_ids),
-                 "finish_reason": "stop" if c.stopped_at_eos else "length"} for c in done]
+    def request(self, job: Job) -> Request:
+        """The decoding request of a job: its settings over the run's generate settings; its text and result go back
+        to the job's event loop."""
+        g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
+                                top_p=job.top_p, greedy=job.temperature <= 0, seed=job.seed)
+        on_text = (lambda text: job.emit("text", text)) if job.stream else None
+
+        def on_done(c):
+            self.generated_tokens += len(c.token_ids)
+            job.emit("done", {"text": c.text, "completion_tokens": len(c.token_ids),
+                              "finish_reason": "stop" if c.stop_reason in ("eos", "loop") else "length"})
+            self._done(job)
+
+        return Request(job.input_ids, g, job.cancel, on_text, on_done, job)

@@ -54,7 +54,8 @@ class ApiKeyAuth:
 
 class Metrics:
     """Prometheus metrics at /metrics (prometheus-client, a registry of this app's own): requests by route and
-    status, request latency, generated tokens, queue depth, rejected (429) requests, batch sizes."""
+    status, request latency, generated tokens, queue depth, running requests, decoding steps, rejected (429)
+    requests."""
 
     def __init__(self, app, engine):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -67,10 +68,11 @@ class Metrics:
                                 registry=self.registry)
         Gauge("medtune_queue_depth", "requests queued or running", registry=self.registry).set_function(
             lambda: engine.pending)
+        Gauge("medtune_running_requests", "requests in the running batch", registry=self.registry).set_function(
+            lambda: len(engine.decoder.rows))
         for name, doc, attr in (("medtune_generated_tokens_total", "completion tokens generated", "generated_tokens"),
-                                ("medtune_batches_total", "batches decoded", "batches"),
-                                ("medtune_batched_requests_total", "requests decoded in those batches",
-                                 "batched_requests")):
+                                ("medtune_decode_steps_total", "decoding steps (one token for every running request)",
+                                 "decode_steps")):
             self._engine_counter(name, doc, engine, attr)
 
     def __getattr__(self, name):

@@ -104,17 +104,3 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
                     for s in range(0, n, chunk))
         return total, count
     return _LinearCrossEntropy.apply(h, weight, t, chunk, compiled), count
-
-
-def decoder_output(model, decoder, **inputs) -> torch.Tensor:
-    """Run the whole (possibly DDP-, accelerate- or PEFT-wrapped) model with the LM head on the last position only
-    (logits_to_keep=1), and return the decoder's last hidden states, caught by a forward hook. Running the wrapper
-    (not the decoder alone) keeps DDP's gradient sync and autocast."""
-    caught = []
-    hook = decoder.register_forward_hook(lambda module, args, out: caught.append(out[0]))
-    try:
-        model(**inputs, use_cache=False, logits_to_keep=1)
-    finally:
-        hook.remove()
-    (hidden,) = caught
-    return hidden

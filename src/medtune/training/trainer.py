@@ -13,7 +13,8 @@ from medtune.config import Config
 from medtune.errors import MedtuneError
 from medtune.training.batching import NUM_TOKENS
 from medtune.training.distributed import sum_over_processes, world_size
-from medtune.training.loss import decoder_output, linear_cross_entropy
+from medtune.model import decoder_output
+from medtune.training.loss import linear_cross_entropy
 
 
 class MedtuneTrainer(Trainer):
