@@ -71,8 +71,8 @@ def test_batched_greedy_equals_one_at_a_time(run_dir, load_run):
 
 
 def test_complete_stop_reasons_and_cancel(run_dir, tok):
-    """A cancelled generation stops at once with stop_reason "cancelled"; EOS ends an answer ("eos") and is not part
-    of its tokens; otherwise max_new_tokens does ("length")."""
+    """A request cancelled before it starts is never generated (stop_reason "cancelled", no tokens); EOS ends an
+    answer ("eos") and is not part of its tokens; otherwise max_new_tokens does ("length")."""
     import threading
 
     from transformers import AutoModelForCausalLM
@@ -82,7 +82,7 @@ def test_complete_stop_reasons_and_cancel(run_dir, tok):
 
     model = AutoModelForCausalLM.from_pretrained(str(run_dir / "base_model")).eval()
     prompt = tok("What is asthma?", add_special_tokens=False)["input_ids"]
-    g = GenerateConfig(max_new_tokens=6, greedy=True)
+    g = GenerateConfig(max_new_tokens=6, greedy=True, loop_guard=0)
     cancelled = threading.Event()
     cancelled.set()
     word = tok(" a", add_special_tokens=False)["input_ids"][0]
@@ -90,7 +90,7 @@ def test_complete_stop_reasons_and_cancel(run_dir, tok):
     head = model.get_output_embeddings()
     # the head's output forced to one token: EOS ends the answer at once, another token runs to max_new_tokens
     for forced, cancel, reason, n in ((tok.eos_token_id, None, "eos", 0), (word, None, "length", 6),
-                                      (word, cancelled, "cancelled", 1)):
+                                      (word, cancelled, "cancelled", 0)):
         hook = head.register_forward_hook(lambda m, i, o, t=forced: o.index_fill(-1, torch.tensor([t]), 1e4))
         try:
             (c,) = complete(model, tok, [prompt], g, cancel=cancel)

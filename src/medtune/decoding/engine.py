@@ -52,7 +52,8 @@ class Engine:
         self.slots = max(1, slots)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)
-        self.head = decoder_and_head(model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.head = (decoder_and_head(model) or (None,))[0], base.get_output_embeddings()
         use_slots(model)
         self.slots = self._fit_slots(self.slots)
         self.cache = SlotCache(self.slots, self.max_len, self.device)
@@ -154,10 +155,10 @@ class Engine:
         last = torch.tensor(lengths, device=self.device) - 1
         pos = torch.arange(w, device=self.device).expand(b, w)
         rows = torch.arange(b, device=self.device)
-        if self.head is not None:  # the head on one position a row, not on every prompt token
-            decoder, weight = self.head
+        decoder, head = self.head
+        if decoder is not None:  # the head on one position a row, not on every prompt token
             hidden = decoder_output(self.model, decoder, input_ids=ids, position_ids=pos)[rows, last]
-            return (hidden @ weight.t().to(hidden.dtype)).float()
+            return head(hidden).float()
         return self.model(input_ids=ids, position_ids=pos, use_cache=False).logits[rows, last].float()
 
     def _prefill(self, requests: list) -> None:

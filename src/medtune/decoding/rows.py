@@ -28,8 +28,9 @@ class LoopGuard:
 
     @property
     def held(self) -> int:
-        """Trailing tokens that may yet be cut (not streamed until the repetition breaks off)."""
-        return self.run + 3 if self.run else 0
+        """Trailing tokens that may yet be cut (streamed once they cannot be: 3 tokens behind, or until a repetition
+        breaks off)."""
+        return self.run + 3 if self.window > 0 else 0
 
 
 class TextStream:

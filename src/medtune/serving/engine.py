@@ -139,8 +139,8 @@ class Engine:
 
         def on_done(c):
             self.generated_tokens += len(c.token_ids)
+            self._done(job)
             job.emit("done", {"text": c.text, "completion_tokens": len(c.token_ids),
                               "finish_reason": "stop" if c.stop_reason in ("eos", "loop") else "length"})
-            self._done(job)
 
         return Request(job.input_ids, g, job.cancel, on_text, on_done, job)

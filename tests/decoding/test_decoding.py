@@ -1,0 +1,154 @@
+"""The decoding engine (medtune.decoding): the same tokens as transformers' model.generate, answers that depend on
+their prompt and seed alone, continuous batching (more prompts than rows, rows joining and leaving), the loop guard
+and streamed text."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from medtune.config import GenerateConfig
+
+
+def _gpt2(tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=2, n_head=4)).eval()
+
+
+def _llama(tok):  # grouped-query attention (4 query heads, 2 key/value heads), rotary positions
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=256)).eval()
+
+
+QUESTIONS = ["What is asthma and how is it treated?", "Fever?",
+             "How long does a cold last in adults and in children, usually?", "Gout?", "What causes migraines?"]
+
+
+def _prompts(tok):
+    return [tok(q, add_special_tokens=False)["input_ids"] for q in QUESTIONS]
+
+
+def _hf(model, tok, prompt, n, **kw):
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **kw)[0, len(prompt):].tolist()
+    return out[:out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+
+
+@pytest.mark.parametrize("arch", [_gpt2, _llama])
+@pytest.mark.parametrize("penalties", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}])
+def test_greedy_tokens_equal_model_generate(tok, arch, penalties):
+    """Slot attention, per-row positions and the penalties reproduce model.generate token for token, with fewer
+    rows than prompts (rows leave and new prompts join the running batch)."""
+    from medtune.generate import complete
+
+    model = arch(tok)
+    g = GenerateConfig(max_new_tokens=20, greedy=True, loop_guard=0,
+                       repetition_penalty=penalties.get("repetition_penalty", 1.0),
+                       no_repeat_ngram=penalties.get("no_repeat_ngram_size", 0))
+    prompts = _prompts(tok)
+    got = complete(model, tok, prompts, dataclasses.replace(g), batch_size=2)
+    for p, c in zip(prompts, got):
+        assert c.token_ids == _hf(model, tok, p, 20, **penalties)
+        assert c.stop_reason in ("eos", "length") and c.prompt_tokens == len(p)
+
+
+def test_sampled_answers_depend_on_prompt_and_seed_alone(tok):
+    """The same answer alone, in a batch, or joining a batch mid-way (one row: prompts wait for each other)."""
+    from medtune.generate import complete
+
+    model = _llama(tok)
+    g = GenerateConfig(max_new_tokens=15, temperature=1.0, top_p=0.9, top_k=20, seed=5, loop_guard=0)
+    prompts = _prompts(tok)
+    together = [c.token_ids for c in complete(model, tok, prompts, g, batch_size=5)]
+    assert [c.token_ids for c in complete(model, tok, prompts, g, batch_size=2)] == together
+    assert [complete(model, tok, [p], g)[0].token_ids for p in prompts] == together
+    other = [c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(g, seed=6), batch_size=5)]
+    assert other != together
+
+
+def test_sampling_limits(tok):
+    """top_k=1, a tiny top_p and a min_p near 1 each leave only the most likely token: greedy decoding."""
+    from medtune.generate import complete
+
+    model = _gpt2(tok)
+    prompts = _prompts(tok)[:3]
+    base = GenerateConfig(max_new_tokens=10, temperature=1.5, top_k=0, top_p=1.0, seed=1, loop_guard=0,
+                          repetition_penalty=1.0)
+    greedy = [c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(base, greedy=True))]
+    for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 0.999}):
+        assert [c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(base, **kw))] == greedy
+    sampled = [c.token_ids for c in complete(model, tok, prompts, base)]
+    assert sampled != greedy
+
+
+def test_uniform_numbers_are_per_seed_and_step():
+    from medtune.decoding.sampling import uniform
+
+    seed = torch.arange(4096, dtype=torch.long) * 7919
+    step = torch.arange(4096, dtype=torch.long) % 97
+    u = uniform(seed, step)
+    assert torch.equal(u[100:200], uniform(seed[100:200], step[100:200]))  # a row's number ignores the others
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float((u < 0.1).float().mean()) - 0.1) < 0.02
+    assert len(set(uniform(torch.full((64,), 3), torch.arange(64)).tolist())) == 64
+
+
+def test_loop_guard_cuts_the_repetition():
+    from medtune.decoding.rows import LoopGuard
+
+    guard, tokens, cut = LoopGuard(16), [], None
+    for t in [9, 8] + [1, 2, 3, 4, 5] * 10:
+        tokens.append(t)
+        cut = guard.add(tokens)
+        if cut is not None:
+            break
+    assert tokens[:cut] == [9, 8, 1, 2, 3, 4, 5] and len(tokens) < 30
+    plain = LoopGuard(16)
+    assert all(plain.add(list(range(n))) is None for n in range(1, 200))
+    assert LoopGuard(0).add([1] * 50) is None
+
+
+def test_engine_stops_a_looping_answer_and_streams_what_it_keeps(tok):
+    """A model forced to loop is cut to one copy of the repeated text, and the streamed text is the answer."""
+    from medtune.generate import complete
+
+    model = _gpt2(tok)
+    cycle = tok(" the lungs and the heart", add_special_tokens=False)["input_ids"]
+    assert len(cycle) >= 2
+    head = model.get_output_embeddings()
+    state = {"n": 0}
+
+    def force(module, args, out):
+        t = cycle[state["n"] % len(cycle)]
+        state["n"] += 1
+        return out.index_fill(-1, torch.tensor([t]), 1e4)
+
+    hook = head.register_forward_hook(force)
+    pieces = []
+    try:
+        (c,) = complete(model, tok, [_prompts(tok)[0]], GenerateConfig(max_new_tokens=200, greedy=True, loop_guard=24),
+                        on_text=pieces.append)
+    finally:
+        hook.remove()
+    n = len(c.token_ids)
+    assert c.stop_reason == "loop" and any(c.token_ids == (cycle * 3)[i:i + n] for i in range(len(cycle)))
+    assert len(cycle) <= len(c.token_ids) <= len(cycle) + 3 and state["n"] < 40
+    assert "".join(pieces).strip() == c.text
+
+
+def test_streamed_text_equals_the_answer(tok):
+    from medtune.generate import complete
+
+    model = _llama(tok)
+    g = GenerateConfig(max_new_tokens=40, temperature=1.2, top_k=0, seed=3, loop_guard=0)
+    for p in _prompts(tok)[:3]:
+        pieces = []
+        (c,) = complete(model, tok, [p], g, on_text=pieces.append)
+        assert "".join(pieces) == c.text and c.text
