@@ -121,8 +121,9 @@ def test_perplexity_is_exp_of_mean_answer_token_loss(overfit, evaluated, records
     # chunked head (odd batch and chunk sizes) and the plain full-logits forward agree with it too
     encoded = [encode(r, tok, cfg.data) for r in records]
     answer_tokens = sum(sum(1 for x in e["labels"][1:] if x != -100) for e in encoded)
-    chunked = evaluate.answer_token_loss(model, encoded, tok.pad_token_id, batch_size=3, chunk_tokens=5)
-    plain = evaluate.answer_token_loss(model, encoded, tok.pad_token_id, batch_size=4, use_chunks=False)
+    longest = max(len(e["input_ids"]) for e in encoded)
+    chunked = evaluate.answer_token_loss(model, encoded, tok.pad_token_id, max_tokens=3 * longest, chunk_tokens=5)
+    plain = evaluate.answer_token_loss(model, encoded, tok.pad_token_id, max_tokens=4 * longest, use_chunks=False)
     for result in (chunked, plain):
         assert result["perplexity"] == pytest.approx(tuned_ppl, rel=1e-4)
         assert result["answer_tokens"] == answer_tokens == metrics["data"]["answer_tokens"]
@@ -137,7 +138,9 @@ def test_overfit_model_beats_its_base(evaluated):
     for side in (base, tuned):
         assert 0 <= side["rouge_l"] <= 1 and 0 <= side["eos_rate"] <= 1
         assert 0 < side["mean_answer_tokens"] <= 20
-        assert side["generated"] == len(QA)
+        assert side["generated"] == len(QA) and 0 <= side["looping_answers"] <= 1
+    assert {"load", "base loss", "base generation", "adapter", "tuned loss", "tuned generation"} <= set(
+        metrics["seconds"])
     assert metrics["data"] == {**metrics["data"], "records": len(QA), "dropped_overlong": 0, "split": None}
 
 
@@ -193,6 +196,7 @@ def test_default_split_and_validation_split(overfit):
     assert m["base"]["generated"] == m["tuned"]["generated"] == 1
     m = evaluate.run(overfit, split="validation", num_samples=0, log=lambda *a, **k: None)
     assert m["data"]["split"] == "validation" and m["tuned"]["rouge_l"] is None
+    assert {"load", "base loss", "adapter", "tuned loss", "total"} <= set(m["seconds"])
     assert math.isfinite(m["tuned"]["perplexity"])
     assert "n/a" in (overfit / "eval" / "report.md").read_text()
 
@@ -202,6 +206,18 @@ def test_generation_metric_helpers():
     assert evaluate.repeated_4gram_share([[1, 2, 3]]) is None
     assert evaluate.rouge_l(["a virus causes colds", ""], ["A virus causes the common cold.", "x"]) == \
         pytest.approx([0.8, 0.0])  # stemmed (colds -> cold): LCS 4 words, P 4/4, R 4/6
+    # looping answers: per answer, more than 20% of its 4-grams repeat (answer 1: 4 of 9; answer 2: none)
+    assert evaluate.looping_share([[1, 2, 3, 4, 5] * 2 + [6, 7], list(range(30)), [1, 1]]) == pytest.approx(1 / 3)
+
+
+def test_loss_batches_by_length():
+    lengths = [5, 100, 7, 98, 6, 99]
+    batches = evaluate.length_batches(lengths, max_tokens=300)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 300  # the padded batch fits the budget
+    assert batches[0] == [0, 4, 2]  # shortest first, together
+    assert evaluate.length_batches([10] * 5, 1000, max_rows=2) == [[0, 1], [2, 3], [4]]
 
 
 def test_user_errors_are_one_line_exit_2(overfit, tmp_path, capsys):

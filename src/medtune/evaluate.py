@@ -7,12 +7,12 @@
   samples.jsonl    every generated answer with its reference and ROUGE-L
 
 Loss and perplexity count answer tokens only (the prompt is masked; the EOS that ends each answer counts), with the
-chunked loss that training uses: only a chunk of logits exists at a time. Both models are one PeftModel: the base
-numbers come from inside `disable_adapter()`. Answers come from the one decoding path (medtune.generate.complete).
+chunked loss that training uses: only a chunk of logits exists at a time. The base model is evaluated first, as
+loaded (no LoRA layers in its forward), then the run's adapter is added to it (merged into the weights unless the
+base is quantized) for the tuned numbers. Answers come from the one decoding path (medtune.generate.complete).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import random
@@ -28,7 +28,7 @@ from medtune.data import IGNORE_INDEX, encode, format_prompt, load_records, vali
 from medtune.errors import MedtuneError
 from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from medtune.generate import complete
+from medtune.generate import complete, make_engine
 from medtune.model import context_length, decoder_and_head
 from medtune.report import MODELS, _num, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
@@ -75,18 +75,31 @@ def encode_within_length(records: list[dict], tok, data_cfg: DataConfig) -> tupl
 
 # ---------------------------------------------------------------- loss and perplexity
 
+LOSS_BATCH_TOKENS = 32_768  # padded tokens per loss batch (records sorted by length, so little of it is padding)
+
+
+def length_batches(lengths: list[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most max_tokens padded tokens (and max_rows rows)."""
+    batches, cur = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if cur and ((len(cur) + 1) * lengths[i] > max_tokens or (max_rows and len(cur) >= max_rows)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    return batches + [cur] if cur else batches
+
+
 @torch.no_grad()
-def answer_token_loss(model, encoded: list[dict], pad_token_id: int, batch_size: int = 8,
+def answer_token_loss(model, encoded: list[dict], pad_token_id: int, max_tokens: int = LOSS_BATCH_TOKENS,
                       chunk_tokens: int = 1024, use_chunks: bool = True) -> dict:
-    """Sum of cross-entropy over answer tokens (labels != -100, EOS included) and their count, streamed
-    batch by batch. Returns loss (mean per answer token), perplexity = exp(loss), tokens, records."""
+    """Sum of cross-entropy over answer tokens (labels != -100, EOS included) and their count, streamed batch by
+    batch (batched by length). Returns loss (mean per answer token), perplexity = exp(loss), tokens, records."""
     parts = decoder_and_head(model) if use_chunks else None
     collate = Collator(pad_token_id)
     device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))  # less padding
     total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in order[start:start + batch_size]]).items()}
+    for chunk in length_batches([len(e["input_ids"]) for e in encoded], max_tokens):
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in chunk]).items()}
         labels = batch.pop("labels")
         batch.pop(NUM_TOKENS)
         if parts is not None:
@@ -125,6 +138,16 @@ def repeated_4gram_share(sequences: list[list]) -> float | None:
     Counted on token ids, so degenerate output without spaces (".........") counts too."""
     repeated, total = repeated_ngrams(sequences, 4)
     return repeated / total if total else None
+
+
+LOOPING = 0.2  # an answer more than this share of whose 4-grams repeat earlier ones is counted as looping
+
+
+def looping_share(sequences: list[list]) -> float | None:
+    """Share of answers with more than 20% repeated 4-grams (answers of 4+ tokens): how many answers a user would
+    see loop, where repeated_4gram_share weighs long answers more."""
+    shares = [r / t for r, t in (repeated_ngrams([s], 4) for s in sequences) if t]
+    return sum(s > LOOPING for s in shares) / len(sequences) if sequences else None
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
@@ -168,27 +191,13 @@ def generation_metrics(completions: list, references: list[str], bootstrap: int 
     out = {"rouge_l": sum(scores) / n, "eos_rate": sum(stopped) / n,
            "mean_answer_tokens": sum(len(c.token_ids) for c in completions) / n,
            "repeated_4gram_share": repeated_4gram_share([c.token_ids for c in completions]),
+           "looping_answers": looping_share([c.token_ids for c in completions]),
+           "loop_guard_stops": sum(c.stop_reason == "loop" for c in completions) / n,
            "gibberish_share": gibberish_share([c.text for c in completions]), "generated": n}
     if bootstrap:
         out["rouge_l_ci"] = list(bootstrap_ci(scores, bootstrap, seed))
         out["eos_rate_ci"] = list(bootstrap_ci(stopped, bootstrap, seed))
     return out, scores
-
-
-@contextlib.contextmanager
-def merged_adapter(model):
-    """The LoRA weights folded into the base for the duration (one matmul per layer instead of three, same function;
-    generation runs a forward per token); a 4-bit base cannot take them, so it keeps the adapter separate."""
-    base = model.get_base_model()
-    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False) \
-            or not hasattr(model, "merge_adapter"):
-        yield
-        return
-    model.merge_adapter()
-    try:
-        yield
-    finally:
-        model.unmerge_adapter()
 
 
 # ---------------------------------------------------------------- main entry
@@ -223,36 +232,35 @@ def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples:
                    len(records) - len(kept), source), g
 
 
-def _evaluate_models(model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int, log,
-                     bootstrap: int = 0) -> tuple[dict, dict, dict]:
-    """Loss and (when questions were chosen) generated answers for the base and the tuned model."""
-    result: dict = {name: {} for name in MODELS}
-    seconds, answers = {}, {}
-    for name in MODELS:
-        with model.disable_adapter() if name == "base" else contextlib.nullcontext():
-            t0 = time.perf_counter()
-            loss = answer_token_loss(model, inp.encoded, tok.pad_token_id, batch_size=batch_size)
-            seconds[f"{name} loss"] = time.perf_counter() - t0
-            log(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {_num(loss['perplexity'], '.2f')} "
-                f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
-            result[name].update(loss=loss["loss"], perplexity=loss["perplexity"])
-            result["answer_tokens"] = loss["answer_tokens"]
-            if not inp.chosen:
-                result[name].update(rouge_l=None, eos_rate=None, mean_answer_tokens=None,
-                                    repeated_4gram_share=None, gibberish_share=None, generated=0)
-                continue
-            t0 = time.perf_counter()
-            with merged_adapter(model) if name == "tuned" else contextlib.nullcontext():
-                answers[name] = complete(model, tok, inp.prompts, g, batch_size)
-            seconds[f"{name} generation"] = time.perf_counter() - t0
-            agg, answers[f"{name}_rouge_l"] = generation_metrics(answers[name], inp.refs, bootstrap, g.seed)
-            result[name].update(agg)
-            log(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f} "
-                f"({seconds[f'{name} generation']:.1f} s)")
+def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int, log,
+                   bootstrap: int = 0) -> tuple[dict, dict, list]:
+    """Loss and (when questions were chosen) generated answers of one model: (metrics, seconds, answers)."""
+    result: dict = {}
+    seconds: dict = {}
+    t0 = time.perf_counter()
+    loss = answer_token_loss(model, inp.encoded, tok.pad_token_id)
+    seconds[f"{name} loss"] = time.perf_counter() - t0
+    log(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {_num(loss['perplexity'], '.2f')} "
+        f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
+    result.update(loss=loss["loss"], perplexity=loss["perplexity"], answer_tokens=loss["answer_tokens"])
+    if not inp.chosen:
+        result.update(rouge_l=None, eos_rate=None, mean_answer_tokens=None, repeated_4gram_share=None,
+                      looping_answers=None, loop_guard_stops=None, gibberish_share=None, generated=0)
+        return result, seconds, []
+    t0 = time.perf_counter()
+    engine = make_engine(model, tok, min(batch_size, len(inp.prompts)),
+                         max(map(len, inp.prompts)) + g.max_new_tokens)
+    answers = complete(model, tok, inp.prompts, g, engine=engine)
+    del engine
+    seconds[f"{name} generation"] = time.perf_counter() - t0
+    agg, scores = generation_metrics(answers, inp.refs, bootstrap, g.seed)
+    result.update(agg, rouge_l_each=scores)
+    log(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f}, looping "
+        f"{agg['looping_answers']:.0%} ({seconds[f'{name} generation']:.1f} s)")
     return result, seconds, answers
 
 
-def _samples(inp: _Inputs, answers: dict) -> list[dict]:
+def _samples(inp: _Inputs, answers: dict, result: dict) -> list[dict]:
     samples = []
     for j, i in enumerate(inp.chosen):
         r = inp.kept[i]
@@ -260,7 +268,7 @@ def _samples(inp: _Inputs, answers: dict) -> list[dict]:
         for name in MODELS:
             c = answers[name][j]
             s.update({name: c.text, f"{name}_tokens": len(c.token_ids), f"{name}_stopped_at_eos": c.stopped_at_eos,
-                      f"{name}_rouge_l": answers[f"{name}_rouge_l"][j]})
+                      f"{name}_stop_reason": c.stop_reason, f"{name}_rouge_l": result[name]["rouge_l_each"][j]})
         samples.append(s)
     return samples
 
@@ -283,24 +291,29 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict], lo
     log(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
 
 
-def run_benchmarks(model, tok, spec: str, cfg: Config, log=print) -> dict:
-    """Multiple-choice benchmarks (medtune.medbench), base (adapter disabled) and tuned (adapter merged)."""
+def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, log=print) -> dict:
+    """Multiple-choice benchmarks (medtune.medbench) of one model: {name: scores}."""
     from medtune import medbench
 
-    tasks = [(name, source, medbench.load_task(name, source, cfg.eval.benchmark_limit, cfg.generate.seed))
-             for name, source in medbench.parse_benchmarks(spec)]  # every file or hub id is checked first
     out = {}
     for name, source, items in tasks:
         t0 = time.perf_counter()
-        res = {"source": source or medbench.TASKS[name].hub, "chance": 1 / medbench.TASKS[name].n_choices}
-        for side in MODELS:
-            with model.disable_adapter() if side == "base" else merged_adapter(model):
-                scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
-                res[side] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
-        res["seconds"] = round(time.perf_counter() - t0, 2)
-        log(f"eval: {name}: accuracy base {res['base']['acc']:.3f}, tuned {res['tuned']['acc']:.3f}, chance "
-            f"{res['chance']:.3f} ({len(items)} questions, {res['seconds']:.1f} s)")
-        out[name] = res
+        scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
+        out[name] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
+        out[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        log(f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
+            f"{out[name]['seconds']:.1f} s)")
+    return out
+
+
+def _benchmark_results(tasks: list, scores: dict) -> dict:
+    from medtune import medbench
+
+    out = {}
+    for name, source, items in tasks:
+        out[name] = {"source": source or medbench.TASKS[name].hub, "chance": 1 / medbench.TASKS[name].n_choices,
+                     "base": scores["base"][name], "tuned": scores["tuned"][name],
+                     "seconds": scores["base"][name]["seconds"] + scores["tuned"][name]["seconds"]}
     return out
 
 
@@ -316,30 +329,56 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     if num_samples < 0:
         raise MedtuneError(f"--num-samples must be 0 or more, got {num_samples}")
     load_eval_records(run, data, split)  # bad --data / --split fail before the model loads
-    if benchmarks:
-        from medtune.medbench import parse_benchmarks
-        parse_benchmarks(benchmarks)
-    model, tok = rundir.load_model(run)
+    tasks = _benchmark_tasks(benchmarks, cfg)
+    model, tok = rundir.load_model(run, adapter=False)
+    seconds = {"load": time.perf_counter() - t_start}
     inp, g = _prepare_inputs(run, model, tok, data, split, num_samples, greedy)
     log(f"eval: {len(inp.kept)} records from {inp.source}"
         + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else ""))
-    result, seconds, answers = _evaluate_models(model, tok, inp, g, cfg.eval.batch_size, log, cfg.eval.bootstrap)
+    result, answers, bench = {}, {}, {}
+    for name in MODELS:
+        if name == "tuned":
+            t0 = time.perf_counter()
+            model = rundir.add_adapter(run, model, merge=True)
+            seconds["adapter"] = time.perf_counter() - t0
+        result[name], took, answers[name] = _evaluate_pass(name, model, tok, inp, g, cfg.eval.batch_size, log,
+                                                           cfg.eval.bootstrap)
+        seconds.update(took)
+        if tasks:
+            t0 = time.perf_counter()
+            bench[name] = run_benchmarks(model, tok, tasks, cfg, name, log)
+            seconds[f"{name} benchmarks"] = time.perf_counter() - t0
     reference = {}
     if inp.chosen:
         ref_ids = [tok(r, add_special_tokens=False)["input_ids"] for r in inp.refs]
         reference = {"mean_answer_tokens": sum(map(len, ref_ids)) / len(ref_ids),
-                     "repeated_4gram_share": repeated_4gram_share(ref_ids), "gibberish_share": gibberish_share(inp.refs)}
-    bench = run_benchmarks(model, tok, benchmarks, cfg, log) if benchmarks else {}
+                     "repeated_4gram_share": repeated_4gram_share(ref_ids), "looping_answers": looping_share(ref_ids),
+                     "gibberish_share": gibberish_share(inp.refs)}
     seconds["total"] = time.perf_counter() - t_start
+    samples = _samples(inp, answers, result)
+    for name in MODELS:
+        result[name].pop("rouge_l_each", None)
     metrics = {
-        "base": result["base"], "tuned": result["tuned"], "reference": reference,
+        "base": {k: v for k, v in result["base"].items() if k != "answer_tokens"},
+        "tuned": {k: v for k, v in result["tuned"].items() if k != "answer_tokens"}, "reference": reference,
         "data": {"source": inp.source, "split": None if data else split, "records": len(inp.kept),
-                 "dropped_overlong": inp.dropped, "answer_tokens": result["answer_tokens"]},
+                 "dropped_overlong": inp.dropped, "answer_tokens": result["tuned"]["answer_tokens"]},
         "generation": {"generated": len(inp.chosen), "greedy": g.greedy, "max_new_tokens": g.max_new_tokens,
-                       "repetition_penalty": g.repetition_penalty, "seed": g.seed, "batch_size": cfg.eval.batch_size},
-        "benchmarks": bench,
+                       "repetition_penalty": g.repetition_penalty, "loop_guard": g.loop_guard, "seed": g.seed,
+                       "batch_size": cfg.eval.batch_size},
+        "benchmarks": _benchmark_results(tasks, bench) if tasks else {},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "run_dir": str(run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notice": NOTICE,
     }
-    _write_outputs(run, metrics, _samples(inp, answers), log)
+    _write_outputs(run, metrics, samples, log)
     return metrics
+
+
+def _benchmark_tasks(spec: str | None, cfg: Config) -> list:
+    """(name, source, items) of each --benchmark; every file or hub id is read before the model loads."""
+    if not spec:
+        return []
+    from medtune import medbench
+
+    return [(name, source, medbench.load_task(name, source, cfg.eval.benchmark_limit, cfg.generate.seed))
+            for name, source in medbench.parse_benchmarks(spec)]

@@ -26,6 +26,7 @@ ROWS = (  # (label, metrics key, format)
     ("EOS rate", "eos_rate", ".1%"),
     ("mean answer length (tokens)", "mean_answer_tokens", ".1f"),
     ("repeated 4-grams", "repeated_4gram_share", ".1%"),
+    ("looping answers (>20% repeated 4-grams)", "looping_answers", ".0%"),
     ("gibberish answers", "gibberish_share", ".0%"),
 )
 

@@ -17,6 +17,8 @@ the same one-line MedtuneError everywhere.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import re
 import shutil
@@ -127,8 +129,10 @@ def open_run(path: str | Path, want: str = "any") -> RunFolder:
     return RunFolder(path, kind, config)
 
 
-def load_model(run: RunFolder, device: str | None = None):
-    """The run's model for inference: base + adapter (a PeftModel) or the merged model. Returns (model, tokenizer)."""
+def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, merge: bool = False):
+    """The run's model for inference: base + adapter (a PeftModel; merged into the weights with merge=True, see
+    add_adapter), the base alone (adapter=False: no LoRA layers at all), or the merged model. Returns (model,
+    tokenizer)."""
     import torch
 
     from medtune.model import load_base_model, load_tokenizer, weights_dtype
@@ -136,26 +140,43 @@ def load_model(run: RunFolder, device: str | None = None):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(str(run.path))
     cfg = run.config
-    try:
+    with _load_errors(run):
         if run.is_run:
-            from peft import PeftModel
-
             base_dir = run.base_model
-            base = load_base_model(cfg.model, tok, local_path=str(base_dir) if base_dir else None)
-            model = PeftModel.from_pretrained(base, str(run.path))
+            model = load_base_model(cfg.model, tok, local_path=str(base_dir) if base_dir else None)
+            if cfg.model.quantization == "none":
+                model.to(device)
+            if adapter:
+                model = add_adapter(run, model, merge=merge)
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(str(run.path), dtype=weights_dtype(cfg.model))
+            model = AutoModelForCausalLM.from_pretrained(str(run.path), dtype=weights_dtype(cfg.model)).to(device)
+    model.eval()
+    return model, tok
+
+
+def add_adapter(run: RunFolder, base, merge: bool):
+    """The run's adapter on a loaded base model; merged into its weights when merge is set and the base is not
+    quantized (one matmul per layer instead of three, same function), else a PeftModel."""
+    from peft import PeftModel
+
+    with _load_errors(run):
+        model = PeftModel.from_pretrained(base, str(run.path))
+    if merge and run.config.model.quantization == "none":
+        model = model.merge_and_unload()
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _load_errors(run: RunFolder):
+    try:
+        yield
     except MedtuneError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise MedtuneError(f"cannot load the model in {run.path} (a corrupt or incomplete file?): "
                            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
-    if cfg.model.quantization == "none" or not run.is_run:
-        model.to(device)
-    model.eval()
-    return model, tok
 
 
 # ---------------------------------------------------------------- checkpoints (--resume)

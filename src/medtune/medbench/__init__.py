@@ -40,7 +40,7 @@ prompt (acc: the highest wins) and that sum divided by the choice's length in ch
 normalisation; for one-letter choices acc_norm equals acc). Prompts longer than the model's context are cut from
 the left, as lm-eval does. Rows are sorted by length and run in batches padded on the right, with no generation;
 when every continuation of a question is a single token (the letter tasks) one forward pass scores all its choices.
-Base vs tuned is the caller's: score a PeftModel, then score again inside `with model.disable_adapter():`.
+Base vs tuned is the caller's: score the base model, then the base with the run's adapter (medtune.evaluate).
 """
 from medtune.medbench.scoring import choice_logliks, compare, score, score_tasks, truncated_count
 from medtune.medbench.tasks import (ALIASES, GROUPS, LETTERS, MMLU_MEDICAL, TASKS, Benchmark, Item, TaskSpec,

@@ -46,11 +46,8 @@ class Engine:
     def __init__(self, model_dir: str | Path, limits: Limits | None = None, device: str | None = None):
         self.limits = limits or Limits()
         run = rundir.open_run(model_dir)
-        model, tok = rundir.load_model(run, device=device)
+        model, tok = rundir.load_model(run, device=device, merge=True)
         cfg = run.config
-        if cfg.model.quantization == "none" and hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()  # same function, faster: no separate LoRA matmuls per token
-            model.eval()
         self.model, self.tok, self.cfg = model, tok, cfg
         self.name = run.path.resolve().name
         self.context = int(context_length(model) or min(tok.model_max_length, 1_000_000))
