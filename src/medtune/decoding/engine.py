@@ -1,16 +1,17 @@
 """The decoding engine behind `medtune generate`, `medtune eval` and `medtune serve`: continuous batching over a
-slot KV cache, CUDA graphs for the decode step, sampling for all rows at once on the device.
+slot KV cache, CUDA graphs, sampling for all rows at once on the device.
 
 A request joins the running batch at the next step (its prompt is prefilled into a free slot) and leaves it when it
 ends (EOS, its max_new_tokens, the loop guard, cancellation); the live rows are kept in slots 0..n-1, so a step runs
-the smallest batch bucket that holds them over the shortest width bucket that holds their tokens. On CUDA each
-(batch, width) bucket's decode step is captured once as a CUDA graph and replayed: one launch instead of hundreds of
-small kernels, which is what bounds a small model's eager step (NOTES.md: 25 ms a step for SmolLM2-135M through
-model.generate, with well under 0.1 ms of memory traffic).
+the smallest batch bucket that holds them over the shortest width bucket that holds their tokens. On CUDA a whole
+decode step (the forward, the sampling, the update of every row's state) is captured once per bucket as a CUDA graph
+and replayed, and so is the prefill of small batches of short prompts: one launch instead of hundreds of small
+kernels, which is what bounds a small model's eager step (NOTES.md: 25 ms a step for SmolLM2-135M through
+model.generate, with well under 0.1 ms of memory traffic). The host reads one small tensor a step (the new tokens).
 
 Why our own and not transformers' ContinuousBatchingManager: it draws every request from one global generator
-(torch.multinomial), so an answer changes with its batch-mates, and eval and users need seeded, reproducible
-answers; measured side by side in benchmarks/decode.py.
+(torch.multinomial), so an answer changes with its batch-mates, drops the repetition penalty, and measured 8-65x
+slower on one H200 (benchmarks/decode.py, README).
 """
 from __future__ import annotations
 
@@ -29,13 +30,12 @@ log = logging.getLogger("medtune.decoding")
 
 WIDTH_STEP = 128          # decode attends over a multiple of this many positions (fewer graphs, little waste)
 PREFILL_TOKENS = 16_384   # prompt tokens prefilled per step at most (running rows wait for one prefill only)
+PREFILL_GRAPH_ROWS = 16   # prefills of up to this many prompts ...
+PREFILL_GRAPH_WIDTH = 512  # ... of up to this many tokens run as CUDA graphs (bucketed); larger ones eagerly
 
 
-def _batch_bucket(n: int, slots: int) -> int:
-    b = 1
-    while b < n:
-        b *= 2
-    return min(b, slots)
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 class Engine:
@@ -49,27 +49,29 @@ class Engine:
         self.device = next(model.parameters()).device
         context = context_length(model)
         self.max_len = min(max_len or context or 2048, context or 1 << 30)
-        self.slots = max(1, slots)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.head = (decoder_and_head(model) or (None,))[0], base.get_output_embeddings()
         use_slots(model)
-        self.slots = self._fit_slots(self.slots)
+        self.slots = self._fit_slots(max(1, slots))
         self.cache = SlotCache(self.slots, self.max_len, self.device)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=self.device)  # noqa: E731
-        self.hist, self.tok_in, self.pos, self.lengths, self.steps = (z(self.slots, self.max_len), z(self.slots),
-                                                                       z(self.slots), z(self.slots), z(self.slots))
+        self.hist, self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out = (
+            z(self.slots, self.max_len), z(self.slots), z(self.slots), z(self.slots), z(self.slots), z(self.slots),
+            z(self.slots))
+        self.settings = RowSettings.empty(self.slots, self.device)
+        pw = min(PREFILL_GRAPH_WIDTH, self.max_len)
+        self.p_ids, self.p_last, self.p_rows = z(PREFILL_GRAPH_ROWS, pw), z(PREFILL_GRAPH_ROWS), z(PREFILL_GRAPH_ROWS)
         self.rows: list[Row] = []
         self.waiting: collections.deque = collections.deque()
         self.lock = threading.Lock()
-        self.settings: RowSettings | None = None
         self.graphs: dict = {}
         self.use_graphs = self.device.type == "cuda" if graphs is None else graphs
         self.pool = None
         self.steps_run = self.tokens_out = 0
         with torch.no_grad(), self.cache:  # every layer's buffers exist before any graph is captured
-            self._prefill_forward(torch.full((1, 1), self.pad, device=self.device), [1], slot0=0)
+            self._prefill_logits(self.p_ids[:1, :1], self.p_last[:1], self.p_rows[:1])
 
     def _fit_slots(self, slots: int) -> int:
         """As many slots as asked for, or as fit in 40% of the free GPU memory (a probe measures the model's key and
@@ -77,8 +79,9 @@ class Engine:
         if self.device.type != "cuda":
             return slots
         self.cache = probe = SlotCache(1, 1, self.device)
+        one = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         with torch.no_grad(), probe:
-            self._prefill_forward(torch.full((1, 1), self.pad, device=self.device), [1], slot0=0)
+            self._prefill_logits(one, one[0], one[0])
         per_slot = probe.bytes_per_slot() * self.max_len
         free, _ = torch.cuda.mem_get_info(self.device)
         fit = max(1, int(0.4 * free // max(per_slot, 1)))
@@ -102,9 +105,8 @@ class Engine:
         with self.lock:
             dropped = [row.request for row in self.rows] + list(self.waiting)
             self.waiting.clear()
-        self.rows, self.settings = [], None
-        self.pos.zero_()
-        self.tok_in.zero_()
+        self.rows = []
+        self._reset_free_rows()
         return dropped
 
     def run(self, requests: list) -> list:
@@ -146,110 +148,146 @@ class Engine:
         if live:
             self._prefill(live)
 
-    def _prefill_forward(self, ids: torch.Tensor, lengths: list[int], slot0: int) -> torch.Tensor:
-        """Prompts (right-padded) into slots slot0.. and the logits after each prompt's last token, [B, V]."""
+    def _prefill_logits(self, ids: torch.Tensor, last: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Prompts ids [B, W] (right-padded) into slots `rows`; the logits after each prompt's token `last`, [B, V]."""
         from medtune.model import decoder_output
 
         b, w = ids.shape
-        self.cache.mode, self.cache.rows = "prefill", torch.arange(slot0, slot0 + b, device=self.device)
-        last = torch.tensor(lengths, device=self.device) - 1
+        self.cache.mode, self.cache.rows = "prefill", rows
         pos = torch.arange(w, device=self.device).expand(b, w)
-        rows = torch.arange(b, device=self.device)
+        index = torch.arange(b, device=self.device)
         decoder, head = self.head
         if decoder is not None:  # the head on one position a row, not on every prompt token
-            hidden = decoder_output(self.model, decoder, input_ids=ids, position_ids=pos)[rows, last]
+            hidden = decoder_output(self.model, decoder, input_ids=ids, position_ids=pos)[index, last]
             return head(hidden).float()
-        return self.model(input_ids=ids, position_ids=pos, use_cache=False).logits[rows, last].float()
+        return self.model(input_ids=ids, position_ids=pos, use_cache=False).logits[index, last].float()
+
+    def _prefill_forward(self, requests: list, n0: int) -> torch.Tensor:
+        """The prompts of `requests` into slots n0..; a CUDA graph per (rows, width) bucket for small prefills."""
+        b, lens = len(requests), [len(r.ids) for r in requests]
+        bb, wb = _pow2(b), min(-(-max(lens) // 64) * 64, self.max_len)
+        graph = self.use_graphs and bb <= PREFILL_GRAPH_ROWS and wb <= self.p_ids.shape[1] and n0 + bb <= self.slots
+        bb, wb = (bb, wb) if graph else (b, max(lens))
+        ids = torch.full((bb, wb), self.pad, dtype=torch.long)
+        for i, r in enumerate(requests):
+            ids[i, :lens[i]] = torch.tensor(r.ids, dtype=torch.long)
+        last = torch.tensor(lens + [1] * (bb - b)) - 1
+        rows = torch.arange(n0, n0 + bb)
+        if not graph:
+            logits = self._prefill_logits(ids.to(self.device), last.to(self.device), rows.to(self.device))
+        else:
+            self.p_ids[:bb, :wb].copy_(ids)
+            self.p_last[:bb].copy_(last)
+            self.p_rows[:bb].copy_(rows)
+            try:
+                logits = self._replay(("prefill", bb, wb), lambda: self._prefill_logits(
+                    self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb]))
+            except _CaptureFailed:
+                logits = self._prefill_logits(self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb])
+        self.hist[n0:n0 + b, :wb] = ids[:b].to(self.device)
+        return logits[:b]
 
     def _prefill(self, requests: list) -> None:
         n0, b = len(self.rows), len(requests)
-        lens = [len(r.ids) for r in requests]
-        ids = torch.full((b, max(lens)), self.pad, dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, :lens[i]] = torch.tensor(r.ids, dtype=torch.long)
-        ids = ids.to(self.device)
-        logits = self._prefill_forward(ids, lens, n0)
+        logits = self._prefill_forward(requests, n0)
         rows = slice(n0, n0 + b)
-        self.hist[rows, :ids.shape[1]] = ids
-        self.lengths[rows] = torch.tensor(lens, device=self.device)
+        self.lengths[rows] = torch.tensor([len(r.ids) for r in requests], device=self.device)
         self.steps[rows] = 0
+        self.live[rows] = 1
         for r in requests:
             seed = r.g.seed if r.g.seed is not None else random.getrandbits(62)
             stream = TextStream(self.tok) if r.on_text is not None else None
             self.rows.append(Row(r, seed, LoopGuard(r.g.loop_guard), stream, prompt_len=len(r.ids)))
         settings = RowSettings.build([r.g for r in requests], [row.seed for row in self.rows[n0:]], self.device)
-        tokens = sample(logits, settings, self.steps[rows], self.hist[rows, :ids.shape[1]], self.lengths[rows])
-        self._advance(n0, tokens)
+        width = max(len(r.ids) for r in requests)
+        tokens = sample(logits, settings, self.steps[rows], self.hist[rows, :width], self.lengths[rows])
+        self._advance(n0, b, tokens)
+        self._take_all(n0, tokens.tolist())
         self._retire(joined=True)
 
     # ------------------------------------------------------------ decode
 
     def _decode(self) -> None:
         n = len(self.rows)
-        b = _batch_bucket(n, self.slots)
+        b = min(_pow2(n), self.slots)
         longest = max(row.prompt_len + len(row.tokens) + 1 for row in self.rows)
         width = min(self.max_len, -(-longest // WIDTH_STEP) * WIDTH_STEP)
-        logits = self._forward(b, width)[:n]
-        tokens = sample(logits, self.settings, self.steps[:n], self.hist[:n, :width], self.lengths[:n])
+        try:
+            self._replay(("decode", b, width, *self.settings.key()), lambda: self._decode_step(b, width))
+        except _CaptureFailed:
+            self._decode_step(b, width)
         self.steps_run += 1
-        self._advance(0, tokens)
+        self._take_all(0, self.out[:n].tolist())
         self._retire()
 
-    def _decode_forward(self, b: int, width: int) -> torch.Tensor:
-        """One token for rows 0..b-1 (logits [b, V], float32); the shapes and buffers are fixed per (b, width)."""
+    def _decode_step(self, b: int, width: int) -> torch.Tensor:
+        """One token for rows 0..b-1: forward, sampling and state update, all on the device (capturable)."""
         c = self.cache
         c.mode, c.width, c.pos = "decode", width, self.pos
         col = torch.arange(width, device=self.device)
         c.bias = torch.zeros(b, width, device=self.device).masked_fill_(col[None, :] > self.pos[:b, None],
                                                                         float("-inf"))
         out = self.model(input_ids=self.tok_in[:b, None], position_ids=self.pos[:b, None], use_cache=False)
-        return out.logits[:, -1].float()
+        tokens = sample(out.logits[:, -1].float(), self.settings.view(b), self.steps[:b], self.hist[:b, :width],
+                        self.lengths[:b])
+        self._advance(0, b, tokens)
+        self.out[:b].copy_(tokens)
+        return self.out[:b]
 
-    def _forward(self, b: int, width: int) -> torch.Tensor:
+    def _advance(self, start: int, b: int, tokens: torch.Tensor) -> None:
+        """Append each live row's new token to its state on the device (padding rows stay put)."""
+        span = slice(start, start + b)
+        live = self.live[span]
+        at = self.lengths[span].clamp(max=self.max_len - 1)
+        rows = torch.arange(start, start + b, device=self.device)
+        self.hist[rows, at] = torch.where(live > 0, tokens, self.hist[rows, at])
+        self.tok_in[span] = tokens * live
+        self.pos[span] = self.lengths[span] * live
+        self.lengths[span] += live
+        self.steps[span] += live
+
+    def _replay(self, key: tuple, fn) -> torch.Tensor:
+        """fn's output, from its CUDA graph (captured on first use of this key); eager if capture fails."""
         if not self.use_graphs:
-            return self._decode_forward(b, width)
-        key = (b, width)
+            return fn()
         if key not in self.graphs:
             try:
-                self.graphs[key] = self._capture(b, width)
+                self.graphs[key] = self._capture(fn)
             except Exception as e:  # an architecture whose forward cannot be captured: decode eagerly
                 log.warning("CUDA graph capture failed (%s: %s); decoding without CUDA graphs",
                             type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
                 self.use_graphs = False
                 self.graphs.clear()
-                return self._decode_forward(b, width)
+                raise _CaptureFailed() from e
         graph, out = self.graphs[key]
         graph.replay()
         return out
 
-    def _capture(self, b: int, width: int):
-        """Capture one decode step. The warm-up run writes the same keys and values the real step will (same inputs),
-        so it is safe while rows are running."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._decode_forward(b, width)
-        torch.cuda.current_stream().wait_stream(side)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self._decode_forward(b, width)
+    def _capture(self, fn):
+        """Capture fn. Its state changes are made by the capture's warm-up run, so they are undone first and made
+        again by the replay that follows."""
+        state = (self.hist, self.tok_in, self.pos, self.lengths, self.steps, self.out)
+        saved = [t.clone() for t in state]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = fn()
+        finally:
+            for t, s in zip(state, saved):
+                t.copy_(s)
         return graph, out
 
-    # ------------------------------------------------------------ after each token
+    # ------------------------------------------------------------ on the host, after each step
 
-    def _advance(self, start: int, tokens: torch.Tensor) -> None:
-        """Append each row's new token (device state), then hand them to the rows on the host (one sync a step)."""
-        n = tokens.shape[0]
-        rows = torch.arange(start, start + n, device=self.device)
-        at = self.lengths[start:start + n].clamp(max=self.max_len - 1)
-        self.hist[rows, at] = tokens
-        self.tok_in[start:start + n] = tokens
-        self.pos[start:start + n] = self.lengths[start:start + n]
-        self.lengths[start:start + n] += 1
-        self.steps[start:start + n] += 1
-        for row, t in zip(self.rows[start:start + n], tokens.tolist()):
+    def _take_all(self, start: int, tokens: list[int]) -> None:
+        for row, t in zip(self.rows[start:start + len(tokens)], tokens):
             self._take(row, t)
 
     def _take(self, row: Row, token: int) -> None:
@@ -270,7 +308,7 @@ class Engine:
         row.emit_text(final=row.reason is not None)
 
     def _retire(self, joined: bool = False) -> None:
-        """Finish the rows that stopped, move the survivors into slots 0..n-1, and refresh the rows' settings."""
+        """Finish the rows that stopped, move the survivors into slots 0..n-1, and refill the rows' settings."""
         if not joined and not any(row.reason for row in self.rows):
             return
         keep = [i for i, row in enumerate(self.rows) if not row.reason]
@@ -286,11 +324,14 @@ class Engine:
             for t in (self.hist, self.tok_in, self.pos, self.lengths, self.steps):
                 t.index_copy_(0, dst, t.index_select(0, src))
         self.rows = [self.rows[k] for k in keep]
+        self._reset_free_rows()
+
+    def _reset_free_rows(self) -> None:
         n = len(self.rows)
-        self.pos[n:].zero_()  # padding rows of a bucket attend to position 0 of a free slot
-        self.tok_in[n:].zero_()
-        self.settings = RowSettings.build([row.request.g for row in self.rows], [row.seed for row in self.rows],
-                                          self.device) if self.rows else None
+        for t in (self.pos, self.tok_in, self.lengths, self.steps, self.live):
+            t[n:].zero_()  # padding rows of a bucket: position 0 of a free slot, never advanced
+        self.live[:n] = 1
+        self.settings.fill([row.request.g for row in self.rows], [row.seed for row in self.rows])
 
     def _finish(self, row: Row) -> None:
         from medtune.generate import Completion
@@ -301,3 +342,7 @@ class Engine:
             row.emit_text(final=True)
         if r.on_done is not None:
             r.on_done(Completion(text, list(row.tokens), row.reason, len(r.ids)))
+
+
+class _CaptureFailed(Exception):
+    """Raised inside a step whose graph capture failed: the step is run again eagerly."""

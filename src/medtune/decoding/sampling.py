@@ -34,7 +34,9 @@ def uniform(seed: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RowSettings:
-    """Per-row sampling settings as device tensors ([B] each), rebuilt when rows join or leave the batch."""
+    """Per-row sampling settings as device tensors ([rows] each), and what the host must know to lay out the work
+    (the largest top-k, whether any row has a penalty or bans n-grams). The engine keeps one set for all its slots
+    and refills it in place when rows join or leave, so a captured CUDA graph keeps reading the current values."""
     greedy: torch.Tensor      # bool
     temperature: torch.Tensor
     top_p: torch.Tensor
@@ -42,23 +44,50 @@ class RowSettings:
     min_p: torch.Tensor
     penalty: torch.Tensor     # repetition penalty, 1: off
     seed: torch.Tensor        # int64
-    max_top_k: int            # host: the largest top_k of the rows (0 if any row has none)
-    any_penalty: bool
-    no_repeat: tuple[int, ...]  # host: the no-repeat n-gram size of each row (0: off)
+    no_repeat: torch.Tensor   # int64, no-repeat n-gram size, 0: off
+    max_top_k: int = 0        # host: the largest top_k of the rows, rounded up to a power of 2 (0: some row has none)
+    any_penalty: bool = False
+    ngram_sizes: tuple[int, ...] = ()
+
+    @classmethod
+    def empty(cls, rows: int, device) -> "RowSettings":
+        f = lambda: torch.ones(rows, dtype=torch.float32, device=device)  # noqa: E731
+        i = lambda: torch.zeros(rows, dtype=torch.int64, device=device)  # noqa: E731
+        return cls(torch.ones(rows, dtype=torch.bool, device=device), f(), f(), i(), f() * 0, f(), i(), i())
 
     @classmethod
     def build(cls, settings: list, seeds: list[int], device) -> "RowSettings":
-        greedy = [g.greedy or g.temperature < MIN_TEMPERATURE for g in settings]
-        f = lambda xs: torch.tensor(xs, dtype=torch.float32).to(device, non_blocking=True)  # noqa: E731
-        i = lambda xs: torch.tensor(xs, dtype=torch.int64).to(device, non_blocking=True)  # noqa: E731
+        s = cls.empty(len(settings), device)
+        s.fill(settings, seeds)
+        return s
+
+    def fill(self, settings: list, seeds: list[int]) -> None:
+        """Rows 0..n-1 take these settings (GenerateConfigs); the rest become greedy padding rows."""
+        n, rows = len(settings), self.greedy.shape[0]
+        pad = rows - n
+        greedy = [g.greedy or g.temperature < MIN_TEMPERATURE for g in settings] + [True] * pad
+        values = ((self.greedy, greedy),
+                  (self.temperature, [max(g.temperature, MIN_TEMPERATURE) for g in settings] + [1.0] * pad),
+                  (self.top_p, [g.top_p for g in settings] + [1.0] * pad),
+                  (self.top_k, [g.top_k for g in settings] + [0] * pad),
+                  (self.min_p, [g.min_p for g in settings] + [0.0] * pad),
+                  (self.penalty, [g.repetition_penalty for g in settings] + [1.0] * pad),
+                  (self.seed, list(seeds) + [0] * pad),
+                  (self.no_repeat, [g.no_repeat_ngram for g in settings] + [0] * pad))
+        for t, v in values:
+            t.copy_(torch.tensor(v, dtype=t.dtype), non_blocking=False)
         ks = [g.top_k for g in settings]
-        return cls(greedy=torch.tensor(greedy).to(device, non_blocking=True),
-                   temperature=f([max(g.temperature, MIN_TEMPERATURE) for g in settings]),
-                   top_p=f([g.top_p for g in settings]), top_k=i(ks), min_p=f([g.min_p for g in settings]),
-                   penalty=f([g.repetition_penalty for g in settings]), seed=i(seeds),
-                   max_top_k=0 if any(k <= 0 for k in ks) else max(ks),
-                   any_penalty=any(g.repetition_penalty != 1.0 for g in settings),
-                   no_repeat=tuple(g.no_repeat_ngram for g in settings))
+        self.max_top_k = 0 if not ks or any(k <= 0 for k in ks) else 1 << (max(ks) - 1).bit_length()
+        self.any_penalty = any(g.repetition_penalty != 1.0 for g in settings)
+        self.ngram_sizes = tuple(sorted({g.no_repeat_ngram for g in settings} - {0}))
+
+    def key(self) -> tuple:
+        """What decides the shape of the sampling work (part of a CUDA graph's key)."""
+        return self.max_top_k, self.any_penalty, self.ngram_sizes
+
+    def view(self, b: int) -> "RowSettings":
+        return RowSettings(self.greedy[:b], self.temperature[:b], self.top_p[:b], self.top_k[:b], self.min_p[:b],
+                           self.penalty[:b], self.seed[:b], self.no_repeat[:b], *self.key())
 
 
 def repetition_penalty(logits: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor,
@@ -73,11 +102,11 @@ def repetition_penalty(logits: torch.Tensor, history: torch.Tensor, lengths: tor
 
 
 def ban_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor,
-                        sizes: tuple[int, ...]) -> torch.Tensor:
-    """model.generate's no_repeat_ngram_size per row: a token that would complete an n-gram already present in the
-    row's tokens gets -inf."""
-    for n in sorted(set(sizes) - {0}):
-        rows = torch.tensor([s == n for s in sizes], device=logits.device)
+                        sizes: torch.Tensor, distinct: tuple[int, ...]) -> torch.Tensor:
+    """model.generate's no_repeat_ngram_size per row (sizes, [B]; distinct: its nonzero values): a token that
+    would complete an n-gram already present in the row's tokens gets -inf."""
+    for n in distinct:
+        rows = sizes == n
         w = history.shape[1]
         if w < n:
             continue
@@ -98,8 +127,8 @@ def sample(logits: torch.Tensor, s: RowSettings, steps: torch.Tensor, history: t
     tokens so far (the position of this draw in its stream)."""
     if history is not None and s.any_penalty:
         logits = repetition_penalty(logits, history, lengths, s.penalty)
-    if history is not None and any(s.no_repeat):
-        logits = ban_repeated_ngrams(logits, history, lengths, s.no_repeat)
+    if history is not None and s.ngram_sizes:
+        logits = ban_repeated_ngrams(logits, history, lengths, s.no_repeat, s.ngram_sizes)
     best = logits.argmax(-1)
     k = s.max_top_k if 0 < s.max_top_k < logits.shape[1] else logits.shape[1]
     vals, idx = torch.topk(logits / s.temperature[:, None], k)  # sorted, most likely first
