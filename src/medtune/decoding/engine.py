@@ -22,6 +22,7 @@ import threading
 
 import torch
 
+from medtune.decoding.fused import fuse_for_decoding
 from medtune.decoding.kvcache import SlotCache, use_slots
 from medtune.decoding.rows import LoopGuard, Row, TextStream
 from medtune.decoding.sampling import RowSettings, sample
@@ -54,6 +55,7 @@ class Engine:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.head = (decoder_and_head(model) or (None,))[0], base.get_output_embeddings()
         use_slots(model)
+        fuse_for_decoding(model)
         self.slots = self._fit_slots(max(1, slots))
         self.cache = SlotCache(self.slots, self.max_len, self.device)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=self.device)  # noqa: E731

@@ -69,10 +69,11 @@ def _attend(query, key, value, bias, scaling: float, softcap: float | None):
     b, hq, t, d = query.shape
     hkv = key.shape[1]
     q = query.reshape(b, hkv, (hq // hkv) * t, d)
-    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scaling  # [B, Hkv, G*T, S]
+    scores = torch.matmul(q, key.transpose(-1, -2)).view(b, hkv, hq // hkv, t, -1)  # [B, Hkv, G, T, S]
     if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.view(b, hkv, hq // hkv, t, -1) + bias
+        scores = torch.tanh(scores.float() * (scaling / softcap)) * softcap + bias
+    else:
+        scores = torch.add(bias, scores, alpha=scaling)  # one kernel: scale, add the mask, to float32
     probs = scores.softmax(-1).to(value.dtype).view(b, hkv, (hq // hkv) * t, -1)
     return torch.matmul(probs, value).view(b, hq, t, d)
 
@@ -136,3 +137,4 @@ def use_slots(model) -> None:
     AttentionMaskInterface.register(SLOTS, _mask)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(SLOTS)
+
