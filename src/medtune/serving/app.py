@@ -174,6 +174,14 @@ def _stream(name: str, job: Job, id_: str, created: int):
         try:
             while True:
                 kind, value = await job.events.get()
+                while kind == "text" and not job.events.empty():  # a busy server sends what piled up as one chunk
+                    nxt = job.events.get_nowait()
+                    if nxt[0] != "text":
+                        yield {"data": json.dumps(_completion(name, id_, created, value, None, notice=first))}
+                        first = False
+                        kind, value = nxt
+                        break
+                    value += nxt[1]
                 if kind == "text":
                     yield {"data": json.dumps(_completion(name, id_, created, value, None, notice=first))}
                     first = False
