@@ -355,15 +355,32 @@ def phi_guard(records: list[dict], cfg: DataConfig, log=print) -> tuple[list[dic
     return records, {"phi_redacted": counts}
 
 
-def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
-    setup_prompt_format(cfg, tokenizer, log)
+@dataclass
+class Checked:
+    """The records read, validated, de-duplicated and PHI-guarded: all that `train` checks about its data without
+    a tokenizer (so that `medtune train` refuses a bad file before it imports torch)."""
+    raw: list[dict]  # as read (the first data.max_records), for row numbers
+    records: list[dict]
+    duplicates: int
+    source_rows: int
+    extra: dict = field(default_factory=dict)
+
+
+def load_checked(cfg: DataConfig, log=print) -> Checked:
     raw = load_records(cfg)
     n_rows = len(raw)
     if cfg.max_records:
         raw = raw[: cfg.max_records]
     records, dups = validate_records(raw, cfg.source)
     records, extra = phi_guard(records, cfg, log)
-    splits = split_records(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    return Checked(raw, records, dups, n_rows, extra)
+
+
+def prepare(cfg: DataConfig, tokenizer, log=print, checked: Checked | None = None) -> Prepared:
+    """Split, prompt-format and tokenize the records (load_checked's, or `checked` when the caller has them)."""
+    c = checked or load_checked(cfg, log)
+    setup_prompt_format(cfg, tokenizer, log)
+    splits = split_records(c.records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     encoded, dropped, too_long = {}, 0, []
     for name, rows in splits.items():
         kept_rows, kept = [], []
@@ -377,19 +394,19 @@ def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
         splits[name], encoded[name] = kept_rows, kept
     if too_long:
         if cfg.overlong == "error":
-            index = {id(r): n for n, r in enumerate(raw, 1)}
+            index = {id(r): n for n, r in enumerate(c.raw, 1)}
             rows = sorted(index[id(r)] for r in too_long)
             raise MedtuneError(f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
                                f"rows {_rows_text(rows)} (set data.overlong=drop to skip them)")
         dropped = len(too_long)
-    log(f"data: {n_rows} records from {cfg.source}; {dups} exact duplicates removed; "
+    log(f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
         f"{dropped} longer than {cfg.max_length} tokens dropped; split train/validation/test = "
         f"{len(encoded['train'])}/{len(encoded['validation'])}/{len(encoded['test'])}")
     if not encoded["train"]:
         raise MedtuneError("no training records left after validation and length filtering")
     for name, frac in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)):
         if frac > 0 and not encoded[name]:
-            log(f"data: warning: the {name} split is empty ({len(records)} records are too few for "
+            log(f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
                 f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
                 + ("no validation loss will be computed" if name == "validation" else "`medtune eval` will need --data"))
-    return Prepared(splits, encoded, dups, dropped, n_rows, extra)
+    return Prepared(splits, encoded, c.duplicates, dropped, c.source_rows, c.extra)
