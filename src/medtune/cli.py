@@ -305,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars a stopped command left open, so that its last line is medtune's."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     from medtune import stopping
     from medtune.errors import MedtuneError
@@ -319,13 +326,16 @@ def main(argv: list[str] | None = None) -> int:
             with stopping.handlers():
                 args.func(args)
     except MedtuneError as e:
+        _close_progress_bars()
         print(f"medtune: error: {e}", file=sys.stderr)
         return 2
     except stopping.Stopped as e:
+        _close_progress_bars()
         if e.message:
             print(f"medtune: {e.message}", file=sys.stderr)
         return stopping.exit_status(e.signum)
     except KeyboardInterrupt as e:
+        _close_progress_bars()
         signum = getattr(e, "signum", stopping.signal.SIGINT)
         print(f"medtune: interrupted by {stopping.name(signum)}", file=sys.stderr)
         return stopping.exit_status(signum)
