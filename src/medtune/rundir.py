@@ -316,13 +316,21 @@ def _flock(fd: int, file: Path) -> bool:
         return not holder_runs(lock_info(file))
 
 
+def _holder_info(file: Path, wait_s: float = 1.0) -> dict:
+    """The holder's lock info; a holder that has just taken the lock writes it a moment later."""
+    deadline = time.monotonic() + wait_s
+    while not (info := lock_info(file)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return info
+
+
 def _take(file: Path, command: str) -> tuple[int | None, dict]:
     """Take the lock file: (its descriptor, what it said before: a holder that died) or (None, its holder)."""
     while True:
         fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
         if not _flock(fd, file):
             os.close(fd)
-            return None, lock_info(file)
+            return None, _holder_info(file)
         try:
             if os.path.samestat(os.fstat(fd), os.stat(file)):
                 break
