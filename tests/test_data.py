@@ -110,6 +110,24 @@ def test_files_people_have_load_unchanged(tmp_path, variant, make_records):
     assert load_records(DataConfig(source=str(path))) == rows  # no stray BOM in the first column name, no split text
 
 
+@pytest.mark.parametrize("variant", ["unicode-separators", "bom-json", "crlf-jsonl", "no-final-newline"])
+def test_files_people_have_train(tmp_path, variant, make_records, tiny_preset, capsys):
+    from medtune.cli import main
+    from medtune.data import read_table
+
+    rows = make_records(30)
+    for r in rows[::3]:
+        r["output"] = SEP
+    path = write_user_file(tmp_path / f"d.{USER_FILES[variant]}", rows, variant)
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(tiny_preset), "--output-dir", str(out), "--data", str(path), "--set",
+               "train.max_steps=1", "--set", "train.eval_on_start=false", "--set", "train.report_to=none"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    assert (out / "adapter_model.safetensors").is_file()
+    held_out = read_table(out / "splits" / "validation.jsonl") + read_table(out / "splits" / "test.jsonl")
+    assert len(held_out) == 6 and all(r in rows for r in held_out)  # the saved splits read back whole
+
+
 def test_column_mapping_and_missing_columns(tmp_path, make_records, write_jsonl):
     rows = [{"q": r["input"], "a": r["output"], "instruction": r["instruction"]} for r in make_records(3)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
