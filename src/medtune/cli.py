@@ -94,10 +94,12 @@ def cmd_generate(a):
         raise MedtuneError("--input needs --output FILE.jsonl for the answers")
     if not a.input and not a.question:
         raise MedtuneError("give a question, or --input FILE")
+    from medtune import rundir
+
+    run = rundir.open_run(a.run_dir)  # a missing or wrong folder is refused before the ML stack loads
     _quiet_ml()
     from transformers import TextStreamer
 
-    from medtune import rundir
     from medtune.config import override
     from medtune.files import NOTICE
     from medtune.generate import answer, check_output_file, generate_file, read_questions
@@ -106,7 +108,6 @@ def cmd_generate(a):
     if a.output:
         check_output_file(a.output)
     questions = read_questions(a.input) if a.input else [a.question]  # bad input fails before the model loads
-    run = rundir.open_run(a.run_dir)
     flags = {f"generate.{k}": getattr(a, k) for k in GENERATE_FLAGS} | {"generate.greedy": True if a.greedy else None}
     cfg = override(run.config, flags)
     model, tok = rundir.load_model(run)
@@ -127,6 +128,7 @@ def cmd_eval(a):
     from medtune import rundir
 
     with rundir.locked(a.run_dir, _command_line(a)):  # eval writes RUN_DIR/eval/
+        rundir.open_run(a.run_dir, want="run")  # a missing or wrong folder is refused before the ML stack loads
         _quiet_ml()
         from medtune import evaluate
 

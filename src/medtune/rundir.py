@@ -215,15 +215,17 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     return None
 
 
-def latest_complete_checkpoint(run_path: Path, log=print) -> Path | None:
+def latest_complete_checkpoint(run_path: Path, log=print, tidy: bool = True) -> Path | None:
     """The newest checkpoint that holds everything resume needs. Incomplete ones newer than it (an interrupted save)
-    are named and removed: they cannot be resumed from, and would confuse the Trainer's checkpoint rotation."""
+    are named and removed (`tidy`: by the main process only): they cannot be resumed from, and would confuse the
+    Trainer's checkpoint rotation."""
     for step, ckpt in reversed(checkpoints(run_path)):
         problem = checkpoint_problem(ckpt)
         if problem is None:
             return ckpt
-        log(f"resume: removing incomplete {ckpt.name} ({problem})")
-        shutil.rmtree(ckpt, ignore_errors=True)
+        if tidy:
+            log(f"resume: removing incomplete {ckpt.name} ({problem})")
+            shutil.rmtree(ckpt, ignore_errors=True)
     return None
 
 
@@ -249,14 +251,15 @@ def check_output(out: Path, resume: bool) -> None:
         raise MedtuneError(f"--resume: output dir {out} not found")
 
 
-def prepare_output(out: Path, resume: bool, log=print) -> Path | None:
+def prepare_output(out: Path, resume: bool, log=print, tidy: bool = True) -> Path | None:
     """Check the output folder before anything is written; returns the checkpoint to resume from, or None.
     Without --resume the folder must not hold a run. With --resume, the newest complete checkpoint is used; a run
-    that has none (it failed before its first checkpoint) starts over in the same folder, saying so."""
+    that has none (it failed before its first checkpoint) starts over in the same folder, saying so. `tidy`: remove
+    incomplete checkpoints (false on the helper ranks of a multi-process run, which do not hold the folder's lock)."""
     check_output(out, resume)
     if not resume:
         return None
-    ckpt = latest_complete_checkpoint(out, log)
+    ckpt = latest_complete_checkpoint(out, log, tidy)
     if ckpt is None:
         if (out / ADAPTER_WEIGHTS).exists() and not checkpoints(out):
             raise MedtuneError(f"--resume: {out} holds a finished run with no checkpoint to continue from")

@@ -172,7 +172,7 @@ def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
     use_local_gpu()
     if not is_main_process():
         log = lambda *a, **k: None  # noqa: E731  (rank 0 alone speaks)
-    resume_from = rundir.prepare_output(out, resume, log)  # every rank checks before rank 0 writes (barrier below)
+    resume_from = rundir.prepare_output(out, resume, log, tidy=is_main_process())  # every rank checks; rank 0 writes
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
     prepared = data_mod.prepare(cfg.data, tok, log=log, checked=checked)
