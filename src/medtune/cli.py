@@ -44,9 +44,20 @@ def _train_checked(a, cfg):
     from medtune import data, machine, rundir
 
     rundir.check_output(Path(cfg.output_dir).expanduser(), a.resume)
-    checked = data.load_checked(cfg.data, log=lambda *x, **k: None)  # training prints the data summary
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
+    checked = data.load_checked(cfg.data, log=print if main_process else lambda *x, **k: None)
     machine.check(cfg)
     return checked
+
+
+def _eval_at_end(cfg) -> None:
+    from medtune import evaluate, stopping
+
+    signum = stopping.requested()
+    if signum:  # the signal came as the run wrote its files: they are complete; stop before the evaluation
+        raise stopping.Stopped(signum, f"training finished; eval skipped on {stopping.name(signum)} (run it with: "
+                                       f"medtune eval {cfg.output_dir})", resumable=False)
+    evaluate.run(cfg.output_dir)
 
 
 def cmd_train(a):
@@ -68,21 +79,16 @@ def cmd_train(a):
 
             training.run(cfg, resume=a.resume, checked=checked)
             if cfg.train.eval_at_end and training.distributed.is_main_process():
-                if stopping.requested():  # a signal came as the run was writing its files: stop before eval
-                    raise stopping.Stopped(stopping.requested(), f"training finished; eval skipped on "
-                                           f"{stopping.name(stopping.requested())} (run `medtune eval {out}`)")
-                from medtune import evaluate
-                evaluate.run(cfg.output_dir)
+                _eval_at_end(cfg)
     except stopping.Stopped as e:
-        raise stopping.Stopped(e.signum, e.message and f"{e.message}; {_resume_line(a)}") from None
+        if not (e.message and e.resumable):
+            raise
+        raise stopping.Stopped(e.signum, f"{e.message}; {_resume_line(a)}") from None
     except stopping.Interrupted as e:
         said = f"stopped at once by {stopping.name(e.signum)}"
         if out.is_dir() and rundir.holds_run(out):
             said += f"; the newest complete checkpoint is kept, {_resume_line(a)}"
         raise stopping.Stopped(e.signum, said) from None
-
-
-GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 
 
 def cmd_generate(a):

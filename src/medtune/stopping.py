@@ -30,11 +30,11 @@ class Interrupted(KeyboardInterrupt):
 
 class Stopped(Exception):
     """The command stopped cleanly on signal `signum`; its message is the one line to print (None: print nothing,
-    e.g. on the helper processes of a multi-process run)."""
+    e.g. on the helper processes of a multi-process run); `resumable`: `train --resume` continues it."""
 
-    def __init__(self, signum: int, message: str | None):
+    def __init__(self, signum: int, message: str | None, resumable: bool = True):
         super().__init__(message)
-        self.signum, self.message = signum, message
+        self.signum, self.message, self.resumable = signum, message, resumable
 
 
 @dataclass
@@ -61,7 +61,8 @@ def requested() -> int:
 
 
 def _say(text: str) -> None:
-    os.write(2, f"medtune: {text}\n".encode())  # not print(): the handler may run in the middle of a write to stderr
+    """A line of its own on stderr (after a progress bar's). Not print(): the handler may interrupt a write to stderr."""
+    os.write(2, f"\nmedtune: {text}\n".encode())
 
 
 def _handler(signum, frame) -> None:
