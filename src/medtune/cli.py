@@ -91,6 +91,9 @@ def cmd_train(a):
         raise stopping.Stopped(e.signum, said) from None
 
 
+GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
+
+
 def cmd_generate(a):
     from medtune.errors import MedtuneError
 
