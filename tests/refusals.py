@@ -3,13 +3,19 @@ scripts/refusals_table.py, which renders the README table "What medtune refuses,
 
 Each case: (id, what the user did, argv with placeholders, a phrase the error line must contain). Placeholders are
 paths made by `materialize`: {tiny} the tiny preset, {tmp} a scratch folder, {run} a trained tiny run, {bad_run} a
-copy of it with a corrupt config.yaml, {empty_adapter} a copy with a 0-byte adapter, {merged} its merged model.
+copy of it with a corrupt config.yaml, {empty_adapter} a copy with a 0-byte adapter, {merged} its merged model,
+{busy} a run folder and {busy_out} an empty folder whose locks another medtune command holds (as does the lock of
+{tmp}/busy.gguf).
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
+
+from medtune.rundir import LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 T = ["train", "--config", "{tiny}", "--output-dir", "{tmp}/out", "--set", "train.report_to=none"]
@@ -96,7 +102,24 @@ CASES = [
     ("merge-out-inside-run", "`merge --out` inside the run folder", ["merge", "{run}", "--out", "{run}/merged"],
      "must not be the run folder"),
     ("merge-merged", "`merge` a merged model", ["merge", "{merged}", "--out", "{tmp}/m2"], "needs a `medtune train`"),
+    ("train-folder-in-use", "`train --resume` on a run another `medtune train` is writing",
+     T[:4] + ["{busy}", "--resume"], "is in use by `medtune train"),
+    ("eval-run-in-use", "`eval` on a run another medtune command is writing", ["eval", "{busy}"], "is in use by"),
+    ("merge-out-in-use", "`merge --out` a folder another `merge` is writing", ["merge", "{run}", "--out", "{busy_out}"],
+     "is in use by `medtune merge"),
+    ("export-out-in-use", "`export --out` a file another `export` is writing",
+     ["export", "{run}", "--out", "{tmp}/busy.gguf"], "is in use by `medtune export"),
 ]
+
+_OTHERS: list[int] = []  # lock files held as another medtune process would (kept open for the tests' lifetime)
+
+
+def hold_lock(file: Path, command: str) -> None:
+    """Hold `file` as a lock of another medtune process (pid 4242 on node-7): a flock of its own."""
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"pid": 4242, "host": "node-7", "command": command, "since": "2026-12-01 10:00:00"}).encode())
+    _OTHERS.append(fd)
 
 
 def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
@@ -117,8 +140,15 @@ def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
             shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
     (bad_run / "config.yaml").write_text("model: [unclosed\n")
     (empty_adapter / "adapter_model.safetensors").write_bytes(b"")
+    busy, busy_out = tmp / "busy_run", tmp / "busy_out"
+    busy.mkdir(exist_ok=True)
+    busy_out.mkdir(exist_ok=True)
+    hold_lock(busy / LOCK, f"medtune train --config configs/gpt2-lora.yaml --output-dir {busy}")
+    hold_lock(busy_out / LOCK, f"medtune merge {run} --out {busy_out}")
+    hold_lock(tmp / f".busy.gguf{LOCK}", f"medtune export {run} --out {tmp / 'busy.gguf'}")
     return {"tiny": str(ROOT / "configs" / "tiny-cpu.yaml"), "tmp": str(tmp), "run": str(run),
-            "bad_run": str(bad_run), "empty_adapter": str(empty_adapter), "merged": str(merged)}
+            "bad_run": str(bad_run), "empty_adapter": str(empty_adapter), "merged": str(merged), "busy": str(busy),
+            "busy_out": str(busy_out)}
 
 
 def argv(case_args: list[str], values: dict[str, str]) -> list[str]:

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -86,3 +87,55 @@ def test_train_then_generate_cli(tmp_path, tiny_preset, medtune):
     again = medtune("train", "--config", str(tiny_preset), "--output-dir", str(out))
     assert_clean_error(again, "already holds a run")
     assert (out / "adapter_model.safetensors").is_file()  # nothing lost
+
+
+NO_ML = textwrap.dedent("""
+    import sys
+    from medtune.cli import main
+    try:
+        rc = main(sys.argv[1:])
+    except SystemExit as e:  # --help
+        rc = e.code
+    print("imported:", " ".join(m for m in ("torch", "transformers", "peft", "accelerate", "datasets")
+                                if m in sys.modules) or "none")
+    sys.exit(rc)
+""")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "{tmp}/bad.jsonl"], "line 2 is not valid JSON"),
+    (["--data", "{tmp}/latin1.json"], "not UTF-8 text (byte 41)"),
+    (["--data", "{tmp}/empty.csv"], "empty or whitespace-only fields in rows 1"),
+    (["--set", "train.learning_rate=-1"], "must be > 0"),
+    (["--model", "random:gpt9"], "unknown random model"),
+    (["--output-dir", "{tmp}/a-file"], "exists and is not a folder"),
+    (["--output-dir", "{tmp}/none", "--resume"], "--resume: output dir"),
+    (["--output-dir", "{tmp}/busy"], "is in use by `medtune train"),
+], ids=["bad-jsonl", "not-utf8", "empty-answer", "config", "random-name", "output-file", "resume-missing", "in-use"])
+def test_refusals_that_need_no_model_import_no_ml_stack(tmp_path, tiny_preset, root, args, needle):
+    """`train` checks its config, output folder and data before it imports torch & co: such a refusal takes about a
+    second on 2 CPU cores (README, Reliability), not the 10 s that importing the ML stack costs."""
+    import refusals
+
+    rec = {"instruction": "Answer.", "input": "What is asthma?", "output": "A disease of the airways."}
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rec) + "\n{not json\n")
+    (tmp_path / "latin1.json").write_bytes(json.dumps([{**rec, "input": "caf\u00e9"}], ensure_ascii=False)
+                                           .encode("latin-1"))
+    (tmp_path / "empty.csv").write_text("instruction,input,output\nAnswer.,What is asthma?, \n")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "busy").mkdir()
+    refusals.hold_lock(tmp_path / "busy" / ".medtune.lock", "medtune train --output-dir busy")
+    argv = ["train", "--config", str(tiny_preset), "--output-dir", str(tmp_path / "out"),
+            *[a.format(tmp=tmp_path) for a in args]]
+    p = subprocess.run([sys.executable, "-c", NO_ML, *argv], capture_output=True, text=True, timeout=120, cwd=root,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert_clean_error(p, needle)
+    assert p.stderr.count("\n") == 1  # nothing else on stderr
+    assert p.stdout.strip() == "imported: none", p.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_imports_no_ml_stack(root):
+    for argv in (["--help"], ["train", "--help"], ["train", "--help-config"]):
+        p = subprocess.run([sys.executable, "-c", NO_ML, *argv], capture_output=True, text=True, timeout=120, cwd=root)
+        assert p.returncode == 0 and p.stdout.strip().endswith("imported: none"), (argv, p.stdout[-300:], p.stderr)

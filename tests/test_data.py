@@ -78,6 +78,56 @@ def test_file_formats(tmp_path, suffix, make_records, write_jsonl):
     assert load_records(DataConfig(source=str(path))) == rows
 
 
+SEP = "Line one.\u2028Line two.\u2029Next paragraph."  # legal unescaped in JSON strings; str.splitlines() breaks there
+
+
+def write_user_file(path, rows, variant: str):
+    """The files people have: `variant` is unicode-separators (.jsonl with U+2028/U+2029 in the text), bom-jsonl,
+    bom-json, bom-csv (a UTF-8 byte-order mark first, as Excel and Notepad write), crlf-jsonl (Windows line ends)
+    or no-final-newline (.jsonl)."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if variant == "bom-json":
+        data = json.dumps(rows, ensure_ascii=False, indent=1)
+    elif variant == "bom-csv":
+        data = pd.DataFrame(rows).to_csv(index=False)
+    else:
+        end = "\r\n" if variant == "crlf-jsonl" else "\n"
+        data = end.join(lines) + ("" if variant == "no-final-newline" else end)
+    bom = "\ufeff" if variant.startswith("bom") else ""
+    path.write_bytes((bom + data).encode("utf-8"))
+    return path
+
+
+USER_FILES = {"unicode-separators": "jsonl", "bom-jsonl": "jsonl", "bom-json": "json", "bom-csv": "csv",
+              "crlf-jsonl": "jsonl", "no-final-newline": "jsonl"}
+
+
+@pytest.mark.parametrize("variant", list(USER_FILES))
+def test_files_people_have_load_unchanged(tmp_path, variant, make_records):
+    rows = make_records(4)
+    rows[1]["output"] = SEP
+    path = write_user_file(tmp_path / f"d.{USER_FILES[variant]}", rows, variant)
+    assert load_records(DataConfig(source=str(path))) == rows  # no stray BOM in the first column name, no split text
+
+
+@pytest.mark.parametrize("variant", ["unicode-separators", "bom-json", "crlf-jsonl", "no-final-newline"])
+def test_files_people_have_train(tmp_path, variant, make_records, tiny_preset, capsys):
+    from medtune.cli import main
+    from medtune.data import read_table
+
+    rows = make_records(30)
+    for r in rows[::3]:
+        r["output"] = SEP
+    path = write_user_file(tmp_path / f"d.{USER_FILES[variant]}", rows, variant)
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(tiny_preset), "--output-dir", str(out), "--data", str(path), "--set",
+               "train.max_steps=1", "--set", "train.eval_on_start=false", "--set", "train.report_to=none"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    assert (out / "adapter_model.safetensors").is_file()
+    held_out = read_table(out / "splits" / "validation.jsonl") + read_table(out / "splits" / "test.jsonl")
+    assert len(held_out) == 6 and all(r in rows for r in held_out)  # the saved splits read back whole
+
+
 def test_column_mapping_and_missing_columns(tmp_path, make_records, write_jsonl):
     rows = [{"q": r["input"], "a": r["output"], "instruction": r["instruction"]} for r in make_records(3)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)

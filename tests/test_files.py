@@ -37,3 +37,21 @@ def test_publish_dir_moves_nested_files(tmp_path):
     files.publish_dir(stage, dest)
     assert (dest / "adapter" / "w.txt").read_text() == "w"
     assert sorted(p.name for p in dest.iterdir()) == ["adapter"]
+
+
+def test_split_lines_breaks_on_newlines_only():
+    text = 'a\u2028b\u2029c\x85d\x0ce\r\nf\n\ng'  # Unicode line breaks stay inside a line; "\r\n" ends one
+    assert files.split_lines(text) == ["a\u2028b\u2029c\x85d\x0ce", "f", "", "g"]
+    assert text.splitlines() != files.split_lines(text)  # what str.splitlines() would have done
+    assert files.split_lines("x\n") == ["x"] and files.split_lines("x") == ["x"] and files.split_lines("") == []
+
+
+def test_read_text_drops_a_bom_and_names_the_first_bad_byte(tmp_path):
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfline 1\r\nline 2")
+    assert files.read_text_lines(tmp_path / "bom.txt") == ["line 1", "line 2"]
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(files.MedtuneError, match=r"latin1.txt: not UTF-8 text \(byte 3\)"):
+        files.read_text(tmp_path / "latin1.txt")
+    (tmp_path / "bom-latin1.txt").write_bytes(b"\xef\xbb\xbf" + "caf\u00e9".encode("latin-1"))
+    with pytest.raises(files.MedtuneError, match=r"\(byte 6\)"):  # counted in the file, the mark included
+        files.read_text(tmp_path / "bom-latin1.txt")

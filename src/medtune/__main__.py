@@ -4,9 +4,8 @@ import sys
 from medtune.cli import main
 
 rc = main()
-if rc == 0:  # after a multi-process run, leave the process group cleanly (a failed rank just exits)
-    import torch.distributed as dist
-
+dist = sys.modules.get("torch.distributed")  # imported only if the command used torch
+if rc == 0 and dist is not None:  # after a multi-process run, leave the process group cleanly (a failed rank just exits)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 sys.exit(rc)

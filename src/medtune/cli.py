@@ -1,8 +1,11 @@
-"""The `medtune` command: a thin layer over the stage modules. User errors: one line on stderr, exit 2."""
+"""The `medtune` command: a thin layer over the stage modules. User errors: one line on stderr, exit 2. A signal
+(SIGTERM, SIGINT, SIGUSR1): one line, exit 128 + its number (medtune.stopping). Nothing heavy is imported before
+the checks that need no model have passed, so that a refusal takes about a second."""
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import warnings
 
@@ -12,6 +15,10 @@ def _quiet():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _quiet_ml():
+    """Quiet transformers and the hub (importing them takes a second or more: only once a command needs them)."""
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # "Loading weights" bars; training's own progress bar stays
@@ -19,30 +26,76 @@ def _quiet():
     hub_logging.set_verbosity_error()
 
 
+def _command_line(a) -> str:
+    return shlex.join(["medtune", *a.argv])
+
+
+def _resume_line(a) -> str:
+    argv = a.argv if "--resume" in a.argv else [*a.argv, "--resume"]
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return f"resume with: {shlex.join(['medtune', *argv])}" + (" (under the same launcher)" if several else "")
+
+
+def _train_checked(a, cfg):
+    """The checks of `train` that need no model, in about a second: the output folder, the data file (read and
+    validated), then the machine (torch alone). Returns the checked records."""
+    from pathlib import Path
+
+    from medtune import data, machine, rundir
+
+    rundir.check_output(Path(cfg.output_dir).expanduser(), a.resume)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
+    checked = data.load_checked(cfg.data, log=print if main_process else lambda *x, **k: None)
+    machine.check(cfg)
+    return checked
+
+
+def _eval_at_end(cfg) -> None:
+    from medtune import evaluate, stopping
+
+    signum = stopping.requested()
+    if signum:  # the signal came as the run wrote its files: they are complete; stop before the evaluation
+        raise stopping.Stopped(signum, f"training finished; eval skipped on {stopping.name(signum)} (run it with: "
+                                       f"medtune eval {cfg.output_dir})", resumable=False)
+    evaluate.run(cfg.output_dir)
+
+
 def cmd_train(a):
-    from medtune import training
+    from pathlib import Path
+
+    from medtune import rundir, stopping
     from medtune.config import help_text, load_config
 
     if a.help_config:
         print(help_text())
         return
     cfg = load_config(a.config, a.set, output_dir=a.output_dir, model__name=a.model, data__source=a.data)
-    training.run(cfg, resume=a.resume)
-    if cfg.train.eval_at_end and training.distributed.is_main_process():
-        from medtune import evaluate
-        evaluate.run(cfg.output_dir)
+    out = Path(cfg.output_dir).expanduser()
+    try:
+        with rundir.locked(out, _command_line(a), create=not a.resume):
+            checked = _train_checked(a, cfg)
+            _quiet_ml()
+            from medtune import training
+
+            training.run(cfg, resume=a.resume, checked=checked)
+            if cfg.train.eval_at_end and training.distributed.is_main_process():
+                _eval_at_end(cfg)
+    except stopping.Stopped as e:
+        if not (e.message and e.resumable):
+            raise
+        raise stopping.Stopped(e.signum, f"{e.message}; {_resume_line(a)}") from None
+    except stopping.Interrupted as e:
+        said = f"stopped at once by {stopping.name(e.signum)}"
+        if out.is_dir() and rundir.holds_run(out):
+            said += f"; the newest complete checkpoint is kept, {_resume_line(a)}"
+        raise stopping.Stopped(e.signum, said) from None
 
 
 GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 
 
 def cmd_generate(a):
-    from medtune import rundir
-    from medtune.config import override
     from medtune.errors import MedtuneError
-    from medtune.files import NOTICE
-    from medtune.generate import answer, check_output_file, generate_file, read_questions
-    from medtune.model import context_length
 
     if a.batch_size < 1:
         raise MedtuneError(f"--batch-size must be >= 1, got {a.batch_size}")
@@ -50,10 +103,19 @@ def cmd_generate(a):
         raise MedtuneError("--input needs --output FILE.jsonl for the answers")
     if not a.input and not a.question:
         raise MedtuneError("give a question, or --input FILE")
+    from medtune import rundir
+
+    run = rundir.open_run(a.run_dir)  # a missing or wrong folder is refused before the ML stack loads
+    _quiet_ml()
+
+    from medtune.config import override
+    from medtune.files import NOTICE
+    from medtune.generate import answer, check_output_file, generate_file, read_questions
+    from medtune.model import context_length
+
     if a.output:
         check_output_file(a.output)
     questions = read_questions(a.input) if a.input else [a.question]  # bad input fails before the model loads
-    run = rundir.open_run(a.run_dir)
     flags = {f"generate.{k}": getattr(a, k) for k in GENERATE_FLAGS} | {"generate.greedy": True if a.greedy else None}
     cfg = override(run.config, flags)
     model, tok = rundir.load_model(run, merge=True)  # the adapter folded into the weights: same answers, faster
@@ -73,10 +135,15 @@ def cmd_generate(a):
 
 
 def cmd_eval(a):
-    from medtune import evaluate
+    from medtune import rundir
 
-    evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples,
-                 greedy=True if a.greedy else False if a.sample else None, benchmarks=a.benchmark)
+    with rundir.locked(a.run_dir, _command_line(a)):  # eval writes RUN_DIR/eval/
+        rundir.open_run(a.run_dir, want="run")  # a missing or wrong folder is refused before the ML stack loads
+        _quiet_ml()
+        from medtune import evaluate
+
+        evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples,
+                     greedy=True if a.greedy else False if a.sample else None, benchmarks=a.benchmark)
 
 
 def cmd_audit(a):
@@ -92,6 +159,7 @@ def cmd_audit(a):
     out = Path(a.out or f"audit-{name}")
     if out.exists() and not out.is_dir():
         raise MedtuneError(f"--out {out} exists and is not a folder")
+    _quiet_ml()
     tok = load_tokenizer(tokenizer_path(cfg.model))
     result = audit.audit(cfg.data, tok, out, against=a.against, log=lambda *x, **k: None)
     print("\n".join(audit.summary_lines(result)))
@@ -104,19 +172,22 @@ def cmd_audit(a):
 
 
 def cmd_merge(a):
-    from medtune import merge
-
-    merge.merge(a.run_dir, a.out)
-
-
-def cmd_export(a):
-    import tempfile
     from pathlib import Path
 
     from medtune import merge, rundir
+
+    out = Path(a.out).expanduser()
+    with rundir.locked(out, _command_line(a), create=True):
+        merge.check(a.run_dir, out)  # refusals before the ML stack is imported
+        _quiet_ml()
+        merge.merge(a.run_dir, out)
+
+
+def cmd_export(a):
+    from pathlib import Path
+
+    from medtune import rundir
     from medtune.errors import MedtuneError
-    from medtune.files import NOTICE, atomic_write_text
-    from medtune.gguf_export import export_gguf, ollama_modelfile
 
     out = Path(a.out).expanduser()
     if out.is_dir():
@@ -124,18 +195,32 @@ def cmd_export(a):
     if not out.parent.is_dir():
         raise MedtuneError(f"--out {out}: folder {out.parent} not found")
     run = rundir.open_run(a.model_dir)
+    with rundir.locked(out, _command_line(a), lock_file=out.with_name(f".{out.name}{rundir.LOCK}")):
+        _export(run, out, a.dtype)
+
+
+def _export(run, out, dtype: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from medtune import merge
+    from medtune.files import NOTICE, atomic_write_text
+    from medtune.gguf_export import export_gguf, ollama_modelfile
+
+    _quiet_ml()
     if run.is_run:  # a training run: merge into a temporary folder first (GGUF holds a standalone model)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".medtune-export-") as tmp:
             merge.merge(run.path, Path(tmp) / "merged", log=lambda *x, **k: None)
-            export_gguf(Path(tmp) / "merged", out, a.dtype)
+            export_gguf(Path(tmp) / "merged", out, dtype)
     else:
-        export_gguf(run.path, out, a.dtype)
+        export_gguf(run.path, out, dtype)
     modelfile = out.with_name(out.stem + ".Modelfile")
     atomic_write_text(modelfile, ollama_modelfile(out))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {a.dtype}) and {modelfile} (for Ollama)\n{NOTICE}")
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {dtype}) and {modelfile} (for Ollama)\n{NOTICE}")
 
 
 def cmd_serve(a):
+    _quiet_ml()
     from medtune.serving import server
 
     server.serve(a.model_dir, host=a.host, port=a.port, max_tokens=a.max_tokens,
@@ -238,20 +323,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars a stopped command left open, so that its last line is medtune's."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from medtune import stopping
     from medtune.errors import MedtuneError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _quiet()
     try:
-        args.func(args)
+        if args.command == "serve":  # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown)
+            args.func(args)
+        else:
+            with stopping.handlers():
+                args.func(args)
     except MedtuneError as e:
+        _close_progress_bars()
         print(f"medtune: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("medtune: interrupted", file=sys.stderr)
-        return 130
+    except stopping.Stopped as e:
+        _close_progress_bars()
+        if e.message:
+            print(f"medtune: {e.message}", file=sys.stderr)
+        return stopping.exit_status(e.signum)
+    except KeyboardInterrupt as e:
+        _close_progress_bars()
+        signum = getattr(e, "signum", stopping.signal.SIGINT)
+        print(f"medtune: interrupted by {stopping.name(signum)}", file=sys.stderr)
+        return stopping.exit_status(signum)
     return 0
 
 

@@ -26,6 +26,21 @@ ALPACA_NO_INPUT_TEMPLATE = (
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
 
+# GPT-2 family shapes, so that `random:<name>` builds the architecture offline (random weights; medtune.model).
+GPT2_SHAPES = {
+    "tiny": dict(n_layer=2, n_head=4, n_embd=128, n_positions=512, initializer_range=0.1),
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+}
+
+
+def check_random_name(name: str) -> None:
+    if name.startswith("random:") and name.split(":", 1)[1] not in GPT2_SHAPES:
+        raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(GPT2_SHAPES)}")
+
 
 def opt(default, help: str, **kw):
     """A config field with its one-line help (shown by `medtune train --help-config` and in the README table)."""
@@ -280,6 +295,7 @@ def validate(cfg: Config) -> None:
     """Every check that needs only the config. It runs before any file is written; checks that need the model
     (data.max_length against its context) are in medtune.model.check_against_model."""
     _check_bounds(cfg, "")
+    check_random_name(cfg.model.name)
     d, t = cfg.data, cfg.train
     if d.val_fraction + d.test_fraction >= 1:
         raise MedtuneError("data.val_fraction + data.test_fraction must be less than 1")

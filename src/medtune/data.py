@@ -7,6 +7,7 @@ and always keep the EOS token that ends every answer; padding is masked by posit
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from medtune.config import DataConfig
 from medtune.errors import MedtuneError
+from medtune.files import read_text, split_lines
 
 FIELDS = ("instruction", "input", "output")
 SAMPLE = Path(__file__).parent / "sample_data" / "medical_qa.jsonl"
@@ -23,10 +25,12 @@ IGNORE_INDEX = -100
 # ---------------------------------------------------------------- loading
 
 def read_table(path: Path) -> list[dict]:
+    """Rows of a .json (a list, {"data": [...]}, or records keyed by id), .jsonl, .csv or .parquet file. Text files
+    are UTF-8 with or without a byte-order mark; JSON Lines are split on newlines only (files.split_lines)."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(read_text(path))
             if isinstance(rows, dict) and "data" in rows and isinstance(rows["data"], list):
                 rows = rows["data"]
             elif isinstance(rows, dict) and rows and all(isinstance(v, dict) for v in rows.values()):
@@ -35,26 +39,29 @@ def read_table(path: Path) -> list[dict]:
                 raise MedtuneError(f"{path}: a .json data file must hold a list of records")
         elif suffix == ".jsonl":
             rows = []
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(split_lines(read_text(path)), 1):
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise MedtuneError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+                    except (json.JSONDecodeError, RecursionError) as e:
+                        why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                        raise MedtuneError(f"{path}: line {n} is not valid JSON ({why})") from None
         elif suffix in (".csv", ".parquet"):
             import pandas as pd
-            df = pd.read_csv(path, dtype=object, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
+            df = pd.read_csv(io.StringIO(read_text(path)), dtype=object, keep_default_na=False) if suffix == ".csv" \
+                else pd.read_parquet(path)
             rows = df.to_dict(orient="records")
         else:
             raise MedtuneError(f"{path}: unsupported data file type '{suffix}' (use .json, .jsonl, .csv or .parquet)")
     except json.JSONDecodeError as e:
         raise MedtuneError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise MedtuneError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise MedtuneError(f"{path}: not valid JSON (nested too deeply)") from None
     except MedtuneError:
         raise
     except Exception as e:  # pandas / pyarrow parse errors
-        raise MedtuneError(f"{path}: cannot read {suffix} file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        why = (str(e).splitlines() or [""])[0]
+        raise MedtuneError(f"{path}: cannot read {suffix} file ({type(e).__name__}: {why})") from None
     if not all(isinstance(r, dict) for r in rows):
         raise MedtuneError(f"{path}: every record must be an object with instruction/input/output fields")
     return rows
@@ -314,7 +321,7 @@ def reviewed_findings(path: str | None) -> set[str]:
     keys = set()
     for f in [REVIEWED] + ([Path(path).expanduser()] if path else []):
         try:
-            data = json.loads(f.read_text(encoding="utf-8"))
+            data = json.loads(read_text(f))
             keys |= {k for k in data["reviewed"] if isinstance(k, str)}
         except (OSError, ValueError, KeyError, TypeError):
             raise MedtuneError(f"data.phi_reviewed: {f} is not a JSON file with a 'reviewed' list of finding keys") \
@@ -348,15 +355,32 @@ def phi_guard(records: list[dict], cfg: DataConfig, log=print) -> tuple[list[dic
     return records, {"phi_redacted": counts}
 
 
-def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
-    setup_prompt_format(cfg, tokenizer, log)
+@dataclass
+class Checked:
+    """The records read, validated, de-duplicated and PHI-guarded: all that `train` checks about its data without
+    a tokenizer (so that `medtune train` refuses a bad file before it imports torch)."""
+    raw: list[dict]  # as read (the first data.max_records), for row numbers
+    records: list[dict]
+    duplicates: int
+    source_rows: int
+    extra: dict = field(default_factory=dict)
+
+
+def load_checked(cfg: DataConfig, log=print) -> Checked:
     raw = load_records(cfg)
     n_rows = len(raw)
     if cfg.max_records:
         raw = raw[: cfg.max_records]
     records, dups = validate_records(raw, cfg.source)
     records, extra = phi_guard(records, cfg, log)
-    splits = split_records(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    return Checked(raw, records, dups, n_rows, extra)
+
+
+def prepare(cfg: DataConfig, tokenizer, log=print, checked: Checked | None = None) -> Prepared:
+    """Split, prompt-format and tokenize the records (load_checked's, or `checked` when the caller has them)."""
+    c = checked or load_checked(cfg, log)
+    setup_prompt_format(cfg, tokenizer, log)
+    splits = split_records(c.records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     encoded, dropped, too_long = {}, 0, []
     for name, rows in splits.items():
         kept_rows, kept = [], []
@@ -370,19 +394,19 @@ def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
         splits[name], encoded[name] = kept_rows, kept
     if too_long:
         if cfg.overlong == "error":
-            index = {id(r): n for n, r in enumerate(raw, 1)}
+            index = {id(r): n for n, r in enumerate(c.raw, 1)}
             rows = sorted(index[id(r)] for r in too_long)
             raise MedtuneError(f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
                                f"rows {_rows_text(rows)} (set data.overlong=drop to skip them)")
         dropped = len(too_long)
-    log(f"data: {n_rows} records from {cfg.source}; {dups} exact duplicates removed; "
+    log(f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
         f"{dropped} longer than {cfg.max_length} tokens dropped; split train/validation/test = "
         f"{len(encoded['train'])}/{len(encoded['validation'])}/{len(encoded['test'])}")
     if not encoded["train"]:
         raise MedtuneError("no training records left after validation and length filtering")
     for name, frac in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)):
         if frac > 0 and not encoded[name]:
-            log(f"data: warning: the {name} split is empty ({len(records)} records are too few for "
+            log(f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
                 f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
                 + ("no validation loss will be computed" if name == "validation" else "`medtune eval` will need --data"))
-    return Prepared(splits, encoded, dups, dropped, n_rows, extra)
+    return Prepared(splits, encoded, c.duplicates, dropped, c.source_rows, c.extra)

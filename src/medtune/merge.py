@@ -18,12 +18,9 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-import torch
-
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE, atomic_write_text, publish_dir, staging_dir
-from medtune.modelcard import model_card
-from medtune.rundir import open_run
+from medtune.rundir import LOCK, RunFolder, locked, open_run
 
 CHECK_QUESTION = "What is asthma?"
 
@@ -31,30 +28,49 @@ CHECK_QUESTION = "What is asthma?"
 def _check_out(run_dir: Path, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise MedtuneError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise MedtuneError(f"--out {out} is not empty; choose a new folder (nothing was overwritten)")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise MedtuneError("--out must not be the run folder or inside it")
 
 
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+def _logits(model, ids):
+    import torch
+
     with torch.no_grad():
         return model(input_ids=ids.to(next(model.parameters()).device)).logits.float().cpu()
 
 
-def merge(run_dir: str | Path, out: str | Path, log=print) -> Path:
-    """Merge the adapter of `run_dir` into its base model; write the standalone model to `out` (new or empty)."""
+def check(run_dir: str | Path, out: str | Path) -> RunFolder:
+    """The checks of a merge that need no model: the run folder, and `out` (new, or empty but for its lock)."""
+    run = open_run(run_dir, want="run")
+    _check_out(run.path, Path(out).expanduser())
+    if run.config.model.name.startswith("random:") and run.base_model is None:
+        raise MedtuneError(f"{run.path} was trained on a random base ({run.config.model.name}) but has no "
+                           "base_model/ folder")
+    return run
+
+
+def merge(run_dir: str | Path, out: str | Path, log=print, command: str = "medtune merge") -> Path:
+    """Merge the adapter of `run_dir` into its base model; write the standalone model to `out` (new or empty), which
+    is locked meanwhile (rundir.locked)."""
+    out = Path(out).expanduser()
+    with locked(out, command, create=True):
+        run = check(run_dir, out)
+        _merge(run, out, log)
+    return out
+
+
+def _merge(run: RunFolder, out: Path, log) -> None:
+    import torch
     from peft import PeftModel
 
-    from medtune.model import is_random, load_base_model, load_tokenizer, weights_dtype
+    from medtune.model import load_base_model, load_tokenizer, weights_dtype
+    from medtune.modelcard import model_card
 
-    run = open_run(run_dir, want="run")
-    run_dir, out, cfg = run.path, Path(out).expanduser(), run.config
-    _check_out(run_dir, out)
+    run_dir, cfg = run.path, run.config
     tok = load_tokenizer(str(run_dir))
     local_base = str(run.base_model) if run.base_model else None
-    if is_random(cfg.model) and local_base is None:
-        raise MedtuneError(f"{run_dir} was trained on a random base ({cfg.model.name}) but has no base_model/ folder")
     quantized = cfg.model.quantization != "none"
     log(f"merge: loading base {local_base or cfg.model.name}" + (" unquantized (the run used "
                                                                   f"{cfg.model.quantization})" if quantized else ""))
@@ -95,7 +111,6 @@ def merge(run_dir: str | Path, out: str | Path, log=print) -> Path:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log(f"merged model written to {out}\n{NOTICE}")
-    return out
 
 
 def _set_generation_defaults(model, cfg, tok) -> None:

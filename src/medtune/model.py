@@ -9,21 +9,12 @@ from pathlib import Path
 
 import torch
 
-from medtune.config import ModelConfig
+from medtune.config import GPT2_SHAPES, ModelConfig, check_random_name
 from medtune.errors import MedtuneError
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TOKENIZERS = {"builtin:tiny": ASSETS / "tiny_tokenizer"}
 
-# GPT-2 family shapes, so that `random:<name>` builds the architecture offline (random weights).
-GPT2_SHAPES = {
-    "tiny": dict(n_layer=2, n_head=4, n_embd=128, n_positions=512, initializer_range=0.1),
-    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-}
 
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -108,9 +99,8 @@ def build_random(name: str, tokenizer, seed: int = 0):
     """A GPT-2 of the named shape with random weights and the tokenizer's vocabulary."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    check_random_name(name)
     shape = name.split(":", 1)[1]
-    if shape not in GPT2_SHAPES:
-        raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(GPT2_SHAPES)}")
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **GPT2_SHAPES[shape])
     with torch.random.fork_rng(devices=[]):  # same base weights every time, without touching the run's RNG

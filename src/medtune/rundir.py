@@ -13,15 +13,19 @@ A merged model folder (`medtune merge`) holds config.json + model.safetensors + 
 adapter, plus config.yaml, manifest.json, metrics.json and README.md (the model card).
 
 Every command that reads a run or merged folder goes through `open_run`; a missing, empty or corrupt file gives
-the same one-line MedtuneError everywhere.
+the same one-line MedtuneError everywhere. Every command that writes into one holds its lock (`locked`,
+.medtune.lock in the folder) while it does.
 """
 from __future__ import annotations
 
 import contextlib
-
+import fcntl
 import json
+import os
 import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,15 +234,17 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     return None
 
 
-def latest_complete_checkpoint(run_path: Path, log=print) -> Path | None:
+def latest_complete_checkpoint(run_path: Path, log=print, tidy: bool = True) -> Path | None:
     """The newest checkpoint that holds everything resume needs. Incomplete ones newer than it (an interrupted save)
-    are named and removed: they cannot be resumed from, and would confuse the Trainer's checkpoint rotation."""
+    are named and removed (`tidy`: by the main process only): they cannot be resumed from, and would confuse the
+    Trainer's checkpoint rotation."""
     for step, ckpt in reversed(checkpoints(run_path)):
         problem = checkpoint_problem(ckpt)
         if problem is None:
             return ckpt
-        log(f"resume: removing incomplete {ckpt.name} ({problem})")
-        shutil.rmtree(ckpt, ignore_errors=True)
+        if tidy:
+            log(f"resume: removing incomplete {ckpt.name} ({problem})")
+            shutil.rmtree(ckpt, ignore_errors=True)
     return None
 
 
@@ -253,22 +259,160 @@ def holds_run(path: Path) -> bool:
     return any((path / f).exists() for f in RUN_FILES) or (path / CHECKPOINTS).exists()
 
 
-def prepare_output(out: Path, resume: bool, log=print) -> Path | None:
-    """Check the output folder before anything is written; returns the checkpoint to resume from, or None.
-    Without --resume the folder must not hold a run. With --resume, the newest complete checkpoint is used; a run
-    that has none (it failed before its first checkpoint) starts over in the same folder, saying so."""
+def check_output(out: Path, resume: bool) -> None:
+    """The checks of the output folder that read nothing but its listing (prepare_output runs them too)."""
     if out.exists() and not out.is_dir():
         raise MedtuneError(f"output dir {out} exists and is not a folder")
-    if not resume:
-        if out.exists() and holds_run(out):
-            raise MedtuneError(f"output dir {out} already holds a run; pass --resume to continue it, "
-                               "or choose another --output-dir (nothing was overwritten)")
-        return None
-    if not out.is_dir():
+    if not resume and out.exists() and holds_run(out):
+        raise MedtuneError(f"output dir {out} already holds a run; pass --resume to continue it, "
+                           "or choose another --output-dir (nothing was overwritten)")
+    if resume and not out.is_dir():
         raise MedtuneError(f"--resume: output dir {out} not found")
-    ckpt = latest_complete_checkpoint(out, log)
+
+
+def prepare_output(out: Path, resume: bool, log=print, tidy: bool = True) -> Path | None:
+    """Check the output folder before anything is written; returns the checkpoint to resume from, or None.
+    Without --resume the folder must not hold a run. With --resume, the newest complete checkpoint is used; a run
+    that has none (it failed before its first checkpoint) starts over in the same folder, saying so. `tidy`: remove
+    incomplete checkpoints (false on the helper ranks of a multi-process run, which do not hold the folder's lock)."""
+    check_output(out, resume)
+    if not resume:
+        return None
+    ckpt = latest_complete_checkpoint(out, log, tidy)
     if ckpt is None:
         if (out / ADAPTER_WEIGHTS).exists() and not checkpoints(out):
             raise MedtuneError(f"--resume: {out} holds a finished run with no checkpoint to continue from")
         log(f"resume: no complete checkpoint in {out / CHECKPOINTS}; starting over")
     return ckpt
+
+
+# ---------------------------------------------------------------- one command per folder
+
+LOCK = ".medtune.lock"
+_HELD: dict[str, int] = {}  # lock files this process holds -> their file descriptors
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, /proc), to tell it from a later process with its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def lock_info(file: Path) -> dict:
+    """What a lock file says of its holder (pid, host, start, command, since); {} when empty or unreadable."""
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def holder_runs(info: dict) -> bool:
+    """Whether the process a lock file names still runs, by its PID, host and start time (one on another host is
+    assumed to run). The fallback where the file system has no flock."""
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it runs, as another user
+    return info.get("start") in (None, _process_start(pid))
+
+
+def _flock(fd: int, file: Path) -> bool:
+    """Lock the open `file`; False when another process holds it. The kernel releases a flock when its holder
+    exits, however it exits; where the file system has no flock, the PID and host in the file decide."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return not holder_runs(lock_info(file))
+
+
+def _holder_info(file: Path, wait_s: float = 1.0) -> dict:
+    """The holder's lock info; a holder that has just taken the lock writes it a moment later."""
+    deadline = time.monotonic() + wait_s
+    while not (info := lock_info(file)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return info
+
+
+def _take(file: Path, command: str) -> tuple[int | None, dict]:
+    """Take the lock file: (its descriptor, what it said before: a holder that died) or (None, its holder)."""
+    while True:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _flock(fd, file):
+            os.close(fd)
+            return None, _holder_info(file)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(file)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it as we opened it: take the new one
+    before = lock_info(file)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
+          "command": command[:300], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    os.fsync(fd)
+    return fd, before
+
+
+def describe_holder(info: dict) -> str:
+    if not isinstance(info.get("pid"), int):
+        return "another medtune process"
+    where = f"pid {info['pid']} on {info.get('host', '?')}, since {info.get('since', '?')}"
+    return f"`{info['command']}` ({where})" if info.get("command") else f"medtune ({where})"
+
+
+@contextlib.contextmanager
+def locked(target: str | Path, command: str, create: bool = False, lock_file: Path | None = None, log=print):
+    """Hold the lock of `target` for the duration: `target`/.medtune.lock for a folder (a run, a merged model), or
+    `lock_file` (beside a file being written). While one command holds it, another is refused with one line naming
+    the holder. Take it before writing anything; it is released on any exit (even SIGKILL: the file then left
+    behind names a process that no longer runs, and the next command takes it over, saying so). Re-entrant within a
+    process; only the main process of a multi-process launch (RANK 0) takes it. `create`: make a missing folder
+    (removed again if it is left empty); without it, a missing target is not locked (the command reports it)."""
+    target = Path(target).expanduser()
+    file = Path(lock_file) if lock_file else target / LOCK
+    key = str(file.absolute())
+    if key in _HELD or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    made = False
+    if create and lock_file is None and not target.exists():
+        with contextlib.suppress(FileExistsError):
+            target.mkdir(parents=True)
+            made = True
+    if not file.parent.is_dir():
+        yield
+        return
+    fd, before = _take(file, command)
+    if fd is None:
+        if made:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        raise MedtuneError(f"{target} is in use by {describe_holder(before)}; wait for it to end, or stop it first")
+    if before.get("pid") not in (None, os.getpid()):
+        log(f"{target}: taking over the lock of {describe_holder(before)}, which no longer runs")
+    _HELD[key] = fd
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            os.unlink(file)
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                target.rmdir()  # only if nothing was written into it

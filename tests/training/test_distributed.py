@@ -61,6 +61,19 @@ if "RANK" in os.environ and "LOCAL_RANK" in os.environ and os.environ.get("MEDTU
         return result
 
     transformers.Trainer.train = trainer_train
+
+    if os.environ.get("MEDTUNE_TEST_SIGNAL"):  # RANK:STEP:NAME: that rank sends itself the signal as that step begins
+        import signal
+        sig_rank, sig_step, sig_name = os.environ["MEDTUNE_TEST_SIGNAL"].split(":")
+        _step = transformers.Trainer.training_step
+
+        def training_step(self, *args, **kwargs):
+            if RANK == sig_rank and self.state.global_step + 1 == int(sig_step) and not hasattr(self, "_signalled"):
+                self._signalled = True
+                os.kill(os.getpid(), getattr(signal, sig_name))
+            return _step(self, *args, **kwargs)
+
+        transformers.Trainer.training_step = training_step
 '''
 
 # QLoRA: every process quantizes its own copy of the random base (a round trip through disk) and trains on it
@@ -68,7 +81,7 @@ QUICK = ["model.quantization=4bit", "train.report_to=none", "train.logging_steps
          "train.save_steps=2"]
 
 
-def launch(tiny: Path, tmp: Path, out: Path, *args: str, steps: int, nproc: int = 2):
+def launch(tiny: Path, tmp: Path, out: Path, *args: str, steps: int, nproc: int = 2, env: dict | None = None):
     """torchrun -m medtune train on the tiny preset; returns (completed process, records per rank)."""
     hooks = tmp / "hooks"
     hooks.mkdir(exist_ok=True)
@@ -77,7 +90,7 @@ def launch(tiny: Path, tmp: Path, out: Path, *args: str, steps: int, nproc: int 
     rec.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
            "MEDTUNE_TEST_RECORD": str(rec), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU and gloo even where a GPU exists
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}  # CPU and gloo even where a GPU exists
     sets = [a for s in QUICK + [f"train.max_steps={steps}"] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "medtune", "train", "--config", str(tiny), "--output-dir", str(out), *sets, *args]
@@ -175,3 +188,28 @@ def test_resume_under_two_processes(ddp_run, tiny_preset):
     # the log history carries over from checkpoint-4; no step was trained (and logged) twice
     steps = [h["step"] for h in json.loads((out / "metrics.json").read_text())["log_history"] if "loss" in h]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(ddp_run, tiny_preset):
+    """SIGTERM to rank 1 alone (rank 0 never sees it) during step 3: both ranks finish step 3, save one checkpoint of
+    it (with both ranks' RNG states), rank 0 says where; the resumed 2-process run ends where ddp_run (4 steps) did."""
+    from medtune import rundir
+
+    tmp, _, _, records = ddp_run
+    out = tmp / "signalled"
+    proc, rec = launch(tiny_preset, tmp, out, steps=4, env={"MEDTUNE_TEST_SIGNAL": "1:3:SIGTERM"})
+    assert proc.returncode != 0, proc.stderr[-3000:]  # the workers exited 143: torchrun reports a failure
+    t0, t1 = trained(rec[0]), trained(rec[1])
+    assert t0["step"] == t1["step"] == 3 and t0["weights"] == t1["weights"]
+    ckpt = out / "checkpoints" / "checkpoint-3"
+    said = [ln for ln in proc.stderr.splitlines() if ln.startswith("medtune: stopped")]
+    assert said == [f"medtune: stopped by SIGTERM after step 3 of 4; checkpoint {ckpt}; resume with: medtune train "
+                    f"{said[0].split(' medtune train ', 1)[1]}"], proc.stderr[-3000:]
+    assert said[0].endswith("--resume (under the same launcher)")
+    assert rundir.checkpoint_problem(ckpt) is None
+    assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
+    assert written(rec[1], out) == [] and not (out / "adapter_model.safetensors").exists()
+
+    proc, rec = launch(tiny_preset, tmp, out, "--resume", steps=4)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert trained(rec[0])["step"] == 4 and trained(rec[0])["weights"] == trained(records[0])["weights"]

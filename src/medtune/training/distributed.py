@@ -29,10 +29,19 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def sum_over_processes(n: int) -> int:
-    """`n` summed over all processes (a collective: every rank must call it); `n` itself in a single process."""
+def _reduce(n: int, op: str) -> int:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return n
     t = torch.tensor([n], dtype=torch.long, device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
-    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
     return int(t.item())
+
+
+def sum_over_processes(n: int) -> int:
+    """`n` summed over all processes (a collective: every rank must call it); `n` itself in a single process."""
+    return _reduce(n, "SUM")
+
+
+def max_over_processes(n: int) -> int:
+    """The largest `n` of all processes (a collective, like sum_over_processes)."""
+    return _reduce(n, "MAX")

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from medtune import data as data_mod
+from medtune import machine, rundir, stopping
 from medtune import model as model_mod
-from medtune import rundir
 from medtune.config import Config, dump_yaml
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
@@ -18,7 +18,7 @@ from medtune.training import attention, memory, patches
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
 from medtune.training.distributed import barrier, is_main_process, sum_over_processes, use_local_gpu, world_size
-from medtune.training.trainer import MedtuneTrainer, optimizer_name, training_arguments, use_bf16
+from medtune.training.trainer import MedtuneTrainer, StopOnSignal, optimizer_name, training_arguments
 
 
 def _decoder_layers(decoder):
@@ -156,22 +156,29 @@ def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, adapte
     plot_losses(history, out / rundir.LOSS_CURVE)
 
 
-def run(cfg: Config, resume: bool = False, log=print) -> dict:
+def run(cfg: Config, resume: bool = False, log=print, checked: data_mod.Checked | None = None) -> dict:
     """Train a LoRA adapter as configured; returns the final metrics. Every check runs before the first file is
-    written: the config's (config.validate), the output folder's, the data's, and those that need the model."""
+    written: the config's (config.validate), the output folder's, the data's (`checked`: done already), and those
+    that need the model. The output folder is locked meanwhile (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the
+    current step ends with a checkpoint of it, and stopping.Stopped says where it is (medtune.stopping)."""
+    out = Path(cfg.output_dir).expanduser()
+    with rundir.locked(out, f"medtune train --output-dir {out}", create=not resume, log=log), stopping.handlers():
+        return _run(cfg, out, resume, log, checked)
+
+
+def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
     from transformers import set_seed
 
-    out = Path(cfg.output_dir).expanduser()
     use_local_gpu()
     if not is_main_process():
         log = lambda *a, **k: None  # noqa: E731  (rank 0 alone speaks)
-    resume_from = rundir.prepare_output(out, resume, log)  # every rank checks before rank 0 writes (barrier below)
+    resume_from = rundir.prepare_output(out, resume, log, tidy=is_main_process())  # every rank checks; rank 0 writes
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
-    prepared = data_mod.prepare(cfg.data, tok, log=log)
+    prepared = data_mod.prepare(cfg.data, tok, log=log, checked=checked)
+    machine.check(cfg)
     model = model_mod.load_base_model(cfg.model, tok)
     model_mod.check_against_model(cfg, model)
-    optimizer_name(cfg), use_bf16(cfg)  # the checks that need to know the machine
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model, log=log)
     trainer, _, info = make_trainer(cfg, model, tok, prepared, out, log=log)
@@ -187,10 +194,21 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
         for name in rundir.SPLIT_NAMES:
             atomic_write_jsonl(out / rundir.SPLITS / f"{name}.jsonl", prepared.splits[name])
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / rundir.LOGS))
+    with stopping.graceful():
+        metrics = _train(cfg, trainer, tok, prepared, info, out, resume_from, log)
+    barrier()  # no process returns before rank 0 has written the run's files
+    return metrics
 
+
+def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_from: Path | None, log) -> dict:
+    """trainer.train, then the final metrics and the run's files; a signal ends it after a step, with Stopped."""
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t0
+    if stop.signum and trainer.state.global_step < trainer.state.max_steps:
+        raise _stopped(stop.signum, trainer, out)
     metrics = _final_metrics(trainer, result, info, seconds, resumed=resume_from is not None)
     # FSDP shards the LoRA weights too: every process takes part in gathering them (untested: needs GPUs)
     adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
@@ -198,5 +216,17 @@ def run(cfg: Config, resume: bool = False, log=print) -> dict:
         _write_results(cfg, trainer, tok, prepared, metrics, out, adapter_state, prepared.extra)
         log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
             + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
-    barrier()  # no process returns before rank 0 has written the run's files
     return metrics
+
+
+def _stopped(signum: int, trainer, out: Path) -> stopping.Stopped:
+    """Training stopped on a signal after a step that the Trainer has just saved: where is its checkpoint?"""
+    barrier()  # every rank has written its part of the checkpoint (each its own RNG state)
+    step, last = trainer.state.global_step, trainer.state.max_steps
+    if not is_main_process():
+        return stopping.Stopped(signum, None)
+    ckpt = out / rundir.CHECKPOINTS / f"checkpoint-{step}"
+    problem = rundir.checkpoint_problem(ckpt)
+    where = f"checkpoint {ckpt}" if problem is None else \
+        f"its checkpoint {ckpt} is incomplete ({problem}): --resume continues from the newest complete one"
+    return stopping.Stopped(signum, f"stopped by {stopping.name(signum)} after step {step} of {last}; {where}")

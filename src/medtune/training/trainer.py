@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from medtune import stopping
 from medtune.config import Config
-from medtune.errors import MedtuneError
+from medtune.machine import optimizer_name, use_bf16  # noqa: F401  (here for callers that import them from trainer)
 from medtune.training.batching import NUM_TOKENS
-from medtune.training.distributed import sum_over_processes, world_size
 from medtune.model import decoder_output
+from medtune.training.distributed import max_over_processes, sum_over_processes, world_size
 from medtune.training.loss import linear_cross_entropy
 
 
@@ -86,23 +87,21 @@ class MedtuneTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
-def use_bf16(cfg: Config) -> bool:
-    if cfg.train.bf16 == "false":
-        return False
-    capable = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if cfg.train.bf16 == "true" and not capable:
-        raise MedtuneError("train.bf16=true needs a GPU with bf16 support; use auto or false")
-    return capable  # 4-bit too: LoRA and the non-quantized layers then run in bf16 rather than float32
+class StopOnSignal(TrainerCallback):
+    """A signal asked to stop (medtune.stopping): end training after this optimizer step, with a checkpoint of it and
+    the loss since the last log line logged. Should the step be due for evaluation, it is evaluated first, as it would
+    have been (the checkpoint's RNG state then matches an uninterrupted run's). Under several processes the request is
+    shared every step (the largest signal number over the ranks), so that every rank stops after the same step and
+    saves its part of one checkpoint, whichever rank got the signal."""
 
+    def __init__(self):
+        self.signum = 0
 
-def optimizer_name(cfg: Config) -> str:
-    if cfg.train.optim != "auto":
-        if ("8bit" in cfg.train.optim or "paged" in cfg.train.optim) and not torch.cuda.is_available():
-            raise MedtuneError(f"train.optim={cfg.train.optim} needs a CUDA GPU (bitsandbytes); use auto or adamw_torch")
-        return cfg.train.optim
-    if cfg.model.quantization != "none" and torch.cuda.is_available():
-        return "paged_adamw_8bit"
-    return "adamw_torch"
+    def on_step_end(self, args, state, control, **kwargs):
+        self.signum = max_over_processes(stopping.requested())
+        if self.signum:
+            control.should_log = control.should_save = control.should_training_stop = True
+        return control
 
 
 def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArguments:
