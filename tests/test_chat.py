@@ -236,3 +236,34 @@ def test_system_prompt_rerenders_the_chat_template():
     ask = {"instruction": "Answer", "input": "Why?"}
     assert data.format_prompt(ask, new).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nAnswer")
     assert cfg.system_prompt is None and "Be brief" not in data.format_prompt(ask, cfg)  # the run's config is kept
+
+
+def test_a_chat_file_trains_generates_and_its_saved_splits_evaluate(tmp_path, tiny_config, write_jsonl, capsys):
+    """ShareGPT file -> packed training -> splits saved as OpenAI-style messages -> evaluate.py's loader reads them,
+    the eval form (encode / encode_prompt) gives the answer-token loss and generated answers; generate --system."""
+    from medtune import evaluate, rundir, training
+    from medtune.cli import main
+    from medtune.config import GenerateConfig
+    from medtune.generate import complete
+
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"conversations": sharegpt(conversation(i, turns=1 + i % 3))}
+                                                 for i in range(40)])
+    out = tmp_path / "run"
+    training.run(tiny_config(out, "train.max_steps=3", "train.save_steps=100", "train.packing=true",
+                             "train.batch_tokens=1024", data__source=str(path)), **QUIET)
+    run = rundir.open_run(out)
+    assert run.config.data.chat_column == "conversations"
+    saved = [json.loads(line) for line in (out / "splits" / "test.jsonl").read_text().splitlines()]
+    assert len(saved) == 4 and all(list(r) == ["messages"] and r["messages"][-1]["role"] == "assistant" for r in saved)
+    records, _ = evaluate.load_eval_records(run, None, "test")
+    model, tok = rundir.load_model(run)
+    cfg = run.config.data
+    encoded = [data.encode(r, tok, cfg) for r in records]
+    loss = evaluate.answer_token_loss(model, encoded, tok.pad_token_id)
+    assert loss["answer_tokens"] == sum(x != data.IGNORE_INDEX for e in encoded for x in e["labels"])
+    answers = complete(model, tok, [data.encode_prompt(r, tok, cfg) for r in records],
+                       GenerateConfig(max_new_tokens=4, greedy=True))
+    assert len(answers) == 4 and all(a.prompt_tokens < len(e["input_ids"]) for a, e in zip(answers, encoded))
+    capsys.readouterr()
+    assert main(["generate", str(out), "What helps?", "--system", "Be brief.", "--max-new-tokens", "4"]) == 0
+    assert "Q: What helps?" in capsys.readouterr().out

@@ -77,8 +77,8 @@ class DataConfig:
                                                                  "tokenizer's chat template")
     prompt_template: str = opt(ALPACA_TEMPLATE, "prompt for records with an input ({instruction}, {input})")
     prompt_template_no_input: str = opt(ALPACA_NO_INPUT_TEMPLATE, "prompt for records without an input")
-    system_prompt: str | None = opt(None, "a system message (chat format; chat records without a system turn "
-                                          "of their own)")
+    system_prompt: str | None = opt(None, "a system message: in chat format, and for chat records that have none "
+                                          "of their own")
     chat_prompt: str | None = opt(None, "chat format: the chat template rendered around {user} (set by training)")
     default_instruction: str = opt("Answer this question truthfully", "instruction used for a bare question")
     max_length: int = opt(512, "tokens per example (prompt + answer + EOS); at most the model's context", min=8)
@@ -322,8 +322,13 @@ def help_rows(obj=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
             rows += help_rows(value, f"{prefix}{f.name}.")
             continue
         typ = hints[f.name]
-        shown = " | ".join(map(str, typing.get_args(typ))) if typing.get_origin(typ) is Literal else \
-            str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        item = typing.get_args(typ)[0] if typing.get_origin(typ) is list else None
+        if typing.get_origin(typ) is Literal:
+            shown = " | ".join(map(str, typing.get_args(typ)))
+        elif typing.get_origin(item) is Literal:
+            shown = "list of " + " | ".join(map(str, typing.get_args(item)))
+        else:
+            shown = str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
         default = value if not isinstance(value, str) or len(value) < 40 else value[:37].replace("\n", " ") + "..."
         rows.append((f"{prefix}{f.name}", shown, repr(default) if isinstance(default, str) else str(default),
                      f.metadata.get("help", "")))
