@@ -121,10 +121,11 @@ def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
     (tmp / "latin1.jsonl").write_bytes((json.dumps({**rec, "input": "caf\u00e9"}, ensure_ascii=False) + "\n").encode("latin-1"))
     (tmp / "latin1.txt").write_bytes("caf\u00e9 au lait?\n".encode("latin-1"))
     (tmp / "q.txt").write_text("What is asthma?\n")
-    turns = [{"role": "user", "content": "What is asthma?"}, {"role": "assistant", "content": "A disease of the airways."}]
+    turns = [{"role": "user", "content": "What is asthma?"},
+             {"role": "assistant", "content": "A disease of the airways."}]
     for name, bad in (("chat_role", [{"role": "doctor", "content": "Hi."}] + turns), ("chat_no_answer", turns[:1]),
                       ("chat_empty_turn", [{"role": "user", "content": " "}, turns[1]])):
-        (tmp / f"{name}.jsonl").write_text(json.dumps({"messages": turns}) + "\n" + json.dumps({"messages": bad}) + "\n")
+        (tmp / f"{name}.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in (turns, bad)))
     (tmp / "long.txt").write_text("word " * 5000 + "?\n")
     (tmp / "huge.txt").write_text("a" * 1_000_000 + "\n")
     bad_run, empty_adapter = tmp / "bad_run", tmp / "empty_adapter"

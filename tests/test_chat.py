@@ -102,19 +102,33 @@ def test_openai_and_sharegpt_files_load_alike(tmp_path, write_jsonl):
     assert (cfg_a.chat_column, cfg_b.chat_column) == ("messages", "conversations")  # saved with the run
 
 
+def test_a_parquet_chat_file_loads(tmp_path):
+    import pandas as pd
+
+    convs = [conversation(i) for i in range(3)]
+    path = tmp_path / "c.parquet"
+    pd.DataFrame({"messages": convs}).to_parquet(path)
+    records, _ = data.validate_records(data.load_records(DataConfig(source=str(path))))
+    assert records == [{"messages": c} for c in convs]
+
+
 def test_instruction_columns_keep_priority_and_chat_column_can_be_named(tmp_path, write_jsonl, make_records):
     rows = [dict(r, messages=conversation(i)) for i, r in enumerate(make_records(3))]
     path = write_jsonl(tmp_path / "both.jsonl", rows)
     assert not data.chat.is_chat(data.load_records(DataConfig(source=str(path)))[0])
-    assert data.load_records(DataConfig(source=str(path), chat_column="messages"))[0] == {"messages": rows[0]["messages"]}
+    named = data.load_records(DataConfig(source=str(path), chat_column="messages"))
+    assert named[0] == {"messages": rows[0]["messages"]}
     with pytest.raises(MedtuneError, match="missing chat column 'dialog'"):
         data.load_records(DataConfig(source=str(path), chat_column="dialog"))
 
 
 BAD = {
-    "unknown role": ({"role": "tool", "content": "42"}, r"unknown role in rows 3 \(first: row 3 turn 2 has role 'tool'"),
-    "empty turn": ({"role": "user", "content": "  "}, r"empty or whitespace-only fields in rows 3 \(first: row 3 field 'turn 2'\)"),
-    "content not text": ({"role": "user", "content": None}, r"non-string values in rows 3 \(first: row 3 field 'turn 2' is NoneType"),
+    "unknown role": ({"role": "tool", "content": "42"},
+                     r"unknown role in rows 3 \(first: row 3 turn 2 has role 'tool'"),
+    "empty turn": ({"role": "user", "content": "  "},
+                   r"empty or whitespace-only fields in rows 3 \(first: row 3 field 'turn 2'\)"),
+    "content not text": ({"role": "user", "content": None},
+                         r"non-string values in rows 3 \(first: row 3 field 'turn 2' is NoneType"),
 }
 
 

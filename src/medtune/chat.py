@@ -42,6 +42,7 @@ def normalize(turns) -> tuple[list[dict], list[tuple[str, str]]]:
     """A record's turns as {role, content} with medtune's role names, and its problems as (field, problem): field
     'messages' or 'turn N' (from 1); problem 'type:<name>' (not a list / not an object / content not a string),
     'role:<repr>' (unknown role), 'empty' (blank content) or 'no assistant turn'."""
+    turns = _as_list(turns)
     if not isinstance(turns, list):
         return [], [("messages", f"type:{type(turns).__name__}")]
     out, problems = [], []
@@ -64,9 +65,14 @@ def normalize(turns) -> tuple[list[dict], list[tuple[str, str]]]:
     return out, problems
 
 
+def _as_list(turns):
+    """Parquet files read through pandas hold a list column as a numpy array."""
+    return turns.tolist() if type(turns).__name__ == "ndarray" else turns
+
+
 def turn_texts(r: dict) -> dict[str, str]:
     """Every turn's text by field name ('turn N', from 1), for raw (not yet validated) records too."""
-    turns = r.get("messages")
+    turns = _as_list(r.get("messages"))
     out = {}
     for i, t in enumerate(turns if isinstance(turns, list) else [], 1):
         if isinstance(t, dict):
