@@ -57,6 +57,16 @@ CASES = [
     ("data-not-utf8", "a data file that is not UTF-8", T + ["--data", "{tmp}/latin1.jsonl"], "not UTF-8"),
     ("data-folder", "`--data` naming a folder", T + ["--data", "{tmp}"], "is a folder"),
     ("data-type", "an unsupported data file type", T + ["--data", "{tmp}/q.txt"], "unsupported data file type"),
+    ("chat-unknown-role", "a chat record with an unknown role", T + ["--data", "{tmp}/chat_role.jsonl"],
+     "unknown role in rows 2"),
+    ("chat-no-assistant", "a chat record without an assistant turn", T + ["--data", "{tmp}/chat_no_answer.jsonl"],
+     "no assistant turn in rows 2"),
+    ("chat-empty-turn", "a chat record with an empty turn", T + ["--data", "{tmp}/chat_empty_turn.jsonl"],
+     "empty or whitespace-only fields in rows 2"),
+    ("report-to-unknown", "`--set train.report_to=bogus`", T + ["--set", "train.report_to=bogus"],
+     "must be one of none, tensorboard"),
+    ("report-to-not-installed", "a tracker whose package is not installed (`--set train.report_to=azure_ml`)",
+     T + ["--set", "train.report_to=azure_ml"], "pip install azureml-core"),
     ("resume-missing", "`--resume` on a folder that does not exist", T + ["--resume"], "not found"),
     ("resume-finished", "a second `train` into a finished run", T[:4] + ["{run}"], "already holds a run"),
     ("gen-not-utf8-txt", "`generate --input` a non-UTF-8 .txt", ["generate", "{run}", "--input", "{tmp}/latin1.txt",
@@ -90,6 +100,8 @@ CASES = [
      "is empty"),
     ("gen-not-a-run", "`generate` on a folder holding no model", ["generate", "{tmp}", "hi"], "neither an adapter"),
     ("gen-missing", "`generate` on a missing folder", ["generate", "{tmp}/nothing", "hi"], "not found"),
+    ("gen-system-template", "`generate --system` on a run trained with the instruction template",
+     ["generate", "{run}", "hi", "--system", "Be brief."], "--system needs a run trained in chat format"),
     ("serve-corrupt-config", "`serve` on a run whose config.yaml is corrupt", ["serve", "{bad_run}", "--port", "0"],
      "not valid YAML"),
     ("serve-queue-zero", "`serve --queue-size 0`", ["serve", "{run}", "--port", "0", "--queue-size", "0"],
@@ -132,6 +144,11 @@ def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
     (tmp / "latin1.jsonl").write_bytes((json.dumps({**rec, "input": "caf\u00e9"}, ensure_ascii=False) + "\n").encode("latin-1"))
     (tmp / "latin1.txt").write_bytes("caf\u00e9 au lait?\n".encode("latin-1"))
     (tmp / "q.txt").write_text("What is asthma?\n")
+    turns = [{"role": "user", "content": "What is asthma?"},
+             {"role": "assistant", "content": "A disease of the airways."}]
+    for name, bad in (("chat_role", [{"role": "doctor", "content": "Hi."}] + turns), ("chat_no_answer", turns[:1]),
+                      ("chat_empty_turn", [{"role": "user", "content": " "}, turns[1]])):
+        (tmp / f"{name}.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in (turns, bad)))
     (tmp / "long.txt").write_text("word " * 5000 + "?\n")
     (tmp / "huge.txt").write_text("a" * 1_000_000 + "\n")
     bad_run, empty_adapter = tmp / "bad_run", tmp / "empty_adapter"

@@ -19,11 +19,11 @@ import numpy as np
 from medtune import phi
 # containment, near_duplicate_pairs and the constants are re-exported: medtune.audit is where they were first
 from medtune.audit_overlap import (BANDS, CONTAMINATED, EXAMPLES, NEAR_THRESHOLD, NGRAM,  # noqa: F401
-                                   NUM_PERM, SHINGLE, _contamination_report, _text, containment,
+                                   NUM_PERM, SHINGLE, _contamination_report, containment,
                                    near_duplicate_pairs)
 from medtune.config import DataConfig
-from medtune.data import (FIELDS, drop_duplicates, encode, load_records, question_key, record_problems,
-                          render_chat_prompt, split_records)
+from medtune.data import (answer_texts, drop_duplicates, encode, load_records, question_key, record_key,
+                          record_problems, render_chat_prompt, scan_phi, split_records, text_fields)
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -80,7 +80,8 @@ def _invalid_rows(records: list[dict]) -> tuple[dict, list[tuple[int, dict]]]:
     problems = record_problems(records)
     by_problem: dict[str, list[int]] = defaultdict(list)
     for row, field, problem in problems:
-        by_problem[f"{field} {problem.replace('type:', 'is ')}"].append(row)
+        field = "turn" if field.startswith("turn ") else field  # a chat record's turns are grouped together
+        by_problem[f"{field} {problem.replace('type:', 'is ').replace('role:', 'with role ')}"].append(row)
     bad_rows = {row for row, _, _ in problems}
     grouped = {k: {"count": len(v), "rows": v[:EXAMPLES]} for k, v in sorted(by_problem.items())}
     valid = [(n, r) for n, r in enumerate(records, 1) if n not in bad_rows]
@@ -93,7 +94,7 @@ def _exact_duplicates(valid: list[tuple[int, dict]]) -> tuple[dict, list[dict]]:
     first_row: dict[tuple, int] = {}
     dup_pairs = []
     for n, r in valid:
-        key = (r["instruction"], r["input"], r["output"])
+        key = record_key(r)
         if key in first_row:
             dup_pairs.append([first_row[key], n])
         else:
@@ -101,14 +102,14 @@ def _exact_duplicates(valid: list[tuple[int, dict]]) -> tuple[dict, list[dict]]:
     unique, n_dups = drop_duplicates([r for _, r in valid])
     answers: dict[str, set] = defaultdict(set)
     for r in unique:
-        answers[question_key(r)].add(r["output"].strip())
+        answers[question_key(r)].add(tuple(a.strip() for a in answer_texts(r)))
     return {"exact": n_dups, "exact_examples": dup_pairs[:EXAMPLES],
             "questions_with_several_answers": sum(len(a) > 1 for a in answers.values())}, unique
 
 
 def _near_duplicates(unique: list[dict], row_of: dict[int, int]) -> dict:
     """Near duplicates among the unique records (exact duplicates are gone already)."""
-    texts = ["\n".join(_text(r, f) for f in FIELDS) for r in unique]
+    texts = ["\n".join(text_fields(r).values()) for r in unique]
     pairs = near_duplicate_pairs(texts)
     pairs.sort(key=lambda p: (-p[2], row_of[id(unique[p[0]])]))
     in_pairs = {i for p in pairs for i in p[:2]}
@@ -160,7 +161,7 @@ def _phi_findings(records: list[dict], out_dir: Path) -> dict:
     out_dir/phi_review.json, each finding with its key (sha256 of type and text), for data.phi_reviewed."""
     from medtune.data import finding_key
 
-    findings = phi.scan_records(records)
+    findings = scan_phi(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "phi_review.json", {
         "about": "Each finding's key (sha256 of its type and matched text). Copy into 'reviewed' the keys of findings "
@@ -184,8 +185,9 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
         "source": cfg.source,
         "records": len(records),
         "source_rows": source_rows,
-        "columns": {"instruction": cfg.instruction_column, "input": cfg.input_column, "output": cfg.output_column},
     }
+    report["columns"] = {"messages": cfg.chat_column} if cfg.chat_column else \
+        {"instruction": cfg.instruction_column, "input": cfg.input_column, "output": cfg.output_column}
     report["invalid"], valid = _invalid_rows(records)
     row_of = {id(r): n for n, r in valid}
 
@@ -263,8 +265,7 @@ def render_markdown(a: dict) -> str:
     """audit.md: the same content as audit.json, for reading. Rows are numbered from 1; no record text."""
     out = [f"# Data audit: {a['source']}", "", *[f"- {line}" for line in summary_lines(a)], ""]
     cols = a["columns"]
-    out += ["## Columns", "", f"instruction <- `{cols['instruction']}`, input <- `{cols['input']}`, "
-                              f"output <- `{cols['output']}`", ""]
+    out += ["## Columns", "", ", ".join(f"{k} <- `{v}`" for k, v in cols.items()), ""]
     out += ["## Invalid rows", ""]
     if a["invalid"]["by_problem"]:
         out += ["| problem | rows | examples |", "|---|---:|---|"]

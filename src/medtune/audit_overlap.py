@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from medtune.data import FIELDS
+from medtune.data import text_fields
 
 NGRAM = 8  # words per n-gram for contamination
 SHINGLE = 5  # words per shingle for near duplicates
@@ -24,11 +24,6 @@ _WORDS = re.compile(r"\w+")
 
 
 # ---------------------------------------------------------------- hashing helpers
-
-def _text(r: dict, field: str) -> str:
-    v = r.get(field)
-    return v if isinstance(v, str) else ""
-
 
 class _WordHasher:
     """Stable 64-bit hashes of words (blake2b, so the same in every process), cached."""
@@ -60,12 +55,12 @@ def _ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
 
 def _record_ngrams(r: dict, hasher: _WordHasher, n: int) -> np.ndarray:
     """Unique n-gram hashes of a record, each field on its own (no n-gram spans two fields)."""
-    parts = [_ngram_hashes(hasher(_WORDS.findall(_text(r, f).lower())), n) for f in FIELDS]
+    parts = [_ngram_hashes(hasher(_WORDS.findall(text.lower())), n) for text in text_fields(r).values()]
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
 
 
 def _content_key(r: dict) -> str:
-    return " ".join(_WORDS.findall(" ".join(_text(r, f) for f in FIELDS).lower()))
+    return " ".join(_WORDS.findall(" ".join(text_fields(r).values()).lower()))
 
 
 # ---------------------------------------------------------------- near duplicates (MinHash + LSH)

@@ -109,6 +109,7 @@ def cmd_generate(a):
     _quiet_ml()
 
     from medtune.config import override
+    from medtune.data import render_chat_prompt, with_system_prompt
     from medtune.files import NOTICE
     from medtune.generate import answer, check_output_file, generate_file, read_questions
     from medtune.model import context_length
@@ -118,7 +119,11 @@ def cmd_generate(a):
     questions = read_questions(a.input) if a.input else [a.question]  # bad input fails before the model loads
     flags = {f"generate.{k}": getattr(a, k) for k in GENERATE_FLAGS} | {"generate.greedy": True if a.greedy else None}
     cfg = override(run.config, flags)
+    if a.system is not None:  # data.system_prompt (refused for the instruction template before the model loads)
+        cfg.data = with_system_prompt(cfg.data, a.system)
     model, tok = rundir.load_model(run, merge=True)  # the adapter folded into the weights: same answers, faster
+    if cfg.data.prompt_format == "chat" and not cfg.data.chat_prompt:  # the chat template around the new system
+        cfg.data.chat_prompt = render_chat_prompt(tok, cfg.data)
     ctx = context_length(model)
     if a.input:
         rows = generate_file(model, tok, questions, a.output, cfg.data, cfg.generate, a.batch_size, context=ctx)
@@ -255,6 +260,8 @@ def _generate_parser(sub):
     g.add_argument("--repetition-penalty", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--greedy", action="store_true")
+    g.add_argument("--system", metavar="TEXT", help="system message (config key data.system_prompt) for runs trained "
+                                                    "in chat format or on chat records; '' for none")
     g.set_defaults(func=cmd_generate)
 
 

@@ -56,6 +56,10 @@ Optimizer = Literal["auto", "adamw_torch", "adamw_torch_fused", "adafactor", "sg
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                     "inverse_sqrt"]
 Speedup = Literal["gelu", "norms", "varlen", "chunked_loss"]
+# transformers' reporting integrations (medtune.training.trackers knows their packages); kubeflow (a server, not a
+# package) is left out
+Tracker = Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "trackio", "clearml", "dvclive", "neptune",
+                  "swanlab", "codecarbon", "azure_ml", "dagshub", "flyte"]
 
 
 @dataclass
@@ -81,11 +85,15 @@ class DataConfig:
     instruction_column: str = opt("instruction", "column holding the instruction")
     input_column: str = opt("input", "column holding the question / input (may be empty)")
     output_column: str = opt("output", "column holding the answer")
+    chat_column: str | None = opt(None, "column of chat records (turns {role, content} or ShareGPT {from, value}); "
+                                        "unset: a messages or conversations column when the data has no "
+                                        "instruction/input/output columns (training saves the one found)")
     prompt_format: Literal["template", "chat"] = opt("template", "template: the prompt templates below; chat: the "
                                                                  "tokenizer's chat template")
     prompt_template: str = opt(ALPACA_TEMPLATE, "prompt for records with an input ({instruction}, {input})")
     prompt_template_no_input: str = opt(ALPACA_NO_INPUT_TEMPLATE, "prompt for records without an input")
-    system_prompt: str | None = opt(None, "chat format: a system message")
+    system_prompt: str | None = opt(None, "a system message: in chat format, and for chat records that have none "
+                                          "of their own")
     chat_prompt: str | None = opt(None, "chat format: the chat template rendered around {user} (set by training)")
     default_instruction: str = opt("Answer this question truthfully", "instruction used for a bare question")
     max_length: int = opt(512, "tokens per example (prompt + answer + EOS); at most the model's context", min=8)
@@ -123,7 +131,9 @@ class TrainConfig:
     eval_on_start: bool = opt(False, "validation loss of the untrained adapter at step 0 (the start of the curve)")
     seed: int = opt(42, "seed of the weights' init, dropout and batch order")
     num_workers: int = opt(0, "data loader worker processes", min=0)
-    report_to: Literal["tensorboard", "none"] = opt("tensorboard", "training logs under logs/")
+    report_to: list[Tracker] = opt(["tensorboard"], "experiment trackers, one or a list (wandb,mlflow); they get "
+                                                    "the config, the curves and the final metrics; tensorboard "
+                                                    "writes under logs/; none: no tracker")
     max_memory_gib: float | None = opt(None, "CUDA: choose tokens per batch and checkpointing to fit this peak", gt=0)
     batch_tokens: int | None = opt(None, "with packing: batches of whole examples up to this many tokens", min=1)
     compile: bool = opt(False, "torch.compile the decoder blocks and the loss (CUDA)")
@@ -303,6 +313,8 @@ def validate(cfg: Config) -> None:
         raise MedtuneError(f"config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got {t.max_steps}")
     if t.batch_tokens is not None and t.batch_tokens < d.max_length:
         raise MedtuneError(f"train.batch_tokens ({t.batch_tokens}) must be at least data.max_length ({d.max_length})")
+    if "none" in t.report_to and len(t.report_to) > 1:
+        raise MedtuneError(f"train.report_to: 'none' cannot be combined with trackers, got {','.join(t.report_to)}")
     if "{instruction}" not in d.prompt_template and "{input}" not in d.prompt_template:
         raise MedtuneError("data.prompt_template must contain {instruction} or {input}")
     for key in ("prompt_template", "prompt_template_no_input"):
@@ -328,8 +340,13 @@ def help_rows(obj=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
             rows += help_rows(value, f"{prefix}{f.name}.")
             continue
         typ = hints[f.name]
-        shown = " | ".join(map(str, typing.get_args(typ))) if typing.get_origin(typ) is Literal else \
-            str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        item = typing.get_args(typ)[0] if typing.get_origin(typ) is list else None
+        if typing.get_origin(typ) is Literal:
+            shown = " | ".join(map(str, typing.get_args(typ)))
+        elif typing.get_origin(item) is Literal:
+            shown = "list of " + " | ".join(map(str, typing.get_args(item)))
+        else:
+            shown = str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
         default = value if not isinstance(value, str) or len(value) < 40 else value[:37].replace("\n", " ") + "..."
         rows.append((f"{prefix}{f.name}", shown, repr(default) if isinstance(default, str) else str(default),
                      f.metadata.get("help", "")))

@@ -1,11 +1,12 @@
 """Data: load instruction records, validate them, split without leaks, format prompts, tokenize with labels.
 
-Records are dicts with the keys instruction / input / output. Labels mask the prompt (completion-only loss)
-and always keep the EOS token that ends every answer; padding is masked by position, never by token id
-(GPT-2 pads with its EOS id).
+Records are dicts with the keys instruction / input / output, or chat records {"messages": [{role, content}, ...]}
+(medtune.chat). Labels mask the prompt (completion-only loss) and always keep the EOS token that ends every answer
+(every assistant turn of a chat record); padding is masked by position, never by token id (GPT-2 pads with its EOS id).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medtune import chat
 from medtune.config import DataConfig
 from medtune.errors import MedtuneError
 from medtune.files import read_text, split_lines
@@ -109,15 +111,34 @@ def load_records(cfg: DataConfig) -> list[dict]:
     return map_columns(rows, cfg, source)
 
 
+def chat_column(present: set, cfg: DataConfig) -> str | None:
+    """The column of chat turns: data.chat_column, else `messages` or `conversations` when the data lacks the
+    instruction/input/output columns (instruction data loads as it always did)."""
+    if cfg.chat_column:
+        return cfg.chat_column
+    if {cfg.instruction_column, cfg.input_column, cfg.output_column} <= present:
+        return None
+    return next((c for c in chat.COLUMNS if c in present), None)
+
+
 def map_columns(rows: list[dict], cfg: DataConfig, source: str = "data") -> list[dict]:
+    """Records from rows: instruction/input/output by the configured columns, or chat records {"messages": turns}.
+    A chat column found on its own is recorded in cfg.chat_column (a run saves it: generate then prompts in turns)."""
     names = {"instruction": cfg.instruction_column, "input": cfg.input_column, "output": cfg.output_column}
     if not rows:
         raise MedtuneError(f"{source}: no records")
     present = set().union(*(r.keys() for r in rows[:1000]))
+    column = chat_column(present, cfg)
+    if column is not None:
+        if column not in present:
+            raise MedtuneError(f"{source}: missing chat column '{column}' (data.chat_column); found {sorted(present)}")
+        cfg.chat_column = column
+        return [{"messages": r.get(column)} for r in rows]
     missing = [f"{k} (column '{v}')" for k, v in names.items() if v not in present]
     if missing:
         raise MedtuneError(f"{source}: missing column(s) {', '.join(missing)}; found {sorted(present)}; "
-                           "map names with --set data.input_column=... etc.")
+                           "map names with --set data.input_column=... etc. (chat records: a 'messages' or "
+                           "'conversations' column, or data.chat_column)")
     return [{k: r.get(v) for k, v in names.items()} for r in rows]
 
 
@@ -130,9 +151,17 @@ def _rows_text(rows: list[int]) -> str:
 
 def record_problems(records: list[dict]) -> list[tuple[int, str, str]]:
     """Every invalid field as (row numbered from 1, field, problem): problem is 'type:<name>' for a non-string value
-    or 'empty' for an empty instruction/output. A missing or None input becomes '' (the no-input template)."""
+    or 'empty' for an empty instruction/output. A missing or None input becomes '' (the no-input template). Chat
+    records (medtune.chat.normalize): also 'role:<repr>' and 'no assistant turn'; a valid one gets its turns in
+    {role, content} form."""
     problems = []
     for n, r in enumerate(records, 1):
+        if chat.is_chat(r):
+            turns, found = chat.normalize(r["messages"])
+            problems += [(n, k, p) for k, p in found]
+            if not found:
+                r["messages"] = turns
+            continue
         for k in FIELDS:
             v = r.get(k)
             if v is None and k == "input":
@@ -144,39 +173,54 @@ def record_problems(records: list[dict]) -> list[tuple[int, str, str]]:
     return problems
 
 
+def record_key(r: dict) -> tuple:
+    """What makes two records exact duplicates: every field, or every turn."""
+    if chat.is_chat(r):
+        return tuple((t["role"], t["content"]) for t in r["messages"])
+    return r["instruction"], r["input"], r["output"]
+
+
 def drop_duplicates(records: list[dict]) -> tuple[list[dict], int]:
-    """Exact duplicates (same instruction, input and output) removed, first occurrence kept."""
+    """Exact duplicates (same instruction, input and output; or the same turns) removed, first occurrence kept."""
     seen, unique = set(), []
     for r in records:
-        key = (r["instruction"], r["input"], r["output"])
+        key = record_key(r)
         if key not in seen:
             seen.add(key)
             unique.append(r)
     return unique, len(records) - len(unique)
 
 
+def _refuse(source: str, problems: list[tuple[int, str, str]]) -> None:
+    """One error naming the rows of the first kind of problem found."""
+    kinds = [("type:", "non-string values in rows {rows} (first: row {n} field '{k}' is {p})"),
+             ("role:", "unknown role in rows {rows} (first: row {n} {k} has role {p}; roles are system, user or "
+                       "human, assistant or gpt)"),
+             ("empty", "empty or whitespace-only fields in rows {rows} (first: row {n} field '{k}')"),
+             ("no assistant turn", "no assistant turn in rows {rows}: a chat record needs at least one answer to "
+                                   "learn from")]
+    for prefix, text in kinds:
+        found = [(n, k, p[len(prefix):]) for n, k, p in problems if p.startswith(prefix)]
+        if found:
+            n, k, p = found[0]
+            raise MedtuneError(f"{source}: " + text.format(rows=_rows_text([f[0] for f in found]), n=n, k=k, p=p))
+
+
 def validate_records(records: list[dict], source: str = "data") -> tuple[list[dict], int]:
     """Check types and emptiness (rows numbered from 1), then drop exact duplicates.
-    `input` may be empty (the no-input template is used); instruction and output may not."""
-    problems = record_problems(records)
-    bad_type = [(n, k, p[5:]) for n, k, p in problems if p.startswith("type:")]
-    empty = [(n, k) for n, k, p in problems if p == "empty"]
-    if bad_type:
-        n, k, t = bad_type[0]
-        raise MedtuneError(f"{source}: non-string values in rows {_rows_text([b[0] for b in bad_type])} "
-                           f"(first: row {n} field '{k}' is {t})")
-    if empty:
-        n, k = empty[0]
-        raise MedtuneError(f"{source}: empty or whitespace-only fields in rows {_rows_text([e[0] for e in empty])} "
-                           f"(first: row {n} field '{k}')")
+    `input` may be empty (the no-input template is used); instruction and output may not. Chat records: known
+    roles, no empty turn, at least one assistant turn."""
+    _refuse(source, record_problems(records))
     return drop_duplicates(records)
 
 
 # ---------------------------------------------------------------- split
 
 def question_key(r: dict) -> str:
-    """The question a record asks, normalised (case, spacing, stray space before '?')."""
-    text = f"{r['instruction']}\n{r['input']}".lower()
+    """The question a record asks, normalised (case, spacing, stray space before '?'); a chat record's is its first
+    user turn."""
+    text = chat.first_question(r["messages"]) if chat.is_chat(r) else f"{r['instruction']}\n{r['input']}"
+    text = text.lower()
     return re.sub(r"\s+", " ", text).replace(" ?", "?").strip()
 
 
@@ -214,15 +258,7 @@ def _chat_messages(cfg: DataConfig, user: str, answer: str | None = None) -> lis
 
 
 def _apply_chat(tokenizer, cfg: DataConfig, user: str, answer: str | None = None) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise MedtuneError("data.prompt_format=chat, but the tokenizer has no chat template; "
-                           "use data.prompt_format=template")
-    try:
-        return tokenizer.apply_chat_template(_chat_messages(cfg, user, answer), tokenize=False,
-                                             add_generation_prompt=answer is None)
-    except Exception as e:
-        raise MedtuneError(f"the tokenizer's chat template failed: {(str(e).splitlines() or [type(e).__name__])[0]}"
-                           " (use data.prompt_format=template)") from None
+    return chat.render(tokenizer, _chat_messages(cfg, user, answer), generation_prompt=answer is None)
 
 
 def render_chat_prompt(tokenizer, cfg: DataConfig) -> str:
@@ -269,11 +305,39 @@ def setup_prompt_format(cfg: DataConfig, tokenizer, log=print) -> None:
         tokenizer.eos_token = token
 
 
-def format_prompt(r: dict, cfg: DataConfig, tokenizer=None) -> str:
-    """The prompt for a record: the plain template, or (data.prompt_format=chat) the chat template's user turn
-    (instruction, a blank line, input) followed by the opening of the assistant's turn."""
+def _user_text(r: dict, cfg: DataConfig) -> str:
+    """The user's message for an instruction record: the instruction, a blank line, the input. A run trained on
+    chat records learned bare questions, so there the default instruction is left out."""
     instruction = (r.get("instruction") or cfg.default_instruction).strip()
     inp = (r.get("input") or "").strip()
+    if cfg.chat_column and inp and instruction == cfg.default_instruction.strip():
+        return inp
+    return f"{instruction}\n\n{inp}" if inp else instruction
+
+
+def _chat_segments(r: dict, cfg: DataConfig, tokenizer) -> list[tuple[str, bool]]:
+    """A chat record as (text, is_answer) segments, ending with its last answer: the tokenizer's chat template
+    (data.prompt_format=chat) or medtune's plain one."""
+    turns = chat.training_turns(r["messages"], cfg.system_prompt)
+    if cfg.prompt_format != "chat":
+        return chat.plain_segments(turns)
+    if tokenizer is None:
+        raise MedtuneError("data.prompt_format=chat: a chat record needs the tokenizer to render its turns")
+    return chat.template_segments(turns, tokenizer)
+
+
+def format_prompt(r: dict, cfg: DataConfig, tokenizer=None) -> str:
+    """The prompt for a record: everything before its answer, ending with the opening of the assistant's turn.
+    Instruction records: the plain template, or (data.prompt_format=chat) the chat template's user turn (instruction,
+    a blank line, input); a run trained on chat records with the plain template asks it as a user turn. Chat records:
+    every turn before the last assistant turn (the tokenizer is needed for the chat template, and for the EOS token
+    that ends earlier answers)."""
+    if chat.is_chat(r):
+        before = _chat_segments(r, cfg, tokenizer)[:-1]
+        if tokenizer is None and any(answer for _, answer in before):
+            raise MedtuneError("the prompt of a multi-turn chat record needs the tokenizer (its answers end with EOS)")
+        return "".join(text + (tokenizer.eos_token if answer else "") for text, answer in before)
+    user = _user_text(r, cfg)
     if cfg.prompt_format == "chat":
         template = cfg.chat_prompt
         if not template:
@@ -281,19 +345,80 @@ def format_prompt(r: dict, cfg: DataConfig, tokenizer=None) -> str:
                 raise MedtuneError("data.prompt_format=chat: the chat template has not been rendered "
                                    "(data.chat_prompt is empty and no tokenizer was given)")
             template = render_chat_prompt(tokenizer, cfg)
-        return template.format(user=f"{instruction}\n\n{inp}" if inp else instruction)
+        return template.format(user=user)
+    if cfg.chat_column:
+        turns = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + \
+            [{"role": "user", "content": user}]
+        return "".join(text for text, _ in chat.plain_segments(turns, generation_prompt=True))
+    instruction = (r.get("instruction") or cfg.default_instruction).strip()
+    inp = (r.get("input") or "").strip()
     template = cfg.prompt_template if inp else cfg.prompt_template_no_input
     return template.format(instruction=instruction, input=inp)
 
 
+def _pieces(r: dict, tokenizer, cfg: DataConfig) -> list[tuple[list[int], bool]]:
+    """A record's token ids in pieces (ids, is_answer); every answer ends with EOS."""
+    if chat.is_chat(r):
+        segments = _chat_segments(r, cfg, tokenizer)
+    else:
+        segments = [(format_prompt(r, cfg, tokenizer), False), (r["output"].strip(), True)]
+    return [(tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if answer else []),
+             answer) for text, answer in segments]
+
+
 def encode(r: dict, tokenizer, cfg: DataConfig) -> dict:
     """input_ids = prompt + answer + EOS; labels = -100 over the prompt (if completion-only) then answer + EOS.
+    Chat records: every assistant turn + EOS is labelled, every other turn masked.
     In chat format, run setup_prompt_format first: it makes EOS the chat template's end-of-turn token."""
-    prompt_ids = tokenizer(format_prompt(r, cfg, tokenizer), add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(r["output"].strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = prompt_ids + answer_ids
-    labels = ([IGNORE_INDEX] * len(prompt_ids) if cfg.completion_only_loss else list(prompt_ids)) + answer_ids
+    ids, labels = [], []
+    for piece, answer in _pieces(r, tokenizer, cfg):
+        ids += piece
+        labels += piece if answer or not cfg.completion_only_loss else [IGNORE_INDEX] * len(piece)
     return {"input_ids": ids, "labels": labels}
+
+
+# ---------------------------------------------------------------- evaluation form
+
+def encode_prompt(r: dict, tokenizer, cfg: DataConfig) -> list[int]:
+    """The prompt of a record's evaluation form as token ids: everything before its (last) answer, exactly as
+    `encode` tokenizes it, so encode(r)["input_ids"] starts with it."""
+    pieces = _pieces(r, tokenizer, cfg)
+    last = max(i for i, (_, answer) in enumerate(pieces) if answer)
+    return [i for piece, _ in pieces[:last] for i in piece]
+
+
+def answer_texts(r: dict) -> list[str]:
+    """The answers a record teaches: its output, or a chat record's assistant turns."""
+    return chat.answers(r["messages"]) if chat.is_chat(r) else [r["output"]]
+
+
+def reference_answer(r: dict) -> str:
+    """The answer a record's prompt asks for: its output, or a chat record's last assistant turn (stripped)."""
+    return answer_texts(r)[-1].strip()
+
+
+def eval_fields(r: dict) -> dict[str, str]:
+    """What to show of a record next to generated answers: instruction, question and reference. A chat record's
+    instruction is its system turn (or ''), its question the last user turn before its last answer."""
+    if not chat.is_chat(r):
+        return {"instruction": r["instruction"], "question": r["input"], "reference": r["output"]}
+    turns = chat.training_turns(r["messages"], None)[:-1]
+    pick = lambda role: next((t["content"] for t in reversed(turns) if t["role"] == role), "")  # noqa: E731
+    return {"instruction": pick("system"), "question": pick("user"), "reference": reference_answer(r)}
+
+
+def with_system_prompt(cfg: DataConfig, system: str | None, tokenizer=None) -> DataConfig:
+    """A copy of a run's data config that prompts with another system message (`generate --system`; '' or None:
+    none). Chat format: the chat template is rendered again around it (now with `tokenizer`, else data.chat_prompt
+    is cleared for render_chat_prompt); a run trained on chat records with the plain template starts its prompts
+    with a System turn. The instruction template has no place for one: refused."""
+    if cfg.prompt_format != "chat" and not cfg.chat_column:
+        raise MedtuneError("--system needs a run trained in chat format (data.prompt_format=chat) or on chat "
+                           "records; this run's prompt template has no system message")
+    cfg = dataclasses.replace(cfg, system_prompt=system or None)
+    if cfg.prompt_format == "chat":
+        cfg.chat_prompt = render_chat_prompt(tokenizer, cfg) if tokenizer is not None else None
+    return cfg
 
 
 @dataclass
@@ -309,9 +434,45 @@ class Prepared:
 REVIEWED = Path(__file__).parent / "assets" / "phi_reviewed.json"
 
 
+def text_fields(r: dict) -> dict[str, str]:
+    """Every text of a record by field: instruction / input / output, or a chat record's turns ('turn N', from 1).
+    Non-string values are left out (raw records too)."""
+    if chat.is_chat(r):
+        return chat.turn_texts(r)
+    return {k: r[k] for k in FIELDS if isinstance(r.get(k), str)}
+
+
+def scan_phi(records: list[dict]) -> list:
+    """PHI findings (medtune.phi.Finding) in every text of every record, rows numbered from 1."""
+    from medtune import phi
+
+    return [phi.Finding(row, field, t, start, end) for row, r in enumerate(records, 1)
+            for field, text in text_fields(r).items() for t, start, end in phi.scan_text(text)]
+
+
+def redact_phi(records: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """Copies of the records with every finding replaced by [TYPE] (in every turn of a chat record), and the counts."""
+    from collections import Counter
+
+    from medtune import phi
+
+    if not any(chat.is_chat(r) for r in records):
+        return phi.redact_records(records)
+    total: Counter = Counter()
+    out = []
+    for r in records:
+        turns = []
+        for t in r["messages"]:
+            text, counts = phi.redact_text(t["content"])
+            total.update(counts)
+            turns.append({**t, "content": text})
+        out.append({**r, "messages": turns})
+    return out, {t: total[t] for t in phi.TYPES if total[t]}
+
+
 def finding_key(records: list[dict], f) -> str:
     """A finding's identity without its text: sha256 of its type and the matched text."""
-    text = records[f.row - 1][f.field][f.start:f.end]
+    text = text_fields(records[f.row - 1])[f.field][f.start:f.end]
     return hashlib.sha256(f"{f.type}\0{text}".encode()).hexdigest()
 
 
@@ -336,7 +497,7 @@ def phi_guard(records: list[dict], cfg: DataConfig, log=print) -> tuple[list[dic
     from medtune import phi
 
     reviewed = reviewed_findings(cfg.phi_reviewed)
-    findings = [f for f in phi.scan_records(records) if finding_key(records, f) not in reviewed]
+    findings = [f for f in scan_phi(records) if finding_key(records, f) not in reviewed]
     if not findings:
         return records, {}
     counts = phi.count_by_type(findings)
@@ -349,7 +510,7 @@ def phi_guard(records: list[dict], cfg: DataConfig, log=print) -> tuple[list[dic
         log(f"data: warning: {len(findings)} possible protected health information findings ({shown}); "
             f"training on them as data.phi=warn says (`medtune data audit {cfg.source}` lists them)")
         return records, {}
-    records, counts = phi.redact_records(records)
+    records, counts = redact_phi(records)
     log(f"data: replaced {sum(counts.values())} possible protected health information findings with placeholders "
         f"({shown})")
     return records, {"phi_redacted": counts}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from medtune import model as model_mod
 from medtune.config import Config, dump_yaml
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
-from medtune.training import attention, memory, patches
+from medtune.training import attention, memory, patches, trackers
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
 from medtune.training.distributed import barrier, is_main_process, sum_over_processes, use_local_gpu, world_size
@@ -97,6 +96,7 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
     trainer = MedtuneTrainer(model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"] or None,
                              data_collator=collator, fast_loss=info["fast_loss"], loss_chunk=info["chunk"],
                              compile_loss=bool(t.compile), batch_sampler=sampler)
+    trackers.attach(trainer, cfg, out / rundir.LOGS)
     world = world_size()
     per_step = f"up to {batch_tokens} tokens" if sampler else f"{t.batch_size} examples"
     effective = (f"up to {batch_tokens * t.grad_accum * world} tokens" if sampler
@@ -173,6 +173,7 @@ def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
     if not is_main_process():
         log = lambda *a, **k: None  # noqa: E731  (rank 0 alone speaks)
     resume_from = rundir.prepare_output(out, resume, log, tidy=is_main_process())  # every rank checks; rank 0 writes
+    trackers.check(cfg, main_process=is_main_process())  # each tracker's package installed, MLflow's store opens
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
     prepared = data_mod.prepare(cfg.data, tok, log=log, checked=checked)
@@ -193,7 +194,6 @@ def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
         atomic_write_text(out / rundir.CONFIG, dump_yaml(cfg))
         for name in rundir.SPLIT_NAMES:
             atomic_write_jsonl(out / rundir.SPLITS / f"{name}.jsonl", prepared.splits[name])
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / rundir.LOGS))
     with stopping.graceful():
         metrics = _train(cfg, trainer, tok, prepared, info, out, resume_from, log)
     barrier()  # no process returns before rank 0 has written the run's files
@@ -204,6 +204,8 @@ def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_fr
     """trainer.train, then the final metrics and the run's files; a signal ends it after a step, with Stopped."""
     stop = StopOnSignal()
     trainer.add_callback(stop)
+    if is_main_process():
+        trackers.start(cfg, out)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t0
@@ -214,6 +216,7 @@ def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_fr
     adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if is_main_process():
         _write_results(cfg, trainer, tok, prepared, metrics, out, adapter_state, prepared.extra)
+        trackers.finish(cfg, metrics)
         log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
             + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
     return metrics

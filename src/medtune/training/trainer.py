@@ -116,7 +116,7 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         eval_on_start=t.eval_on_start and has_eval, logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed, dataloader_num_workers=t.num_workers, remove_unused_columns=False,
-        report_to=[] if t.report_to == "none" else ["tensorboard"],
+        report_to=[r for r in t.report_to if r != "none"],
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
