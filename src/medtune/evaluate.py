@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from medtune import rundir
 from medtune.config import Config, DataConfig, GenerateConfig
-from medtune.data import IGNORE_INDEX, encode, format_prompt, load_records, validate_records
+from medtune.data import (IGNORE_INDEX, encode, encode_prompt, eval_fields, load_records, reference_answer,
+                          validate_records)
 from medtune.errors import MedtuneError
 from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -222,13 +223,13 @@ def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples:
         raise MedtuneError(f"all {len(records)} records from {source} are longer than data.max_length="
                            f"{data_cfg.max_length} tokens; nothing to evaluate")
     limit = context_length(model)
-    ids = [tok(format_prompt(r, data_cfg), add_special_tokens=False)["input_ids"] for r in kept]
+    ids = [encode_prompt(r, tok, data_cfg) for r in kept]
     ref_lengths = [len(e["input_ids"]) - len(p) - 1 for e, p in zip(encoded, ids)]
     g = eval_generate_config(run.config, greedy, resolve_max_new_tokens(run.config, ref_lengths,
                                                                         list(map(len, ids)), limit))
     candidates = [i for i, p in enumerate(ids) if limit is None or len(p) + g.max_new_tokens <= limit]
     chosen = random.Random(g.seed).sample(candidates, min(num_samples, len(candidates)))
-    return _Inputs(kept, encoded, [ids[i] for i in chosen], chosen, [kept[i]["output"].strip() for i in chosen],
+    return _Inputs(kept, encoded, [ids[i] for i in chosen], chosen, [reference_answer(kept[i]) for i in chosen],
                    len(records) - len(kept), source), g
 
 
@@ -264,7 +265,7 @@ def _samples(inp: _Inputs, answers: dict, result: dict) -> list[dict]:
     samples = []
     for j, i in enumerate(inp.chosen):
         r = inp.kept[i]
-        s = {"instruction": r["instruction"], "question": r["input"], "reference": r["output"]}
+        s = dict(eval_fields(r))
         for name in MODELS:
             c = answers[name][j]
             s.update({name: c.text, f"{name}_tokens": len(c.token_ids), f"{name}_stopped_at_eos": c.stopped_at_eos,

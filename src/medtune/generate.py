@@ -20,7 +20,7 @@ from medtune.config import DataConfig, GenerateConfig
 from medtune.data import format_prompt
 from medtune.decoding.sampling import MIN_TEMPERATURE
 from medtune.errors import MedtuneError
-from medtune.files import NOTICE, atomic_write_jsonl
+from medtune.files import NOTICE, atomic_write_jsonl, read_text_lines
 
 MAX_QUESTION_CHARS = 100_000  # longer lines are refused before tokenizing (no tokenizer packs more into a context)
 
@@ -120,20 +120,16 @@ def read_questions(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise MedtuneError(f"input file not found: {path}" if not path.exists() else f"input {path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MedtuneError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
+    numbered = [(n, ln) for n, ln in enumerate(read_text_lines(path), 1) if ln.strip()]  # editor line numbers
+    if not numbered:
         raise MedtuneError(f"{path}: no questions")
-    for n, ln in enumerate(lines, 1):
+    for n, ln in numbered:
         if len(ln) > MAX_QUESTION_CHARS:
             raise MedtuneError(f"{path}: line {n} is {len(ln):,} characters long; the limit is {MAX_QUESTION_CHARS:,}")
     if path.suffix.lower() != ".jsonl":
-        return [ln.strip() for ln in lines]
+        return [ln.strip() for _, ln in numbered]
     questions = []
-    for n, ln in enumerate(lines, 1):
+    for n, ln in numbered:
         try:
             obj = json.loads(ln)
         except (json.JSONDecodeError, RecursionError):
