@@ -54,6 +54,26 @@ def prompt_for(question: str, data_cfg: DataConfig, instruction: str | None = No
     return format_prompt({"instruction": instruction or data_cfg.default_instruction, "input": question}, data_cfg)
 
 
+SPEAKERS = {"user": "User", "assistant": "Assistant"}  # an instruction-template run's transcript of earlier turns
+
+
+def conversation_record(turns: list[dict], data_cfg: DataConfig) -> dict:
+    """The record whose prompt (data.format_prompt, data.encode_prompt) asks for the assistant's next turn after
+    `turns` ({role, content}: system, user, assistant; the last a user turn), in the form the run was trained on.
+    A run in chat format or trained on chat records: the turns as a chat record (its template renders them, earlier
+    answers ending with EOS as in training; a system turn replaces data.system_prompt). A run with the instruction
+    template: the system turns as the instruction (else data.default_instruction), the last user turn as the input,
+    and earlier user and assistant turns, if any, as a "User: ..." / "Assistant: ..." transcript before it."""
+    if data_cfg.prompt_format == "chat" or data_cfg.chat_column:
+        return {"messages": turns + [{"role": "assistant", "content": "x"}]}  # x: the answer that is not there yet
+    system = "\n\n".join(t["content"].strip() for t in turns if t["role"] == "system" and t["content"].strip())
+    talk = [t for t in turns if t["role"] != "system"]
+    question = talk[-1]["content"].strip()
+    if len(talk) > 1:
+        question = "\n".join(f"{SPEAKERS[t['role']]}: {t['content'].strip()}" for t in talk)
+    return {"instruction": system or data_cfg.default_instruction, "input": question, "output": "x"}
+
+
 @dataclass
 class Request:
     """One prompt to complete with its own settings (sampling, seed, max_new_tokens, loop guard), cancellation,

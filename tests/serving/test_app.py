@@ -175,7 +175,8 @@ def test_deeply_nested_json_within_size_limit(client):
     ("POST", "/v1/completions", {}, 415),
     ("GET", "/v1/completions", {}, 405),
     ("PUT", "/health", {}, 405),
-    ("GET", "/v1/chat/completions", {}, 404),
+    ("GET", "/v1/chat/completions", {}, 405),
+    ("POST", "/v1/chat/completion", {}, 404),
 ])
 def test_wrong_method_type_or_path_get_4xx_json(client, method, path, headers, status):
     r = client.request(method, path, content=b'{"prompt": "x"}', headers=headers)

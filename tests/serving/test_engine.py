@@ -185,3 +185,20 @@ def test_non_loopback_needs_a_key(run_dir):
         serve(run_dir, host="0.0.0.0", port=0)
     with pytest.raises(MedtuneError, match="--max-batch-size must be >= 1"):
         serve(run_dir, port=0, max_batch_size=0)
+
+
+@pytest.mark.parametrize("pieces, stops, sent, answer", [
+    (["Rest ", "and flu", "ids.\n\n#", "## User: more"], ("###",), ["Rest", " and flu", "ids."], "Rest and fluids."),
+    (["a #", "# b ##", "#c"], ("###",), ["a", " ## b"], "a ## b"),  # a prefix held, then let go
+    (["one two", " three"], ("two", "e t"), ["on"], "on"),  # the earliest of several stops
+    (["Yes.  ", "  \n", "More"], ("\n\n",), ["Yes.", "    \nMore"], None),  # whitespace waits for what follows
+    (["Yes.\n", "\nMore"], ("\n\n",), ["Yes."], "Yes."),  # a whitespace stop string
+    (["end  "], (), ["end"], None),  # no stops: only trailing whitespace is held (the answer is stripped)
+])
+def test_stop_text_cuts_before_the_first_stop_string(pieces, stops, sent, answer):
+    from medtune.serving.engine import StopText
+
+    watch = StopText(stops)
+    out = [p for p in map(watch.feed, pieces) if p] + [p for p in [watch.finish()] if p]
+    assert out == sent
+    assert (watch.answer if watch.cut is not None else None) == answer

@@ -1,14 +1,19 @@
-"""HTTP serving: an OpenAI-style completions API, a health check and a small web page, for a run or merged folder.
+"""HTTP serving: OpenAI-style completions and chat completions, a health check and a small web page, for a run or
+merged folder.
 
-  POST /v1/completions   {"prompt", "max_tokens", "temperature", "top_p", "stream", "seed", "raw"}  (OpenAI shape)
-  GET  /v1/models        the one model served
-  GET  /health           status, queue length, limits
-  GET  /                 a page: question box, the answer streaming in, the not-medical-advice notice
+  POST /v1/completions        {"prompt", "max_tokens", "temperature", "top_p", "stream", "seed", "stop", "raw"}
+  POST /v1/chat/completions   {"messages", "max_tokens" | "max_completion_tokens", "temperature", "top_p", "stream",
+                               "stream_options", "seed", "stop"}
+  GET  /v1/models             the one model served
+  GET  /health                status, queue length, limits
+  GET  /                      a page: question box, the answer streaming in, the not-medical-advice notice
 
-The question is wrapped in the run's prompt template (config.yaml) unless `"raw": true`. Requests wait in a bounded
-FIFO queue served by the engine's worker (a full queue answers 429). A streaming request whose client goes away is
-cancelled, queued or running. Every error is JSON in OpenAI's shape, `{"error": {"message", "type", "param",
-"code"}}`; a malformed request gets a 4xx, never a 5xx.
+A completion's prompt is wrapped in the run's prompt template (config.yaml) unless `"raw": true`; a chat's messages
+are rendered as the run was trained (medtune.generate.conversation_record). Both routes go through one path: the
+body read and checked (pydantic), the prompt's tokens fitted to the limits, a Job queued, the reply sent whole or
+streamed (medtune.serving.replies). Requests wait in a bounded FIFO queue served by the engine's worker (a full
+queue answers 429). A streaming request whose client goes away is cancelled, queued or running. Every error is JSON
+in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`; a malformed request gets a 4xx, never a 5xx.
 """
 from __future__ import annotations
 
@@ -16,8 +21,6 @@ import asyncio
 import html
 import json
 import logging
-import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,7 +33,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from medtune.files import NOTICE
 from medtune.serving.engine import Engine, Job, Limits
-from medtune.serving.schemas import ApiError, CompletionRequest, error_body, parse_json_object, validation_message
+from medtune.errors import MedtuneError
+from medtune.serving.replies import Reply
+from medtune.serving.schemas import (ApiError, ChatRequest, CompletionRequest, Sampling, chat_turns, error_body,
+                                     parse_json_object, validation_message)
 
 STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -89,7 +95,7 @@ async def models(request: Request):
                                         "owned_by": "medtune"}]}
 
 
-# ---------------------------------------------------------------- completions
+# ---------------------------------------------------------------- completions and chat completions: one path
 
 async def _read_body(request: Request, limit: int) -> dict:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -106,7 +112,41 @@ async def _read_body(request: Request, limit: int) -> dict:
     return parse_json_object(bytes(body))
 
 
-def _prompt_ids(engine: Engine, req: CompletionRequest, max_tokens: int) -> list[int]:
+async def _parse(request: Request, schema: type[Sampling]) -> Sampling:
+    data = await _read_body(request, _engine(request).limits.max_body_bytes)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        message, param = validation_message(e.errors(include_url=False), schema)
+        raise ApiError(400, message, param=param) from None
+
+
+def _new_tokens(engine: Engine, req: Sampling) -> int:
+    asked = req.new_tokens()
+    if asked is None:
+        return engine.default_max_tokens
+    if asked > engine.max_tokens:
+        name = "max_tokens" if req.max_tokens is not None else "max_completion_tokens"
+        raise ApiError(400, f"'{name}' is {asked}; this server allows at most {engine.max_tokens}", param=name)
+    return asked
+
+
+def _too_many_chars(engine: Engine, chars: int, what: str, param: str) -> None:
+    if chars > 16 * engine.max_prompt_tokens + 64:  # no tokenizer packs more chars per token than that
+        raise ApiError(400, f"{what} too long (over {engine.max_prompt_tokens} tokens)", param=param)
+
+
+def _fits(engine: Engine, ids: list[int], max_tokens: int, what: str, param: str) -> list[int]:
+    if len(ids) > engine.max_prompt_tokens:
+        raise ApiError(400, f"{what} {len(ids)} tokens; this server allows at most {engine.max_prompt_tokens}",
+                       param=param)
+    if len(ids) + max_tokens > engine.context:
+        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+                            f"of {engine.context} tokens; lower max_tokens", param="max_tokens")
+    return ids
+
+
+def _completion_ids(engine: Engine, req: CompletionRequest, max_tokens: int) -> list[int]:
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -114,48 +154,24 @@ def _prompt_ids(engine: Engine, req: CompletionRequest, max_tokens: int) -> list
         prompt = prompt[0]
     if not prompt.strip() and not (req.raw and prompt):
         raise ApiError(400, "'prompt' must not be empty", param="prompt")
-    if len(prompt) > 16 * engine.max_prompt_tokens + 64:  # no tokenizer packs more chars per token than that
-        raise ApiError(400, f"prompt is too long (over {engine.max_prompt_tokens} tokens)", param="prompt")
+    _too_many_chars(engine, len(prompt), "prompt is", "prompt")
     try:
         ids = engine.prompt_ids(prompt, req.raw)
     except (ValueError, TypeError):  # e.g. a lone surrogate: text that is not valid Unicode
         raise ApiError(400, "'prompt' is not valid text (invalid Unicode)", param="prompt") from None
-    if len(ids) > engine.max_prompt_tokens:
-        raise ApiError(400, f"prompt is {len(ids)} tokens{'' if req.raw else ' with the prompt template'}; "
-                            f"this server allows at most {engine.max_prompt_tokens}", param="prompt")
-    if len(ids) + max_tokens > engine.context:
-        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
-                            f"of {engine.context} tokens; lower max_tokens", param="max_tokens")
-    return ids
+    return _fits(engine, ids, max_tokens, f"prompt is{'' if req.raw else ' with the prompt template'}", "prompt")
 
 
-async def _job_for(request: Request) -> Job:
-    engine = _engine(request)
-    data = await _read_body(request, engine.limits.max_body_bytes)
+def _chat_ids(engine: Engine, req: ChatRequest, max_tokens: int) -> list[int]:
+    turns = chat_turns(req.messages)
+    _too_many_chars(engine, sum(len(t["content"]) for t in turns), "messages are", "messages")
     try:
-        req = CompletionRequest.model_validate(data)
-    except ValidationError as e:
-        message, param = validation_message(e.errors(include_url=False))
-        raise ApiError(400, message, param=param) from None
-    max_tokens = req.max_tokens if req.max_tokens is not None else engine.default_max_tokens
-    if max_tokens > engine.max_tokens:
-        raise ApiError(400, f"'max_tokens' is {max_tokens}; this server allows at most {engine.max_tokens}",
-                       param="max_tokens")
-    ids = _prompt_ids(engine, req, max_tokens)
-    g = engine.cfg.generate
-    return Job(input_ids=ids, max_tokens=max_tokens, temperature=g.temperature if req.temperature is None
-               else req.temperature, top_p=g.top_p if req.top_p is None else req.top_p, seed=req.seed,
-               stream=req.stream, loop=asyncio.get_running_loop())
-
-
-def _completion(name: str, id_: str, created: int, text: str, finish, usage=None, notice=True) -> dict:
-    obj = {"id": id_, "object": "text_completion", "created": created, "model": name,
-           "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
-    if usage is not None:
-        obj["usage"] = usage
-    if notice:
-        obj["notice"] = NOTICE
-    return obj
+        ids = engine.chat_ids(turns)
+    except (ValueError, TypeError):
+        raise ApiError(400, "'messages' hold text that is not valid (invalid Unicode)", param="messages") from None
+    except MedtuneError as e:  # the run's chat template refused the conversation (e.g. roles that do not alternate)
+        raise ApiError(400, str(e).removesuffix(" (use data.prompt_format=template)"), param="messages") from None
+    return _fits(engine, ids, max_tokens, "messages are with the prompt template", "messages")
 
 
 def _usage(job: Job, done: dict) -> dict:
@@ -164,34 +180,44 @@ def _usage(job: Job, done: dict) -> dict:
             "total_tokens": n + done["completion_tokens"]}
 
 
-def _stream(name: str, job: Job, id_: str, created: int):
-    """Server-sent events (sse-starlette): one event per piece of text, a final one with the finish reason and
-    usage, then [DONE]. sse-starlette closes the generator when the client goes away: the job is cancelled."""
+async def _next_event(job: Job, held: list) -> tuple[str, object]:
+    """The job's next event; text that piled up while the server was busy comes as one piece (an event read past
+    it waits in `held`)."""
+    kind, value = held.pop() if held else await job.events.get()
+    while kind == "text" and not job.events.empty():
+        nxt = job.events.get_nowait()
+        if nxt[0] != "text":
+            held.append(nxt)
+            break
+        value += nxt[1]
+    return kind, value
+
+
+def _stream(reply: Reply, job: Job):
+    """Server-sent events (sse-starlette): the reply's opening chunks, one chunk per piece of text, the ending chunks
+    (finish reason, usage), then [DONE]. sse-starlette closes the generator when the client goes away: the job is
+    cancelled."""
     from sse_starlette.sse import EventSourceResponse
 
+    def sse(obj: dict) -> dict:
+        return {"data": json.dumps(obj)}
+
     async def events():
-        first = True
+        held: list = []
         try:
+            for obj in reply.opening():
+                yield sse(obj)
             while True:
-                kind, value = await job.events.get()
-                while kind == "text" and not job.events.empty():  # a busy server sends what piled up as one chunk
-                    nxt = job.events.get_nowait()
-                    if nxt[0] != "text":
-                        yield {"data": json.dumps(_completion(name, id_, created, value, None, notice=first))}
-                        first = False
-                        kind, value = nxt
-                        break
-                    value += nxt[1]
+                kind, value = await _next_event(job, held)
                 if kind == "text":
-                    yield {"data": json.dumps(_completion(name, id_, created, value, None, notice=first))}
-                    first = False
-                elif kind == "done":
-                    yield {"data": json.dumps(_completion(name, id_, created, "", value["finish_reason"],
-                                                          _usage(job, value)))}
-                    break
+                    yield sse(reply.piece(value))
+                    continue
+                if kind == "done":
+                    for obj in reply.ending(value["finish_reason"], _usage(job, value)):
+                        yield sse(obj)
                 else:
-                    yield {"data": json.dumps(error_body(value, "server_error"))}
-                    break
+                    yield sse(error_body(value, "server_error"))
+                break
             yield {"data": "[DONE]"}
         finally:
             job.cancel.set()  # the client left (or we finished): stop or skip the generation
@@ -214,22 +240,42 @@ async def _wait(request: Request, job: Job):
     return kind, value
 
 
-async def completions(request: Request):
+async def _answer(request: Request, req: Sampling, ids: list[int], max_tokens: int, reply: Reply):
+    """Queue the generation (429 when the queue is full) and send its reply, whole or streamed."""
     engine = _engine(request)
-    job = await _job_for(request)
+    g = engine.cfg.generate
+    job = Job(input_ids=ids, max_tokens=max_tokens, temperature=g.temperature if req.temperature is None
+              else req.temperature, top_p=g.top_p if req.top_p is None else req.top_p, seed=req.seed,
+              stream=req.stream, loop=asyncio.get_running_loop(), stop=req.stops)
     if not engine.submit(job):
         raise ApiError(429, f"server busy: {engine.pending} requests queued; retry shortly", "server_busy",
                        headers={"Retry-After": "1"})
-    id_, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if job.stream:
-        return _stream(engine.name, job, id_, created)
+        return _stream(reply, job)
     result = await _wait(request, job)
     if result is None:
         return Response(status_code=499)
     kind, value = result
     if kind == "error":
         return _err(500, value, "server_error")
-    return _completion(engine.name, id_, created, value["text"], value["finish_reason"], _usage(job, value))
+    return reply.whole(value["text"], value["finish_reason"], _usage(job, value))
+
+
+async def completions(request: Request):
+    engine = _engine(request)
+    req = await _parse(request, CompletionRequest)
+    max_tokens = _new_tokens(engine, req)
+    ids = _completion_ids(engine, req, max_tokens)
+    return await _answer(request, req, ids, max_tokens, Reply(engine.name, chat=False))
+
+
+async def chat_completions(request: Request):
+    engine = _engine(request)
+    req = await _parse(request, ChatRequest)
+    max_tokens = _new_tokens(engine, req)
+    ids = _chat_ids(engine, req, max_tokens)
+    include_usage = req.stream_options is not None and req.stream_options.include_usage
+    return await _answer(request, req, ids, max_tokens, Reply(engine.name, chat=True, usage_chunk=include_usage))
 
 
 # ---------------------------------------------------------------- the app
@@ -302,6 +348,7 @@ def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = N
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     wrapped = Metrics(app, engine)
     if api_key:
         wrapped = ApiKeyAuth(wrapped, api_key)

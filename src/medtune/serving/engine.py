@@ -1,7 +1,8 @@
 """The serving side of the decoding engine: the model, its limits, and one worker thread that feeds requests into
 medtune.decoding.Engine as they arrive (continuous batching: a request joins the running batch at the next step and
 leaves it when it ends; each keeps its own sampling settings, seed, max_tokens, streaming and cancellation). A full
-queue refuses new jobs (the app answers 429)."""
+queue refuses new jobs (the app answers 429). Stop strings are the serving layer's: a job's text is watched as it
+is generated (StopText), and the job is cancelled once a stop string appears."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune import rundir
-from medtune.generate import Request, make_engine, prompt_for
+from medtune.data import encode_prompt
+from medtune.generate import Request, conversation_record, make_engine, prompt_for
 from medtune.model import context_length
 from medtune.serving.limits import Limits
 
@@ -29,6 +31,7 @@ class Job:
     seed: int | None
     stream: bool
     loop: asyncio.AbstractEventLoop
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -38,6 +41,41 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancel.set()
+
+
+@dataclass
+class StopText:
+    """An answer's text as it is generated, cut before the first stop string. `feed` returns the text that is safe to
+    send: it holds back an end that may be the start of a stop string, and trailing whitespace (the final answer is
+    stripped), until what follows decides."""
+    stops: tuple[str, ...] = ()
+    text: str = ""
+    sent: int = 0              # characters of text already returned
+    cut: int | None = None     # where the first stop string begins, once one has appeared
+
+    def feed(self, piece: str) -> str:
+        if self.cut is not None:
+            return ""
+        self.text += piece
+        hits = [i for s in self.stops if (i := self.text.find(s, self.sent)) >= 0]  # none can start before `sent`
+        if hits:
+            self.cut = min(hits)
+            return self._release(self.cut)
+        held = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._release(len(self.text) - held)
+
+    def finish(self) -> str:
+        """What is still held when the answer ends."""
+        return self._release(len(self.text) if self.cut is None else self.cut)
+
+    @property
+    def answer(self) -> str:
+        return self.text[:self.cut].strip()
+
+    def _release(self, upto: int) -> str:
+        piece = self.text[self.sent:upto].rstrip()
+        self.sent += len(piece)
+        return piece
 
 
 class Engine:
@@ -127,17 +165,38 @@ class Engine:
         text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates, before the tokenizer sees it
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def chat_ids(self, turns: list[dict]) -> list[int]:
+        """Token ids of the prompt for the assistant's next turn after `turns` (medtune.generate.conversation_record),
+        tokenized exactly as training tokenized it. Raises ValueError for text that is not valid Unicode, MedtuneError
+        when the run's chat template refuses the conversation."""
+        for t in turns:
+            t["content"].encode("utf-8")
+        return encode_prompt(conversation_record(turns, self.cfg.data), self.tok, self.cfg.data)
+
     def request(self, job: Job) -> Request:
-        """The decoding request of a job: its settings over the run's generate settings; its text and result go back
-        to the job's event loop."""
+        """The decoding request of a job: its settings over the run's generate settings; its text (cut at a stop
+        string) and result go back to the job's event loop."""
         g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
                                 top_p=job.top_p, greedy=job.temperature <= 0, seed=job.seed)
-        on_text = (lambda text: job.emit("text", text)) if job.stream else None
+        watch = StopText(job.stop) if job.stop or job.stream else None
+
+        def on_text(text):
+            piece = watch.feed(text)
+            if watch.cut is not None:
+                job.cancel.set()  # the engine stops this answer at its next token
+            if piece and job.stream:
+                job.emit("text", piece)
 
         def on_done(c):
             self.generated_tokens += len(c.token_ids)
             self._done(job)
-            job.emit("done", {"text": c.text, "completion_tokens": len(c.token_ids),
-                              "finish_reason": "stop" if c.stop_reason in ("eos", "loop") else "length"})
+            text, reason = c.text, "stop" if c.stop_reason in ("eos", "loop") else "length"
+            if watch is not None:
+                rest = watch.finish()
+                if rest and job.stream:
+                    job.emit("text", rest)
+                if watch.cut is not None:
+                    text, reason = watch.answer, "stop"
+            job.emit("done", {"text": text, "completion_tokens": len(c.token_ids), "finish_reason": reason})
 
-        return Request(job.input_ids, g, job.cancel, on_text, on_done, job)
+        return Request(job.input_ids, g, job.cancel, on_text if watch is not None else None, on_done, job)

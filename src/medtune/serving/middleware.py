@@ -11,6 +11,8 @@ from starlette.responses import JSONResponse, RedirectResponse
 from medtune.serving.schemas import error_body
 
 OPEN_PATHS = {"/health"}
+GENERATING = {"/v1/completions", "/v1/chat/completions"}
+PATHS = {"/", "/health", "/v1/models"} | GENERATING  # metrics by path; any other is counted as "other"
 COOKIE = "medtune_key"
 
 
@@ -105,9 +107,9 @@ class Metrics:
         try:
             await self.app(scope, receive, watch)
         finally:
-            path = scope["path"] if scope["path"] in ("/", "/health", "/v1/models", "/v1/completions") else "other"
+            path = scope["path"] if scope["path"] in PATHS else "other"
             self.requests.labels(path, str(status[0])).inc()
             if status[0] == 429:
                 self.rejected.inc()
-            if path == "/v1/completions" and status[0] == 200:
+            if path in GENERATING and status[0] == 200:
                 self.latency.observe(time.perf_counter() - start)

@@ -58,8 +58,8 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_
     app = create_app(engine=engine, allowed_hosts=(LOOPBACK | {host}) if loopback else {"*"}, api_key=api_key)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    print(f"medtune: serving {engine.name} at http://{shown}:{bound}/  (API: POST /v1/completions; Ctrl+C stops)",
-          flush=True)
+    print(f"medtune: serving {engine.name} at http://{shown}:{bound}/  (API: POST /v1/chat/completions and "
+          "/v1/completions; Ctrl+C stops)", flush=True)
     if not loopback and not api_key:
         print(f"medtune: warning: listening on {host} without an API key (--insecure): anyone who can reach this "
               "port can use it", flush=True)
