@@ -171,3 +171,64 @@ def test_cli_generate_jsonl_input_and_errors(run_dir, tmp_path, capsys):
     assert main(["generate", str(run_dir), "--input", str(empty), "--output", str(tmp_path / "e.jsonl")]) == 2
     assert "no questions" in capsys.readouterr().err
     assert not (tmp_path / "e.jsonl").exists()
+
+
+# ---------------------------------------------------------------- the prompt of a chat request
+
+HISTORY = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is asthma?"},
+           {"role": "assistant", "content": "A disease of the airways."}, {"role": "user", "content": "Treatment?"}]
+
+
+def _prompt(turns, cfg, tok):
+    from medtune.data import encode_prompt, format_prompt
+    from medtune.generate import conversation_record
+
+    record = conversation_record([dict(t) for t in turns], cfg)
+    text, ids = format_prompt(record, cfg, tok), encode_prompt(record, tok, cfg)
+    assert tok(text, add_special_tokens=False)["input_ids"] == ids
+    return text, ids
+
+
+def test_chat_prompt_of_an_instruction_template_run(tok):
+    """No chat template, trained on instruction records: the last user turn is the question, system turns the
+    instruction, earlier turns a transcript before the question."""
+    from medtune.config import DataConfig
+    from medtune.generate import prompt_for
+
+    cfg = DataConfig()
+    one = [{"role": "user", "content": " What is asthma? "}]
+    assert _prompt(one, cfg, tok)[0] == prompt_for("What is asthma?", cfg)  # as /v1/completions asks it
+    assert _prompt(HISTORY[:2], cfg, tok)[0] == prompt_for("What is asthma?", cfg, instruction="Be brief.")
+    text, _ = _prompt(HISTORY, cfg, tok)
+    assert text == prompt_for("User: What is asthma?\nAssistant: A disease of the airways.\nUser: Treatment?", cfg,
+                              instruction="Be brief.")
+
+
+def test_chat_prompt_of_a_chat_template_run_is_training_s_rendering():
+    """data.prompt_format=chat: the tokenizer's chat template, with the tokens training gave the same conversation
+    (an earlier answer ends with the end-of-turn token); data.system_prompt fills in when no system turn is sent."""
+    from tiny_llama import chat_tokenizer
+
+    from medtune.config import DataConfig
+    from medtune.data import encode, setup_prompt_format
+
+    tok = chat_tokenizer()
+    cfg = DataConfig(prompt_format="chat", system_prompt="You are a careful assistant.")
+    setup_prompt_format(cfg, tok, log=lambda *a: None)
+    text, ids = _prompt(HISTORY, cfg, tok)
+    assert text == tok.apply_chat_template(HISTORY, tokenize=False, add_generation_prompt=True)
+    trained = encode({"messages": HISTORY + [{"role": "assistant", "content": "Inhalers."}]}, tok, cfg)["input_ids"]
+    assert trained[:len(ids)] == ids and tok.decode(trained[len(ids):]) == "Inhalers.<|im_end|>"
+    text, _ = _prompt(HISTORY[1:2], cfg, tok)
+    assert text == cfg.chat_prompt.format(user="What is asthma?")  # the run's own system prompt
+    assert text.startswith("<|im_start|>system\nYou are a careful assistant.<|im_end|>")
+
+
+def test_chat_prompt_of_a_run_trained_on_chat_records_uses_the_plain_turn_template(tok):
+    from medtune.chat import PREAMBLE
+    from medtune.config import DataConfig
+
+    text, ids = _prompt(HISTORY, DataConfig(chat_column="messages"), tok)
+    assert text == (PREAMBLE + "### System:\nBe brief.\n\n### User:\nWhat is asthma?\n\n### Assistant:\n"
+                    f"A disease of the airways.{tok.eos_token}\n\n### User:\nTreatment?\n\n### Assistant:\n")
+    assert ids.count(tok.eos_token_id) == 1

@@ -1,12 +1,13 @@
 """Property-based tests (hypothesis): whatever the input, medtune either succeeds or raises MedtuneError (the CLI's
-one-line error); the server answers any request body with a 200 or a 4xx, never another exception or a 5xx."""
+one-line error); the server answers any request body, on /v1/completions and /v1/chat/completions, with a 200 or a 4xx,
+never another exception or a 5xx."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from medtune.config import DataConfig, load_config
@@ -73,31 +74,52 @@ json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st
                                      st.text(max_size=40)),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                        max_size=3), max_leaves=8)
-fields = st.sampled_from(["prompt", "max_tokens", "temperature", "top_p", "stream", "seed", "raw", "model", "n",
-                          "user", "extra"])
-bodies = st.one_of(st.dictionaries(fields, json_values, max_size=5),
-                   st.fixed_dictionaries({"prompt": st.text(max_size=60)},
-                                         optional={"max_tokens": st.integers(-2, 5), "raw": st.booleans(),
-                                                   "temperature": st.floats(-1, 3), "seed": st.integers(-1, 2**33)}),
-                   json_values)
+fields = st.sampled_from(["prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+                          "stream", "stream_options", "seed", "stop", "raw", "model", "n", "user", "extra"])
+stops = st.one_of(st.none(), st.text(max_size=6), st.lists(st.text(max_size=6), max_size=5), json_values)
+good_stops = st.one_of(st.text(min_size=1, max_size=6), st.lists(st.text(min_size=1, max_size=6), max_size=4))
+roles = st.sampled_from(["system", "user", "assistant", "developer", "tool", ""])
+message = st.one_of(st.fixed_dictionaries({"role": roles, "content": st.one_of(st.text(max_size=40), json_values)},
+                                          optional={"name": json_values, "extra": json_values}), json_values)
+turn = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=40)})
+conversation = st.tuples(st.lists(turn, max_size=3), st.text(max_size=40)).map(  # ends with a user turn
+    lambda t: t[0] + [{"role": "user", "content": t[1]}])
+routes = st.sampled_from(["/v1/completions", "/v1/chat/completions"])
+completion_body = st.fixed_dictionaries({"prompt": st.text(max_size=60)},
+                                        optional={"max_tokens": st.integers(-2, 5), "raw": st.booleans(),
+                                                  "temperature": st.floats(-1, 3), "seed": st.integers(-1, 2**33),
+                                                  "stop": stops})
+chat_body = st.fixed_dictionaries({"messages": st.one_of(conversation, st.lists(message, max_size=4))},
+                                  optional={"max_tokens": st.integers(0, 3), "max_completion_tokens": st.integers(1, 3),
+                                            "stream": st.booleans(), "stop": good_stops, "seed": st.integers(-1, 2**32),
+                                            "temperature": st.floats(0, 2.5),
+                                            "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()})})
+requests = st.one_of(st.tuples(routes, st.one_of(st.dictionaries(fields, json_values, max_size=5), json_values)),
+                     st.tuples(st.just("/v1/completions"), completion_body),
+                     st.tuples(st.just("/v1/chat/completions"), chat_body))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=bodies)
-def test_any_request_body_is_200_or_4xx(client, body):
-    r = client.post("/v1/completions", content=json.dumps(body), headers={"Content-Type": "application/json"})
-    assert r.status_code == 200 or 400 <= r.status_code < 500, (body, r.status_code, r.text)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=requests)
+def test_any_request_body_is_200_or_4xx(client, request):
+    route, body = request
+    r = client.post(route, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    event(f"{route} {r.status_code}")  # --hypothesis-show-statistics: how many bodies each route answered with 200
+    assert r.status_code == 200 or 400 <= r.status_code < 500, (route, body, r.status_code, r.text)
     if r.status_code != 200:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(raw=st.binary(max_size=80))
-def test_any_bytes_are_200_or_4xx(client, raw):
-    r = client.post("/v1/completions", content=raw, headers={"Content-Type": "application/json"})
+@given(raw=st.binary(max_size=80), route=routes)
+def test_any_bytes_are_200_or_4xx(client, raw, route):
+    r = client.post(route, content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 200 or 400 <= r.status_code < 500, (raw, r.status_code)
 
 
 def test_lone_surrogate_prompt_is_400(client):
     r = client.post("/v1/completions", content='{"prompt": "\\ud800"}', headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = client.post("/v1/chat/completions", content='{"messages": [{"role": "user", "content": "\\ud800"}]}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"

@@ -163,6 +163,61 @@ def test_bad_request_bodies_get_4xx_json(client, case):
     assert err["type"] == "invalid_request_error"
 
 
+def chat_body(*messages, **fields) -> bytes:
+    return json.dumps({"messages": list(messages) or [{"role": "user", "content": "x"}], **fields}).encode()
+
+
+USER = {"role": "user", "content": "What is asthma?"}
+CHAT_BAD_BODIES = {  # the body's JSON is read as for /v1/completions (the cases above); here what is the chat's own
+    **{k: BAD_BODIES[k] for k in ("not json", "NaN", "not utf-8", "empty body", "array", "deep nesting")},
+    "no messages": (b"{}", 400, "'messages' is required"),
+    "messages string": (b'{"messages": "hi"}', 400, "'messages' must be a list of messages"),
+    "message string": (chat_body("hi"), 400, "'messages' must be a list of messages"),
+    "empty messages": (chat_body(messages=[]), 400, "'messages' must not be empty"),
+    "role missing": (chat_body({"content": "x"}), 400, "'messages[0].role' is required"),
+    "role number": (chat_body({"role": 1, "content": "x"}), 400, "'messages[0].role' is 1"),
+    "role tool": (chat_body({"role": "tool", "content": "x"}, USER), 400, "'messages[0].role' is \"tool\""),
+    "content null": (chat_body({"role": "user", "content": None}), 400, "'messages[0].content' must be a string"),
+    "content number": (chat_body({"role": "user", "content": 5}), 400, "'messages[0].content' must be a string"),
+    "content blank": (chat_body({"role": "user", "content": " \n"}), 400, "must not be empty"),
+    "image part": (chat_body({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}), 400,
+                   "only text parts"),
+    "unknown message field": (chat_body({**USER, "tool_calls": []}), 400, "unknown field 'tool_calls' in 'messages[0]'"),
+    "name number": (chat_body({**USER, "name": 3}), 400, "'messages[0].name' must be a string"),
+    "ends with assistant": (chat_body(USER, {"role": "assistant", "content": "x"}), 400, "must be a user message"),
+    "prompt field": (chat_body(prompt="x"), 400, "unknown field 'prompt'"),
+    "tools": (chat_body(tools=[]), 400, "unknown field 'tools'"),
+    "n 2": (chat_body(n=2), 400, "only n=1"),
+    "max_tokens differ": (chat_body(max_tokens=5, max_completion_tokens=6), 400, "differ; send one of them"),
+    "max_completion_tokens 0": (chat_body(max_completion_tokens=0), 400, "max_completion_tokens"),
+    "max_completion_tokens over": (chat_body(max_completion_tokens=65), 400, "'max_completion_tokens' is 65"),
+    "stop number": (chat_body(stop=5), 400, "'stop' must be a string or a list of strings"),
+    "stop empty": (chat_body(stop=""), 400, "1 to 256 characters"),
+    "stop long": (chat_body(stop="x" * 257), 400, "1 to 256 characters"),
+    "stop five": (chat_body(stop=list("abcde")), 400, "at most 4"),
+    "stop list of ints": (chat_body(stop=[1]), 400, "'stop' must be a string or a list of strings"),
+    "stream_options string": (chat_body(stream_options="yes"), 400, "'stream_options' must be an object"),
+    "include_usage string": (chat_body(stream_options={"include_usage": "yes"}), 400,
+                             "'stream_options.include_usage' must be true or false"),
+    "stream_options unknown": (chat_body(stream_options={"usage": True}), 400, "unknown field 'usage' in"),
+    "temperature high": (chat_body(temperature=3), 400, "temperature"),
+    "too long": (chat_body({"role": "system", "content": "word " * 350}, {"role": "user", "content": "word " * 350}),
+                 400, "at most"),
+    "context overflow": (chat_body({"role": "user", "content": "word " * 210}, max_tokens=64), 400, "context"),
+    "too large body": (chat_body({"role": "user", "content": "x" * 5000}), 413, "larger than 4096 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHAT_BAD_BODIES))
+def test_bad_chat_bodies_get_4xx_json(client, case):
+    body, status, needle = CHAT_BAD_BODIES[case]
+    r = client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, (case, r.status_code, r.text)
+    err = r.json()["error"]
+    assert needle in err["message"], err
+    assert err["type"] == "invalid_request_error"
+
+
 def test_deeply_nested_json_within_size_limit(client):
     body = b'{"prompt": ' + b"[" * 1500 + b"]" * 1500 + b"}"
     r = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
@@ -173,6 +228,7 @@ def test_deeply_nested_json_within_size_limit(client):
     ("POST", "/v1/completions", {"Content-Type": "text/plain"}, 415),
     ("POST", "/v1/completions", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
     ("POST", "/v1/completions", {}, 415),
+    ("POST", "/v1/chat/completions", {"Content-Type": "text/plain"}, 415),
     ("GET", "/v1/completions", {}, 405),
     ("PUT", "/health", {}, 405),
     ("GET", "/v1/chat/completions", {}, 405),
@@ -287,6 +343,8 @@ def test_full_queue_is_429(client, engine, gated, monkeypatch):
     busy = client.post("/v1/completions", json={"prompt": "one too many"})
     assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
     assert busy.json()["error"]["type"] == "server_busy"
+    chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "one too many"}]})
+    assert chat.status_code == 429 and chat.json()["error"]["type"] == "server_busy"
     assert client.get("/health").json()["queued"] == 3
     gated["gate"].set()
     for t in threads:
@@ -302,10 +360,16 @@ def test_client_leaving_cancels_its_generation(engine, gated, server_thread):
         with http.stream("POST", "/v1/completions", json={"prompt": "q", "stream": True}) as r:
             assert next(r.iter_lines()).startswith("data: ")
         wait_until(lambda: gated["cancelled"] == 1)
+        chat = {"messages": [{"role": "user", "content": "q"}], "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=chat) as r:
+            lines = r.iter_lines()
+            assert '"role": "assistant"' in next(lines) and next(lines) == ""  # the opening chunk
+            assert '"content": "first"}' in next(lines)  # its trailing space waits for what follows
+        wait_until(lambda: gated["cancelled"] == 2)
         # non-streaming: give up while the answer is being generated
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(srv.url + "/v1/completions", json={"prompt": "impatient"}, timeout=0.5)
-        wait_until(lambda: gated["cancelled"] == 2)  # the server polls for disconnects every second
+        wait_until(lambda: gated["cancelled"] == 3)  # the server polls for disconnects every second
         assert engine.pending == 0
 
 
