@@ -81,7 +81,8 @@ good_stops = st.one_of(st.text(min_size=1, max_size=6), st.lists(st.text(min_siz
 roles = st.sampled_from(["system", "user", "assistant", "developer", "tool", ""])
 message = st.one_of(st.fixed_dictionaries({"role": roles, "content": st.one_of(st.text(max_size=40), json_values)},
                                           optional={"name": json_values, "extra": json_values}), json_values)
-turn = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=40)})
+turn = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
+                              "content": st.text(max_size=40)})
 conversation = st.tuples(st.lists(turn, max_size=3), st.text(max_size=40)).map(  # ends with a user turn
     lambda t: t[0] + [{"role": "user", "content": t[1]}])
 routes = st.sampled_from(["/v1/completions", "/v1/chat/completions"])

@@ -109,7 +109,8 @@ def first_unique_piece(text: str, start: int, size: int = 4) -> tuple[str, int]:
 def test_stop_strings_cut_the_answer_before_them(client, server):
     """A seeded answer, then the same request with a piece of that answer as a stop string: the answer up to it."""
     kw = dict(max_tokens=40, temperature=1.0)
-    seed, full = next((s, r) for s in range(20) if len((r := ask(client, seed=s, **kw)).choices[0].message.content) > 20)
+    seed, full = next((s, r) for s in range(20)
+                      if len((r := ask(client, seed=s, **kw)).choices[0].message.content) > 20)
     text = full.choices[0].message.content
     stop, at = first_unique_piece(text, 8)
     want = text[:at].rstrip()

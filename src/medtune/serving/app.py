@@ -31,12 +31,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from medtune.errors import MedtuneError
 from medtune.files import NOTICE
 from medtune.serving.engine import Engine, Job, Limits
-from medtune.errors import MedtuneError
 from medtune.serving.replies import Reply
-from medtune.serving.schemas import (ApiError, ChatRequest, CompletionRequest, Sampling, chat_turns, error_body,
-                                     parse_json_object, validation_message)
+from medtune.serving.schemas import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    Sampling,
+    chat_turns,
+    error_body,
+    parse_json_object,
+    validation_message,
+)
 
 STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -136,10 +144,10 @@ def _too_many_chars(engine: Engine, chars: int, what: str, param: str) -> None:
         raise ApiError(400, f"{what} too long (over {engine.max_prompt_tokens} tokens)", param=param)
 
 
-def _fits(engine: Engine, ids: list[int], max_tokens: int, what: str, param: str) -> list[int]:
+def _fits(engine: Engine, ids: list[int], max_tokens: int, what: str, param: str, templated: bool = True) -> list[int]:
     if len(ids) > engine.max_prompt_tokens:
-        raise ApiError(400, f"{what} {len(ids)} tokens; this server allows at most {engine.max_prompt_tokens}",
-                       param=param)
+        raise ApiError(400, f"{what} {len(ids)} tokens{' with the prompt template' if templated else ''}; this server "
+                            f"allows at most {engine.max_prompt_tokens}", param=param)
     if len(ids) + max_tokens > engine.context:
         raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
                             f"of {engine.context} tokens; lower max_tokens", param="max_tokens")
@@ -159,7 +167,7 @@ def _completion_ids(engine: Engine, req: CompletionRequest, max_tokens: int) -> 
         ids = engine.prompt_ids(prompt, req.raw)
     except (ValueError, TypeError):  # e.g. a lone surrogate: text that is not valid Unicode
         raise ApiError(400, "'prompt' is not valid text (invalid Unicode)", param="prompt") from None
-    return _fits(engine, ids, max_tokens, f"prompt is{'' if req.raw else ' with the prompt template'}", "prompt")
+    return _fits(engine, ids, max_tokens, "prompt is", "prompt", templated=not req.raw)
 
 
 def _chat_ids(engine: Engine, req: ChatRequest, max_tokens: int) -> list[int]:
@@ -171,7 +179,7 @@ def _chat_ids(engine: Engine, req: ChatRequest, max_tokens: int) -> list[int]:
         raise ApiError(400, "'messages' hold text that is not valid (invalid Unicode)", param="messages") from None
     except MedtuneError as e:  # the run's chat template refused the conversation (e.g. roles that do not alternate)
         raise ApiError(400, str(e).removesuffix(" (use data.prompt_format=template)"), param="messages") from None
-    return _fits(engine, ids, max_tokens, "messages are with the prompt template", "messages")
+    return _fits(engine, ids, max_tokens, "messages are", "messages")
 
 
 def _usage(job: Job, done: dict) -> dict:

@@ -1,5 +1,6 @@
-// medtune page: send the question to POST /v1/completions with stream=true and show the answer as it arrives.
-// Model text is only ever set with textContent (never parsed as HTML).
+// medtune page: send the question as a user message to POST /v1/chat/completions with stream=true and show the
+// answer as it arrives (each question is a conversation of its own). Model text is only ever set with textContent
+// (never parsed as HTML).
 "use strict";
 
 (function () {
@@ -44,14 +45,15 @@
     status.textContent = "waiting for the model…";
     controller = new AbortController();
     const body = {
-      prompt: q,
+      messages: [{ role: "user", content: q }],
       stream: true,
+      stream_options: { include_usage: true },
       max_tokens: Math.max(1, Math.round(numberOr("max-tokens", 64))),
       temperature: numberOr("temperature", 0.7),
     };
     let res;
     try {
-      res = await fetch("/v1/completions", {
+      res = await fetch("/v1/chat/completions", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body),
@@ -89,14 +91,16 @@
             if (data === "[DONE]") continue;
             const obj = JSON.parse(data);
             if (obj.error) throw new Error(obj.error.message);
+            if (obj.usage) usage = obj.usage;
             const choice = obj.choices[0];
-            const piece = textEl.textContent ? choice.text : choice.text.trimStart();
+            if (!choice) continue; // the usage chunk has no choices
+            const text = choice.delta.content || "";
+            const piece = textEl.textContent ? text : text.trimStart();
             if (piece) {
               textEl.textContent += piece;
               node.dataset.chunks = String(Number(node.dataset.chunks) + 1);
             }
             if (choice.finish_reason) finishReason = choice.finish_reason;
-            if (obj.usage) usage = obj.usage;
           }
         }
       }
