@@ -68,6 +68,9 @@ def test_system_prompt_is_the_instruction_of_a_template_run(client, engine):
     r = ask(client, system=system, max_tokens=2)
     assert r.usage.prompt_tokens == prompt_tokens(engine, QUESTION, instruction=system)
     assert r.usage.prompt_tokens != prompt_tokens(engine, QUESTION)
+    developer = client.chat.completions.create(model="m", max_tokens=2, messages=[  # OpenAI's newer name for system
+        {"role": "developer", "content": system}, {"role": "user", "content": QUESTION}])
+    assert developer.usage.prompt_tokens == r.usage.prompt_tokens
 
 
 def test_streamed_chunks_match_the_whole_reply(client):

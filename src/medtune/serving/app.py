@@ -39,7 +39,7 @@ from medtune.serving.schemas import (
     ApiError,
     ChatRequest,
     CompletionRequest,
-    Sampling,
+    GenerationRequest,
     chat_turns,
     error_body,
     parse_json_object,
@@ -120,7 +120,7 @@ async def _read_body(request: Request, limit: int) -> dict:
     return parse_json_object(bytes(body))
 
 
-async def _parse(request: Request, schema: type[Sampling]) -> Sampling:
+async def _parse(request: Request, schema: type[GenerationRequest]) -> GenerationRequest:
     data = await _read_body(request, _engine(request).limits.max_body_bytes)
     try:
         return schema.model_validate(data)
@@ -129,7 +129,7 @@ async def _parse(request: Request, schema: type[Sampling]) -> Sampling:
         raise ApiError(400, message, param=param) from None
 
 
-def _new_tokens(engine: Engine, req: Sampling) -> int:
+def _new_tokens(engine: Engine, req: GenerationRequest) -> int:
     asked = req.new_tokens()
     if asked is None:
         return engine.default_max_tokens
@@ -248,7 +248,7 @@ async def _wait(request: Request, job: Job):
     return kind, value
 
 
-async def _answer(request: Request, req: Sampling, ids: list[int], max_tokens: int, reply: Reply):
+async def _answer(request: Request, req: GenerationRequest, ids: list[int], max_tokens: int, reply: Reply):
     """Queue the generation (429 when the queue is full) and send its reply, whole or streamed."""
     engine = _engine(request)
     g = engine.cfg.generate

@@ -24,7 +24,7 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class Sampling(BaseModel):
+class GenerationRequest(BaseModel):
     """The fields every generation request shares."""
     model_config = ConfigDict(extra="forbid", strict=True)
     max_tokens: int | None = Field(None, ge=1)
@@ -55,7 +55,7 @@ class Sampling(BaseModel):
         return self.max_tokens
 
 
-class CompletionRequest(Sampling):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
     raw: bool = False  # medtune extension: send the prompt as-is, without the run's prompt template
 
@@ -65,7 +65,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(Sampling):
+class ChatRequest(GenerationRequest):
     messages: list[dict]
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     stream_options: StreamOptions | None = None
