@@ -110,6 +110,13 @@ def test_loop_guard_cuts_the_repetition():
         if cut is not None:
             break
     assert tokens[:cut] == [9, 8, 1, 2, 3, 4, 5] and len(tokens) < 30
+    # a phrase repeated with one word changing each time loops too: cut before its first copy
+    guard, tokens, cut = LoopGuard(32), [], None
+    for i in range(40):
+        tokens.extend([1, 2, 3, 4, 5, 6, 7, 100 + i])
+        for j in range(len(tokens) - 8, len(tokens)):
+            cut = guard.add(tokens[:j + 1]) if cut is None else cut
+    assert cut == 8 and len(tokens) >= 8
     plain = LoopGuard(16)
     assert all(plain.add(list(range(n))) is None for n in range(1, 200))
     assert LoopGuard(0).add([1] * 50) is None
