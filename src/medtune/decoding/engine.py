@@ -56,8 +56,9 @@ class Engine:
         self.head = (decoder_and_head(model) or (None,))[0], base.get_output_embeddings()
         use_slots(model)
         fuse_for_decoding(model)
-        self.slots = self._fit_slots(max(1, slots))
-        self.cache = SlotCache(self.slots, self.max_len, self.device)
+        probe = self._probe()
+        self.slots = self._fit_slots(max(1, slots), probe)
+        self.cache = SlotCache(self.slots, self.max_len, self.device, like=probe)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=self.device)  # noqa: E731
         self.hist, self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out = (
             z(self.slots, self.max_len), z(self.slots), z(self.slots), z(self.slots), z(self.slots), z(self.slots),
@@ -72,18 +73,19 @@ class Engine:
         self.use_graphs = self.device.type == "cuda" if graphs is None else graphs
         self.pool = None
         self.steps_run = self.tokens_out = 0
-        with torch.no_grad(), self.cache:  # every layer's buffers exist before any graph is captured
-            self._prefill_logits(self.p_ids[:1, :1], self.p_last[:1], self.p_rows[:1])
 
-    def _fit_slots(self, slots: int) -> int:
-        """As many slots as asked for, or as fit in 40% of the free GPU memory (a probe measures the model's key and
-        value bytes per position)."""
-        if self.device.type != "cuda":
-            return slots
+    def _probe(self) -> SlotCache:
+        """A one-token pass into a one-position cache: the model's key/value shapes and dtypes, layer by layer."""
         self.cache = probe = SlotCache(1, 1, self.device)
         one = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         with torch.no_grad(), probe:
             self._prefill_logits(one, one[0], one[0])
+        return probe
+
+    def _fit_slots(self, slots: int, probe: SlotCache) -> int:
+        """As many slots as asked for, or as fit in 40% of the free GPU memory."""
+        if self.device.type != "cuda":
+            return slots
         per_slot = probe.bytes_per_slot() * self.max_len
         free, _ = torch.cuda.mem_get_info(self.device)
         fit = max(1, int(0.4 * free // max(per_slot, 1)))

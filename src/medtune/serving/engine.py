@@ -33,11 +33,26 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, kind: str, value) -> None:
-        """Called from the worker thread: hand an event to the request's event loop."""
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancel.set()
+        """Called from the worker thread: hand one event to the request's event loop."""
+        _post(self.loop, [(self, kind, value)])
+
+    def put(self, kind: str, value) -> None:
+        """Called in the request's event loop: the event reaches the request's handler."""
+        self.events.put_nowait((kind, value))
+
+
+def _deliver(items: list) -> None:
+    for job, kind, value in items:
+        job.put(kind, value)
+
+
+def _post(loop, items: list) -> None:
+    """Hand events to an event loop in one wake-up (a wake-up is a system call: one a step, not one a token)."""
+    try:
+        loop.call_soon_threadsafe(_deliver, items)
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        for job, _, _ in items:
+            job.cancel.set()
 
 
 class Engine:
@@ -57,6 +72,7 @@ class Engine:
         self.decoder = make_engine(model, tok, self.limits.max_batch_size,
                                    min(self.context, self.max_prompt_tokens + self.max_tokens))
         self._jobs: queue.Queue = queue.Queue()
+        self._outbox: list = []  # (job, kind, value) of the current step
         self._count = 0
         self._count_lock = threading.Lock()
         self._closed = False
@@ -113,8 +129,18 @@ class Engine:
             except Exception as e:  # a bug or an out-of-memory: report it to the requests in flight, keep serving
                 log.exception("generation failed")
                 for request in self.decoder.abort():
-                    request.job.emit("error", f"generation failed ({type(e).__name__})")
+                    self._outbox.append((request.job, "error", f"generation failed ({type(e).__name__})"))
                     self._done(request.job)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the step's events (text pieces, results) to their event loops, one wake-up a loop."""
+        by_loop: dict = {}
+        for item in self._outbox:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            _post(loop, items)
 
     def _done(self, job: Job) -> None:
         with self._count_lock:
@@ -132,12 +158,13 @@ class Engine:
         to the job's event loop."""
         g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
                                 top_p=job.top_p, greedy=job.temperature <= 0, seed=job.seed)
-        on_text = (lambda text: job.emit("text", text)) if job.stream else None
+        on_text = (lambda text: self._outbox.append((job, "text", text))) if job.stream else None
 
         def on_done(c):
             self.generated_tokens += len(c.token_ids)
             self._done(job)
-            job.emit("done", {"text": c.text, "completion_tokens": len(c.token_ids),
-                              "finish_reason": "stop" if c.stop_reason in ("eos", "loop") else "length"})
+            self._outbox.append((job, "done", {"text": c.text, "completion_tokens": len(c.token_ids),
+                                               "finish_reason": "stop" if c.stop_reason in ("eos", "loop")
+                                               else "length"}))
 
         return Request(job.input_ids, g, job.cancel, on_text, on_done, job)
