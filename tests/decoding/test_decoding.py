@@ -159,3 +159,22 @@ def test_streamed_text_equals_the_answer(tok):
         pieces = []
         (c,) = complete(model, tok, [p], g, on_text=pieces.append)
         assert "".join(pieces) == c.text and c.text
+
+
+def test_fused_modules_only_while_decoding(tok):
+    """RMSNorm, GELU and rotary fusions swap in only what they reproduce, and only inside the engine: outside it the
+    model's logits are bit-identical to before."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from medtune.decoding.fused import fuse_for_decoding
+
+    model = _llama(tok)
+    ids = torch.tensor([_prompts(tok)[0]])
+    before = model(ids).logits
+    assert fuse_for_decoding(model) == 5  # 2 layers x 2 norms + the final norm
+    assert type(model.model.norm).__name__ == "FusedLlamaRMSNorm"
+    assert torch.equal(model(ids).logits, before)
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    assert fuse_for_decoding(gemma) == 0  # its norm scales by 1 + weight: not the fused kernel's form
+    assert fuse_for_decoding(_gpt2(tok)) == 2  # one gelu_new a layer
