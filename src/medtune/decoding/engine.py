@@ -315,19 +315,22 @@ class Engine:
         """Finish the rows that stopped, move the survivors into slots 0..n-1, and refill the rows' settings."""
         if not joined and not any(row.reason for row in self.rows):
             return
-        keep = [i for i, row in enumerate(self.rows) if not row.reason]
+        n = sum(not row.reason for row in self.rows)
         for row in self.rows:
             if row.reason:
                 self._finish(row)
-        moves = [(k, j) for j, k in enumerate(keep) if k != j]
-        if moves:
-            src = torch.tensor([k for k, _ in moves], device=self.device)
-            dst = torch.tensor([j for _, j in moves], device=self.device)
-            width = max(self.rows[k].prompt_len + len(self.rows[k].tokens) + 1 for k in keep)
+        holes = [i for i in range(n) if self.rows[i].reason]  # each filled by a live row from beyond n
+        tail = [i for i in range(n, len(self.rows)) if not self.rows[i].reason]
+        if holes:
+            src = torch.tensor(tail, device=self.device)
+            dst = torch.tensor(holes, device=self.device)
+            width = max(self.rows[k].prompt_len + len(self.rows[k].tokens) + 1 for k in tail)
             self.cache.move(src, dst, min(width, self.max_len))
             for t in (self.hist, self.tok_in, self.pos, self.lengths, self.steps):
                 t.index_copy_(0, dst, t.index_select(0, src))
-        self.rows = [self.rows[k] for k in keep]
+            for k, j in zip(tail, holes):
+                self.rows[j] = self.rows[k]
+        del self.rows[n:]
         self._reset_free_rows()
 
     def _reset_free_rows(self) -> None:
