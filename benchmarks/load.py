@@ -126,7 +126,7 @@ def main() -> int:
     ap.add_argument("--model-dir", type=Path, help="a run or merged folder (default: train the tiny preset)")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", default="1,8,32", help="clients in flight at once; a comma list runs each")
-    ap.add_argument("--max-batch-size", default="1,16", help="server --max-batch-size; a comma list runs each")
+    ap.add_argument("--max-batch-size", default="1,128", help="server --max-batch-size; a comma list runs each")
     ap.add_argument("--max-tokens", default="16-64", help="each request asks for LO-HI new tokens (spread evenly)")
     ap.add_argument("--stream-every", type=int, default=4, help="every Nth request streams (0: none)")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request client timeout, seconds")

@@ -151,7 +151,7 @@ class GenerateConfig:
     repetition_penalty: float = opt(1.1, "divide the logits of tokens already present (1: off)", gt=0, max=10)
     min_p: float = opt(0.0, "drop tokens less likely than min_p x the most likely one (0: off)", min=0, lt=1)
     no_repeat_ngram: int = opt(0, "never repeat an n-gram of this size within an answer (0: off)", min=0)
-    loop_guard: int = opt(32, "stop an answer once its last N tokens only repeat 4-grams it already wrote, and cut "
+    loop_guard: int = opt(32, "stop an answer once half the 4-grams of its last N tokens repeat earlier ones, and cut "
                               "the repeats (0: off)", min=0)
     greedy: bool = opt(False, "greedy decoding instead of sampling")
     seed: int = opt(42, "sampling seed (answers are reproducible)", min=0)

@@ -110,6 +110,13 @@ def test_loop_guard_cuts_the_repetition():
         if cut is not None:
             break
     assert tokens[:cut] == [9, 8, 1, 2, 3, 4, 5] and len(tokens) < 30
+    # a phrase repeated with one word changing each time loops too: cut before its first copy
+    guard, tokens, cut = LoopGuard(32), [], None
+    for i in range(40):
+        tokens.extend([1, 2, 3, 4, 5, 6, 7, 100 + i])
+        for j in range(len(tokens) - 8, len(tokens)):
+            cut = guard.add(tokens[:j + 1]) if cut is None else cut
+    assert cut == 8 and len(tokens) >= 8
     plain = LoopGuard(16)
     assert all(plain.add(list(range(n))) is None for n in range(1, 200))
     assert LoopGuard(0).add([1] * 50) is None
@@ -152,3 +159,22 @@ def test_streamed_text_equals_the_answer(tok):
         pieces = []
         (c,) = complete(model, tok, [p], g, on_text=pieces.append)
         assert "".join(pieces) == c.text and c.text
+
+
+def test_fused_modules_only_while_decoding(tok):
+    """RMSNorm, GELU and rotary fusions swap in only what they reproduce, and only inside the engine: outside it the
+    model's logits are bit-identical to before."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from medtune.decoding.fused import fuse_for_decoding
+
+    model = _llama(tok)
+    ids = torch.tensor([_prompts(tok)[0]])
+    before = model(ids).logits
+    assert fuse_for_decoding(model) == 5  # 2 layers x 2 norms + the final norm
+    assert type(model.model.norm).__name__ == "FusedLlamaRMSNorm"
+    assert torch.equal(model(ids).logits, before)
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    assert fuse_for_decoding(gemma) == 0  # its norm scales by 1 + weight: not the fused kernel's form
+    assert fuse_for_decoding(_gpt2(tok)) == 2  # one gelu_new a layer

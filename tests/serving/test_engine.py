@@ -85,9 +85,15 @@ def test_a_request_joins_the_running_batch(run_dir):
         finished = []
         long_job = _job(engine, "Question 0?", max_tokens=60, temperature=0.0)
         short_job = _job(engine, "Question 1?", max_tokens=3, temperature=0.0)
-        for job in (long_job, short_job):
-            done = job.emit
-            job.emit = lambda kind, value, job=job, done=done: (kind == "done" and finished.append(job), done(kind, value))
+        make_request = engine.request
+
+        def request(job):  # records the order in which the engine finishes requests
+            r = make_request(job)
+            done = r.on_done
+            r.on_done = lambda c: (finished.append(job), done(c))
+            return r
+
+        engine.request = request
         engine.decoder.eos = -1  # neither may stop early (the tiny model repeats itself: no loop guard either)
         engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
         assert engine.submit(long_job)
@@ -112,11 +118,11 @@ def test_streamed_text_equals_the_answer_and_cancel_stops(run_dir):
         engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
         streamed = _job(engine, "What is asthma?", stream=True, max_tokens=20)
         cancelled = _job(engine, "What is gout?", stream=True, max_tokens=500)
-        emit = cancelled.emit
-        cancelled.emit = lambda kind, value: (cancelled.cancel.set(), emit(kind, value))  # the client leaves
+        put = cancelled.put
+        cancelled.put = lambda kind, value: (cancelled.cancel.set(), put(kind, value))  # the client leaves
         for j in (streamed, cancelled):
             assert engine.submit(j)
-        (kind, done, text), (kind2, stopped, _) = _results([streamed, cancelled])
+        (kind2, stopped, _), (kind, done, text) = _results([cancelled, streamed])  # cancelled as its text arrives
         assert kind == kind2 == "done" and text == done["text"] and done["completion_tokens"] == 20
         assert stopped["completion_tokens"] < 10 and stopped["finish_reason"] == "length"
     finally:

@@ -56,8 +56,9 @@ class Engine:
         self.head = (decoder_and_head(model) or (None,))[0], base.get_output_embeddings()
         use_slots(model)
         fuse_for_decoding(model)
-        self.slots = self._fit_slots(max(1, slots))
-        self.cache = SlotCache(self.slots, self.max_len, self.device)
+        probe = self._probe()
+        self.slots = self._fit_slots(max(1, slots), probe)
+        self.cache = SlotCache(self.slots, self.max_len, self.device, like=probe)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=self.device)  # noqa: E731
         self.hist, self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out = (
             z(self.slots, self.max_len), z(self.slots), z(self.slots), z(self.slots), z(self.slots), z(self.slots),
@@ -72,18 +73,19 @@ class Engine:
         self.use_graphs = self.device.type == "cuda" if graphs is None else graphs
         self.pool = None
         self.steps_run = self.tokens_out = 0
-        with torch.no_grad(), self.cache:  # every layer's buffers exist before any graph is captured
-            self._prefill_logits(self.p_ids[:1, :1], self.p_last[:1], self.p_rows[:1])
 
-    def _fit_slots(self, slots: int) -> int:
-        """As many slots as asked for, or as fit in 40% of the free GPU memory (a probe measures the model's key and
-        value bytes per position)."""
-        if self.device.type != "cuda":
-            return slots
+    def _probe(self) -> SlotCache:
+        """A one-token pass into a one-position cache: the model's key/value shapes and dtypes, layer by layer."""
         self.cache = probe = SlotCache(1, 1, self.device)
         one = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         with torch.no_grad(), probe:
             self._prefill_logits(one, one[0], one[0])
+        return probe
+
+    def _fit_slots(self, slots: int, probe: SlotCache) -> int:
+        """As many slots as asked for, or as fit in 40% of the free GPU memory."""
+        if self.device.type != "cuda":
+            return slots
         per_slot = probe.bytes_per_slot() * self.max_len
         free, _ = torch.cuda.mem_get_info(self.device)
         fit = max(1, int(0.4 * free // max(per_slot, 1)))
@@ -313,19 +315,22 @@ class Engine:
         """Finish the rows that stopped, move the survivors into slots 0..n-1, and refill the rows' settings."""
         if not joined and not any(row.reason for row in self.rows):
             return
-        keep = [i for i, row in enumerate(self.rows) if not row.reason]
+        n = sum(not row.reason for row in self.rows)
         for row in self.rows:
             if row.reason:
                 self._finish(row)
-        moves = [(k, j) for j, k in enumerate(keep) if k != j]
-        if moves:
-            src = torch.tensor([k for k, _ in moves], device=self.device)
-            dst = torch.tensor([j for _, j in moves], device=self.device)
-            width = max(self.rows[k].prompt_len + len(self.rows[k].tokens) + 1 for k in keep)
+        holes = [i for i in range(n) if self.rows[i].reason]  # each filled by a live row from beyond n
+        tail = [i for i in range(n, len(self.rows)) if not self.rows[i].reason]
+        if holes:
+            src = torch.tensor(tail, device=self.device)
+            dst = torch.tensor(holes, device=self.device)
+            width = max(self.rows[k].prompt_len + len(self.rows[k].tokens) + 1 for k in tail)
             self.cache.move(src, dst, min(width, self.max_len))
             for t in (self.hist, self.tok_in, self.pos, self.lengths, self.steps):
                 t.index_copy_(0, dst, t.index_select(0, src))
-        self.rows = [self.rows[k] for k in keep]
+            for k, j in zip(tail, holes):
+                self.rows[j] = self.rows[k]
+        del self.rows[n:]
         self._reset_free_rows()
 
     def _reset_free_rows(self) -> None:

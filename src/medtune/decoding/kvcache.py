@@ -26,10 +26,13 @@ class SlotCache:
     0..width-1 of those slots. mode "decode": rows 0..B-1 are slots 0..B-1; row b's new key/value goes to position
     pos[b] and it attends over positions <= pos[b] (the additive `bias`, [B, width])."""
 
-    def __init__(self, slots: int, max_len: int, device):
+    def __init__(self, slots: int, max_len: int, device, like: "SlotCache | None" = None):
         self.slots, self.max_len, self.device = slots, max_len, device
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
+        self.stacked = None  # [2, layers, slots, kv_heads, max_len, head_dim] when every layer has one shape
+        if like is not None:
+            self._allocate_like(like)
         self.mode = None
         self.rows = self.pos = self.bias = None
         self.width = 0
@@ -42,11 +45,30 @@ class SlotCache:
             self.v[idx] = torch.zeros(shape, device=self.device, dtype=key.dtype)
         return self.k[idx], self.v[idx]
 
+    def _allocate_like(self, probe: "SlotCache") -> None:
+        """Every layer's buffers, in the shapes and dtypes a probe pass found; one tensor when they all agree, so
+        that moving a slot is two kernels, not four a layer."""
+        shapes = {(t.shape[1], t.shape[3], t.dtype) for t in probe.k.values()}
+        if len(shapes) == 1:
+            (heads, dim, dtype), = shapes
+            layers = sorted(probe.k)
+            self.stacked = torch.zeros((2, len(layers), self.slots, heads, self.max_len, dim), device=self.device,
+                                       dtype=dtype)
+            for i, idx in enumerate(layers):
+                self.k[idx], self.v[idx] = self.stacked[0, i], self.stacked[1, i]
+            return
+        for idx, key in probe.k.items():
+            self.layer(idx, key)
+
     def bytes_per_slot(self) -> int:
         return sum(t[0].numel() * t.element_size() for t in (*self.k.values(), *self.v.values()))
 
     def move(self, src: torch.Tensor, dst: torch.Tensor, width: int) -> None:
         """Copy slots src -> dst (their first `width` positions): keeps the live rows in slots 0..n-1."""
+        if self.stacked is not None:
+            part = self.stacked[..., :width, :]
+            part.index_copy_(2, dst, part.index_select(2, src))
+            return
         for buf in (*self.k.values(), *self.v.values()):
             buf[:, :, :width].index_copy_(0, dst, buf[:, :, :width].index_select(0, src))
 

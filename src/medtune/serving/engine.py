@@ -36,11 +36,26 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, kind: str, value) -> None:
-        """Called from the worker thread: hand an event to the request's event loop."""
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancel.set()
+        """Called from the worker thread: hand one event to the request's event loop."""
+        _post(self.loop, [(self, kind, value)])
+
+    def put(self, kind: str, value) -> None:
+        """Called in the request's event loop: the event reaches the request's handler."""
+        self.events.put_nowait((kind, value))
+
+
+def _deliver(items: list) -> None:
+    for job, kind, value in items:
+        job.put(kind, value)
+
+
+def _post(loop, items: list) -> None:
+    """Hand events to an event loop in one wake-up (a wake-up is a system call: one a step, not one a token)."""
+    try:
+        loop.call_soon_threadsafe(_deliver, items)
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        for job, _, _ in items:
+            job.cancel.set()
 
 
 @dataclass
@@ -95,6 +110,7 @@ class Engine:
         self.decoder = make_engine(model, tok, self.limits.max_batch_size,
                                    min(self.context, self.max_prompt_tokens + self.max_tokens))
         self._jobs: queue.Queue = queue.Queue()
+        self._outbox: list = []  # (job, kind, value) of the current step
         self._count = 0
         self._count_lock = threading.Lock()
         self._closed = False
@@ -151,8 +167,18 @@ class Engine:
             except Exception as e:  # a bug or an out-of-memory: report it to the requests in flight, keep serving
                 log.exception("generation failed")
                 for request in self.decoder.abort():
-                    request.job.emit("error", f"generation failed ({type(e).__name__})")
+                    self._outbox.append((request.job, "error", f"generation failed ({type(e).__name__})"))
                     self._done(request.job)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the step's events (text pieces, results) to their event loops, one wake-up a loop."""
+        by_loop: dict = {}
+        for item in self._outbox:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            _post(loop, items)
 
     def _done(self, job: Job) -> None:
         with self._count_lock:
@@ -185,7 +211,7 @@ class Engine:
             if watch.cut is not None:
                 job.cancel.set()  # the engine stops this answer at its next token
             if piece and job.stream:
-                job.emit("text", piece)
+                self._outbox.append((job, "text", piece))
 
         def on_done(c):
             self.generated_tokens += len(c.token_ids)
@@ -194,9 +220,10 @@ class Engine:
             if watch is not None:
                 rest = watch.finish()
                 if rest and job.stream:
-                    job.emit("text", rest)
+                    self._outbox.append((job, "text", rest))
                 if watch.cut is not None:
                     text, reason = watch.answer, "stop"
-            job.emit("done", {"text": text, "completion_tokens": len(c.token_ids), "finish_reason": reason})
+            self._outbox.append((job, "done", {"text": text, "completion_tokens": len(c.token_ids),
+                                               "finish_reason": reason}))
 
         return Request(job.input_ids, g, job.cancel, on_text if watch is not None else None, on_done, job)
