@@ -7,6 +7,7 @@ writes, weights and working directory, and count the collectives and host reads 
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,3 +164,20 @@ def test_collectives_and_host_reads_per_training_step(two_nodes):
             ("allgather_", "transformers/trainer.py:_maybe_log_save_evaluate"),  # the loss of the logging interval
             ("allgather_", "transformers/trainer.py:store_flos"),
             ("allreduce_", "medtune/training/trainer.py:log")], extra  # tokens/s over all processes
+
+
+def test_resume_without_a_shared_folder_is_refused_on_every_machine(two_nodes, tiny_preset, base, tmp_path):
+    """--resume reads the output folder on every machine: here only one holds the checkpoint. Every process says so
+    and stops before training (it used to start over on one machine and crash the group at the first step)."""
+    tmp, _, records = two_nodes
+    for node in ("node0", "node1"):
+        shutil.copytree(tmp / node, tmp_path / node)
+    main = tmp_path / Path(trained(records[0])["cwd"]).name / "run"
+    before = {f: f.read_bytes() for f in main.rglob("*") if f.is_file()}
+    agents, rec = launch_nodes(tiny_preset, tmp_path, base, "--resume")
+    for rc, _, err in agents:
+        assert rc != 0
+        assert re.search(r"medtune: error: --resume: the processes of this run see different checkpoints in run "
+                         r"\(from step 0 to 4; 0: none\): every machine must see the same output folder", err), err
+    assert not [r for rank in (0, 1) for r in rec[rank] if r["event"] in ("write", "trained")]
+    assert {f: f.read_bytes() for f in main.rglob("*") if f.is_file()} == before
