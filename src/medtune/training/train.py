@@ -146,9 +146,9 @@ def _final_metrics(trainer, result, info: dict, seconds: float, resumed: bool) -
     return metrics
 
 
-def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, adapter_state, extra: dict | None) -> None:
+def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, extra: dict | None) -> None:
     stage = staging_dir(out)
-    trainer.model.save_pretrained(stage, state_dict=adapter_state)
+    trainer.model.save_pretrained(stage)
     tok.save_pretrained(stage)
     publish_dir(stage, out)
     history = trainer.state.log_history
@@ -226,10 +226,8 @@ def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_fr
     if stop.signum and trainer.state.global_step < trainer.state.max_steps:
         raise _stopped(stop.signum, trainer, out)
     metrics = _final_metrics(trainer, result, info, seconds, resumed=resume_from is not None)
-    # FSDP shards the LoRA weights too: every process takes part in gathering them (untested: needs GPUs)
-    adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if is_main_process():
-        _write_results(cfg, trainer, tok, prepared, metrics, out, adapter_state, prepared.extra)
+        _write_results(cfg, trainer, tok, prepared, metrics, out, prepared.extra)
         trackers.finish(cfg, metrics)
         log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
             + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
