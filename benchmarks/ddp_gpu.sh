@@ -14,6 +14,8 @@
 #   BATCH_TOKENS=     instead of GLOBAL_BATCH: token-budget batches as in the preset (train.batch_tokens), this many
 #                     tokens per step split over the GPUs, e.g. 16384; samples per step then vary a little
 #   STEPS=100         optimizer steps (samples = STEPS x GLOBAL_BATCH)
+#   PER_GPU=0         1: weak scaling: GLOBAL_BATCH / BATCH_TOKENS is the batch of each GPU (not split), so N GPUs
+#                     train on N times the samples per step (speed-up: tokens/s; the losses are not comparable)
 #   OUT=runs/ddp-bench  where runs, logs and the table (table.md) go; PYTHON=python3; KEEP_BASE=0 (the random
 #                     base_model/ of each run is 6 GB: deleted after the run unless KEEP_BASE=1)
 #   MODEL=random:gpt2-xl, ALLOW_CPU=0: a dry run of this script without GPUs (gloo), e.g.
@@ -42,6 +44,7 @@ OUT=${OUT:-runs/ddp-bench}
 PYTHON=${PYTHON:-python3}
 MODEL=${MODEL:-random:gpt2-xl}
 KEEP_BASE=${KEEP_BASE:-0}
+PER_GPU=${PER_GPU:-0}
 [ -d "$TOK" ] || { echo "ddp_gpu: tokenizer folder not found: $TOK" >&2; exit 2; }
 [ -f "$DATA" ] || { echo "ddp_gpu: data file not found: $DATA" >&2; exit 2; }
 TOK=$(cd "$TOK" && pwd)
@@ -55,10 +58,11 @@ export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}  # NVLink multicast stays off on 
 
 GLOBAL=${BATCH_TOKENS:+$BATCH_TOKENS tokens}
 GLOBAL=${GLOBAL:-$GLOBAL_BATCH examples}
+[ "$PER_GPU" = 1 ] && GLOBAL="$GLOBAL per GPU"
 max_gpus=0
 for n in $GPUS; do
   [ "$n" -gt "$max_gpus" ] && max_gpus=$n
-  if [ $((${BATCH_TOKENS:-$GLOBAL_BATCH} % n)) -ne 0 ]; then echo "ddp_gpu: the global batch does not split over $n GPUs" >&2; exit 2; fi
+  if [ "$PER_GPU" != 1 ] && [ $((${BATCH_TOKENS:-$GLOBAL_BATCH} % n)) -ne 0 ]; then echo "ddp_gpu: the global batch does not split over $n GPUs" >&2; exit 2; fi
 done
 "$PYTHON" - "$max_gpus" <<'EOF'
 import importlib.util, sys
@@ -78,10 +82,12 @@ EOF
 for n in $GPUS; do
   run=$OUT/gpus-$n
   rm -rf "$run"
-  per=$((GLOBAL_BATCH / n))
+  split=$n
+  [ "$PER_GPU" = 1 ] && split=1
+  per=$((GLOBAL_BATCH / split))
   batching=(--set "train.batch_size=$per" --set train.batch_tokens=null)
   if [ -n "$BATCH_TOKENS" ]; then
-    per=$((BATCH_TOKENS / n))
+    per=$((BATCH_TOKENS / split))
     batching=(--set train.packing=true --set "train.batch_tokens=$per")
   fi
   devices=$(seq -s, 0 $((n - 1)))
@@ -129,8 +135,11 @@ for d in sorted((p for p in out.glob("gpus-*") if p.is_dir()), key=lambda p: int
 if not rows:
     sys.exit("ddp_gpu: no finished runs to tabulate")
 base = {r[0]["gpus"]: r for r in rows}.get(1)
-n, unit = global_batch.split()
-samples = f" = {int(n) * steps} samples" if unit == "examples" else " (about the same samples for each GPU count)"
+n, unit = global_batch.split()[:2]
+if global_batch.endswith("per GPU"):
+    samples = " (weak scaling: N GPUs train on N times the samples, so their losses are not comparable)"
+else:
+    samples = f" = {int(n) * steps} samples" if unit == "examples" else " (about the same samples for each GPU count)"
 print(f"\n{model} QLoRA (random weights, NF4, LoRA r16), {data}, global batch {global_batch}, "
       f"{steps} steps{samples}; device: {rows[0][3]}\n")
 print("| GPUs | batch per GPU | tokens/s (whole run) | tokens/s (steady) | speed-up (steady) | validation loss | "

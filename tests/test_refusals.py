@@ -44,3 +44,16 @@ def test_refused_with_one_clear_line(case, places, capsys):
 def test_cases_have_unique_ids():
     ids = [c[0] for c in refusals.CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 50
+
+
+def test_an_fsdp_launch_is_refused(monkeypatch, capsys, tmp_path):
+    """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP in every process: medtune refuses it there,
+    before any model loads (FSDP is untested; on CPU accelerate would quietly run DDP)."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    out = tmp_path / "out"
+    rc = main(["train", "--config", str(refusals.ROOT / "configs" / "tiny-cpu.yaml"), "--output-dir", str(out),
+               "--set", "train.report_to=none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("medtune: error: FSDP is not supported") and "torchrun" in err[0], err
+    assert not out.exists()

@@ -100,9 +100,10 @@ def answer_token_loss(model, encoded: list[dict], pad_token_id: int, max_tokens:
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for chunk in length_batches([len(e["input_ids"]) for e in encoded], max_tokens):
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in chunk]).items()}
-        labels = batch.pop("labels")
+        batch = collate([encoded[i] for i in chunk])
         batch.pop(NUM_TOKENS)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
         if parts is not None:
             decoder, weight = parts
             hidden = decoder_output(model, decoder, **batch)

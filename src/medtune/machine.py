@@ -2,6 +2,8 @@
 training modules so that `medtune train` refuses a run the machine cannot do after importing torch alone."""
 from __future__ import annotations
 
+import os
+
 from medtune.config import Config
 from medtune.errors import MedtuneError
 
@@ -34,7 +36,10 @@ def optimizer_name(cfg: Config) -> str:
 
 
 def check(cfg: Config) -> None:
-    """Every check of the config against this machine (before any model loads)."""
+    """Every check of the config against this machine and launcher (before any model loads)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # set by accelerate launch for FSDP
+        raise MedtuneError("FSDP is not supported (untested; on CPU accelerate runs DDP instead, and 4-bit bases are "
+                           "not sharded): launch with torchrun or accelerate launch --multi_gpu (DDP)")
     use_bf16(cfg)
     optimizer_name(cfg)
     if cfg.model.quantization == "8bit" and not cuda():

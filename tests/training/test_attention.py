@@ -15,8 +15,9 @@ def test_varlen_flash_matches_padded_sdpa(tok, examples, small_gpt2):
     packed.load_state_dict(ref.state_dict())
     packed = packed.cuda()
     packed.set_attn_implementation(attention.VARLEN)
-    padded = {k: v.cuda() for k, v in Collator(tok.pad_token_id)(ex).items()}
-    flat = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in PackingCollator(tok.pad_token_id, flat=True)(ex).items()}
+    on_gpu = lambda batch: {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in batch.items()}  # noqa: E731
+    padded = on_gpu(Collator(tok.pad_token_id)(ex))
+    flat = on_gpu(PackingCollator(tok.pad_token_id, flat=True)(ex))
     a = ref(**padded, use_cache=False).loss
     b = packed(**flat, use_cache=False).loss
     a.backward()

@@ -1,11 +1,10 @@
 """Multi-process QLoRA training on CPU: `torchrun --nproc-per-node 2 -m medtune train` with the gloo backend.
 
-Each launch runs the real command line. A sitecustomize.py on PYTHONPATH (active in the two workers only, which
-torchrun gives a RANK) records, per rank, every file medtune writes into the run folder and, after training, the
-global step, a hash of the trainable weights and the tokens that rank trained on. So the tests can tell
-that rank 0 alone wrote the run's files, each once, and that both ranks trained the same synchronized weights."""
+Each launch runs the real command line. Hooks in the workers (launching.py) record, per rank, every file medtune
+writes into the run folder and, after training, the global step, a hash of the trainable weights and the tokens that
+rank trained on. So the tests can tell that rank 0 alone wrote the run's files, each once, and that both ranks
+trained the same synchronized weights."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,67 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-HOOKS = r'''
-import hashlib, importlib, json, os
-from pathlib import Path
-
-if "RANK" in os.environ and "LOCAL_RANK" in os.environ and os.environ.get("MEDTUNE_TEST_RECORD"):
-    import transformers
-    train = importlib.import_module("medtune.training.train")  # the recipe module (it imports the writers by name)
-
-    RANK = os.environ["RANK"]
-    LOG = Path(os.environ["MEDTUNE_TEST_RECORD"]) / f"rank{RANK}.jsonl"
-
-    def record(**kw):
-        with open(LOG, "a") as f:
-            f.write(json.dumps({"rank": int(RANK), **kw}) + "\n")
-
-    def recording(name, fn, path_arg=0):
-        def wrapper(*args, **kwargs):
-            record(event="write", via=name, path=str(args[path_arg]))
-            return fn(*args, **kwargs)
-        return wrapper
-
-    for name in ("atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "staging_dir"):
-        setattr(train, name, recording(name, getattr(train, name)))
-    train.plot_losses = recording("plot_losses", train.plot_losses, path_arg=1)
-    _publish = train.publish_dir
-
-    def publish_dir(stage, dest):
-        for f in sorted(Path(stage).rglob("*")):
-            if f.is_file():
-                record(event="write", via="publish_dir", path=str(Path(dest) / f.relative_to(stage)))
-        return _publish(stage, dest)
-
-    train.publish_dir = publish_dir
-    _train = transformers.Trainer.train
-
-    def trainer_train(self, *args, **kwargs):
-        result = _train(self, *args, **kwargs)
-        h = hashlib.sha256()
-        for name, p in sorted(self.model.named_parameters()):
-            if p.requires_grad:
-                h.update(name.encode() + p.detach().float().cpu().numpy().tobytes())
-        record(event="trained", step=self.state.global_step, weights=h.hexdigest(),
-               tokens=getattr(self, "tokens_seen", None), world=self.args.world_size)
-        return result
-
-    transformers.Trainer.train = trainer_train
-
-    if os.environ.get("MEDTUNE_TEST_SIGNAL"):  # RANK:STEP:NAME: that rank sends itself the signal as that step begins
-        import signal
-        sig_rank, sig_step, sig_name = os.environ["MEDTUNE_TEST_SIGNAL"].split(":")
-        _step = transformers.Trainer.training_step
-
-        def training_step(self, *args, **kwargs):
-            if RANK == sig_rank and self.state.global_step + 1 == int(sig_step) and not hasattr(self, "_signalled"):
-                self._signalled = True
-                os.kill(os.getpid(), getattr(signal, sig_name))
-            return _step(self, *args, **kwargs)
-
-        transformers.Trainer.training_step = training_step
-'''
+from launching import check_clean, read_records, trained, worker_env, written
 
 # QLoRA: every process quantizes its own copy of the random base (a round trip through disk) and trains on it
 QUICK = ["model.quantization=4bit", "train.report_to=none", "train.logging_steps=1", "train.eval_steps=2",
@@ -83,35 +22,12 @@ QUICK = ["model.quantization=4bit", "train.report_to=none", "train.logging_steps
 
 def launch(tiny: Path, tmp: Path, out: Path, *args: str, steps: int, nproc: int = 2, env: dict | None = None):
     """torchrun -m medtune train on the tiny preset; returns (completed process, records per rank)."""
-    hooks = tmp / "hooks"
-    hooks.mkdir(exist_ok=True)
-    (hooks / "sitecustomize.py").write_text(HOOKS)
-    rec = tmp / f"records-{len(list(tmp.glob('records-*')))}"
-    rec.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
-           "MEDTUNE_TEST_RECORD": str(rec), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}  # CPU and gloo even where a GPU exists
+    env, rec = worker_env(tmp, env)
     sets = [a for s in QUICK + [f"train.max_steps={steps}"] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "medtune", "train", "--config", str(tiny), "--output-dir", str(out), *sets, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    records = {r: [json.loads(line) for line in (rec / f"rank{r}.jsonl").read_text().splitlines()]
-               if (rec / f"rank{r}.jsonl").exists() else [] for r in range(nproc)}
-    return proc, records
-
-
-def written(records: list[dict], out: Path) -> list[str]:
-    return [os.path.relpath(r["path"], out) for r in records if r["event"] == "write" and r["via"] != "staging_dir"]
-
-
-def trained(records: list[dict]) -> dict:
-    (t,) = [r for r in records if r["event"] == "trained"]
-    return t
-
-
-def check_clean(out: Path) -> None:
-    """No staging folders or temporary files left: every file is complete."""
-    assert not list(out.rglob(".staging-*")) and not list(out.rglob("*.tmp")) and not list(out.rglob(".*.tmp.png"))
+    return proc, read_records(rec, nproc)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import torch
 
 from medtune.data import IGNORE_INDEX
 
-# every batch says how many real (non-padding) tokens it holds; the trainer takes the key out before the forward and
-# counts it when the batch is trained on (a collator's own count runs ahead: the data loader prefetches, and
-# evaluation batches go through it too)
+# every batch says how many real (non-padding) tokens it holds, as a Python int (a tensor would be moved to the GPU
+# with the batch, and reading it back costs a device sync every step); the trainer takes the key out before the
+# forward and counts it when the batch is trained on (a collator's own count runs ahead: the data loader prefetches,
+# and evaluation batches go through it too)
 NUM_TOKENS = "num_tokens"
 
 class Collator:
@@ -22,7 +23,7 @@ class Collator:
         self.pad_token_id = pad_token_id
         self.tokens_seen = 0
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> dict:
         n = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), n), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long)
@@ -32,9 +33,9 @@ class Collator:
             ids[i, :k] = torch.tensor(f["input_ids"])
             labels[i, :k] = torch.tensor(f["labels"])
             mask[i, :k] = 1
-        n = int(mask.sum())
+        n = sum(len(f["input_ids"]) for f in features)
         self.tokens_seen += n
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, NUM_TOKENS: torch.tensor(n)}
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, NUM_TOKENS: n}
 
 
 class PackingCollator:
@@ -72,7 +73,7 @@ class PackingCollator:
                 room.append(max(self.row_length - k, 0))
         return rows
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> dict:
         rows = self._rows(features)
         width = max(sum(len(f["input_ids"]) for f in r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -91,7 +92,7 @@ class PackingCollator:
             if at < width:  # tail padding: its own segment, never a target
                 pos[i, at:] = torch.arange(width - at)
         self.tokens_seen += sum(lengths)
-        batch = {"input_ids": ids, "labels": labels, "position_ids": pos, NUM_TOKENS: torch.tensor(sum(lengths))}
+        batch = {"input_ids": ids, "labels": labels, "position_ids": pos, NUM_TOKENS: sum(lengths)}
         if self.flat:
             cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
             cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)

@@ -16,7 +16,8 @@ from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_te
 from medtune.training import attention, memory, patches, trackers
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
-from medtune.training.distributed import barrier, is_main_process, sum_over_processes, use_local_gpu, world_size
+from medtune.training.distributed import (barrier, is_main_process, max_over_processes, sum_over_processes,
+                                          use_local_gpu, world_size)
 from medtune.training.trainer import MedtuneTrainer, StopOnSignal, optimizer_name, training_arguments
 
 
@@ -145,9 +146,9 @@ def _final_metrics(trainer, result, info: dict, seconds: float, resumed: bool) -
     return metrics
 
 
-def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, adapter_state, extra: dict | None) -> None:
+def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, extra: dict | None) -> None:
     stage = staging_dir(out)
-    trainer.model.save_pretrained(stage, state_dict=adapter_state)
+    trainer.model.save_pretrained(stage)
     tok.save_pretrained(stage)
     publish_dir(stage, out)
     history = trainer.state.log_history
@@ -183,6 +184,8 @@ def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model, log=log)
     trainer, _, info = make_trainer(cfg, model, tok, prepared, out, log=log)
+    if resume:
+        _same_resume_point(out, resume_from)
     if is_main_process():  # every check has passed: the first file of the run is written now
         rundir.clean_staging(out)
         if model_mod.is_random(cfg.model):
@@ -200,6 +203,17 @@ def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
     return metrics
 
 
+def _same_resume_point(out: Path, resume_from: Path | None) -> None:
+    """--resume under several processes: every process reads the output folder itself, and all must continue from the
+    same checkpoint (a collective, after the Trainer started the process group). On machines without a shared folder
+    the others see none: they would start over and crash or hang the group at the first step."""
+    step = int(rundir.CHECKPOINT.match(resume_from.name)[1]) if resume_from else 0
+    low, high = -max_over_processes(-step), max_over_processes(step)
+    if low != high:
+        raise MedtuneError(f"--resume: the processes of this run see different checkpoints in {out} (from step {low} "
+                           f"to {high}; 0: none): every machine must see the same output folder (a shared filesystem)")
+
+
 def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_from: Path | None, log) -> dict:
     """trainer.train, then the final metrics and the run's files; a signal ends it after a step, with Stopped."""
     stop = StopOnSignal()
@@ -212,10 +226,8 @@ def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_fr
     if stop.signum and trainer.state.global_step < trainer.state.max_steps:
         raise _stopped(stop.signum, trainer, out)
     metrics = _final_metrics(trainer, result, info, seconds, resumed=resume_from is not None)
-    # FSDP shards the LoRA weights too: every process takes part in gathering them (untested: needs GPUs)
-    adapter_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if is_main_process():
-        _write_results(cfg, trainer, tok, prepared, metrics, out, adapter_state, prepared.extra)
+        _write_results(cfg, trainer, tok, prepared, metrics, out, prepared.extra)
         trackers.finish(cfg, metrics)
         log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
             + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))

@@ -38,7 +38,7 @@ class MedtuneTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         n = inputs.pop(NUM_TOKENS, None)
         if n is not None:
-            self.batch_tokens.append(int(n))
+            self.batch_tokens.append(n)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -123,4 +123,5 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         gradient_checkpointing=False,  # enabled on the model in model.add_lora / make_trainer
         disable_tqdm=False,
         prediction_loss_only=True,  # evaluation needs the loss only: no logits kept
+        logging_nan_inf_filter=False,  # log a nan/inf loss as such (the filter hid it; it read the loss each step)
     )
