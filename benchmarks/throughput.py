@@ -264,7 +264,7 @@ def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: in
     trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=counter, callbacks=[clock])
     trainer.train()
     epoch_tokens = sum(min(len(tok(t)["input_ids"]), 512) for t in text[:200]) * len(text) / 200
-    return dict(name="tutorial", **_summary(clock, counter, warmup, int(epoch_tokens), False))
+    return dict(name="tutorial", **_summary(clock, counter.per_batch, warmup, int(epoch_tokens), False))
 
 
 # ---------------------------------------------------------------- output
