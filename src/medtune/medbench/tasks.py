@@ -248,6 +248,8 @@ def _json_lines_named_json(path: Path) -> list | None:
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # a second document after the first: one record a line
             return parse_json_lines(text, path)
+    except RecursionError:
+        pass  # read_table reports it
     return None
 
 
