@@ -147,7 +147,7 @@ def test_forgetting_needs_the_base_interval():
     assert medbench.forgetting(base, {"acc": 0.35}) is False  # at the lower end: not below it
     assert medbench.forgetting({**base, "acc_ci": [None, None]}, {"acc": 0.0}) is None  # eval.bootstrap=0
     old = {"x": {"base": base, "tuned": {"n": 40, "acc": 0.2, "acc_ci": [0.1, 0.3]}, "chance": 0.25}}
-    assert forgetting_warnings(old) == ["warning: forgetting on x: tuned accuracy 0.200 is below the base model's 95% "
-                                        "interval [0.350, 0.650] (base 0.500)"]  # metrics written before the flag
+    assert forgetting_warnings(old) == [("warning: forgetting on x: tuned accuracy 0.200 is below the base model's 95% "
+                                         "interval [0.350, 0.650] (base 0.500)")]  # metrics written before the flag
     no_ci = {"x": {**old["x"], "base": {**base, "acc_ci": [None, None]}, "forgetting": None}}
     assert "| 0.250 | n/a |" in benchmark_table(no_ci) and not forgetting_warnings(no_ci)

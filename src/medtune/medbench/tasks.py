@@ -261,7 +261,7 @@ def _mmlu_headerless_csv(path: Path) -> list[dict] | None:
 
     try:
         df = pd.read_csv(io.StringIO(read_text(path)), header=None, dtype=object, keep_default_na=False)
-    except Exception:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
         return None
     if df.shape[1] != 6 or not len(df) or "question" in {str(v).strip().lower() for v in df.iloc[0]}:
         return None
