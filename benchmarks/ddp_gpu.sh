@@ -18,8 +18,10 @@
 #                     train on N times the samples per step (speed-up: tokens/s; the losses are not comparable)
 #   OUT=runs/ddp-bench  where runs, logs and the table (table.md) go; PYTHON=python3; KEEP_BASE=0 (the random
 #                     base_model/ of each run is 6 GB: deleted after the run unless KEEP_BASE=1)
-#   MODEL=random:gpt2-xl, ALLOW_CPU=0: a dry run of this script without GPUs (gloo), e.g.
+#   MODEL=random:gpt2-xl, ALLOW_CPU=0: a run of this script without GPUs (gloo), e.g.
 #                     MODEL=random:tiny STEPS=4 ALLOW_CPU=1 PYTHON=.venv/bin/python benchmarks/ddp_gpu.sh ../shared/data/gpt2_tokenizer
+#   DRY_RUN=0         1: check the arguments and print each run's command line; nothing runs, no Python package or
+#                     GPU is needed (tests/test_benchmarks.py)
 #
 # On the lent 2-GPU machine (no network there; about 55 MB travel): from the repo root here, once
 #   echo /.bench-data/ >> .git/info/exclude && cp -r ../shared/data .bench-data
@@ -45,6 +47,7 @@ PYTHON=${PYTHON:-python3}
 MODEL=${MODEL:-random:gpt2-xl}
 KEEP_BASE=${KEEP_BASE:-0}
 PER_GPU=${PER_GPU:-0}
+DRY_RUN=${DRY_RUN:-0}
 [ -d "$TOK" ] || { echo "ddp_gpu: tokenizer folder not found: $TOK" >&2; exit 2; }
 [ -f "$DATA" ] || { echo "ddp_gpu: data file not found: $DATA" >&2; exit 2; }
 TOK=$(cd "$TOK" && pwd)
@@ -64,7 +67,7 @@ for n in $GPUS; do
   [ "$n" -gt "$max_gpus" ] && max_gpus=$n
   if [ "$PER_GPU" != 1 ] && [ $((${BATCH_TOKENS:-$GLOBAL_BATCH} % n)) -ne 0 ]; then echo "ddp_gpu: the global batch does not split over $n GPUs" >&2; exit 2; fi
 done
-"$PYTHON" - "$max_gpus" <<'EOF'
+[ "$DRY_RUN" = 1 ] || "$PYTHON" - "$max_gpus" <<'EOF'
 import importlib.util, sys
 missing = [m for m in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "yaml", "matplotlib")
            if importlib.util.find_spec(m) is None]
@@ -81,7 +84,7 @@ EOF
 
 for n in $GPUS; do
   run=$OUT/gpus-$n
-  rm -rf "$run"
+  [ "$DRY_RUN" = 1 ] || rm -rf "$run"
   split=$n
   [ "$PER_GPU" = 1 ] && split=1
   per=$((GLOBAL_BATCH / split))
@@ -102,6 +105,10 @@ for n in $GPUS; do
     launch=("$PYTHON" -m torch.distributed.run --standalone "--nproc-per-node=$n" -m medtune)
   fi
   echo "ddp_gpu: $n GPU(s), $per ${BATCH_TOKENS:+tokens}${BATCH_TOKENS:-examples} per GPU x $n per step, $STEPS steps -> $run"
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "ddp_gpu: would run: CUDA_VISIBLE_DEVICES=$devices ${launch[*]} ${args[*]}"
+    continue
+  fi
   start=$(date +%s)
   set +e
   CUDA_VISIBLE_DEVICES=$devices "${launch[@]}" "${args[@]}" > "$OUT/gpus-$n.log" 2>&1
@@ -114,6 +121,7 @@ for n in $GPUS; do
   [ "$KEEP_BASE" = 1 ] || rm -rf "$run/base_model"
 done
 
+if [ "$DRY_RUN" = 1 ]; then echo "ddp_gpu: dry run: nothing was run"; exit 0; fi
 "$PYTHON" - "$OUT" "$GLOBAL" "$STEPS" "$MODEL" "$(basename "$DATA")" <<'EOF' | tee "$OUT/table.md"
 import json, statistics, sys
 from pathlib import Path

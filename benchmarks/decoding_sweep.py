@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # medtune from this checkout
 
 SETTINGS = {  # name: generate overrides on top of the run's settings
     "greedy, no penalty": dict(greedy=True, repetition_penalty=1.0),
@@ -36,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     run = rundir.open_run(args.run_dir, want="run")
     run.config.eval.max_new_tokens = args.max_new_tokens
-    model, tok = rundir.load_model(run)
+    model, tok = rundir.load_model(run, merge=True)  # the adapter merged, as eval's tuned pass runs
     inp, base_g = evaluate._prepare_inputs(run, model, tok, None, args.split, args.num_samples, greedy=False)
     print(f"{len(inp.chosen)} questions from the {args.split} split, at most {base_g.max_new_tokens} new tokens\n")
     print("| decoding | ROUGE-L | EOS rate | repeated 4-grams | gibberish | mean tokens | seconds |")
@@ -45,8 +49,7 @@ def main() -> None:
     for name, over in SETTINGS.items():
         g = dataclasses.replace(base_g, **over)
         t0 = time.perf_counter()
-        with evaluate.merged_adapter(model):
-            out = complete(model, tok, inp.prompts, g, batch_size=len(inp.prompts))
+        out = complete(model, tok, inp.prompts, g, batch_size=len(inp.prompts))
         dt = time.perf_counter() - t0
         m, _ = evaluate.generation_metrics(out, inp.refs)
         print(f"| {name} | {m['rouge_l']:.3f} | {m['eos_rate']:.0%} | {m['repeated_4gram_share'] or 0:.1%} | "

@@ -1,13 +1,16 @@
-"""Generation speed for `medtune eval` on a run: the same questions decoded with the adapter kept separate,
-merged into the base, and merged with a static KV cache + torch.compile. Not a test.
+"""Generation speed for `medtune eval` on a run: the same questions decoded with the adapter kept separate (a
+PeftModel: three matmuls per LoRA layer) and merged into the base weights (what eval's tuned pass runs). Not a test.
 
     python benchmarks/eval_speed.py RUN_DIR [--num-samples 50] [--max-new-tokens 512]
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # medtune from this checkout
 
 
 def main() -> None:
@@ -23,19 +26,20 @@ def main() -> None:
     args = ap.parse_args()
     run = rundir.open_run(args.run_dir, want="run")
     run.config.eval.max_new_tokens = args.max_new_tokens
-    model, tok = rundir.load_model(run)
-    inp, g = evaluate._prepare_inputs(run, model, tok, None, "test", args.num_samples, greedy=False)
-    variants = {"adapter separate": contextlib.nullcontext, "adapter merged": lambda: evaluate.merged_adapter(model)}
-    for name, ctx in variants.items():
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for name, merge in (("adapter separate", False), ("adapter merged", True)):
+        model, tok = rundir.load_model(run, merge=merge)
+        inp, g = evaluate._prepare_inputs(run, model, tok, None, "test", args.num_samples, greedy=False)
         for batch in (len(inp.prompts), 16):
-            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            sync()
             t0 = time.perf_counter()
-            with ctx():
-                out = complete(model, tok, inp.prompts, g, batch_size=batch)
+            out = complete(model, tok, inp.prompts, g, batch_size=batch)
+            sync()
             dt = time.perf_counter() - t0
             steps = max(len(c.token_ids) for c in out)
             print(f"{name:18s} batch {batch:3d}: {dt:6.1f} s, {sum(len(c.token_ids) for c in out)} tokens, "
                   f"longest {steps}, {1000 * dt / max(steps, 1):.1f} ms per step", flush=True)
+        del model
 
 
 if __name__ == "__main__":

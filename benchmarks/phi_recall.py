@@ -2,7 +2,7 @@
 hand-written note sets of tests/phi_synthetic.py, false positives on the clean medical sentences, and findings on
 the real WikiDoc data (when ../shared/data is present), with timings. Not a test.
 
-    python benchmarks/phi_recall.py [--show] [--presidio SPACY_MODEL]
+    python benchmarks/phi_recall.py [--show] [--presidio SPACY_MODEL] [--no-wikidoc]
 
 --show prints each miss and each false positive. --presidio also runs Microsoft Presidio (presidio-analyzer, when
 installed, with the given spaCy model package) on the same sets, for comparison; Presidio's entity types are
@@ -106,6 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--show", action="store_true", help="print every miss and false positive")
     ap.add_argument("--presidio", metavar="SPACY_MODEL", help="also run Presidio with this spaCy model package")
+    ap.add_argument("--no-wikidoc", action="store_true", help="skip the WikiDoc scan (about 10 s), e.g. in CI")
     args = ap.parse_args()
 
     planted = syn.planted()
@@ -126,7 +127,9 @@ def main() -> None:
             table(f"Presidio, hand-written notes, set {n} (any type)", notes, scan, typed=False)
         clean_report("Presidio, clean medical sentences", clean, scan, show=args.show)
 
-    if WIKIDOC.is_file():
+    if args.no_wikidoc:
+        print("\nWikiDoc skipped (--no-wikidoc)")
+    elif WIKIDOC.is_file():
         records = json.loads(WIKIDOC.read_text(encoding="utf-8"))
         t = time.perf_counter()
         findings = phi.scan_records(records)

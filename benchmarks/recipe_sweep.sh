@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
 # Recipe sweep for a small instruct model (issue 12): each variant trains with `medtune train` and is evaluated on
 # the validation split with the product's decoding. Usage: benchmarks/recipe_sweep.sh MODEL DATA OUTROOT [VARIANT...]
-# A variant is NAME:key=value,key=value (config overrides on top of configs/smollm2-lora.yaml).
+# A variant is NAME:key=value,key=value (config overrides on top of $CONFIG). Prints a markdown table, one row per
+# variant (logs in OUTROOT/NAME.log); exit status 1 when a variant failed.
+# Environment: CONFIG (default configs/smollm2-lora.yaml), PYTHON (default python3). A smoke test in seconds:
+#   CONFIG=configs/tiny-cpu.yaml benchmarks/recipe_sweep.sh random:tiny builtin:sample /tmp/sweep \
+#     tiny:model.tokenizer=builtin:tiny,train.max_steps=2,eval.num_samples=2,eval.max_new_tokens=4
 set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+CONFIG=${CONFIG:-$here/configs/smollm2-lora.yaml}
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"  # medtune from this checkout, installed or not
+[ $# -ge 3 ] || { echo "usage: benchmarks/recipe_sweep.sh MODEL DATA OUTROOT [NAME:key=value,...]..." >&2; exit 2; }
 model=$1 data=$2 root=$3; shift 3
+mkdir -p "$root"
+echo "| variant | validation loss | perplexity | ROUGE-L | EOS rate | repeated 4-grams | mean tokens | train s | wall s |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+failed=0
 for v in "$@"; do
   name=${v%%:*}; sets=${v#*:}
   args=(); IFS=, read -ra kv <<< "$sets"; for s in "${kv[@]}"; do [ -n "$s" ] && args+=(--set "$s"); done
   start=$(date +%s)
-  python3 -m medtune train --config configs/smollm2-lora.yaml --model "$model" --data "$data" \
-    --output-dir "$root/$name" --set train.report_to=none --set eval.num_samples=50 "${args[@]}" > "$root/$name.log" 2>&1
-  python3 -m medtune eval "$root/$name" --split validation >> "$root/$name.log" 2>&1
-  python3 - "$root/$name" "$name" "$(( $(date +%s) - start ))" <<'PY'
+  if ! "$PYTHON" -m medtune train --config "$CONFIG" --model "$model" --data "$data" --output-dir "$root/$name" \
+      --set train.report_to=none --set eval.num_samples=50 "${args[@]}" > "$root/$name.log" 2>&1 \
+    || ! "$PYTHON" -m medtune eval "$root/$name" --split validation >> "$root/$name.log" 2>&1; then
+    echo "| $name | failed: see $root/$name.log | | | | | | | |"; failed=1; continue
+  fi
+  "$PYTHON" - "$root/$name" "$name" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
 run, name, secs = sys.argv[1:]
 m = json.load(open(f"{run}/eval/metrics.json")); f = json.load(open(f"{run}/metrics.json"))["final"]
@@ -21,3 +36,4 @@ print(f"| {name} | {f.get('eval_loss', float('nan')):.4f} | {t['perplexity']:.2f
       f"{f['train_seconds']:.0f} | {secs} |", flush=True)
 PY
 done
+exit "$failed"

@@ -1,7 +1,7 @@
 """Wall time of `medtune --help` and of refusals, each a fresh `python -m medtune` process (median of --repeat runs).
 Not a test. The medtune imported is whatever PYTHONPATH / the venv gives, so an older checkout can be timed too:
 
-    python benchmarks/refusal_times.py [--repeat 5]
+    python benchmarks/refusal_times.py [--repeat 5] [--smoke]
     PYTHONPATH=/tmp/old/src python benchmarks/refusal_times.py
 """
 from __future__ import annotations
@@ -42,11 +42,13 @@ def wall(argv: list[str]) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="one run of the first three cases (those that need no "
+                                                         "torch): a test that the script runs")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         print("| command | exit | median seconds |\n| --- | ---: | ---: |")
-        for what, argv in cases(Path(d)):
-            runs = [wall(argv) for _ in range(args.repeat)]
+        for what, argv in cases(Path(d))[:3 if args.smoke else None]:
+            runs = [wall(argv) for _ in range(1 if args.smoke else args.repeat)]
             print(f"| {what} | {runs[0][1]} | {statistics.median(t for t, _ in runs):.2f} |", flush=True)
 
 

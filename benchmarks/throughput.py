@@ -18,6 +18,9 @@ CPU:
     a small GPT-2 (4 layers x 256, real tokenizer): the tutorial recipe (4-bit fp4, batch 4 padded to 512) and
     medtune's recipes (packed, token-budget batches, chunked loss) in one process, a few minutes on 2 cores; ends
     with the line `ratio medtune/tutorial: X.XX` (medtune QLoRA over the tutorial, non-padding tokens/s).
+  python benchmarks/throughput.py --smoke --data FILE.json --tokenizer DIR
+    the CPU mode at toy sizes (1 layer x 64, 64 records, 1 warm-up + 1 timed step, 512-token batches): seconds;
+    checks that every row runs (tests/test_benchmarks.py), its numbers mean nothing.
 
 Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baselines.py to .gpu/bench/ or ../shared/bench/).
 """
@@ -182,7 +185,7 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
     sets = [o for o in sets if not o.startswith("config=")]
     cfg = load_config(ROOT / cfg_file if cfg_file else None, sets, output_dir=str(out))
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
-    key = (args.tokenizer, cfg.data.max_length)
+    key = (args.tokenizer, cfg.data.max_length, cfg.data.max_records)
     if key not in _PREPARED:
         _PREPARED[key] = data_mod.prepare(cfg.data, tok, log=lambda *a: None)
     prepared = _PREPARED[key]
@@ -227,7 +230,8 @@ def run_anchor(args, mode: str, size: str, steps: int) -> dict:
     raise RuntimeError(f"{mode} {size} failed (rc {p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
 
 
-def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: int) -> dict:
+def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: int,
+                 max_records: int | None = None) -> dict:
     """The tutorial recipe of anchor_baselines.py, device-agnostic: 4-bit defaults (fp4, fp32 compute),
     prepare_model_for_kbit_training (gradient checkpointing), LoRA r16 on c_attn, batch 4 padded to 512."""
     from datasets import Dataset
@@ -237,7 +241,7 @@ def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: in
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     tok.pad_token = tok.eos_token
-    rows = json.load(open(data))
+    rows = json.load(open(data))[:max_records]
     text = [f"### Instruction:\n{r['instruction']}\n\n### Input:\n{r['input']}\n\n### Response:\n{r['output']}" for r in rows]
     ds = Dataset.from_dict({"text": text}).map(
         lambda b: tok(b["text"], truncation=True, max_length=512, padding="max_length"), batched=True, remove_columns=["text"])
@@ -264,7 +268,7 @@ def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: in
     trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=counter, callbacks=[clock])
     trainer.train()
     epoch_tokens = sum(min(len(tok(t)["input_ids"]), 512) for t in text[:200]) * len(text) / 200
-    return dict(name="tutorial", **_summary(clock, counter, warmup, int(epoch_tokens), False))
+    return dict(name="tutorial", **_summary(clock, counter.per_batch, warmup, int(epoch_tokens), False))
 
 
 # ---------------------------------------------------------------- output
@@ -351,16 +355,19 @@ def cpu_main(args):
     tok = load_tokenizer(args.tokenizer)
     model_dir = tempfile.mkdtemp(prefix="mt-cpu-model-")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=4, n_head=4, n_embd=256, n_positions=1024,
+    layers, width = (int(x) for x in args.cpu_model.split("x"))
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=layers, n_head=4, n_embd=width, n_positions=1024,
                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    log(f"CPU mode: GPT-2 4 layers x 256 (random weights), real GPT-2 tokenizer, {os.cpu_count()} cores, torch {torch.__version__}")
+    log(f"CPU mode: GPT-2 {layers} layers x {width} (random weights), tokenizer {Path(args.tokenizer).name}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}" + (" (smoke: toy sizes)" if args.smoke else ""))
     w, n = args.warmup, args.steps
     common = [f"model.name={model_dir}", "model.lora_dropout=0.05", "train.packing=true",
               f"train.batch_tokens={args.cpu_batch_tokens}", "train.learning_rate=0.0002", "train.warmup_ratio=0.03"]
+    common += [f"data.max_records={args.max_records}"] if args.max_records else []
     results = {}
     t = time.perf_counter()
-    results["tutorial"] = tutorial_cpu(model_dir, args.tokenizer, args.data, w, n)
+    results["tutorial"] = tutorial_cpu(model_dir, args.tokenizer, args.data, w, n, args.max_records)
     log(f"tutorial: {results['tutorial']}  ({time.perf_counter() - t:.0f}s)")
     for name, extra in (("medtune-qlora", ["model.quantization=4bit"]), ("medtune-lora", ["model.quantization=none"])):
         t = time.perf_counter()
@@ -376,6 +383,9 @@ def cpu_main(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu", action="store_true", help="CPU mode: small config, tutorial vs medtune, a few minutes")
+    ap.add_argument("--smoke", action="store_true", help="the CPU mode at toy sizes, in seconds (a test that it runs)")
+    ap.add_argument("--cpu-model", default="4x256", help="CPU mode: GPT-2 LAYERSxWIDTH (random weights)")
+    ap.add_argument("--max-records", type=int, help="CPU mode: only the first N records of the data")
     ap.add_argument("--sizes", nargs="+", default=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
     ap.add_argument("--recipes", nargs="+", default=["lora", "qlora"], choices=sorted(RECIPES))
     ap.add_argument("--variant", action="append", default=[],
@@ -396,6 +406,10 @@ def main(argv=None):
     ap.add_argument("--anchor")
     ap.add_argument("--out", help="results go to OUT.json and OUT.md (default $OUT/throughput or ./throughput)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.cpu, args.cpu_model, args.cpu_batch_tokens = True, "1x64", 512
+        args.max_records = args.max_records or 64
+        args.warmup, args.steps = 1 if args.warmup is None else args.warmup, 1 if args.steps is None else args.steps
     default_paths(args)
     if args.cpu or not torch.cuda.is_available():
         if not args.cpu:

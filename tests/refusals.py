@@ -110,6 +110,10 @@ CASES = [
     ("eval-split", "`eval --split bogus`", ["eval", "{run}", "--split", "bogus"], "--split must be one of"),
     ("eval-num-samples", "`eval --num-samples -1`", ["eval", "{run}", "--num-samples", "-1"], "0 or more"),
     ("eval-data-missing", "`eval --data` a missing file", ["eval", "{run}", "--data", "{tmp}/none.jsonl"], "not found"),
+    ("eval-benchmark-type", "`eval --benchmark` a file of another type",
+     ["eval", "{run}", "--benchmark", "medmcqa={tmp}/q.txt"], "expected the layout"),
+    ("eval-benchmark-layout", "`eval --benchmark` a CSV in no layout the task reads",
+     ["eval", "{run}", "--benchmark", "mmlu_anatomy={tmp}/anatomy_test.csv"], "original header-less CSV"),
     ("merge-out-not-empty", "`merge --out` a non-empty folder", ["merge", "{run}", "--out", "{tmp}"], "is not empty"),
     ("merge-out-inside-run", "`merge --out` inside the run folder", ["merge", "{run}", "--out", "{run}/merged"],
      "must not be the run folder"),
@@ -144,6 +148,7 @@ def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
     (tmp / "latin1.jsonl").write_bytes((json.dumps({**rec, "input": "caf\u00e9"}, ensure_ascii=False) + "\n").encode("latin-1"))
     (tmp / "latin1.txt").write_bytes("caf\u00e9 au lait?\n".encode("latin-1"))
     (tmp / "q.txt").write_text("What is asthma?\n")
+    (tmp / "anatomy_test.csv").write_text("Which bone?,Femur,Ulna,Radius,B\nWhich organ?,Liver,Lung,Skin,A\n")
     turns = [{"role": "user", "content": "What is asthma?"},
              {"role": "assistant", "content": "A disease of the airways."}]
     for name, bad in (("chat_role", [{"role": "doctor", "content": "Hi."}] + turns), ("chat_no_answer", turns[:1]),

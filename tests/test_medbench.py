@@ -80,12 +80,19 @@ def test_errors(tmp_path, monkeypatch):
         medbench.load_task("medmcqa")
 
 
-def test_eval_runs_benchmarks_base_vs_tuned(tmp_path, tiny_config, capsys):
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, tiny_config):
     from medtune import training
+
+    out = tmp_path_factory.mktemp("bench") / "run"
+    training.run(tiny_config(out, "train.max_steps=2", "data.max_records=30"), log=lambda *a, **k: None)
+    return out
+
+
+def test_eval_runs_benchmarks_base_vs_tuned(bench_run, tmp_path, capsys):
     from medtune.cli import main
 
-    out = tmp_path / "run"
-    training.run(tiny_config(out, "train.max_steps=2", "data.max_records=30"), log=lambda *a, **k: None)
+    out = bench_run
     spec = f"medmcqa={write(tmp_path, 'medmcqa')},pubmedqa={write(tmp_path, 'pubmedqa')}"
     assert main(["eval", str(out), "--num-samples", "0", "--benchmark", spec]) == 0
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
@@ -95,3 +102,52 @@ def test_eval_runs_benchmarks_base_vs_tuned(tmp_path, tiny_config, capsys):
     assert "| medmcqa | 2 |" in (out / "eval" / "report.md").read_text()
     assert main(["eval", str(out), "--benchmark", "bogus"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_forgetting_is_flagged_in_metrics_log_report_and_card(bench_run, tmp_path, capsys, monkeypatch):
+    """The tuned model scored below the base model's 95% interval on one benchmark (the scorer rigged: the base
+    picks every gold answer, the tuned model every gold answer of PubMedQA and none of MedMCQA)."""
+    from medtune import evaluate, rundir
+    from medtune.cli import main
+    from medtune.modelcard import model_card
+
+    real = evaluate.run_benchmarks
+
+    def rigged(model, tok, tasks, cfg, side, log=print):
+        def logliks(m, t, items, b=16):
+            right = side == "base" or items[0].task == "pubmedqa"
+            return [[0.0 if (j == i.gold) == right else -5.0 for j in range(len(i.choices))] for i in items]
+
+        with monkeypatch.context() as m:
+            m.setattr(medbench.scoring, "choice_logliks", logliks)
+            return real(model, tok, tasks, cfg, side, log)
+
+    monkeypatch.setattr(evaluate, "run_benchmarks", rigged)
+    rows = ROWS["medmcqa"] * 10  # 20 questions: a base interval that a tuned accuracy of 0 falls below
+    (tmp_path / "medmcqa.jsonl").write_text("".join(json.dumps({**r, "id": f"q{k}"}) + "\n" for k, r in enumerate(rows)))
+    spec = f"medmcqa={tmp_path / 'medmcqa.jsonl'},pubmedqa={write(tmp_path, 'pubmedqa')}"
+    assert main(["eval", str(bench_run), "--num-samples", "0", "--benchmark", spec]) == 0
+    bench = json.loads((bench_run / "eval" / "metrics.json").read_text())["benchmarks"]
+    assert bench["medmcqa"]["tuned"]["acc"] == 0 and bench["medmcqa"]["base"]["acc"] == 1
+    assert bench["medmcqa"]["forgetting"] is True and bench["pubmedqa"]["forgetting"] is False
+    warning = "warning: forgetting on medmcqa: tuned accuracy 0.000 is below the base model's 95% interval"
+    logged = capsys.readouterr().out
+    assert f"eval: {warning}" in logged and "forgetting on pubmedqa" not in logged
+    report = (bench_run / "eval" / "report.md").read_text()
+    assert f"**{warning}" in report and "| 0.250 | **yes** |" in report and "| 0.333 | no |" in report
+    card = model_card(bench_run, rundir.open_run(bench_run).config)
+    assert warning in card and "**yes**" in card
+
+
+def test_forgetting_needs_the_base_interval():
+    from medtune.report import benchmark_table, forgetting_warnings
+
+    base = {"n": 40, "acc": 0.5, "acc_ci": [0.35, 0.65]}
+    assert medbench.forgetting(base, {"acc": 0.34}) is True
+    assert medbench.forgetting(base, {"acc": 0.35}) is False  # at the lower end: not below it
+    assert medbench.forgetting({**base, "acc_ci": [None, None]}, {"acc": 0.0}) is None  # eval.bootstrap=0
+    old = {"x": {"base": base, "tuned": {"n": 40, "acc": 0.2, "acc_ci": [0.1, 0.3]}, "chance": 0.25}}
+    assert forgetting_warnings(old) == [("warning: forgetting on x: tuned accuracy 0.200 is below the base model's 95% "
+                                         "interval [0.350, 0.650] (base 0.500)")]  # metrics written before the flag
+    no_ci = {"x": {**old["x"], "base": {**base, "acc_ci": [None, None]}, "forgetting": None}}
+    assert "| 0.250 | n/a |" in benchmark_table(no_ci) and not forgetting_warnings(no_ci)

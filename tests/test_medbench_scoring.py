@@ -145,6 +145,105 @@ def test_medmcqa_original_release_numbers_answers_from_one(tmp_path):
     assert [i.gold for i in items] == [1, 0, 2, 3]
 
 
+def _release_files(folder, medmcqa, mmlu, pubmedqa):
+    """Rows in the hub layouts written as the original releases ship them: MedMCQA's dev.json (JSON Lines under a
+    .json name, cop 1-4, raw UTF-8), MMLU's header-less data/test/<subject>_test.csv (answer letters), PubMedQA's
+    ori_pqal.json (a dict keyed by PMID, upper-case fields)."""
+    import csv
+
+    dev = folder / "dev.json"
+    dev.write_text("".join(json.dumps({**r, "cop": int(r["cop"]) + 1, "exp": None}, ensure_ascii=False) + "\n"
+                           for r in medmcqa), encoding="utf-8")
+    test = folder / "data" / "test"
+    test.mkdir(parents=True)
+    for subject in sorted({r["subject"] for r in mmlu}):
+        with open(test / f"{subject}_test.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([r["question"], *r["choices"], "ABCD"[int(r["answer"])]]
+                                    for r in mmlu if r["subject"] == subject)
+    pqal = folder / "ori_pqal.json"
+    pqal.write_text(json.dumps({str(r["pubid"]): {
+        "QUESTION": r["question"], "CONTEXTS": list(r["context"]["contexts"]),
+        "LABELS": list(r["context"].get("labels", [])), "MESHES": [], "YEAR": "2001",
+        "reasoning_required_pred": "yes", "reasoning_free_pred": "yes", "final_decision": r["final_decision"],
+        "LONG_ANSWER": r.get("long_answer", "")} for r in pubmedqa}))
+    return {"medmcqa": str(dev), "mmlu": str(test), "pubmedqa": str(pqal)}
+
+
+def _same_items(a, b, ids=True):
+    key = (lambda i: (i.id, i.prompt, i.choices, i.gold)) if ids else (lambda i: (i.prompt, i.choices, i.gold))
+    return [key(i) for i in a] == [key(i) for i in b]
+
+
+def test_original_releases_read_as_they_come(tmp_path):
+    medmcqa = [{**r, "question": r["question"] + "\u2029(para)"} if k == 1 else r for k, r in enumerate(MEDMCQA)]
+    mmlu = MMLU + [{"question": 'Which, of these, is "long"?\nPick one.', "subject": "anatomy",
+                    "choices": ["Femur", "None", "NA", "1,5"], "answer": 0}]
+    got = _release_files(tmp_path, medmcqa, mmlu, PUBMEDQA)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    dev = medbench.load_task("medmcqa", got["medmcqa"])
+    assert _same_items(dev, medbench.load_task("medmcqa", jsonl(hub / "medmcqa.jsonl", medmcqa)))
+    assert [i.gold for i in dev] == [1, 0, 2, 3] and "\u2029(para)" in dev[1].prompt  # a U+2029 keeps its line
+    pqal = medbench.load_task("pubmedqa", got["pubmedqa"])
+    assert _same_items(pqal, medbench.load_task("pubmedqa", jsonl(hub / "pubmedqa.jsonl", PUBMEDQA)))
+    assert [i.id for i in pqal] == ["1", "2", "3"]  # the PMIDs
+    for subject in ("anatomy", "clinical_knowledge"):  # a folder: each subject reads <subject>_test.csv
+        name = f"mmlu_{subject}"
+        ref = medbench.load_task(name, jsonl(hub / "mmlu.jsonl", mmlu))
+        assert _same_items(medbench.load_task(name, got["mmlu"]), ref, ids=False)
+        assert _same_items(medbench.load_task(name, f"{got['mmlu']}/{subject}_test.csv"), ref, ids=False)
+    odd = medbench.load_task("mmlu_anatomy", got["mmlu"])[-1]  # quotes, commas, a newline, "None" and "NA" kept
+    assert odd.prompt.endswith('Which, of these, is "long"?\nPick one.\nA. Femur\nB. None\nC. NA\nD. 1,5\nAnswer:')
+    with pytest.raises(MedtuneError, match="anatomy_test.csv has no rows with subject 'college_medicine' "
+                                           "\\(found: anatomy\\)"):  # the subject comes from the file name
+        medbench.load_task("mmlu_college_medicine", f"{got['mmlu']}/anatomy_test.csv")
+
+
+@pytest.mark.parametrize("name, fname, content, message", [
+    ("medmcqa", "dev.json", '{"question": "x", "cop": 1}\n{oops\n', "line 2 is not valid JSON"),
+    ("medmcqa", "dev.json", "[{", "not valid JSON"),
+    ("pubmedqa", "ori_pqal.json", '{"1": "yes"}', "must hold a list of records"),
+    ("mmlu_anatomy", "anatomy_test.csv", "What?,a,b,c,d\nWhy?,a,b,c,d\n", "row 1 does not have the col"),
+    ("mmlu_anatomy", "notes.txt", "hello", "is not a .json, .jsonl, .csv or .parquet file"),
+])
+def test_unreadable_release_files_name_the_layouts(tmp_path, name, fname, content, message):
+    (tmp_path / fname).write_text(content)
+    with pytest.raises(MedtuneError, match=message) as e:
+        medbench.load_task(name, str(tmp_path / fname))
+    assert "\n" not in str(e.value) and medbench.TASKS[name].columns in str(e.value)
+    assert "original" in str(e.value)
+
+
+def test_mmlu_release_folder_without_the_subject_fails_in_one_line(tmp_path):
+    (tmp_path / "anatomy_test.csv").write_text("Q?,a,b,c,d,A\n")
+    with pytest.raises(MedtuneError, match="folder .* has no college_medicine_test.csv") as e:
+        medbench.load_task("mmlu_college_medicine", str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_shared_benchmark_files_read_alike_in_the_original_layouts(shared, tmp_path):
+    """The real hub-layout files of ../shared/data/medbench, rewritten in the original releases' layouts, give the
+    same questions (skipped where the shared data is absent)."""
+    folder = shared / "medbench"
+    names = ("medmcqa_validation", "mmlu_medical_test", "pubmedqa_pqa_labeled")
+    if not all((folder / f"{n}.parquet").is_file() for n in names):
+        pytest.skip(f"{folder} not present")
+    rows = {n: pd.read_parquet(folder / f"{n}.parquet").to_dict(orient="records") for n in names}
+    for r in rows["mmlu_medical_test"]:
+        r["choices"] = list(r["choices"])
+    for r in rows["pubmedqa_pqa_labeled"]:
+        r["context"] = {k: list(v) for k, v in r["context"].items() if k in ("contexts", "labels")}
+    got = _release_files(tmp_path, *rows.values())
+    assert _same_items(medbench.load_task("medmcqa", got["medmcqa"]),
+                       medbench.load_task("medmcqa", str(folder / "medmcqa_validation.parquet")))
+    assert _same_items(medbench.load_task("pubmedqa", got["pubmedqa"]),
+                       medbench.load_task("pubmedqa", str(folder / "pubmedqa_pqa_labeled.parquet")))
+    hub = medbench.load_benchmarks(medbench.parse_benchmarks(f"mmlu_medical={folder / 'mmlu_medical_test.parquet'}"))
+    release = medbench.load_benchmarks(medbench.parse_benchmarks(f"mmlu_medical={got['mmlu']}"))
+    assert [len(v) for v in release.values()] == [135, 265, 144, 173, 100, 272]
+    assert all(_same_items(release[n], hub[n], ids=False) for n in hub)
+
+
 def test_limit_is_a_seeded_subset_in_order(files):
     every = medbench.load_task("medmcqa", files["medmcqa"])
     two = medbench.load_task("medmcqa", files["medmcqa"], limit=2, seed=5)

@@ -278,7 +278,9 @@ def _other_parsers(sub):
                                                           "run's generate settings (config key eval.greedy)")
     e.add_argument("--sample", action="store_true", help="the run's generate settings, seeded (the default)")
     e.add_argument("--benchmark", metavar="NAME[=FILE],...", help="multiple-choice benchmarks: medmcqa, medqa, "
-                   "pubmedqa, mmlu_medical (or mmlu_anatomy, ...); NAME=FILE reads a local copy instead of the hub")
+                   "pubmedqa, mmlu_medical (or mmlu_anatomy, ...); NAME=FILE reads a local copy instead of the hub, in "
+                   "the hub's columns or the original release's layout (MedMCQA dev.json, MMLU's header-less CSVs "
+                   "or their data/test folder, PubMedQA ori_pqal.json)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)

@@ -26,6 +26,20 @@ IGNORE_INDEX = -100
 
 # ---------------------------------------------------------------- loading
 
+def parse_json_lines(text: str, path: str | Path) -> list:
+    """The values of JSON Lines text, one a line (blank lines skipped; split on "\\n" only: files.split_lines).
+    A bad line is one MedtuneError naming `path` and the line number."""
+    rows = []
+    for n, line in enumerate(split_lines(text), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except (json.JSONDecodeError, RecursionError) as e:
+                why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                raise MedtuneError(f"{path}: line {n} is not valid JSON ({why})") from None
+    return rows
+
+
 def read_table(path: Path) -> list[dict]:
     """Rows of a .json (a list, {"data": [...]}, or records keyed by id), .jsonl, .csv or .parquet file. Text files
     are UTF-8 with or without a byte-order mark; JSON Lines are split on newlines only (files.split_lines)."""
@@ -40,14 +54,7 @@ def read_table(path: Path) -> list[dict]:
             if not isinstance(rows, list):
                 raise MedtuneError(f"{path}: a .json data file must hold a list of records")
         elif suffix == ".jsonl":
-            rows = []
-            for n, line in enumerate(split_lines(read_text(path)), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except (json.JSONDecodeError, RecursionError) as e:
-                        why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-                        raise MedtuneError(f"{path}: line {n} is not valid JSON ({why})") from None
+            rows = parse_json_lines(read_text(path), path)
         elif suffix in (".csv", ".parquet"):
             import pandas as pd
             df = pd.read_csv(io.StringIO(read_text(path)), dtype=object, keep_default_na=False) if suffix == ".csv" \

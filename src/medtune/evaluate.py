@@ -31,7 +31,7 @@ from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import complete, make_engine
 from medtune.model import context_length, decoder_and_head
-from medtune.report import MODELS, _num, render_report, table
+from medtune.report import MODELS, _num, forgetting_warnings, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.model import decoder_output
 from medtune.training.loss import linear_cross_entropy
@@ -290,6 +290,8 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict], lo
     atomic_write_json(out / "metrics.json", metrics)
     log("")
     log(table(metrics))
+    for line in forgetting_warnings(metrics.get("benchmarks") or {}):
+        log(f"eval: {line}")
     log(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
 
 
@@ -309,13 +311,16 @@ def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, log=print) -
 
 
 def _benchmark_results(tasks: list, scores: dict) -> dict:
+    """Per benchmark: source, chance, base and tuned scores, and `forgetting` (medbench.forgetting: the tuned accuracy
+    below the lower end of the base model's 95% interval; None without intervals)."""
     from medtune import medbench
 
     out = {}
     for name, source, items in tasks:
+        base, tuned = scores["base"][name], scores["tuned"][name]
         out[name] = {"source": source or medbench.TASKS[name].hub, "chance": 1 / medbench.TASKS[name].n_choices,
-                     "base": scores["base"][name], "tuned": scores["tuned"][name],
-                     "seconds": scores["base"][name]["seconds"] + scores["tuned"][name]["seconds"]}
+                     "base": base, "tuned": tuned, "forgetting": medbench.forgetting(base, tuned),
+                     "seconds": base["seconds"] + tuned["seconds"]}
     return out
 
 

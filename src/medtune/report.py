@@ -53,15 +53,39 @@ def table(metrics: dict) -> str:
     return "\n".join([line(head), "| " + " | ".join("-" * w for w in widths) + " |"] + [line(r) for r in body])
 
 
+def _forgetting(r: dict) -> bool | None:
+    """The stored flag; computed for metrics written before evaluate stored it."""
+    if "forgetting" in r:
+        return r["forgetting"]
+    from medtune.medbench.scoring import forgetting
+
+    return forgetting(r["base"], r["tuned"])
+
+
+def forgetting_warnings(benchmarks: dict) -> list[str]:
+    """One line per benchmark on which the tuned model's accuracy fell below the base model's 95% interval."""
+    lines = []
+    for name, r in benchmarks.items():
+        if _forgetting(r):
+            low, high = r["base"]["acc_ci"]
+            lines.append(f"warning: forgetting on {name}: tuned accuracy {r['tuned']['acc']:.3f} is below the base "
+                         f"model's 95% interval [{low:.3f}, {high:.3f}] (base {r['base']['acc']:.3f})")
+    return lines
+
+
 def benchmark_table(benchmarks: dict) -> str:
-    """Multiple-choice accuracy, base vs tuned, with the 95% interval and chance level; '' when none were run."""
+    """Multiple-choice accuracy, base vs tuned, with the 95% interval, chance level and the forgetting flag (yes,
+    no, n/a without intervals), then a warning line per benchmark flagged; '' when none were run."""
     if not benchmarks:
         return ""
-    rows = ["| benchmark | questions | base accuracy | tuned accuracy | chance |", "| --- | ---: | --- | --- | ---: |"]
+    rows = ["| benchmark | questions | base accuracy | tuned accuracy | chance | forgetting |",
+            "| --- | ---: | --- | --- | ---: | --- |"]
     for name, r in benchmarks.items():
+        flag = {True: "**yes**", False: "no", None: "n/a"}[_forgetting(r)]
         rows.append(f"| {name} | {r['tuned']['n']} | {_cell(r['base'], 'acc', '.3f')} | "
-                    f"{_cell(r['tuned'], 'acc', '.3f')} | {r['chance']:.3f} |")
-    return "\n".join(rows)
+                    f"{_cell(r['tuned'], 'acc', '.3f')} | {r['chance']:.3f} | {flag} |")
+    warnings = forgetting_warnings(benchmarks)
+    return "\n".join(rows + ([""] + [f"**{w}**" for w in warnings] if warnings else []))
 
 
 def _quote(text: str, limit: int = 800) -> str:
@@ -107,7 +131,9 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
               if d["dropped_overlong"] else "") + ".", "",
            table(metrics), "", *([benchmark_table(metrics["benchmarks"]), "",
                                    "Multiple-choice benchmarks: log-likelihood of each choice after the prompt "
-                                   "(lm-evaluation-harness prompts); accuracy with its 95% bootstrap interval.", ""]
+                                   "(lm-evaluation-harness prompts); accuracy with its 95% bootstrap interval; "
+                                   "forgetting: the tuned accuracy is below the lower end of the base model's "
+                                   "interval.", ""]
                                   if metrics.get("benchmarks") else []),
            f"- Loss and perplexity: answer tokens only (prompt masked, EOS counted), {d['answer_tokens']:,} tokens; "
            "perplexity = exp(mean loss per answer token).",

@@ -26,6 +26,12 @@ Tasks (name: hub id / config / split; prompt; continuations):
                "The following are multiple choice questions (with answers) about {subject, _ as space}.\\n\\n"
                "{question stripped}\\nA. {choices[0]}\\n...\\nD. {choices[3]}\\nAnswer:"   " A".." D"
 
+Local files (`--benchmark NAME=FILE`, read_rows): the hub dataset's columns as .jsonl, .json, .csv or .parquet, or
+the original releases as they come: MedMCQA's dev.json (JSON Lines under a .json name, cop 1-4), MMLU's header-less
+CSVs (question, A, B, C, D, answer letter; the subject from a name such as anatomy_test.csv) or their data/test
+folder (each subject reads <subject>_test.csv), PubMedQA's ori_pqal.json (a dict keyed by PMID: QUESTION, CONTEXTS,
+final_decision, ...). Anything else is one error line naming the layouts the task reads.
+
 Answers: MedMCQA's cop is 0-3 as on the hub; a file holding a 4 and no 0 is taken for the original release's 1-4
 numbering and shifted. Answers may also be letters (A-D) where the hub has indices. Item ids come from the `id`
 (PubMedQA: `pubid`) column, else the row number.
@@ -40,13 +46,14 @@ prompt (acc: the highest wins) and that sum divided by the choice's length in ch
 normalisation; for one-letter choices acc_norm equals acc). Prompts longer than the model's context are cut from
 the left, as lm-eval does. Rows are sorted by length and run in batches padded on the right, with no generation;
 when every continuation of a question is a single token (the letter tasks) one forward pass scores all its choices.
-Base vs tuned is the caller's: score the base model, then the base with the run's adapter (medtune.evaluate).
+Base vs tuned is the caller's: score the base model, then the base with the run's adapter (medtune.evaluate);
+`forgetting` flags a tuned accuracy below the lower end of the base model's 95% interval.
 """
-from medtune.medbench.scoring import choice_logliks, compare, score, score_tasks, truncated_count
+from medtune.medbench.scoring import choice_logliks, compare, forgetting, score, score_tasks, truncated_count
 from medtune.medbench.tasks import (ALIASES, GROUPS, LETTERS, MMLU_MEDICAL, TASKS, Benchmark, Item, TaskSpec,
                                     load_benchmarks, load_task, medmcqa_item, medqa_item, mmlu_item, parse_benchmarks,
-                                    pubmedqa_item, valid_names)
+                                    pubmedqa_item, read_rows, valid_names)
 
 __all__ = ["ALIASES", "GROUPS", "LETTERS", "MMLU_MEDICAL", "TASKS", "Benchmark", "Item", "TaskSpec", "choice_logliks",
-           "compare", "load_benchmarks", "load_task", "medmcqa_item", "medqa_item", "mmlu_item", "parse_benchmarks",
-           "pubmedqa_item", "score", "score_tasks", "truncated_count", "valid_names"]
+           "compare", "forgetting", "load_benchmarks", "load_task", "medmcqa_item", "medqa_item", "mmlu_item",
+           "parse_benchmarks", "pubmedqa_item", "read_rows", "score", "score_tasks", "truncated_count", "valid_names"]

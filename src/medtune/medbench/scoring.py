@@ -188,3 +188,12 @@ def compare(base: dict, tuned: dict, bootstrap: int = 1000, seed: int = 0) -> di
     diff = [float(y["pred"] == y["gold"]) - float(x["pred"] == x["gold"]) for x, y in zip(b, t)]
     return {"n": len(diff), "delta_acc": sum(diff) / len(diff), "delta_acc_ci": list(bootstrap_ci(diff, bootstrap, seed)),
             "only_tuned_right": sum(d > 0 for d in diff), "only_base_right": sum(d < 0 for d in diff)}
+
+
+def forgetting(base: dict, tuned: dict) -> bool | None:
+    """True when the tuned model's accuracy falls below the lower end of the base model's 95% interval: tuning lost
+    more than resampling the questions explains. None when the base has no interval (eval.bootstrap = 0)."""
+    low = (base.get("acc_ci") or [None])[0]
+    if low is None or tuned.get("acc") is None:
+        return None
+    return tuned["acc"] < low

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from medtune.data import read_table
+from medtune.data import parse_json_lines, read_table
 from medtune.errors import MedtuneError
+from medtune.files import read_text
 
 LETTERS = ("A", "B", "C", "D")
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
@@ -40,7 +43,7 @@ class TaskSpec:
     split: str
     to_item: Callable[[dict], tuple[str, list[str], int]]  # a record in the hub layout -> (prompt, choices, gold)
     n_choices: int
-    columns: str  # the layouts accepted, for error messages
+    columns: str  # the layouts accepted (the hub dataset's, the original release's), for error messages
     subject: str | None = None  # MMLU: the rows of a shared file that belong to this task
 
     @property
@@ -157,13 +160,17 @@ def mmlu_item(subject: str) -> Callable[[dict], tuple[str, list[str], int]]:
 
 TASKS: dict[str, TaskSpec] = {
     "medmcqa": TaskSpec("medmcqa", "openlifescienceai/medmcqa", None, "validation", medmcqa_item, 4,
-                        "question, opa, opb, opc, opd, cop (0-3)"),
+                        "question, opa, opb, opc, opd, cop (0-3, or 1-4 as in the original dev.json, which is "
+                        "JSON Lines under a .json name)"),
     "medqa": TaskSpec("medqa", "GBaker/MedQA-USMLE-4-options", None, "test", medqa_item, 4,
                       "question, options {A..D}, answer_idx; or sent1, ending0-3, label"),
     "pubmedqa": TaskSpec("pubmedqa", "qiaojin/PubMedQA", "pqa_labeled", "train", pubmedqa_item, 3,
-                         "question, context {contexts}, final_decision; or QUESTION, CONTEXTS, final_decision"),
+                         "question, context {contexts}, final_decision; or QUESTION, CONTEXTS, final_decision, "
+                         "also as the original ori_pqal.json (a dict keyed by PMID)"),
     **{f"mmlu_{s}": TaskSpec(f"mmlu_{s}", "cais/mmlu", s, "test", mmlu_item(s), 4,
-                             "question, choices [4], answer (0-3), optional subject", subject=s)
+                             "question, choices [4], answer (0-3), optional subject; or the original header-less "
+                             "CSV (question, A, B, C, D, answer letter) or its folder of <subject>_test.csv files",
+                             subject=s)
        for s in MMLU_MEDICAL},
 }
 GROUPS: dict[str, tuple[str, ...]] = {"mmlu_medical": tuple(f"mmlu_{s}" for s in MMLU_MEDICAL)}
@@ -178,10 +185,17 @@ def valid_names() -> str:
 # ---------------------------------------------------------------- --benchmark NAME[=FILE][,NAME[=FILE]...]
 
 def _check_file(source: str, name: str) -> Path:
-    path = Path(source).expanduser()
+    """The file to read for task `name`; for MMLU tasks a folder (the original release's data/test) gives its
+    <subject>_test.csv."""
+    spec, path = TASKS[name], Path(source).expanduser()
+    if path.is_dir() and spec.subject:
+        path = path / f"{spec.subject}_test.csv"
+        if not path.is_file():
+            raise MedtuneError(f"benchmark {name}: folder {source} has no {path.name} (MMLU's data/test folder "
+                               f"holds one <subject>_test.csv per subject)")
     if path.suffix.lower() not in SUFFIXES:
-        raise MedtuneError(f"benchmark {name}: '{source}' is not a .json, .jsonl, .csv or .parquet file "
-                           f"(in the layout of the hub dataset {TASKS[name].hub}: {TASKS[name].columns})")
+        raise MedtuneError(f"benchmark {name}: '{source}' is not a .json, .jsonl, .csv or .parquet file; expected "
+                           f"the layout of the hub dataset {spec.hub} or its original release: {spec.columns}")
     if not path.is_file():
         raise MedtuneError(f"benchmark {name}: file not found: {source}")
     return path
@@ -226,6 +240,56 @@ def _load_hub_rows(spec: TaskSpec) -> list[dict]:
         raise MedtuneError(f"benchmark {spec.name}: {e}; {hint}") from None
 
 
+def _json_lines_named_json(path: Path) -> list | None:
+    """The rows of a .json file that holds JSON Lines (MedMCQA's original dev.json); None for one JSON document."""
+    text = read_text(path)
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # a second document after the first: one record a line
+            return parse_json_lines(text, path)
+    except RecursionError:
+        pass  # read_table reports it
+    return None
+
+
+def _mmlu_headerless_csv(path: Path) -> list[dict] | None:
+    """The rows of one of MMLU's original CSVs (Hendrycks et al.: no header row; question, A, B, C, D, answer
+    letter), in cais/mmlu's columns; `subject` from a file name such as anatomy_test.csv. None for a CSV with a
+    header row (or one that pandas cannot read: read_table then reports it)."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(io.StringIO(read_text(path)), header=None, dtype=object, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
+        return None
+    if df.shape[1] != 6 or not len(df) or "question" in {str(v).strip().lower() for v in df.iloc[0]}:
+        return None
+    named = re.fullmatch(r"(.+)_(test|dev|val)", path.stem)
+    subject = {"subject": named.group(1)} if named else {}
+    return [{"question": q, "choices": [a, b, c, d], "answer": answer, **subject}
+            for q, a, b, c, d, answer in df.itertuples(index=False)]
+
+
+def read_rows(path: Path, name: str) -> list[dict]:
+    """The records of a local benchmark file: what medtune.data.read_table reads, plus the original releases as
+    they come: MedMCQA's dev.json (JSON Lines under a .json name), MMLU's header-less CSVs, PubMedQA's ori_pqal.json
+    (a dict keyed by PMID; read_table reads it, the PMID becoming the id). Errors name the layouts expected."""
+    spec = TASKS[name]
+    try:
+        suffix = path.suffix.lower()
+        rows = _json_lines_named_json(path) if suffix == ".json" else None
+        if rows is None and suffix == ".csv" and spec.subject:
+            rows = _mmlu_headerless_csv(path)
+        rows = read_table(path) if rows is None else rows
+    except MedtuneError as e:
+        raise MedtuneError(f"benchmark {name}: {e}; expected the layout of {spec.hub} or its original release: "
+                           f"{spec.columns}") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise MedtuneError(f"benchmark {name}: {path} holds values that are not records; expected {spec.columns}")
+    return rows
+
+
 def _medmcqa_one_based(rows: list[dict]) -> bool:
     """MedMCQA's original release numbers answers 1-4, the hub copy 0-3: a file holding a 4 and no 0 is 1-based."""
     cops = set()
@@ -239,7 +303,8 @@ def _medmcqa_one_based(rows: list[dict]) -> bool:
 
 def load_task(name: str, source: str | None = None, limit: int | None = None, seed: int = 0) -> list[Item]:
     """The questions of task `name` from `source` (a local .jsonl/.json/.csv/.parquet file in the hub dataset's
-    own columns) or, when None, from the task's hub id. `limit` keeps a random subset of that many questions, chosen
+    own columns or as the original release has it: read_rows; for MMLU also the release's data/test folder) or,
+    when None, from the task's hub id. `limit` keeps a random subset of that many questions, chosen
     by `seed`, in their original order. Raises MedtuneError with one clear line for anything wrong."""
     name = ALIASES.get(name.strip().lower(), name.strip().lower())
     if name not in TASKS:
@@ -253,7 +318,8 @@ def load_task(name: str, source: str | None = None, limit: int | None = None, se
     if source is None:
         where, rows = spec.hub, _load_hub_rows(spec)
     else:
-        where, rows = str(source), read_table(_check_file(str(source), name))
+        path = _check_file(str(source), name)
+        where, rows = str(path), read_rows(path, name)
     if not rows:
         raise MedtuneError(f"benchmark {name}: {where} holds no records")
     numbered = list(enumerate(rows))

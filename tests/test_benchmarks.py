@@ -1,0 +1,128 @@
+"""Every script in benchmarks/ runs: each as a real subprocess at toy sizes (seconds each), exit status 0, its table
+printed. The numbers mean nothing at these sizes; what is checked is that the scripts still fit the code they drive
+(eval_speed.py and decoding_sweep.py had called a function that no longer existed; throughput.py --cpu crashed in its
+tutorial row). GPU-only shell scripts get a syntax check and their dry run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+TINY_TOKENIZER = ROOT / "src" / "medtune" / "assets" / "tiny_tokenizer"
+SAMPLE = ROOT / "src" / "medtune" / "sample_data" / "medical_qa.jsonl"
+COVERED = {"throughput.py", "load.py", "eval_speed.py", "decoding_sweep.py", "phi_recall.py", "decode.py",
+           "refusal_times.py", "recipe_sweep.sh", "ddp_gpu.sh"}  # each has a test below
+
+
+def run(argv: list[str], tmp_path: Path, timeout: int = 300, **env: str) -> str:
+    """Run argv from the repository root with this checkout's medtune; assert exit 0; return stdout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", **env}
+    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert p.returncode == 0, f"{argv} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout
+
+
+def script(name: str, *args, tmp_path: Path, **env: str) -> str:
+    return run([sys.executable, str(BENCH / name), *map(str, args)], tmp_path, **env)
+
+
+def rows(out: str, first: str | None = None) -> list[list[str]]:
+    """The cells of the Markdown table rows of `out` whose first cell is `first` (None: all), headers left out."""
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in out.splitlines() if ln.startswith("| ")]
+    sep = [all(c and set(c) <= set("-:") for c in row) for row in cells]
+    body = [row for k, row in enumerate(cells) if not sep[k] and not (k + 1 < len(cells) and sep[k + 1])]
+    return [row for row in body if first is None or row[0] == first]
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("%"))
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    assert {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")} == COVERED
+
+
+def test_throughput_cpu_mode(tmp_path):
+    data = tmp_path / "sample.json"  # the tutorial row reads a .json list
+    data.write_text(json.dumps([json.loads(ln) for ln in SAMPLE.read_text().splitlines()[:64]]))
+    out = script("throughput.py", "--smoke", "--data", data, "--tokenizer", TINY_TOKENIZER, tmp_path=tmp_path)
+    for recipe in ("tutorial", "medtune-qlora", "medtune-lora"):
+        (row,) = rows(out, recipe)
+        assert number(row[1]) > 0 and number(row[2]) > 0, row  # tokens/s, tokens/step
+    assert float(re.search(r"^ratio medtune/tutorial: (\d+\.\d+)$", out, re.MULTILINE).group(1)) > 0
+
+
+def test_decode_cpu(tmp_path):
+    out = script("decode.py", "--cpu", tmp_path=tmp_path)
+    for path in ("engine", "generate"):
+        assert [r[1] for r in rows(out, path)] == ["1", "8"]
+        assert all(number(r[2]) > 0 for r in rows(out, path))
+
+
+def test_eval_speed(tiny_run, tmp_path):
+    out = script("eval_speed.py", tiny_run(), "--num-samples", "2", "--max-new-tokens", "4", tmp_path=tmp_path)
+    lines = [ln for ln in out.splitlines() if " batch " in ln]
+    assert [ln.split(" batch")[0].strip() for ln in lines] == ["adapter separate"] * 2 + ["adapter merged"] * 2
+    assert all("ms per step" in ln for ln in lines)
+
+
+def test_decoding_sweep(tiny_run, tmp_path):
+    saved = tmp_path / "answers.jsonl"
+    out = script("decoding_sweep.py", tiny_run(), "--num-samples", "2", "--max-new-tokens", "4", "--save", saved,
+                 tmp_path=tmp_path)
+    table = rows(out)
+    assert len(table) == 10 and all(0 <= number(r[1]) <= 1 for r in table)
+    answers = [json.loads(ln) for ln in saved.read_text().splitlines()]
+    assert len(answers) == 10 * 2 + 2 and answers[-1]["setting"] == "reference"
+
+
+def test_load(tiny_run, tmp_path):
+    out = script("load.py", "--model-dir", tiny_run(), "--requests", "4", "--concurrency", "1,2",
+                 "--max-batch-size", "2", "--max-tokens", "2-4", "--stream-every", "2", tmp_path=tmp_path)
+    table = rows(out, "2")
+    assert [r[1] for r in table] == ["1", "2"] and all(r[-1] == "0" for r in table)  # errors
+    assert all(number(r[2]) > 0 for r in table)  # requests/s
+
+
+def test_phi_recall(tmp_path):
+    out = script("phi_recall.py", "--no-wikidoc", tmp_path=tmp_path)
+    assert out.count("\nall ") == 5  # the planted set and four hand-written sets
+    assert "Clean medical sentences:" in out and "WikiDoc skipped" in out
+
+
+def test_refusal_times(tmp_path):
+    out = script("refusal_times.py", "--smoke", tmp_path=tmp_path)
+    table = rows(out)
+    assert [r[1] for r in table] == ["0", "0", "2"] and all(number(r[2]) > 0 for r in table)
+
+
+def test_recipe_sweep(tmp_path):
+    sweep = BENCH / "recipe_sweep.sh"
+    run(["bash", "-n", str(sweep)], tmp_path)
+    variant = ("tiny:model.tokenizer=builtin:tiny,data.max_records=40,train.max_steps=2,train.eval_on_start=false,"
+               "eval.num_samples=2,eval.max_new_tokens=4")
+    out = run(["bash", str(sweep), "random:tiny", "builtin:sample", str(tmp_path / "sweep"), variant], tmp_path,
+              CONFIG=str(ROOT / "configs" / "tiny-cpu.yaml"), PYTHON=sys.executable)
+    (row,) = rows(out, "tiny")
+    assert number(row[1]) > 0 and 0 <= number(row[3]) <= 1, row  # validation loss, ROUGE-L
+    assert (tmp_path / "sweep" / "tiny" / "eval" / "metrics.json").is_file()
+
+
+def test_ddp_gpu_syntax_and_dry_run(tmp_path):
+    ddp = BENCH / "ddp_gpu.sh"
+    run(["bash", "-n", str(ddp)], tmp_path)
+    out = run(["bash", str(ddp), str(TINY_TOKENIZER), str(SAMPLE)], tmp_path, DRY_RUN="1", OUT=str(tmp_path / "ddp"))
+    would = [ln for ln in out.splitlines() if "would run:" in ln]
+    assert len(would) == 2 and "CUDA_VISIBLE_DEVICES=0 " in would[0] and "--nproc-per-node=2 -m medtune" in would[1]
+    assert "train.batch_size=16" in would[0] and "train.batch_size=8" in would[1]  # the same global batch
+    assert not (tmp_path / "ddp" / "gpus-1").exists()  # nothing ran
+    p = subprocess.run(["bash", str(ddp), str(TINY_TOKENIZER), str(SAMPLE)], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "DRY_RUN": "1", "GPUS": "3", "OUT": str(tmp_path / "ddp")}, check=False)
+    assert p.returncode == 2 and "does not split over 3 GPUs" in p.stderr
+
