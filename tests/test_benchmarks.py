@@ -16,7 +16,7 @@ BENCH = ROOT / "benchmarks"
 TINY_TOKENIZER = ROOT / "src" / "medtune" / "assets" / "tiny_tokenizer"
 SAMPLE = ROOT / "src" / "medtune" / "sample_data" / "medical_qa.jsonl"
 COVERED = {"throughput.py", "load.py", "eval_speed.py", "decoding_sweep.py", "phi_recall.py", "decode.py",
-           "refusal_times.py", "recipe_sweep.sh", "ddp_gpu.sh"}  # each has a test below
+           "refusal_times.py", "recipe_sweep.sh", "ddp_gpu.sh", "rank_balance.py"}  # each has a test below
 
 
 def run(argv: list[str], tmp_path: Path, timeout: int = 300, **env: str) -> str:
@@ -94,6 +94,13 @@ def test_phi_recall(tmp_path):
     out = script("phi_recall.py", "--no-wikidoc", tmp_path=tmp_path)
     assert out.count("\nall ") == 5  # the planted set and four hand-written sets
     assert "Clean medical sentences:" in out and "WikiDoc skipped" in out
+
+
+def test_rank_balance(tmp_path):
+    out = script("rank_balance.py", TINY_TOKENIZER, SAMPLE, "--config", ROOT / "configs" / "tiny-cpu.yaml",
+                 "--global-batch", 8, "--batch-tokens", 1024, tmp_path=tmp_path)
+    table = rows(out)
+    assert len(table) == 3 and all(number(r[4]) >= 1.0 and number(r[5]) >= 1.0 for r in table)  # most loaded >= mean
 
 
 def test_refusal_times(tmp_path):
