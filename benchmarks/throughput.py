@@ -172,7 +172,9 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
                 profile: int = 0) -> dict:
     """Train medtune's recipe through medtune.training.make_trainer (what `medtune train` runs) for `steps` steps after
     `warmup` (or a whole epoch) and measure it."""
-    from medtune import data as data_mod, model as model_mod, training
+    from medtune import data as data_mod
+    from medtune import model as model_mod
+    from medtune import training
     from medtune.config import load_config
 
     _free()
@@ -236,8 +238,14 @@ def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: in
     prepare_model_for_kbit_training (gradient checkpointing), LoRA r16 on c_attn, batch 4 padded to 512."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForLanguageModeling,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     tok.pad_token = tok.eos_token

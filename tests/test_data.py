@@ -4,8 +4,16 @@ import pandas as pd
 import pytest
 
 from medtune.config import DataConfig
-from medtune.data import (IGNORE_INDEX, encode, format_prompt, load_records, prepare, question_key, split_records,
-                          validate_records)
+from medtune.data import (
+    IGNORE_INDEX,
+    encode,
+    format_prompt,
+    load_records,
+    prepare,
+    question_key,
+    split_records,
+    validate_records,
+)
 from medtune.errors import MedtuneError
 
 REC = {"instruction": "Answer this question truthfully", "input": "What causes a fever?",

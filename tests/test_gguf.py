@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
+from tiny_llama import chat_tokenizer, make_llama, write_gguf
 
 from medtune import cli, training
 from medtune.config import ModelConfig
 from medtune.errors import MedtuneError
 from medtune.generate import answer, generation_kwargs
 from medtune.model import load_base_model, load_tokenizer
-
-from tiny_llama import chat_tokenizer, make_llama, write_gguf
 
 pytest.importorskip("gguf")
 quiet = dict(log=lambda *a, **k: None)

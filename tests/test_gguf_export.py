@@ -18,16 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_llama import chat_tokenizer, make_llama
 
 from medtune.errors import MedtuneError
-
-from tiny_llama import chat_tokenizer, make_llama
 
 gguf = pytest.importorskip("gguf")
 
 from medtune.gguf_export import (  # noqa: E402
-    LLAMA3_SPLIT, QWEN2_SPLIT, _llama3_rope_factors, _pre_tokenizer_name, export_gguf, ollama_modelfile,
-    read_gguf_metadata)
+    LLAMA3_SPLIT,
+    QWEN2_SPLIT,
+    _llama3_rope_factors,
+    _pre_tokenizer_name,
+    export_gguf,
+    ollama_modelfile,
+    read_gguf_metadata,
+)
 
 quiet = dict(log=lambda *a, **k: None)
 TOL = {"f32": 1e-5, "f16": 0.02, "q8_0": 0.25}
@@ -423,7 +428,8 @@ def test_errors_are_one_clear_line(models, tmp_path, monkeypatch):
 
 
 def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
-    from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "\u2581a": 3, "a": 4, "\u2581": 5}

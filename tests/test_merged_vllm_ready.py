@@ -4,10 +4,9 @@ import json
 import shutil
 
 import pytest
+from tiny_llama import chat_tokenizer, make_llama
 
 from medtune.deploy import check_serving_folder
-
-from tiny_llama import chat_tokenizer, make_llama
 
 
 @pytest.fixture(scope="module")

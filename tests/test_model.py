@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from medtune.config import ModelConfig
 from medtune.errors import MedtuneError

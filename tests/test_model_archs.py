@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from tiny_llama import make_llama, save_hf
 
 from medtune import training
 from medtune.config import ModelConfig
 from medtune.generate import answer
 from medtune.model import add_lora, load_base_model, lora_targets
 from medtune.rundir import load_model, open_run
-
-from tiny_llama import make_llama, save_hf
 
 # every linear layer of the decoder blocks, per architecture: what LoRA must cover by default
 LLAMA_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

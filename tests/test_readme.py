@@ -3,6 +3,7 @@ table lists every case that tests/test_refusals.py checks."""
 from pathlib import Path
 
 import refusals
+
 from medtune.config import help_rows
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()

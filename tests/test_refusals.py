@@ -3,8 +3,8 @@ leaves no folder that blocks a rerun."""
 from __future__ import annotations
 
 import pytest
-
 import refusals
+
 from medtune.cli import main
 from medtune.rundir import holds_run
 

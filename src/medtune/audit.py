@@ -17,16 +17,36 @@ from pathlib import Path
 import numpy as np
 
 from medtune import phi
+
 # containment, near_duplicate_pairs and the constants are re-exported: medtune.audit is where they were first
-from medtune.audit_overlap import (BANDS, CONTAMINATED, EXAMPLES, NEAR_THRESHOLD, NGRAM,  # noqa: F401
-                                   NUM_PERM, SHINGLE, _contamination_report, containment,
-                                   near_duplicate_pairs)
+from medtune.audit_overlap import (  # noqa: F401
+    BANDS,
+    CONTAMINATED,
+    EXAMPLES,
+    NEAR_THRESHOLD,
+    NGRAM,
+    NUM_PERM,
+    SHINGLE,
+    _contamination_report,
+    containment,
+    near_duplicate_pairs,
+)
 from medtune.config import DataConfig
-from medtune.data import (answer_texts, drop_duplicates, encode, load_records, question_key, record_key,
-                          record_problems, render_chat_prompt, scan_phi, split_records, text_fields)
+from medtune.data import (
+    answer_texts,
+    drop_duplicates,
+    encode,
+    load_records,
+    question_key,
+    record_key,
+    record_problems,
+    render_chat_prompt,
+    scan_phi,
+    split_records,
+    text_fields,
+)
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-
 
 # ---------------------------------------------------------------- the audit
 

@@ -24,16 +24,22 @@ import torch.nn.functional as F
 
 from medtune import rundir
 from medtune.config import Config, DataConfig, GenerateConfig
-from medtune.data import (IGNORE_INDEX, encode, encode_prompt, eval_fields, load_records, reference_answer,
-                          validate_records)
+from medtune.data import (
+    IGNORE_INDEX,
+    encode,
+    encode_prompt,
+    eval_fields,
+    load_records,
+    reference_answer,
+    validate_records,
+)
 from medtune.errors import MedtuneError
 from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import complete, make_engine
-from medtune.model import context_length, decoder_and_head
+from medtune.model import context_length, decoder_and_head, decoder_output
 from medtune.report import MODELS, _num, forgetting_warnings, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
-from medtune.model import decoder_output
 from medtune.training.loss import linear_cross_entropy
 
 DEFAULT_MAX_NEW_TOKENS = 512

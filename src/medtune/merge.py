@@ -62,7 +62,6 @@ def merge(run_dir: str | Path, out: str | Path, log=print, command: str = "medtu
 
 
 def _merge(run: RunFolder, out: Path, log) -> None:
-    import torch
     from peft import PeftModel
 
     from medtune.model import load_base_model, load_tokenizer, weights_dtype

@@ -141,7 +141,7 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
            f"{'greedy decoding' if gen['greedy'] else 'sampling'}, at most {gen['max_new_tokens']} new tokens. "
            "ROUGE-L F1 (rouge-score, stemmed) against the reference answer; EOS rate = share of answers that ended "
            "with EOS before the limit; repeated 4-grams = share of token 4-grams that already occurred earlier in the same answer.",
-           f"- Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in metrics["seconds"].items()) + ".",
+           "- Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in metrics["seconds"].items()) + ".",
            f"- Created {metrics['created']}; all answers in `samples.jsonl`.", ""]
     out += ["## Sample answers", ""]
     if not samples:

@@ -46,7 +46,9 @@ def test_norms_keep_bf16_under_autocast(tok, examples, small_gpt2, model_loss):
 
 def test_trainer_fast_loss_matches_model_loss(tok, tmp_path, tiny_config):
     """MedtuneTrainer.compute_loss (chunked, from hidden states) equals the Trainer's default loss on a LoRA model."""
-    from medtune import data as data_mod, model as model_mod, training
+    from medtune import data as data_mod
+    from medtune import model as model_mod
+    from medtune import training
 
     cfg = tiny_config(tmp_path / "out", "train.packing=true", "train.batch_tokens=512", "model.lora_dropout=0.0")
     prepared = data_mod.prepare(cfg.data, tok, log=lambda *a: None)

@@ -114,7 +114,8 @@ def test_4bit_on_cpu_train_evaluate_train(tmp_path, tiny_config, load_run):
 def test_train_tokens_are_the_tokens_trained_on(tmp_path, tiny_config, packing):
     """One epoch sees every training example once: the token count equals the train split's tokens, whatever the
     evaluations (at step 0 and every 2 steps) and the data loader's prefetching push through the collator."""
-    from medtune import data as data_mod, training
+    from medtune import data as data_mod
+    from medtune import training
     from medtune.model import load_tokenizer
 
     cfg = tiny_config(tmp_path / "out", "train.max_steps=-1", "train.epochs=1", "train.eval_steps=2",
@@ -130,7 +131,9 @@ def test_train_tokens_are_the_tokens_trained_on(tmp_path, tiny_config, packing):
 def test_batch_tokens_one_entry_per_trained_batch(tmp_path, tiny_config):
     """The per-batch token list (what benchmarks/throughput.py divides by time) has one entry per batch trained on,
     and evaluation batches and prefetched batches never enter it, although they pass through the collator."""
-    from medtune import data as data_mod, model as model_mod, training
+    from medtune import data as data_mod
+    from medtune import model as model_mod
+    from medtune import training
 
     cfg = tiny_config(tmp_path / "out", "train.max_steps=3", "train.eval_steps=1", "train.eval_on_start=true")
     tok = model_mod.load_tokenizer("builtin:tiny")

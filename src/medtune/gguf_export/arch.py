@@ -1,11 +1,14 @@
 """GGUF export: arch (see medtune.gguf_export)."""
 
 from __future__ import annotations
+
 import math
 from dataclasses import dataclass
+
 import numpy as np
+
 from medtune.errors import MedtuneError
-from medtune.gguf_export.common import ARCHITECTURES, _Weights, _natural_key
+from medtune.gguf_export.common import ARCHITECTURES, _natural_key, _Weights
 
 # ------------------------------------------------------------------------------------------------- architectures
 

@@ -1,7 +1,9 @@
 """GGUF export: ollama (see medtune.gguf_export)."""
 
 from __future__ import annotations
+
 from pathlib import Path
+
 from medtune.errors import MedtuneError
 from medtune.gguf_export.common import (
     KEY_CHAT_PROMPT,

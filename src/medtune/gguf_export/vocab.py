@@ -1,9 +1,11 @@
 """GGUF export: vocab (see medtune.gguf_export)."""
 
 from __future__ import annotations
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
 from medtune.errors import MedtuneError
 from medtune.gguf_export.common import SPLIT_NAMES, _first_line
 

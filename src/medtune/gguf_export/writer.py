@@ -1,11 +1,14 @@
 """GGUF export: writer (see medtune.gguf_export)."""
 
 from __future__ import annotations
+
 import os
 import re
 import secrets
 from pathlib import Path
+
 import numpy as np
+
 from medtune.errors import MedtuneError
 from medtune.gguf_export.arch import _ARCH_CLASSES, _Tensor
 from medtune.gguf_export.common import (
@@ -20,11 +23,11 @@ from medtune.gguf_export.common import (
     KEY_SYSTEM_PROMPT,
     KEY_VERSION,
     Q8_BLOCK,
-    _Weights,
     _read_json,
     _read_medtune_config,
     _require_gguf,
     _weight_files,
+    _Weights,
 )
 from medtune.gguf_export.vocab import _read_tokenizer, _write_vocab
 

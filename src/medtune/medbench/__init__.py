@@ -50,9 +50,25 @@ Base vs tuned is the caller's: score the base model, then the base with the run'
 `forgetting` flags a tuned accuracy below the lower end of the base model's 95% interval.
 """
 from medtune.medbench.scoring import choice_logliks, compare, forgetting, score, score_tasks, truncated_count
-from medtune.medbench.tasks import (ALIASES, GROUPS, LETTERS, MMLU_MEDICAL, TASKS, Benchmark, Item, TaskSpec,
-                                    load_benchmarks, load_task, medmcqa_item, medqa_item, mmlu_item, parse_benchmarks,
-                                    pubmedqa_item, read_rows, valid_names)
+from medtune.medbench.tasks import (
+                                    ALIASES,
+                                    GROUPS,
+                                    LETTERS,
+                                    MMLU_MEDICAL,
+                                    TASKS,
+                                    Benchmark,
+                                    Item,
+                                    TaskSpec,
+                                    load_benchmarks,
+                                    load_task,
+                                    medmcqa_item,
+                                    medqa_item,
+                                    mmlu_item,
+                                    parse_benchmarks,
+                                    pubmedqa_item,
+                                    read_rows,
+                                    valid_names,
+)
 
 __all__ = ["ALIASES", "GROUPS", "LETTERS", "MMLU_MEDICAL", "TASKS", "Benchmark", "Item", "TaskSpec", "choice_logliks",
            "compare", "forgetting", "load_benchmarks", "load_task", "medmcqa_item", "medqa_item", "mmlu_item",

@@ -16,8 +16,14 @@ from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_te
 from medtune.training import attention, memory, patches, trackers
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
-from medtune.training.distributed import (barrier, is_main_process, max_over_processes, sum_over_processes,
-                                          use_local_gpu, world_size)
+from medtune.training.distributed import (
+    barrier,
+    is_main_process,
+    max_over_processes,
+    sum_over_processes,
+    use_local_gpu,
+    world_size,
+)
 from medtune.training.trainer import MedtuneTrainer, StopOnSignal, optimizer_name, training_arguments
 
 
