@@ -178,3 +178,12 @@ def test_fused_modules_only_while_decoding(tok):
                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16))
     assert fuse_for_decoding(gemma) == 0  # its norm scales by 1 + weight: not the fused kernel's form
     assert fuse_for_decoding(_gpt2(tok)) == 2  # one gelu_new a layer
+
+
+def test_a_request_without_prompt_tokens_is_refused(tok):
+    from medtune.generate import Request, make_engine
+
+    engine = make_engine(_gpt2(tok), tok, 2)
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        engine.add(Request([], GenerateConfig()))
+    assert engine.pending == 0

@@ -97,6 +97,8 @@ class Engine:
     # ------------------------------------------------------------ requests in and out
 
     def add(self, request) -> None:
+        if not request.ids:
+            raise ValueError("a request needs at least one prompt token")
         with self.lock:
             self.waiting.append(request)
 
