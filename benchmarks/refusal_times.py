@@ -29,7 +29,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str]]]:
             ("a bad config value (`--set train.learning_rate=-1`)", train + ["--set", "train.learning_rate=-1"]),
             ("`--model random:nope`", train + ["--model", "random:nope"]),
             ("`--set train.bf16=true` on a CPU machine (imports torch)", train + ["--set", "train.bf16=true"]),
-            ("`data.max_length` above the model's context (needs the model)", train + ["--set", "data.max_length=2048"])]
+            ("`data.max_length` above the model's context (needs the model)",
+             train + ["--set", "data.max_length=2048"])]
 
 
 def wall(argv: list[str]) -> tuple[float, int]:

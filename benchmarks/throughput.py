@@ -22,7 +22,8 @@ CPU:
     the CPU mode at toy sizes (1 layer x 64, 64 records, 1 warm-up + 1 timed step, 512-token batches): seconds;
     checks that every row runs (tests/test_benchmarks.py), its numbers mean nothing.
 
-Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baselines.py to .gpu/bench/ or ../shared/bench/).
+Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baselines.py to .gpu/bench/ or
+../shared/bench/).
 """
 from __future__ import annotations
 
@@ -250,17 +251,19 @@ def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: in
     tok = AutoTokenizer.from_pretrained(tok_dir)
     tok.pad_token = tok.eos_token
     rows = json.load(open(data))[:max_records]
-    text = [f"### Instruction:\n{r['instruction']}\n\n### Input:\n{r['input']}\n\n### Response:\n{r['output']}" for r in rows]
+    text = [f"### Instruction:\n{r['instruction']}\n\n### Input:\n{r['input']}\n\n### Response:\n{r['output']}"
+            for r in rows]
     ds = Dataset.from_dict({"text": text}).map(
-        lambda b: tok(b["text"], truncation=True, max_length=512, padding="max_length"), batched=True, remove_columns=["text"])
+        lambda b: tok(b["text"], truncation=True, max_length=512, padding="max_length"), batched=True,
+        remove_columns=["text"])
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True),
                                                  device_map={"": "cpu"})
     model = prepare_model_for_kbit_training(model)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.05,
                                              bias="none", task_type="CAUSAL_LM"))
     d = tempfile.mkdtemp()
-    targs = TrainingArguments(output_dir=d, per_device_train_batch_size=4, max_steps=warmup + steps, logging_steps=10 ** 9,
-                              report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
+    targs = TrainingArguments(output_dir=d, per_device_train_batch_size=4, max_steps=warmup + steps,
+                              logging_steps=10 ** 9, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
 
     class Counting:
         def __init__(self, inner):

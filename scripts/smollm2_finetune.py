@@ -127,7 +127,8 @@ def train_run(a, gguf: Path, out: Path) -> dict:
     metrics["script_train_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"train: {a.steps} steps x batch {a.batch_size}, {metrics['train_tokens']:,} tokens, "
           f"{metrics['script_train_seconds']:.0f} s including the GGUF load and data preparation "
-          f"({metrics['tokens_per_second']:.0f} tokens/s while training); validation eval_loss {metrics.get('eval_loss', float('nan')):.4f}")
+          f"({metrics['tokens_per_second']:.0f} tokens/s while training); "
+          f"validation eval_loss {metrics.get('eval_loss', float('nan')):.4f}")
     return metrics
 
 

@@ -24,7 +24,8 @@ CASES = [
     ("lr-negative", "`--set train.learning_rate=-1`", T + ["--set", "train.learning_rate=-1"], "must be > 0"),
     ("lr-nan", "`--set train.learning_rate=.nan`", T + ["--set", "train.learning_rate=.nan"], "finite number"),
     ("optim-bogus", "`--set train.optim=bogus`", T + ["--set", "train.optim=bogus"], "must be one of auto"),
-    ("scheduler-bogus", "`--set train.lr_scheduler=bogus`", T + ["--set", "train.lr_scheduler=bogus"], "must be one of linear"),
+    ("scheduler-bogus", "`--set train.lr_scheduler=bogus`", T + ["--set", "train.lr_scheduler=bogus"],
+     "must be one of linear"),
     ("epochs-negative", "`--set train.epochs=-1`", T + ["--set", "train.epochs=-1"], "must be > 0"),
     ("max-steps-zero", "`--set train.max_steps=0`", T + ["--set", "train.max_steps=0"], "must be -1"),
     ("max-records-negative", "`--set data.max_records=-1`", T + ["--set", "data.max_records=-1"], "must be >= 1"),
@@ -73,9 +74,8 @@ CASES = [
                                                                  "--output", "{tmp}/a.jsonl"], "not UTF-8"),
     ("gen-not-utf8-jsonl", "`generate --input` a non-UTF-8 .jsonl",
      ["generate", "{run}", "--input", "{tmp}/latin1.jsonl", "--output", "{tmp}/a.jsonl"], "not UTF-8"),
-    ("gen-long-question", "a question longer than the context (5,000 tokens)", ["generate", "{run}", "--input",
-                                                                                 "{tmp}/long.txt", "--output",
-                                                                                 "{tmp}/a.jsonl"], "exceeds the model's context"),
+    ("gen-long-question", "a question longer than the context (5,000 tokens)",
+     ["generate", "{run}", "--input", "{tmp}/long.txt", "--output", "{tmp}/a.jsonl"], "exceeds the model's context"),
     ("gen-huge-line", "a 1 MB line as a question", ["generate", "{run}", "--input", "{tmp}/huge.txt", "--output",
                                                     "{tmp}/a.jsonl"], "characters long; the limit"),
     ("gen-batch-zero", "`generate --batch-size 0`", ["generate", "{run}", "hi", "--batch-size", "0"], "must be >= 1"),
@@ -134,7 +134,8 @@ def hold_lock(file: Path, command: str) -> None:
     """Hold `file` as a lock of another medtune process (pid 4242 on node-7): a flock of its own."""
     fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.write(fd, json.dumps({"pid": 4242, "host": "node-7", "command": command, "since": "2026-12-01 10:00:00"}).encode())
+    os.write(fd, json.dumps({"pid": 4242, "host": "node-7", "command": command,
+                             "since": "2026-12-01 10:00:00"}).encode())
     _OTHERS.append(fd)
 
 
@@ -145,7 +146,8 @@ def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
     (tmp / "list.yaml").write_text("- 1\n- 2\n")
     (tmp / "bad.jsonl").write_text(json.dumps(rec) + "\n{not json\n")
     (tmp / "empty_output.jsonl").write_text(json.dumps({**rec, "output": "  "}) + "\n")
-    (tmp / "latin1.jsonl").write_bytes((json.dumps({**rec, "input": "caf\u00e9"}, ensure_ascii=False) + "\n").encode("latin-1"))
+    (tmp / "latin1.jsonl").write_bytes(
+        (json.dumps({**rec, "input": "caf\u00e9"}, ensure_ascii=False) + "\n").encode("latin-1"))
     (tmp / "latin1.txt").write_bytes("caf\u00e9 au lait?\n".encode("latin-1"))
     (tmp / "q.txt").write_text("What is asthma?\n")
     (tmp / "anatomy_test.csv").write_text("Which bone?,Femur,Ulna,Radius,B\nWhich organ?,Liver,Lung,Skin,A\n")

@@ -57,7 +57,8 @@ def test_bad_yaml_file(tmp_path):
     ("train.batch_size=0", "config key 'train.batch_size' must be >= 1, got 0"),
     ("model.lora_dropout=1.5", "config key 'model.lora_dropout' must be < 1, got 1.5"),
     ("train.max_steps=0", "config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got 0"),
-    ("train.disable=gelu,fast", "config key 'train.disable' must be one of gelu, norms, varlen, chunked_loss, got 'fast'"),
+    ("train.disable=gelu,fast",
+     "config key 'train.disable' must be one of gelu, norms, varlen, chunked_loss, got 'fast'"),
 ])
 def test_choice_and_bound_messages(tiny_preset, override, message):
     with pytest.raises(MedtuneError) as e:

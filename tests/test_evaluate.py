@@ -257,7 +257,8 @@ def test_train_eval_at_end_calls_evaluate(tmp_path, tiny_preset, monkeypatch):
     monkeypatch.setattr(training, "run", lambda cfg, **kw: {})
     monkeypatch.setattr(evaluate, "run", lambda run_dir, **kw: calls.append((run_dir, kw)))
     out = tmp_path / "r"
-    assert main(["train", "--config", str(tiny_preset), "--output-dir", str(out), "--set", "train.eval_at_end=true"]) == 0
+    assert main(["train", "--config", str(tiny_preset), "--output-dir", str(out),
+                 "--set", "train.eval_at_end=true"]) == 0
     assert calls == [(str(out), {})]
 
 

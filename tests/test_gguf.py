@@ -79,7 +79,8 @@ def test_cli_train_on_gguf_in_chat_format(chat_run, load_run):
     out = chat_run
     for f in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "metrics.json"):
         assert (out / f).is_file(), f
-    assert {t.split(".")[-1] for t in json.loads((out / "adapter_config.json").read_text())["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {t.split(".")[-1] for t in json.loads((out / "adapter_config.json").read_text())["target_modules"]} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     model, tok, cfg = load_run(out)
     assert cfg.data.prompt_format == "chat"
     assert cfg.data.chat_prompt == "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"  # saved with the run

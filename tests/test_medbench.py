@@ -124,7 +124,8 @@ def test_forgetting_is_flagged_in_metrics_log_report_and_card(bench_run, tmp_pat
 
     monkeypatch.setattr(evaluate, "run_benchmarks", rigged)
     rows = ROWS["medmcqa"] * 10  # 20 questions: a base interval that a tuned accuracy of 0 falls below
-    (tmp_path / "medmcqa.jsonl").write_text("".join(json.dumps({**r, "id": f"q{k}"}) + "\n" for k, r in enumerate(rows)))
+    (tmp_path / "medmcqa.jsonl").write_text(
+        "".join(json.dumps({**r, "id": f"q{k}"}) + "\n" for k, r in enumerate(rows)))
     spec = f"medmcqa={tmp_path / 'medmcqa.jsonl'},pubmedqa={write(tmp_path, 'pubmedqa')}"
     assert main(["eval", str(bench_run), "--num-samples", "0", "--benchmark", spec]) == 0
     bench = json.loads((bench_run / "eval" / "metrics.json").read_text())["benchmarks"]

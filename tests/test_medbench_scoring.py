@@ -257,7 +257,8 @@ def test_limit_is_a_seeded_subset_in_order(files):
 
 
 @pytest.mark.parametrize("name, rows, message", [
-    ("medmcqa", [{"question": "x", "opa": "a", "opb": "b", "opc": "c"}], "row 1 does not have the columns.*missing .opd."),
+    ("medmcqa", [{"question": "x", "opa": "a", "opb": "b", "opc": "c"}],
+     "row 1 does not have the columns.*missing .opd."),
     ("medmcqa", [MEDMCQA[0], {**MEDMCQA[1], "cop": 7}], "row 2 .*cop 7 is not an answer index"),
     ("medmcqa", [{**MEDMCQA[0], "cop": -1}], "cop -1"),  # the hub's test split: no answers
     ("medqa", [{**MEDQA[0], "options": ["ECG", "MRI"]}], "must map A, B, C and D"),
@@ -390,7 +391,8 @@ def test_a_model_rigged_toward_the_gold_answer_gets_everything_right(model, tok,
 def test_acc_norm_divides_by_the_choice_length_in_characters(model, tok, files, monkeypatch):
     pq = medbench.load_task("pubmedqa", files["pubmedqa"])
     # yes -3.0 (-1.0 a character), no -2.4 (-1.2), maybe -4.0 (-0.8): acc picks "no", acc_norm "maybe"
-    monkeypatch.setattr(medbench.scoring, "choice_logliks", lambda m, t, items, b=16: [[-3.0, -2.4, -4.0] for _ in items])
+    monkeypatch.setattr(medbench.scoring, "choice_logliks",
+                        lambda m, t, items, b=16: [[-3.0, -2.4, -4.0] for _ in items])
     res = medbench.score(model, tok, pq)
     assert [(p["pred"], p["pred_norm"]) for p in res["per_item"]] == [(1, 2)] * 3
     assert res["acc"] == pytest.approx(1 / 3) and res["acc_norm"] == pytest.approx(1 / 3)

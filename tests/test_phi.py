@@ -172,7 +172,7 @@ def test_findings_carry_no_text(planted):
     assert [x.name for x in dataclasses.fields(phi.Finding)] == ["row", "field", "type", "start", "end"]
     dumped = json.dumps([f.to_dict() for f in findings])
     for note in planted[:40]:
-        for kind, s, e in note["spans"]:
+        for _kind, s, e in note["spans"]:
             assert note["text"][s:e] not in dumped
     first = findings[0]
     assert planted[first.row - 1]["text"][first.start:first.end]  # row numbers count from 1

@@ -5,7 +5,8 @@ from medtune.cli import main
 
 rc = main()
 dist = sys.modules.get("torch.distributed")  # imported only if the command used torch
-if rc == 0 and dist is not None:  # after a multi-process run, leave the process group cleanly (a failed rank just exits)
+# after a multi-process run, leave the process group cleanly (a failed rank just exits)
+if rc == 0 and dist is not None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 sys.exit(rc)

@@ -237,7 +237,8 @@ def _train_parser(sub):
     t = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter")
     t.add_argument("--config", help="YAML preset, e.g. configs/gpt2-lora.yaml")
     t.add_argument("--output-dir", help="where the adapter and run files go (config key output_dir)")
-    t.add_argument("--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> (config key model.name)")
+    t.add_argument("--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> "
+                                   "(config key model.name)")
     t.add_argument("--data", help="hub dataset id or a .json/.jsonl/.csv/.parquet file (config key data.source)")
     t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the output "
                                                          "dir (none complete: start over)")
@@ -324,7 +325,8 @@ def _other_parsers(sub):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medtune", description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA.")
+    p = argparse.ArgumentParser(prog="medtune",
+                                description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA.")
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _generate_parser(sub)

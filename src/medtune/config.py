@@ -69,8 +69,8 @@ class ModelConfig:
     tokenizer: str | None = opt(None, "tokenizer folder or hub id (default: the model's own); builtin:tiny is "
                                       "medtune's offline one")
     quantization: Quantization = opt("none", "none, 8bit (CUDA), or 4bit: QLoRA's NF4 with double quantization")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "weights of a non-quantized base "
-                                                                           "(auto: bf16 on a capable GPU, else float32)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "weights of a non-quantized base (auto: bf16 on a capable GPU, else float32)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = opt("sdpa", "attention kernel")
     lora_r: int = opt(16, "LoRA rank", min=1)
     lora_alpha: float = opt(32, "LoRA scaling numerator (scale = alpha / r)", gt=0)
@@ -324,7 +324,8 @@ def validate(cfg: Config) -> None:
             raise MedtuneError(f"data.{key} is not a valid template ({type(e).__name__}: {e}); only {{instruction}} "
                                "and {input} may appear in braces (write {{ and }} for literal braces)") from None
     if d.chat_prompt and "{user}" not in d.chat_prompt:
-        raise MedtuneError("data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)")
+        raise MedtuneError("data.chat_prompt must contain {user} "
+                           "(or leave it empty: training renders the chat template)")
     if not cfg.output_dir.strip():
         raise MedtuneError("output_dir must not be empty")
 

@@ -576,5 +576,6 @@ def prepare(cfg: DataConfig, tokenizer, log=print, checked: Checked | None = Non
         if frac > 0 and not encoded[name]:
             log(f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
                 f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
-                + ("no validation loss will be computed" if name == "validation" else "`medtune eval` will need --data"))
+                + ("no validation loss will be computed" if name == "validation"
+                   else "`medtune eval` will need --data"))
     return Prepared(splits, encoded, c.duplicates, dropped, c.source_rows, c.extra)

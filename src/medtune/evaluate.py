@@ -224,7 +224,8 @@ class _Inputs:
 def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy) -> tuple[_Inputs,
                                                                                                        GenerateConfig]:
     records, source = load_eval_records(run, data, split)
-    data_cfg = dataclasses.replace(run.config.data, completion_only_loss=True)  # answer tokens only, whatever training did
+    # answer tokens only, whatever training did
+    data_cfg = dataclasses.replace(run.config.data, completion_only_loss=True)
     kept, encoded = encode_within_length(records, tok, data_cfg)
     if not kept:
         raise MedtuneError(f"all {len(records)} records from {source} are longer than data.max_length="
@@ -306,7 +307,7 @@ def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, log=print) -
     from medtune import medbench
 
     out = {}
-    for name, source, items in tasks:
+    for name, _source, items in tasks:
         t0 = time.perf_counter()
         scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
         out[name] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
@@ -322,7 +323,7 @@ def _benchmark_results(tasks: list, scores: dict) -> dict:
     from medtune import medbench
 
     out = {}
-    for name, source, items in tasks:
+    for name, source, _items in tasks:
         base, tuned = scores["base"][name], scores["tuned"][name]
         out[name] = {"source": source or medbench.TASKS[name].hub, "chance": 1 / medbench.TASKS[name].n_choices,
                      "base": base, "tuned": tuned, "forgetting": medbench.forgetting(base, tuned),

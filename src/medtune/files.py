@@ -91,7 +91,8 @@ def read_text(path: str | Path) -> str:
 def split_lines(text: str) -> list[str]:
     """Lines as JSON Lines defines them: split on "\\n" only, a "\\r" before it dropped ("\\r\\n" files). Unlike
     str.splitlines(), U+2028, U+2029, U+0085, form feeds and the other Unicode breaks stay inside their line (U+2028
-    and U+2029 may stand unescaped inside JSON strings). A last line without a newline counts; a final newline adds no empty line."""
+    and U+2029 may stand unescaped inside JSON strings). A last line without a newline counts; a final newline adds
+    no empty line."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

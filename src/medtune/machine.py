@@ -28,7 +28,8 @@ def use_bf16(cfg: Config) -> bool:
 def optimizer_name(cfg: Config) -> str:
     if cfg.train.optim != "auto":
         if ("8bit" in cfg.train.optim or "paged" in cfg.train.optim) and not cuda():
-            raise MedtuneError(f"train.optim={cfg.train.optim} needs a CUDA GPU (bitsandbytes); use auto or adamw_torch")
+            raise MedtuneError(f"train.optim={cfg.train.optim} needs a CUDA GPU (bitsandbytes); "
+                               "use auto or adamw_torch")
         return cfg.train.optim
     if cfg.model.quantization != "none" and cuda():
         return "paged_adamw_8bit"

@@ -4,7 +4,8 @@ The merged folder loads with `transformers.pipeline("text-generation", model=DIR
 (`medtune generate DIR ...`, `medtune serve DIR`). It holds:
   model.safetensors (+ config.json, generation_config.json)   the merged weights
   tokenizer files
-  config.yaml                                                  the run's medtune config (prompt template, generation defaults)
+  config.yaml                                                  the run's medtune config (prompt template,
+                                                               generation defaults)
   manifest.json, metrics.json, eval_metrics.json               copied from the run when present
   README.md                                                    the model card
 

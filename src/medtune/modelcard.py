@@ -77,7 +77,8 @@ def _recipe(cfg, manifest: dict, merge_diff: float | None) -> list[str]:
     if manifest.get("device"):
         lines.append(f"- trained on: {manifest['device']}")
     if merge_diff is not None:
-        lines.append(f"- merge check: max |logit difference| between merged model and base + adapter = {merge_diff:.2e}")
+        lines.append("- merge check: max |logit difference| between merged model and base + adapter = "
+                     f"{merge_diff:.2e}")
     lines.append(f"- merged: {time.strftime('%Y-%m-%d', time.gmtime())}")
     return lines
 
@@ -129,7 +130,8 @@ def _usage(cfg, out_name: str) -> list[str]:
     if template is not None:
         lines.append("prompt = " + json.dumps(template) + ".replace(\"{question}\", \"What is asthma?\")")
         lines.append("print(pipe(prompt, return_full_text=False)[0][\"generated_text\"])")
-    lines += ["```", "", "or `medtune generate DIR \"What is asthma?\"`, or `medtune serve DIR` (HTTP API and a web page)."]
+    lines += ["```", "",
+              "or `medtune generate DIR \"What is asthma?\"`, or `medtune serve DIR` (HTTP API and a web page)."]
     return lines
 
 

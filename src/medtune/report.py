@@ -140,7 +140,8 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
            f"- Generation: {gen['generated']} questions drawn with seed {gen['seed']}, "
            f"{'greedy decoding' if gen['greedy'] else 'sampling'}, at most {gen['max_new_tokens']} new tokens. "
            "ROUGE-L F1 (rouge-score, stemmed) against the reference answer; EOS rate = share of answers that ended "
-           "with EOS before the limit; repeated 4-grams = share of token 4-grams that already occurred earlier in the same answer.",
+           "with EOS before the limit; repeated 4-grams = share of token 4-grams that already occurred earlier "
+           "in the same answer.",
            "- Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in metrics["seconds"].items()) + ".",
            f"- Created {metrics['created']}; all answers in `samples.jsonl`.", ""]
     out += ["## Sample answers", ""]
@@ -153,7 +154,8 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
                 "**Reference**", "", _quote(s["reference"]), ""]
         for name in MODELS:
             tag = "ended with EOS" if s[f"{name}_stopped_at_eos"] else "hit max_new_tokens"
-            out += [f"**{name.capitalize()}** (ROUGE-L {s[f'{name}_rouge_l']:.3f}, {s[f'{name}_tokens']} tokens, {tag})",
+            out += [f"**{name.capitalize()}** (ROUGE-L {s[f'{name}_rouge_l']:.3f}, "
+                    f"{s[f'{name}_tokens']} tokens, {tag})",
                     "", _quote(s[name]), ""]
     out += ["## Loss curves", ""]
     out += ([f"![training and validation loss]({curve})", ""] if curve else

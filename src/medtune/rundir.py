@@ -238,7 +238,7 @@ def latest_complete_checkpoint(run_path: Path, log=print, tidy: bool = True) -> 
     """The newest checkpoint that holds everything resume needs. Incomplete ones newer than it (an interrupted save)
     are named and removed (`tidy`: by the main process only): they cannot be resumed from, and would confuse the
     Trainer's checkpoint rotation."""
-    for step, ckpt in reversed(checkpoints(run_path)):
+    for _step, ckpt in reversed(checkpoints(run_path)):
         problem = checkpoint_problem(ckpt)
         if problem is None:
             return ckpt

@@ -61,7 +61,8 @@ def requested() -> int:
 
 
 def _say(text: str) -> None:
-    """A line of its own on stderr (after a progress bar's). Not print(): the handler may interrupt a write to stderr."""
+    """A line of its own on stderr (after a progress bar's). Not print(): the handler may interrupt a write to
+    stderr."""
     os.write(2, f"\nmedtune: {text}\n".encode())
 
 

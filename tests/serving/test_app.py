@@ -79,7 +79,8 @@ def test_completion_shape_and_limits(client, engine):
     assert body["notice"].startswith(NOTICE_START)
     # the question was wrapped in the run's prompt template; raw sends it as-is
     raw = complete(client, prompt="What is asthma?", max_tokens=1, raw=True)
-    assert raw["usage"]["prompt_tokens"] < u["prompt_tokens"] and u["prompt_tokens"] == len(engine.prompt_ids("What is asthma?", False))
+    assert raw["usage"]["prompt_tokens"] < u["prompt_tokens"] and u["prompt_tokens"] == len(
+        engine.prompt_ids("What is asthma?", False))
     # a seed makes sampling repeatable; temperature 0 is greedy
     assert complete(client, prompt="What is asthma?", max_tokens=12, seed=1)["choices"][0]["text"] == choice["text"]
     g1 = complete(client, prompt=["What is flu?"], max_tokens=8, temperature=0)

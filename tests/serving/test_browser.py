@@ -64,9 +64,11 @@ def test_question_answer_streams_into_the_page(server, browser):
         box.clear()
         box.send_keys(f"What are the symptoms of asthma? ({attempt})")
         browser.find_element(By.ID, "ask").click()
-        WebDriverWait(browser, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".answer")) == attempt)
+        WebDriverWait(browser, 10).until(
+            lambda d, attempt=attempt: len(d.find_elements(By.CSS_SELECTOR, ".answer")) == attempt)
         answer = browser.find_elements(By.CSS_SELECTOR, ".answer")[0]  # newest first
-        WebDriverWait(browser, 60).until(lambda _: answer.get_attribute("data-state") in ("done", "error"))
+        WebDriverWait(browser, 60).until(
+            lambda _, answer=answer: answer.get_attribute("data-state") in ("done", "error"))
         assert answer.get_attribute("data-state") == "done", answer.text
         assert answer.find_element(By.CSS_SELECTOR, ".answer-question").text.endswith(f"({attempt})")
         assert answer.find_element(By.CSS_SELECTOR, ".answer-notice").text == NOTICE  # every answer carries it

@@ -130,8 +130,8 @@ def test_two_machines_equal_one_process_with_the_same_global_batch(two_nodes, ti
 
 def per_step(records: list[dict], step: int) -> dict[tuple, int]:
     """What a rank's hooks counted while the global step was `step` (after step `step` ended: the stop check, its
-    logging and checkpoint if due, then step `step + 1`'s forward, backward and optimizer step), keyed by
-    (kind, op, where: the innermost frame of medtune or a library, by: the innermost frame of medtune or the Trainer)."""
+    logging and checkpoint if due, then step `step + 1`'s forward, backward and optimizer step), keyed by (kind, op,
+    where: the innermost frame of medtune or a library, by: the innermost frame of medtune or the Trainer)."""
     (ops,) = [r["per_step"] for r in records if r["event"] == "ops"]
     counts = {}
     for key, n in ops[str(step)].items():

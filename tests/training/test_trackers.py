@@ -59,7 +59,8 @@ def test_report_to_takes_one_tracker_or_a_list(tmp_path):
     assert cfg("wandb,mlflow").train.report_to == ["wandb", "mlflow"]
     assert cfg("[tensorboard, trackio]").train.report_to == ["tensorboard", "trackio"]
     assert trackers.trackers(cfg("none")) == []
-    with pytest.raises(MedtuneError, match=r"'train.report_to' must be one of none, tensorboard, wandb, .*got 'wandbb'"):
+    with pytest.raises(MedtuneError,
+                       match=r"'train.report_to' must be one of none, tensorboard, wandb, .*got 'wandbb'"):
         cfg("wandbb")
     with pytest.raises(MedtuneError, match="'none' cannot be combined"):
         cfg("none,mlflow")

@@ -186,7 +186,8 @@ def compare(base: dict, tuned: dict, bootstrap: int = 1000, seed: int = 0) -> di
     if not b or not t or [p["id"] for p in b] != [p["id"] for p in t]:
         raise MedtuneError("compare() needs two score() results over the same questions (with per_item)")
     diff = [float(y["pred"] == y["gold"]) - float(x["pred"] == x["gold"]) for x, y in zip(b, t)]
-    return {"n": len(diff), "delta_acc": sum(diff) / len(diff), "delta_acc_ci": list(bootstrap_ci(diff, bootstrap, seed)),
+    return {"n": len(diff), "delta_acc": sum(diff) / len(diff),
+            "delta_acc_ci": list(bootstrap_ci(diff, bootstrap, seed)),
             "only_tuned_right": sum(d > 0 for d in diff), "only_base_right": sum(d < 0 for d in diff)}
 
 

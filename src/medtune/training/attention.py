@@ -22,7 +22,8 @@ def _varlen_fn():
     except Exception:  # torch < 2.9: no variable-length attention
         return None, {}
     params = inspect.signature(varlen_attn).parameters
-    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True} if "is_causal" in params else None
+    causal = ({"window_size": (-1, 0)} if "window_size" in params
+              else {"is_causal": True} if "is_causal" in params else None)
     if causal is None:
         return None, {}
     return varlen_attn, dict(causal=causal, has_scale="scale" in params)

@@ -51,7 +51,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 w = torch.cat([w, w.new_zeros(padded - vocab, w.shape[1])])
             ce = _ce_impl(compiled)
             grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = torch.zeros((padded, weight.shape[1]), dtype=torch.float32, device=weight.device) if need_w else None
+            grad_w = (torch.zeros((padded, weight.shape[1]), dtype=torch.float32, device=weight.device)
+                      if need_w else None)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for s in range(0, hidden.shape[0], chunk):
                 h = hidden[s:s + chunk]

@@ -15,7 +15,7 @@ def fuse_gelu(model) -> int:
     except ImportError:  # older name
         from transformers.activations import PytorchGELUTanh as Fused
     n = 0
-    for name, module in list(model.named_modules()):
+    for _name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is NewGELUActivation:
                 setattr(module, child_name, Fused())

@@ -111,7 +111,8 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        weight_decay=t.weight_decay, neftune_noise_alpha=t.neftune_alpha, max_grad_norm=t.max_grad_norm, optim=optimizer_name(cfg), bf16=use_bf16(cfg),
+        weight_decay=t.weight_decay, neftune_noise_alpha=t.neftune_alpha, max_grad_norm=t.max_grad_norm,
+        optim=optimizer_name(cfg), bf16=use_bf16(cfg),
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps,
         eval_on_start=t.eval_on_start and has_eval, logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
