@@ -27,6 +27,17 @@ def _llama(tok):  # grouped-query attention (4 query heads, 2 key/value heads), 
                                         max_position_embeddings=256)).eval()
 
 
+def _gemma2(tok):  # attention logit soft-capping, and a sliding window shorter than prompt + answer
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    return Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                          head_dim=16, sliding_window=8, max_position_embeddings=256,
+                                          attn_logit_softcapping=5.0, final_logit_softcapping=None,
+                                          attn_implementation="eager")).eval()
+
+
 QUESTIONS = ["What is asthma and how is it treated?", "Fever?",
              "How long does a cold last in adults and in children, usually?", "Gout?", "What causes migraines?"]
 
@@ -36,12 +47,14 @@ def _prompts(tok):
 
 
 def _hf(model, tok, prompt, n, **kw):
+    if model.config.model_type == "gemma2":
+        model.set_attn_implementation("eager")  # transformers' reference path for soft-capping
     out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, **kw)[0, len(prompt):].tolist()
     return out[:out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
 
 
-@pytest.mark.parametrize("arch", [_gpt2, _llama])
+@pytest.mark.parametrize("arch", [_gpt2, _llama, _gemma2])
 @pytest.mark.parametrize("penalties", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}])
 def test_greedy_tokens_equal_model_generate(tok, arch, penalties):
     """Slot attention, per-row positions and the penalties reproduce model.generate token for token, with fewer
