@@ -185,11 +185,11 @@ class Engine:
             self.p_ids[:bb, :wb].copy_(ids)
             self.p_last[:bb].copy_(last)
             self.p_rows[:bb].copy_(rows)
+            fn = lambda: self._prefill_logits(self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb])
             try:
-                logits = self._replay(("prefill", bb, wb), lambda: self._prefill_logits(
-                    self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb]))
+                logits = self._replay(("prefill", bb, wb), fn)
             except _CaptureFailed:
-                logits = self._prefill_logits(self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb])
+                logits = fn()
         self.hist[n0:n0 + b, :wb] = ids[:b].to(self.device)
         return logits[:b]
 
@@ -203,7 +203,7 @@ class Engine:
         for r in requests:
             seed = r.g.seed if r.g.seed is not None else random.getrandbits(62)
             stream = TextStream(self.tok) if r.on_text is not None else None
-            self.rows.append(Row(r, seed, LoopGuard(r.g.loop_guard), stream, prompt_len=len(r.ids)))
+            self.rows.append(Row(r, seed, LoopGuard(r.g.loop_guard), stream))
         settings = RowSettings.build([r.g for r in requests], [row.seed for row in self.rows[n0:]], self.device)
         width = max(len(r.ids) for r in requests)
         tokens = sample(logits, settings, self.steps[rows], self.hist[rows, :width], self.lengths[rows])
@@ -216,7 +216,7 @@ class Engine:
     def _decode(self) -> None:
         n = len(self.rows)
         b = min(_pow2(n), self.slots)
-        longest = max(row.prompt_len + len(row.tokens) + 1 for row in self.rows)
+        longest = max(row.length for row in self.rows)
         width = min(self.max_len, -(-longest // WIDTH_STEP) * WIDTH_STEP)
         try:
             self._replay(("decode", b, width, *self.settings.key()), lambda: self._decode_step(b, width))
@@ -326,7 +326,7 @@ class Engine:
         if holes:
             src = torch.tensor(tail, device=self.device)
             dst = torch.tensor(holes, device=self.device)
-            width = max(self.rows[k].prompt_len + len(self.rows[k].tokens) + 1 for k in tail)
+            width = max(self.rows[k].length for k in tail)
             self.cache.move(src, dst, min(width, self.max_len))
             for t in (self.hist, self.tok_in, self.pos, self.lengths, self.steps):
                 t.index_copy_(0, dst, t.index_select(0, src))

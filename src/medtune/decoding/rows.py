@@ -71,11 +71,18 @@ class Row:
     seed: int
     guard: LoopGuard
     stream: TextStream | None
-    prompt_len: int = 0
     tokens: list[int] = field(default_factory=list)  # the answer's tokens (EOS excluded)
     reason: str | None = None  # set when it stops: eos, length, loop, cancelled
-    cut: int | None = None     # the loop guard's cut
     shown: str = ""            # text streamed so far
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.ids)
+
+    @property
+    def length(self) -> int:
+        """Positions its slot uses: the prompt, the answer so far, and the token about to be fed."""
+        return self.prompt_len + len(self.tokens) + 1
 
     def emit_text(self, final: bool = False) -> None:
         if self.stream is None:
