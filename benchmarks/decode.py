@@ -10,6 +10,11 @@ Every stream gets a prompt of --prompt-tokens random token ids and decodes exact
 loop guard off, so every path does the same work), sampled with the defaults of `medtune generate` (T 0.7, top-p 0.9,
 top-k 50, repetition penalty 1.1). Each row is timed after one warm-up run of the same shape (CUDA graphs captured,
 kernels compiled). Prints one Markdown table.
+
+The `churn` path is what a server sees: 4 x streams requests of 1/2 to 1 x --new-tokens tokens each (seeded), with
+`streams` rows at once; a request joins the running batch as soon as one ends (clients that send the next question
+at once). `--profile` prints where the host's time goes during the churn rows (cProfile; time spent waiting for the
+device shows as `synchronize`).
 """
 from __future__ import annotations
 
@@ -51,9 +56,17 @@ def prompts_for(tok, model, streams: int, length: int) -> list[list[int]]:
     return torch.randint(100, vocab - 1, (streams, length), generator=gen).tolist()
 
 
-def timed(fn, sync) -> float:
+def timed(fn, sync, profile: bool = False) -> float:
     fn()  # warm-up: graphs captured, kernels compiled, allocator warmed
     sync()
+    if profile:
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as prof:
+            fn()
+            sync()
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(18)
     t0 = time.perf_counter()
     fn()
     sync()
@@ -68,6 +81,21 @@ def engine_row(model, tok, prompts, n):
     engine.eos = -1  # fixed lengths: every stream decodes n tokens
     g = GenerateConfig(max_new_tokens=n, loop_guard=0)
     return lambda: complete(model, tok, prompts, g, engine=engine)
+
+
+def churn_row(model, tok, prompts, n):
+    import random
+
+    from medtune.config import GenerateConfig
+    from medtune.generate import Request, make_engine
+
+    engine = make_engine(model, tok, len(prompts), len(prompts[0]) + n)
+    engine.eos = -1
+    rng = random.Random(0)
+    lengths = [rng.randint(n // 2, n) for _ in range(4 * len(prompts))]
+    requests = lambda: [Request(prompts[i % len(prompts)], GenerateConfig(max_new_tokens=k, loop_guard=0))  # noqa: E731
+                        for i, k in enumerate(lengths)]
+    return lambda: engine.run(requests()), sum(lengths)
 
 
 def generate_row(model, tok, prompts, n):
@@ -120,10 +148,11 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="tiny random GPT-2 on the CPU, a few tokens: runs in seconds")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], help="weights (default: bf16 on a GPU)")
     ap.add_argument("--check", action="store_true", help="first: greedy parity of the engine with model.generate")
+    ap.add_argument("--profile", action="store_true", help="cProfile of the host during the churn rows")
     args = ap.parse_args()
     if args.cpu:
         args.model, args.streams, args.new_tokens, args.prompt_tokens = "random:tiny", "1,8", 16, 16
-        args.paths = "engine,generate"
+        args.paths = "engine,churn,generate"
     if args.model.startswith("random:") and not args.tokenizer:
         args.tokenizer = "builtin:tiny"
     import torch
@@ -131,7 +160,7 @@ def main() -> int:
 
     model, tok, device = load(args)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    rows = {"engine": engine_row, "generate": generate_row, "generate_batch": generate_batch_row}
+    rows = {"engine": engine_row, "churn": churn_row, "generate": generate_row, "generate_batch": generate_batch_row}
     print(f"model {args.model} on {torch.cuda.get_device_name() if device == 'cuda' else platform.processor() or 'cpu'}"
           f"; torch {torch.__version__}, transformers {transformers.__version__}; prompts {args.prompt_tokens} tokens,"
           f" {args.new_tokens} new tokens a stream, sampled\n")
@@ -147,13 +176,14 @@ def main() -> int:
             if fn is None:
                 print(f"| {name} | {streams} | n/a | n/a |")
                 continue
+            fn, tokens = fn if isinstance(fn, tuple) else (fn, streams * args.new_tokens)
             try:
-                seconds = timed(fn, sync)
+                seconds = timed(fn, sync, profile=args.profile and name == "churn")
             except Exception as e:  # a reference path that this transformers version cannot run
                 print(f"| {name} | {streams} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
                 continue
-            print(f"| {name} | {streams} | {streams * args.new_tokens / seconds:,.0f} | "
-                  f"{1000 * seconds / args.new_tokens:.2f} |", flush=True)
+            print(f"| {name} | {streams} | {tokens / seconds:,.0f} | {1000 * seconds * streams / tokens:.2f} |",
+                  flush=True)
     return 0
 
 

@@ -86,6 +86,33 @@ def test_sampled_answers_depend_on_prompt_and_seed_alone(tok):
     assert other != together
 
 
+def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
+    """The graph path (prompts prefilled in buckets padded to a power of 2 of rows and 64-token widths through the
+    static input buffers, first tokens sampled inside the prefill, settings gathered by slot) answers as the plain
+    path does, with rows of different settings joining and leaving. On the CPU each "graph" replays its function."""
+    from medtune.decoding import engine as engine_module
+    from medtune.generate import Request, complete, make_engine
+
+    model = _llama(tok)
+    prompts = _prompts(tok)
+    gs = [GenerateConfig(max_new_tokens=6 + 3 * i, temperature=0.7 + 0.2 * i, top_p=0.9, top_k=5 * i, seed=i,
+                         loop_guard=0, repetition_penalty=1.0 + 0.1 * (i % 2), no_repeat_ngram=2 * (i == 3))
+          for i in range(len(prompts))]
+
+    def answers(engine):
+        first = engine.run([Request(p, g) for p, g in list(zip(prompts, gs))[:3]])  # 3 rows in a 4-row bucket
+        return [c.token_ids for c in first + engine.run([Request(p, g) for p, g in zip(prompts, gs)])]
+
+    plain = answers(make_engine(model, tok, 4, 64))
+    monkeypatch.setattr(engine_module.Engine, "_capture", lambda self, fn: (type("G", (), {"replay": fn}), None))
+    graphed = make_engine(model, tok, 4, 64)
+    graphed.use_graphs = True
+    assert answers(graphed) == plain
+    assert {k[:2] for k in graphed.graphs if k[0] == "prefill"} >= {("prefill", 4), ("prefill", 1)}
+    alone = [complete(model, tok, [p], g)[0].token_ids for p, g in zip(prompts, gs)]
+    assert plain[3:] == alone
+
+
 def test_sampling_limits(tok):
     """top_k=1, a tiny top_p and a min_p near 1 each leave only the most likely token: greedy decoding."""
     from medtune.generate import complete
@@ -191,6 +218,25 @@ def test_fused_modules_only_while_decoding(tok):
                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16))
     assert fuse_for_decoding(gemma) == 0  # its norm scales by 1 + weight: not the fused kernel's form
     assert fuse_for_decoding(_gpt2(tok)) == 2  # one gelu_new a layer
+
+
+def test_fused_projections_decode_the_same_tokens(tok):
+    """q/k/v (and gate/up) as one product each while decoding: the engine's greedy answers still equal
+    model.generate's, and outside the engine the logits are bit-identical."""
+    from medtune.decoding.fused import fuse_projections
+    from medtune.generate import complete
+
+    model = _llama(tok)
+    ids = torch.tensor([_prompts(tok)[0]])
+    before = model(ids).logits
+    assert fuse_projections(model) == 0  # on the CPU only when asked: the weights are copied
+    assert fuse_projections(model, cpu=True) == 4  # 2 layers x (attention, MLP)
+    assert type(model.model.layers[0].self_attn.k_proj).__name__ == "FusedRestLinear"
+    assert torch.equal(model(ids).logits, before)
+    g = GenerateConfig(max_new_tokens=20, greedy=True, loop_guard=0, repetition_penalty=1.0)
+    prompts = _prompts(tok)
+    for p, c in zip(prompts, complete(model, tok, prompts, g, batch_size=2)):
+        assert c.token_ids == _hf(model, tok, p, 20)
 
 
 def test_a_request_without_prompt_tokens_is_refused(tok):

@@ -7,7 +7,10 @@ the smallest batch bucket that holds them over the shortest width bucket that ho
 decode step (the forward, the sampling, the update of every row's state) is captured once per bucket as a CUDA graph
 and replayed, and so is the prefill of small batches of short prompts: one launch instead of hundreds of small
 kernels, which is what bounds a small model's eager step (NOTES.md: 25 ms a step for SmolLM2-135M through
-model.generate, with well under 0.1 ms of memory traffic). The host reads one small tensor a step (the new tokens).
+model.generate, with well under 0.1 ms of memory traffic). A prefill samples its prompts' first tokens in the same
+graph, and the host reads one small tensor a step (every new token of the step), one step behind: step k+1 is
+queued on the device before the host looks at the tokens of step k (stop checks, text, the loop guard), so the host's
+work overlaps the device's. A row that ended at step k runs once more at step k+1; that token is dropped.
 
 Why our own and not transformers' ContinuousBatchingManager: it draws every request from one global generator
 (torch.multinomial), so an answer changes with its batch-mates, drops the repetition penalty, and measured 8-65x
@@ -60,12 +63,19 @@ class Engine:
         self.slots = self._fit_slots(max(1, slots), probe)
         self.cache = SlotCache(self.slots, self.max_len, self.device, like=probe)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=self.device)  # noqa: E731
-        self.hist, self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out = (
-            z(self.slots, self.max_len), z(self.slots), z(self.slots), z(self.slots), z(self.slots), z(self.slots),
-            z(self.slots))
+        self.hist = z(self.slots, self.max_len)  # each slot's tokens: prompt and answer
+        # per slot: the token to feed next, its position, the slot's length, tokens generated, live (1) or padding (0),
+        # the token of the last decode step and of the last prefill
+        self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out, self.first = (
+            z(self.slots) for _ in range(7))
+        self.index = torch.arange(self.slots, device=self.device)
         self.settings = RowSettings.empty(self.slots, self.device)
-        pw = min(PREFILL_GRAPH_WIDTH, self.max_len)
-        self.p_ids, self.p_last, self.p_rows = z(PREFILL_GRAPH_ROWS, pw), z(PREFILL_GRAPH_ROWS), z(PREFILL_GRAPH_ROWS)
+        pw, pr = min(PREFILL_GRAPH_WIDTH, self.max_len), PREFILL_GRAPH_ROWS
+        self.p_ids, self.p_last, self.p_rows, self.p_len, self.p_live = z(pr, pw), z(pr), z(pr), z(pr), z(pr)
+        pinned = self.device.type == "cuda"
+        self.host = [torch.zeros(2 * self.slots, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
+        self.flip = 0
+        self.inflight = None  # the step queued on the device whose tokens the host has not read yet
         self.rows: list[Row] = []
         self.waiting: collections.deque = collections.deque()
         self.lock = threading.Lock()
@@ -104,14 +114,15 @@ class Engine:
 
     @property
     def pending(self) -> int:
-        return len(self.waiting) + len(self.rows)
+        """Requests waiting or running, plus one while a step's tokens are unread."""
+        return len(self.waiting) + len(self.rows) + (self.inflight is not None)
 
     def abort(self) -> list:
         """Drop every running and waiting request (after a failed step) and return them; the engine stays usable."""
         with self.lock:
             dropped = [row.request for row in self.rows] + list(self.waiting)
             self.waiting.clear()
-        self.rows = []
+        self.rows, self.inflight = [], None
         self._reset_free_rows()
         return dropped
 
@@ -128,15 +139,20 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Admit waiting requests into free slots (prefill), then one decode step for every running row."""
+        """Retire the rows that ended, admit waiting requests into free slots (prefill), queue one decode step for
+        every running row, then read the tokens of the step before."""
         with self.cache:
-            self._admit()
-            if self.rows:
-                self._decode()
+            self._retire()
+            joined = self._admit()
+            launched = self._launch(joined) if self.rows else None
+            if self.inflight is not None:
+                self._collect(*self.inflight)
+            self.inflight = launched
 
     # ------------------------------------------------------------ prefill
 
-    def _admit(self) -> None:
+    def _admit(self) -> tuple[int, int] | None:
+        """Prefill waiting requests into slots n0..n0+b-1; (n0, b), or None when none joined."""
         take, budget = [], PREFILL_TOKENS
         with self.lock:
             while self.waiting and len(self.rows) + len(take) < self.slots:
@@ -151,8 +167,17 @@ class Engine:
                 self._finish(Row(r, 0, LoopGuard(0), None, reason="cancelled"))
             else:
                 live.append(r)
-        if live:
-            self._prefill(live)
+        if not live:
+            return None
+        n0 = len(self.rows)
+        for r in live:
+            seed = r.g.seed if r.g.seed is not None else random.getrandbits(62)
+            stream = TextStream(self.tok) if r.on_text is not None else None
+            self.rows.append(Row(r, seed, LoopGuard(r.g.loop_guard), stream))
+        self.settings.write(n0, [r.g for r in live], [row.seed for row in self.rows[n0:]])
+        self.settings.note([row.request.g for row in self.rows])
+        self._prefill(live, n0)
+        return n0, len(live)
 
     def _prefill_logits(self, ids: torch.Tensor, last: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Prompts ids [B, W] (right-padded) into slots `rows`; the logits after each prompt's token `last`, [B, V]."""
@@ -168,7 +193,21 @@ class Engine:
             return head(hidden).float()
         return self.model(input_ids=ids, position_ids=pos, use_cache=False).logits[index, last].float()
 
-    def _prefill_forward(self, requests: list, n0: int) -> torch.Tensor:
+    def _prefill_step(self, ids, last, rows, lens, live) -> torch.Tensor:
+        """Prompts into slots `rows` (lens: their lengths, live: 0 for padding rows of a bucket), each row's first
+        token sampled and its state set, all on the device (capturable). The first tokens go to `self.first`."""
+        w = ids.shape[1]
+        self.hist[rows, :w] = ids
+        self.lengths[rows] = lens
+        self.steps[rows] = 0
+        self.live[rows] = live
+        logits = self._prefill_logits(ids, last, rows)
+        tokens = sample(logits, self.settings.take(rows), self.steps[rows], self.hist[rows, :w], self.lengths[rows])
+        self._advance(rows, tokens)
+        self.first[rows] = tokens
+        return tokens
+
+    def _prefill(self, requests: list, n0: int) -> None:
         """The prompts of `requests` into slots n0..; a CUDA graph per (rows, width) bucket for small prefills."""
         b, lens = len(requests), [len(r.ids) for r in requests]
         bb, wb = _pow2(b), min(-(-max(lens) // 64) * 64, self.max_len)
@@ -177,54 +216,48 @@ class Engine:
         ids = torch.full((bb, wb), self.pad, dtype=torch.long)
         for i, r in enumerate(requests):
             ids[i, :lens[i]] = torch.tensor(r.ids, dtype=torch.long)
-        last = torch.tensor(lens + [1] * (bb - b)) - 1
-        rows = torch.arange(n0, n0 + bb)
+        pad = [0] * (bb - b)
+        last, rows, length, live = (torch.tensor(v) for v in ([n - 1 for n in lens] + pad, list(range(n0, n0 + bb)),
+                                                               lens + pad, [1] * b + pad))
         if not graph:
-            logits = self._prefill_logits(ids.to(self.device), last.to(self.device), rows.to(self.device))
-        else:
-            self.p_ids[:bb, :wb].copy_(ids)
-            self.p_last[:bb].copy_(last)
-            self.p_rows[:bb].copy_(rows)
-            fn = lambda: self._prefill_logits(self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb])
-            try:
-                logits = self._replay(("prefill", bb, wb), fn)
-            except _CaptureFailed:
-                logits = fn()
-        self.hist[n0:n0 + b, :wb] = ids[:b].to(self.device)
-        return logits[:b]
-
-    def _prefill(self, requests: list) -> None:
-        n0, b = len(self.rows), len(requests)
-        logits = self._prefill_forward(requests, n0)
-        rows = slice(n0, n0 + b)
-        self.lengths[rows] = torch.tensor([len(r.ids) for r in requests], device=self.device)
-        self.steps[rows] = 0
-        self.live[rows] = 1
-        for r in requests:
-            seed = r.g.seed if r.g.seed is not None else random.getrandbits(62)
-            stream = TextStream(self.tok) if r.on_text is not None else None
-            self.rows.append(Row(r, seed, LoopGuard(r.g.loop_guard), stream))
-        settings = RowSettings.build([r.g for r in requests], [row.seed for row in self.rows[n0:]], self.device)
-        width = max(len(r.ids) for r in requests)
-        tokens = sample(logits, settings, self.steps[rows], self.hist[rows, :width], self.lengths[rows])
-        self._advance(n0, b, tokens)
-        self._take_all(n0, tokens.tolist())
-        self._retire(joined=True)
+            self._prefill_step(*(t.to(self.device) for t in (ids, last, rows, length, live)))
+            return
+        for buf, t in zip((self.p_ids[:bb, :wb], self.p_last, self.p_rows, self.p_len, self.p_live),
+                          (ids, last, rows, length, live)):
+            buf[:bb].copy_(t)
+        args = self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb], self.p_len[:bb], self.p_live[:bb]
+        fn = lambda: self._prefill_step(*args)  # noqa: E731
+        try:
+            self._replay(("prefill", bb, wb, *self.settings.key()), fn)
+        except _CaptureFailed:
+            fn()
 
     # ------------------------------------------------------------ decode
 
-    def _decode(self) -> None:
+    def _launch(self, joined: tuple[int, int] | None) -> tuple:
+        """Queue one decode step for rows 0..n-1 and the copy of the step's tokens to the host."""
         n = len(self.rows)
         b = min(_pow2(n), self.slots)
-        longest = max(row.length for row in self.rows)
+        longest = max(row.length for row in self.rows) + 1  # + 1: the step still in flight
         width = min(self.max_len, -(-longest // WIDTH_STEP) * WIDTH_STEP)
         try:
             self._replay(("decode", b, width, *self.settings.key()), lambda: self._decode_step(b, width))
         except _CaptureFailed:
             self._decode_step(b, width)
         self.steps_run += 1
-        self._take_all(0, self.out[:n].tolist())
-        self._retire()
+        host = self.host[self.flip]
+        self.flip ^= 1
+        blocking = self.device.type != "cuda"
+        host[:n].copy_(self.out[:n], non_blocking=not blocking)
+        j = 0
+        if joined is not None:
+            n0, j = joined
+            host[n:n + j].copy_(self.first[n0:n0 + j], non_blocking=not blocking)
+        event = None
+        if not blocking:
+            event = torch.cuda.Event()
+            event.record()
+        return list(self.rows), joined, host[:n + j], event
 
     def _decode_step(self, b: int, width: int) -> torch.Tensor:
         """One token for rows 0..b-1: forward, sampling and state update, all on the device (capturable)."""
@@ -236,21 +269,21 @@ class Engine:
         out = self.model(input_ids=self.tok_in[:b, None], position_ids=self.pos[:b, None], use_cache=False)
         tokens = sample(out.logits[:, -1].float(), self.settings.view(b), self.steps[:b], self.hist[:b, :width],
                         self.lengths[:b])
-        self._advance(0, b, tokens)
+        self._advance(self.index[:b], tokens)
         self.out[:b].copy_(tokens)
         return self.out[:b]
 
-    def _advance(self, start: int, b: int, tokens: torch.Tensor) -> None:
-        """Append each live row's new token to its state on the device (padding rows stay put)."""
-        span = slice(start, start + b)
-        live = self.live[span]
-        at = self.lengths[span].clamp(max=self.max_len - 1)
-        rows = torch.arange(start, start + b, device=self.device)
+    def _advance(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Append each live row's new token to its state on the device (padding rows stay put). A row past the end
+        of its slot (one that ended while this step was queued) rewrites its last position: its token is dropped."""
+        live = self.live[rows]
+        length = self.lengths[rows]
+        at = length.clamp(max=self.max_len - 1)
         self.hist[rows, at] = torch.where(live > 0, tokens, self.hist[rows, at])
-        self.tok_in[span] = tokens * live
-        self.pos[span] = self.lengths[span] * live
-        self.lengths[span] += live
-        self.steps[span] += live
+        self.tok_in[rows] = tokens * live
+        self.pos[rows] = at * live
+        self.lengths[rows] = length + live
+        self.steps[rows] = self.steps[rows] + live
 
     def _replay(self, key: tuple, fn) -> torch.Tensor:
         """fn's output, from its CUDA graph (captured on first use of this key); eager if capture fails."""
@@ -272,7 +305,7 @@ class Engine:
     def _capture(self, fn):
         """Capture fn. Its state changes are made by the capture's warm-up run, so they are undone first and made
         again by the replay that follows."""
-        state = (self.hist, self.tok_in, self.pos, self.lengths, self.steps, self.out)
+        state = (self.hist, self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out, self.first)
         saved = [t.clone() for t in state]
         try:
             side = torch.cuda.Stream()
@@ -292,9 +325,18 @@ class Engine:
 
     # ------------------------------------------------------------ on the host, after each step
 
-    def _take_all(self, start: int, tokens: list[int]) -> None:
-        for row, t in zip(self.rows[start:start + len(tokens)], tokens):
-            self._take(row, t)
+    def _collect(self, rows: list, joined: tuple[int, int] | None, host: torch.Tensor, event) -> None:
+        """The host's side of a queued step: each row's new token (a row that joined: its first token, then the
+        step's), in the row order of when the step was queued."""
+        if event is not None:
+            event.synchronize()
+        tokens = host.tolist()
+        n, (n0, j) = len(rows), joined or (0, 0)
+        for i, row in enumerate(rows):
+            if n0 <= i < n0 + j and not row.reason:
+                self._take(row, tokens[n + i - n0])
+            if not row.reason:
+                self._take(row, tokens[i])
 
     def _take(self, row: Row, token: int) -> None:
         r = row.request
@@ -313,9 +355,9 @@ class Engine:
         self.tokens_out += 1
         row.emit_text(final=row.reason is not None)
 
-    def _retire(self, joined: bool = False) -> None:
-        """Finish the rows that stopped, move the survivors into slots 0..n-1, and refill the rows' settings."""
-        if not joined and not any(row.reason for row in self.rows):
+    def _retire(self) -> None:
+        """Finish the rows that stopped, move the survivors into slots 0..n-1 (state, settings and cache)."""
+        if not any(row.reason for row in self.rows):
             return
         n = sum(not row.reason for row in self.rows)
         for row in self.rows:
@@ -326,10 +368,11 @@ class Engine:
         if holes:
             src = torch.tensor(tail, device=self.device)
             dst = torch.tensor(holes, device=self.device)
-            width = max(self.rows[k].length for k in tail)
+            width = max(self.rows[k].length for k in tail) + 1  # + 1: a step may be in flight
             self.cache.move(src, dst, min(width, self.max_len))
             for t in (self.hist, self.tok_in, self.pos, self.lengths, self.steps):
                 t.index_copy_(0, dst, t.index_select(0, src))
+            self.settings.move(src, dst)
             for k, j in zip(tail, holes):
                 self.rows[j] = self.rows[k]
         del self.rows[n:]
@@ -340,7 +383,7 @@ class Engine:
         for t in (self.pos, self.tok_in, self.lengths, self.steps, self.live):
             t[n:].zero_()  # padding rows of a bucket: position 0 of a free slot, never advanced
         self.live[:n] = 1
-        self.settings.fill([row.request.g for row in self.rows], [row.seed for row in self.rows])
+        self.settings.note([row.request.g for row in self.rows])
 
     def _finish(self, row: Row) -> None:
         from medtune.generate import Completion

@@ -1,6 +1,7 @@
 """Fewer kernels per decoding step: while the engine decodes (a SlotCache is active), RMSNorm runs as one fused kernel
-(the eager form is seven), GPT-2's gelu_new as one (eager: eight), and rotary embeddings rotate queries and keys
-together in five kernels (eager: ten). A CUDA-graph step of a small model is a chain of
+(the eager form is seven), GPT-2's gelu_new as one (eager: eight), rotary embeddings rotate queries and keys
+together in five kernels (eager: ten), and on a GPU the query/key/value projections of an attention layer (and the
+gate/up projections of a gated MLP) run as one matrix product each. A CUDA-graph step of a small model is a chain of
 tiny kernels, so their count is its time (SmolLM2-135M: 30 layers, about 45 kernels each). Outside the engine the
 modules compute exactly as before, so losses do not move."""
 from __future__ import annotations
@@ -82,12 +83,66 @@ def _rms_matches(cls, m) -> bool:
         return torch.allclose(cls.forward(m, x).float(), fused.float(), rtol=1e-3, atol=1e-3)
 
 
+PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # the names of the Llama family
+
+
+def _first_of_group(self, x):
+    """The group's first projection: while decoding, one product for the whole group; the others' outputs are left
+    for them (keyed by this input)."""
+    if not _decoding():
+        return type(self).__mro__[1].forward(self, x)
+    weight, bias, sizes, others = self.__dict__["_medtune_group"]
+    parts = F.linear(x, weight, bias).split(sizes, dim=-1)
+    for other, part in zip(others, parts[1:]):
+        other.__dict__["_medtune_stash"] = (x, part)
+    return parts[0]
+
+
+def _rest_of_group(self, x):
+    stash = self.__dict__.get("_medtune_stash")
+    if _decoding() and stash is not None and stash[0] is x:  # computed by the group's first projection
+        return stash[1]
+    return type(self).__mro__[1].forward(self, x)
+
+
+def fuse_projections(model, headroom: float = 0.25, cpu: bool = False) -> int:
+    """Give each group of sibling projections that read the same input (PROJECTION_GROUPS; plain nn.Linear, one
+    dtype) one concatenated weight used while decoding. The weights are copied (the originals stay for training,
+    saving and losses), so this runs only on a GPU (or with cpu=True), and only while the copies fit in `headroom` of
+    its free memory. Returns the number of groups fused."""
+    groups = []
+    for module in model.modules():
+        for names in PROJECTION_GROUPS:
+            linears = [getattr(module, n, None) for n in names]
+            if all(type(m) is torch.nn.Linear for m in linears) and \
+                    len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in linears}) == 1:
+                groups.append(linears)
+    if not groups:
+        return 0
+    device = groups[0][0].weight.device
+    size = sum(m.weight.numel() * m.weight.element_size() for g in groups for m in g)
+    if not (cpu and device.type == "cpu") and (device.type != "cuda" or size > headroom * torch.cuda.mem_get_info(
+            device)[0]):
+        return 0
+    for first, *others in groups:
+        with torch.no_grad():
+            weight = torch.cat([m.weight for m in (first, *others)])
+            bias = None if first.bias is None else torch.cat([m.bias for m in (first, *others)])
+        first.__dict__["_medtune_group"] = (weight, bias, [m.out_features for m in (first, *others)], others)
+        first.__class__ = type("FusedFirstLinear", (torch.nn.Linear,), {"forward": _first_of_group})
+        for m in others:
+            m.__class__ = type("FusedRestLinear", (torch.nn.Linear,), {"forward": _rest_of_group})
+    return len(groups)
+
+
 def fuse_for_decoding(model) -> int:
     """Swap each RMSNorm and gelu_new module that the fused form reproduces for a subclass that uses it while the
-    engine decodes, and fuse the rotary embeddings (fuse_rope). Returns the number of modules swapped."""
+    engine decodes, and fuse the rotary embeddings (fuse_rope) and sibling projections (fuse_projections). Returns
+    the number of norm and activation modules swapped."""
     from transformers.activations import NewGELUActivation
 
     fuse_rope(model)
+    fuse_projections(model)
     checked: dict[type, bool] = {}
     n = 0
     for module in model.modules():

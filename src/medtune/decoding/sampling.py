@@ -34,60 +34,70 @@ def uniform(seed: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RowSettings:
-    """Per-row sampling settings as device tensors ([rows] each), and what the host must know to lay out the work
-    (the largest top-k, whether any row has a penalty or bans n-grams). The engine keeps one set for all its slots
-    and refills it in place when rows join or leave, so a captured CUDA graph keeps reading the current values."""
-    greedy: torch.Tensor      # bool
-    temperature: torch.Tensor
-    top_p: torch.Tensor
-    top_k: torch.Tensor       # int64, 0: no limit
-    min_p: torch.Tensor
-    penalty: torch.Tensor     # repetition penalty, 1: off
-    seed: torch.Tensor        # int64
-    no_repeat: torch.Tensor   # int64, no-repeat n-gram size, 0: off
+    """Per-row sampling settings as device tensors ([rows] each: views of one float and one integer matrix, so that
+    writing a batch of new rows is two copies and moving rows is two kernels), and what the host must know to lay out
+    the work (the largest top-k, whether any row has a penalty or bans n-grams). The engine keeps one set for all its
+    slots and updates it in place as rows join and leave, so a captured CUDA graph keeps reading current values."""
+    floats: torch.Tensor      # [4, rows]: temperature, top_p, min_p, repetition penalty (1: off)
+    ints: torch.Tensor        # [4, rows]: greedy (0/1), top_k (0: no limit), seed, no-repeat n-gram size (0: off)
     max_top_k: int = 0        # host: the largest top_k of the rows, rounded up to a power of 2 (0: some row has none)
     any_penalty: bool = False
     ngram_sizes: tuple[int, ...] = ()
 
+    temperature = property(lambda self: self.floats[0])
+    top_p = property(lambda self: self.floats[1])
+    min_p = property(lambda self: self.floats[2])
+    penalty = property(lambda self: self.floats[3])
+    greedy = property(lambda self: self.ints[0].bool())
+    top_k = property(lambda self: self.ints[1])
+    seed = property(lambda self: self.ints[2])
+    no_repeat = property(lambda self: self.ints[3])
+
     @classmethod
     def empty(cls, rows: int, device) -> "RowSettings":
-        f = lambda: torch.ones(rows, dtype=torch.float32, device=device)  # noqa: E731
-        i = lambda: torch.zeros(rows, dtype=torch.int64, device=device)  # noqa: E731
-        return cls(torch.ones(rows, dtype=torch.bool, device=device), f(), f(), i(), f() * 0, f(), i(), i())
+        floats = torch.tensor([[1.0], [1.0], [0.0], [1.0]], device=device).repeat(1, rows)
+        ints = torch.tensor([[1], [0], [0], [0]], dtype=torch.int64, device=device).repeat(1, rows)
+        return cls(floats, ints)
 
     @classmethod
     def build(cls, settings: list, seeds: list[int], device) -> "RowSettings":
         s = cls.empty(len(settings), device)
-        s.fill(settings, seeds)
+        s.write(0, settings, seeds)
+        s.note(settings)
         return s
 
-    def fill(self, settings: list, seeds: list[int]) -> None:
-        """Rows 0..n-1 take these settings (GenerateConfigs); the rest become greedy padding rows."""
-        n, rows = len(settings), self.greedy.shape[0]
-        pad = rows - n
-        greedy = [g.greedy or g.temperature < MIN_TEMPERATURE for g in settings] + [True] * pad
-        values = ((self.greedy, greedy),
-                  (self.temperature, [max(g.temperature, MIN_TEMPERATURE) for g in settings] + [1.0] * pad),
-                  (self.top_p, [g.top_p for g in settings] + [1.0] * pad),
-                  (self.top_k, [g.top_k for g in settings] + [0] * pad),
-                  (self.min_p, [g.min_p for g in settings] + [0.0] * pad),
-                  (self.penalty, [g.repetition_penalty for g in settings] + [1.0] * pad),
-                  (self.seed, list(seeds) + [0] * pad),
-                  (self.no_repeat, [g.no_repeat_ngram for g in settings] + [0] * pad))
-        for t, v in values:
-            t.copy_(torch.tensor(v, dtype=t.dtype), non_blocking=False)
+    def write(self, start: int, settings: list, seeds: list[int]) -> None:
+        """Rows start.. take these settings (GenerateConfigs) and seeds."""
+        span = slice(start, start + len(settings))
+        self.floats[:, span] = torch.tensor([[max(g.temperature, MIN_TEMPERATURE) for g in settings],
+                                             [g.top_p for g in settings], [g.min_p for g in settings],
+                                             [g.repetition_penalty for g in settings]], dtype=torch.float32)
+        self.ints[:, span] = torch.tensor([[int(g.greedy or g.temperature < MIN_TEMPERATURE) for g in settings],
+                                           [g.top_k for g in settings], list(seeds),
+                                           [g.no_repeat_ngram for g in settings]], dtype=torch.int64)
+
+    def note(self, settings: list) -> None:
+        """The host's summary of the running rows' settings (what shapes the sampling work)."""
         ks = [g.top_k for g in settings]
         self.max_top_k = 0 if not ks or any(k <= 0 for k in ks) else 1 << (max(ks) - 1).bit_length()
         self.any_penalty = any(g.repetition_penalty != 1.0 for g in settings)
         self.ngram_sizes = tuple(sorted({g.no_repeat_ngram for g in settings} - {0}))
+
+    def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        for t in (self.floats, self.ints):
+            t.index_copy_(1, dst, t.index_select(1, src))
 
     def key(self) -> tuple:
         """What decides the shape of the sampling work (part of a CUDA graph's key)."""
         return self.max_top_k, self.any_penalty, self.ngram_sizes
 
     def view(self, b: int) -> "RowSettings":
-        return RowSettings(self.greedy[:b], self.temperature[:b], self.top_p[:b], self.top_k[:b], self.min_p[:b],
-                           self.penalty[:b], self.seed[:b], self.no_repeat[:b], *self.key())
+        """Rows 0..b-1."""
+        return RowSettings(self.floats[:, :b], self.ints[:, :b], *self.key())
+
+    def take(self, rows: torch.Tensor) -> "RowSettings":
+        """The rows at these indices."""
+        return RowSettings(self.floats.index_select(1, rows), self.ints.index_select(1, rows), *self.key())
 
 
 def repetition_penalty(logits: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor,
