@@ -11,7 +11,7 @@ model.generate, with well under 0.1 ms of memory traffic). The host reads one sm
 
 Why our own and not transformers' ContinuousBatchingManager: it draws every request from one global generator
 (torch.multinomial), so an answer changes with its batch-mates, drops the repetition penalty, and measured 8-65x
-slower on one H200 (benchmarks/decode.py, README).
+slower on one H200 (benchmarks/decode.py, docs/decoding.md).
 """
 from __future__ import annotations
 
