@@ -1,7 +1,7 @@
 """Training throughput and memory of medtune's recipes against reference recipes, on the wikidoc data with the real
 GPT-2 tokenizer and GPT-2 architectures with random weights (speed and memory do not depend on the weights' values).
 
-GPU (CUDA; needs bitsandbytes, trl and datasets), the README's table (about 11 minutes on an H100):
+GPU (CUDA; needs bitsandbytes, trl and datasets), the table of docs/performance.md (about 11 minutes on an H100):
   python benchmarks/throughput.py --sizes gpt2 gpt2-xl gpt2-medium gpt2-large --warmup 4 --steps 12 --trl-steps 5 \
     --variant lora: --variant qlora: --variant gpt2/qlora+b32k:train.batch_tokens=32768 --variant gpt2-xl/lean: \
     --variant gpt2/lora+c32k:train.batch_tokens=32768,train.compile=true [--profile 2 --profile-variants qlora]

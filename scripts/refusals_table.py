@@ -1,4 +1,4 @@
-"""Render the README table "What medtune refuses, and how" by running every case of tests/refusals.py.
+"""Render the table "Every refusal case" of docs/reliability.md by running every case of tests/refusals.py.
 
     python scripts/refusals_table.py > /tmp/table.md
 """

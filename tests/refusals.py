@@ -1,5 +1,5 @@
 """Bad inputs medtune must refuse with one clear line and exit 2 (used by tests/test_refusals.py and by
-scripts/refusals_table.py, which renders the README table "What medtune refuses, and how").
+scripts/refusals_table.py, which renders the table "Every refusal case" of docs/reliability.md).
 
 Each case: (id, what the user did, argv with placeholders, a phrase the error line must contain). Placeholders are
 paths made by `materialize`: {tiny} the tiny preset, {tmp} a scratch folder, {run} a trained tiny run, {bad_run} a

@@ -114,7 +114,7 @@ NO_ML = textwrap.dedent("""
 ], ids=["bad-jsonl", "not-utf8", "empty-answer", "config", "random-name", "output-file", "resume-missing", "in-use"])
 def test_refusals_that_need_no_model_import_no_ml_stack(tmp_path, tiny_preset, root, args, needle):
     """`train` checks its config, output folder and data before it imports torch & co: such a refusal takes about a
-    second on 2 CPU cores (README, Reliability), not the 10 s that importing the ML stack costs."""
+    second on 2 CPU cores (docs/reliability.md), not the 10 s that importing the ML stack costs."""
     import refusals
 
     rec = {"instruction": "Answer.", "input": "What is asthma?", "output": "A disease of the airways."}

@@ -43,7 +43,7 @@ def check_random_name(name: str) -> None:
 
 
 def opt(default, help: str, **kw):
-    """A config field with its one-line help (shown by `medtune train --help-config` and in the README table)."""
+    """A config field with its one-line help (`medtune train --help-config`, docs/configuration.md)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})

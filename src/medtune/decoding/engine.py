@@ -14,7 +14,7 @@ work overlaps the device's. A row that ended at step k runs once more at step k+
 
 Why our own and not transformers' ContinuousBatchingManager: it draws every request from one global generator
 (torch.multinomial), so an answer changes with its batch-mates, drops the repetition penalty, and measured 8-65x
-slower on one H200 (benchmarks/decode.py, README).
+slower on one H200 (benchmarks/decode.py, docs/decoding.md).
 """
 from __future__ import annotations
 
