@@ -22,7 +22,7 @@ for v in "$@"; do
   args=(); IFS=, read -ra kv <<< "$sets"; for s in "${kv[@]}"; do [ -n "$s" ] && args+=(--set "$s"); done
   start=$(date +%s)
   if ! "$PYTHON" -m medtune train --config "$CONFIG" --model "$model" --data "$data" --output-dir "$root/$name" \
-      --set train.report_to=none --set eval.num_samples=50 "${args[@]}" > "$root/$name.log" 2>&1 \
+      --set train.report_to=none --set eval.num_samples=100 "${args[@]}" > "$root/$name.log" 2>&1 \
     || ! "$PYTHON" -m medtune eval "$root/$name" --split validation >> "$root/$name.log" 2>&1; then
     echo "| $name | failed: see $root/$name.log | | | | | | | |"; failed=1; continue
   fi

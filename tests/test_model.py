@@ -26,6 +26,29 @@ def test_lora_targets_override(tok):
         add_lora(load_base_model(bad, tok), bad, log=lambda *a: None)
 
 
+def test_rslora_and_dora_reach_peft_and_merge(tok):
+    """model.lora_rslora / lora_dora switch peft's variants on (scale alpha/sqrt(r); a magnitude vector per adapted
+    layer), and a trained DoRA adapter folds into the weights with the same logits."""
+    import torch
+
+    cfg = ModelConfig(name="random:tiny", tokenizer="builtin:tiny", lora_rslora=True, lora_dora=True, lora_r=4,
+                      lora_alpha=8)
+    model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
+    pc = model.peft_config["default"]
+    assert pc.use_rslora and pc.use_dora
+    layer = model.base_model.model.transformer.h[0].attn.c_attn
+    assert layer.scaling["default"] == pytest.approx(8 / 4 ** 0.5)
+    assert "default" in layer.lora_magnitude_vector
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "magnitude" in n:
+                p.add_(0.05)
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = model(ids).logits
+    assert torch.allclose(model.merge_and_unload()(ids).logits, before, atol=1e-4)
+
+
 def test_unknown_models_are_clear_errors(tok, tmp_path):
     with pytest.raises(MedtuneError, match="unknown random model"):
         build_random("random:gpt5", tok)

@@ -76,6 +76,8 @@ class ModelConfig:
     lora_alpha: float = opt(32, "LoRA scaling numerator (scale = alpha / r)", gt=0)
     lora_dropout: float = opt(0.05, "dropout on the LoRA input", min=0, lt=1)
     lora_targets: list[str] | None = opt(None, "module names to adapt (default: every linear layer of the blocks)")
+    lora_rslora: bool = opt(False, "rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r")
+    lora_dora: bool = opt(False, "DoRA: learn each adapted weight's magnitude apart from its direction (slower)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, slower")
 
 

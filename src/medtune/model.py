@@ -333,12 +333,14 @@ def add_lora(model, cfg: ModelConfig, log=print):
     targets = lora_targets(model, cfg)
     is_conv1d = getattr(model.config, "model_type", "") == "gpt2" or _has_conv1d(model)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM", fan_in_fan_out=is_conv1d)
+                      bias="none", task_type="CAUSAL_LM", fan_in_fan_out=is_conv1d, use_rslora=cfg.lora_rslora,
+                      use_dora=cfg.lora_dora)
     try:
         model = get_peft_model(model, lcfg)
     except ValueError as e:
         raise MedtuneError(f"LoRA targets {targets} do not fit this model: {_first_line(e)}") from None
     trainable, total = model.get_nb_trainable_parameters()
     log(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
-        f"LoRA r={cfg.lora_r} on {targets}, quantization={cfg.quantization}")
+        f"LoRA r={cfg.lora_r}{' rsLoRA' * cfg.lora_rslora}{' DoRA' * cfg.lora_dora} on {targets}, "
+        f"quantization={cfg.quantization}")
     return model

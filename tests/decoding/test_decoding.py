@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from medtune.config import GenerateConfig
 
@@ -86,6 +87,20 @@ def test_sampled_answers_depend_on_prompt_and_seed_alone(tok):
     assert other != together
 
 
+class _HostTensors(TorchDispatchMode):
+    """Records tensors made from host data (`torch.tensor(...)`, or the number in `t[rows] = 0`): on a GPU each is a
+    host-to-device copy, which fails inside CUDA-graph capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
     """The graph path (prompts prefilled in buckets padded to a power of 2 of rows and 64-token widths through the
     static input buffers, first tokens sampled inside the prefill, settings gathered by slot) answers as the plain
@@ -104,10 +119,18 @@ def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
         return [c.token_ids for c in first + engine.run([Request(p, g) for p, g in zip(prompts, gs)])]
 
     plain = answers(make_engine(model, tok, 4, 64))
-    monkeypatch.setattr(engine_module.Engine, "_capture", lambda self, fn: (type("G", (), {"replay": fn}), None))
+    scalars = _HostTensors()
+
+    def replay(fn):
+        with scalars:
+            fn()
+
+    monkeypatch.setattr(engine_module.Engine, "_capture",
+                        lambda self, fn: (type("G", (), {"replay": staticmethod(lambda: replay(fn))}), None))
     graphed = make_engine(model, tok, 4, 64)
     graphed.use_graphs = True
     assert answers(graphed) == plain
+    assert not scalars.ops  # e.g. `t[rows] = 0`: a host-to-device copy, which a CUDA graph cannot capture
     assert {k[:2] for k in graphed.graphs if k[0] == "prefill"} >= {("prefill", 4), ("prefill", 1)}
     alone = [complete(model, tok, [p], g)[0].token_ids for p, g in zip(prompts, gs)]
     assert plain[3:] == alone
@@ -220,23 +243,31 @@ def test_fused_modules_only_while_decoding(tok):
     assert fuse_for_decoding(_gpt2(tok)) == 2  # one gelu_new a layer
 
 
-def test_fused_projections_decode_the_same_tokens(tok):
+def test_fused_projections_decode_the_same_tokens(tok, monkeypatch):
     """q/k/v (and gate/up) as one product each while decoding: the engine's greedy answers still equal
-    model.generate's, and outside the engine the logits are bit-identical."""
-    from medtune.decoding.fused import fuse_projections
+    model.generate's, also after the weights change (an adapter merged between two engines), and outside the engine
+    the logits are bit-identical."""
+    from medtune.decoding import fused
     from medtune.generate import complete
 
     model = _llama(tok)
     ids = torch.tensor([_prompts(tok)[0]])
     before = model(ids).logits
-    assert fuse_projections(model) == 0  # on the CPU only when asked: the weights are copied
-    assert fuse_projections(model, cpu=True) == 4  # 2 layers x (attention, MLP)
+    assert fused.fuse_projections(model) == 0  # not on the CPU unless asked: the weights are copied
+    monkeypatch.setattr(fused, "FUSE_DEVICES", ("cuda", "cpu"))
+    assert fused.fuse_projections(model) == 4  # 2 layers x (attention, MLP)
     assert type(model.model.layers[0].self_attn.k_proj).__name__ == "FusedRestLinear"
     assert torch.equal(model(ids).logits, before)
     g = GenerateConfig(max_new_tokens=20, greedy=True, loop_guard=0, repetition_penalty=1.0)
     prompts = _prompts(tok)
-    for p, c in zip(prompts, complete(model, tok, prompts, g, batch_size=2)):
-        assert c.token_ids == _hf(model, tok, p, 20)
+    for change in (False, True):
+        if change:
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    layer.self_attn.v_proj.weight.mul_(3.0)
+                    layer.mlp.up_proj.weight.add_(0.05)
+        for p, c in zip(prompts, complete(model, tok, prompts, g, batch_size=2)):
+            assert c.token_ids == _hf(model, tok, p, 20)
 
 
 def test_a_request_without_prompt_tokens_is_refused(tok):

@@ -199,7 +199,7 @@ class Engine:
         w = ids.shape[1]
         self.hist[rows, :w] = ids
         self.lengths[rows] = lens
-        self.steps[rows] = 0
+        self.steps.index_fill_(0, rows, 0)
         self.live[rows] = live
         logits = self._prefill_logits(ids, last, rows)
         tokens = sample(logits, self.settings.take(rows), self.steps[rows], self.hist[rows, :w], self.lengths[rows])

@@ -105,23 +105,37 @@ def _rest_of_group(self, x):
     return type(self).__mro__[1].forward(self, x)
 
 
-def fuse_projections(model, headroom: float = 0.25, cpu: bool = False) -> int:
+FusedFirstLinear = type("FusedFirstLinear", (torch.nn.Linear,), {"forward": _first_of_group})
+FusedRestLinear = type("FusedRestLinear", (torch.nn.Linear,), {"forward": _rest_of_group})
+_LINEARS = (torch.nn.Linear, FusedFirstLinear, FusedRestLinear)
+
+
+FUSE_DEVICES = ("cuda",)  # where fuse_projections fuses (the CPU copies weights for little gain; tests add "cpu")
+
+
+def fuse_projections(model, headroom: float = 0.25) -> int:
     """Give each group of sibling projections that read the same input (PROJECTION_GROUPS; plain nn.Linear, one
     dtype) one concatenated weight used while decoding. The weights are copied (the originals stay for training,
-    saving and losses), so this runs only on a GPU (or with cpu=True), and only while the copies fit in `headroom` of
-    its free memory. Returns the number of groups fused."""
+    saving and losses) each time this runs, so an engine built after an adapter was merged decodes with the merged
+    weights; it fuses only on FUSE_DEVICES, and on a GPU only while the copies fit in `headroom` of its free memory.
+    Returns the number of groups fused."""
     groups = []
     for module in model.modules():
         for names in PROJECTION_GROUPS:
             linears = [getattr(module, n, None) for n in names]
-            if all(type(m) is torch.nn.Linear for m in linears) and \
+            if all(type(m) in _LINEARS for m in linears) and \
                     len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in linears}) == 1:
                 groups.append(linears)
+    for group in groups:  # back to plain projections; the old copies are freed
+        for m in group:
+            m.__dict__.pop("_medtune_group", None)
+            m.__dict__.pop("_medtune_stash", None)
+            m.__class__ = torch.nn.Linear
     if not groups:
         return 0
     device = groups[0][0].weight.device
     size = sum(m.weight.numel() * m.weight.element_size() for g in groups for m in g)
-    if not (cpu and device.type == "cpu") and (device.type != "cuda" or size > headroom * torch.cuda.mem_get_info(
+    if device.type not in FUSE_DEVICES or (device.type == "cuda" and size > headroom * torch.cuda.mem_get_info(
             device)[0]):
         return 0
     for first, *others in groups:
@@ -129,9 +143,9 @@ def fuse_projections(model, headroom: float = 0.25, cpu: bool = False) -> int:
             weight = torch.cat([m.weight for m in (first, *others)])
             bias = None if first.bias is None else torch.cat([m.bias for m in (first, *others)])
         first.__dict__["_medtune_group"] = (weight, bias, [m.out_features for m in (first, *others)], others)
-        first.__class__ = type("FusedFirstLinear", (torch.nn.Linear,), {"forward": _first_of_group})
+        first.__class__ = FusedFirstLinear
         for m in others:
-            m.__class__ = type("FusedRestLinear", (torch.nn.Linear,), {"forward": _rest_of_group})
+            m.__class__ = FusedRestLinear
     return len(groups)
 
 
