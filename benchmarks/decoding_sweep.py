@@ -31,6 +31,12 @@ SETTINGS = {  # name: generate overrides on top of the run's settings
     "T0.7 p0.9 pen1.1 guard 64": dict(temperature=0.7, top_p=0.9, repetition_penalty=1.1, loop_guard=64),
     "greedy, no penalty, guard off": dict(greedy=True, repetition_penalty=1.0, loop_guard=0),
     "greedy, no penalty, guard 16": dict(greedy=True, repetition_penalty=1.0, loop_guard=16),
+    "greedy, penalty 1.05": dict(greedy=True, repetition_penalty=1.05),
+    "greedy, penalty 1.05, no-repeat 4": dict(greedy=True, repetition_penalty=1.05, no_repeat_ngram=4),
+    "greedy, penalty 1.1, no-repeat 4": dict(greedy=True, repetition_penalty=1.1, no_repeat_ngram=4),
+    "greedy, no-repeat 3": dict(greedy=True, repetition_penalty=1.0, no_repeat_ngram=3),
+    "greedy, no-repeat 5": dict(greedy=True, repetition_penalty=1.0, no_repeat_ngram=5),
+    "T0.3 p0.9 pen1.05": dict(temperature=0.3, top_p=0.9, repetition_penalty=1.05),
 }
 
 
@@ -65,7 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         out = complete(model, tok, inp.prompts, g, batch_size=len(inp.prompts))
         dt = time.perf_counter() - t0
-        m, _ = evaluate.generation_metrics(out, inp.refs)
+        m, _ = evaluate.generation_metrics(out, inp.refs, bootstrap=1000)
         lo, hi = m.get("rouge_l_ci") or (float("nan"), float("nan"))
         stops = sum(c.stop_reason == "loop" for c in out)
         print(f"| {name} | {m['rouge_l']:.3f} [{lo:.3f}, {hi:.3f}] | {m['eos_rate']:.0%} | "

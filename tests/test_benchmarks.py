@@ -77,10 +77,10 @@ def test_decoding_sweep(tiny_run, tmp_path):
     out = script("decoding_sweep.py", tiny_run(), "--num-samples", "2", "--max-new-tokens", "4", "--save", saved,
                  tmp_path=tmp_path)
     table = rows(out)
-    assert len(table) == 15 and all(0 <= number(r[1].split()[0]) <= 1 for r in table)
+    assert len(table) == 21 and all(0 <= number(r[1].split()[0]) <= 1 for r in table)
     assert all(0 <= number(r[4]) <= 100 for r in table)  # looping answers
     answers = [json.loads(ln) for ln in saved.read_text().splitlines()]
-    assert len(answers) == 15 * 2 + 2 and answers[-1]["setting"] == "reference"
+    assert len(answers) == 21 * 2 + 2 and answers[-1]["setting"] == "reference"
 
 
 def test_load(tiny_run, tmp_path):

@@ -217,15 +217,14 @@ class Engine:
         for i, r in enumerate(requests):
             ids[i, :lens[i]] = torch.tensor(r.ids, dtype=torch.long)
         pad = [0] * (bb - b)
-        last, rows, length, live = (torch.tensor(v) for v in ([n - 1 for n in lens] + pad, list(range(n0, n0 + bb)),
-                                                               lens + pad, [1] * b + pad))
+        inputs = upload(ids, *(torch.tensor(v) for v in ([n - 1 for n in lens] + pad, list(range(n0, n0 + bb)),
+                                                         lens + pad, [1] * b + pad)), device=self.device)
         if not graph:
-            self._prefill_step(*(t.to(self.device) for t in (ids, last, rows, length, live)))
+            self._prefill_step(*inputs)
             return
-        for buf, t in zip((self.p_ids[:bb, :wb], self.p_last, self.p_rows, self.p_len, self.p_live),
-                          (ids, last, rows, length, live)):
-            buf[:bb].copy_(t)
         args = self.p_ids[:bb, :wb], self.p_last[:bb], self.p_rows[:bb], self.p_len[:bb], self.p_live[:bb]
+        for buf, t in zip(args, inputs):
+            buf.copy_(t)
         fn = lambda: self._prefill_step(*args)  # noqa: E731
         try:
             self._replay(("prefill", bb, wb, *self.settings.key()), fn)
@@ -366,8 +365,7 @@ class Engine:
         holes = [i for i in range(n) if self.rows[i].reason]  # each filled by a live row from beyond n
         tail = [i for i in range(n, len(self.rows)) if not self.rows[i].reason]
         if holes:
-            src = torch.tensor(tail, device=self.device)
-            dst = torch.tensor(holes, device=self.device)
+            src, dst = upload(torch.tensor(tail), torch.tensor(holes), device=self.device)
             width = max(self.rows[k].length for k in tail) + 1  # + 1: a step may be in flight
             self.cache.move(src, dst, min(width, self.max_len))
             for t in (self.hist, self.tok_in, self.pos, self.lengths, self.steps):
@@ -394,6 +392,21 @@ class Engine:
             row.emit_text(final=True)
         if r.on_done is not None:
             r.on_done(Completion(text, list(row.tokens), row.reason, len(r.ids)))
+
+
+def upload(*parts: torch.Tensor, device) -> list[torch.Tensor]:
+    """Host tensors (one dtype) on the device, in one asynchronous copy from pinned memory: a plain copy to a GPU
+    waits for everything queued before it (the step in flight), which would undo the host/device overlap."""
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    if device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)  # the pinned block is kept until the copy is done
+    else:
+        flat = flat.to(device)
+    out, at = [], 0
+    for p in parts:
+        out.append(flat[at:at + p.numel()].view(p.shape))
+        at += p.numel()
+    return out
 
 
 class _CaptureFailed(Exception):

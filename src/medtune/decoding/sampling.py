@@ -69,12 +69,13 @@ class RowSettings:
     def write(self, start: int, settings: list, seeds: list[int]) -> None:
         """Rows start.. take these settings (GenerateConfigs) and seeds."""
         span = slice(start, start + len(settings))
-        self.floats[:, span] = torch.tensor([[max(g.temperature, MIN_TEMPERATURE) for g in settings],
-                                             [g.top_p for g in settings], [g.min_p for g in settings],
-                                             [g.repetition_penalty for g in settings]], dtype=torch.float32)
-        self.ints[:, span] = torch.tensor([[int(g.greedy or g.temperature < MIN_TEMPERATURE) for g in settings],
-                                           [g.top_k for g in settings], list(seeds),
-                                           [g.no_repeat_ngram for g in settings]], dtype=torch.int64)
+        floats = torch.tensor([[max(g.temperature, MIN_TEMPERATURE) for g in settings], [g.top_p for g in settings],
+                               [g.min_p for g in settings], [g.repetition_penalty for g in settings]])
+        ints = torch.tensor([[int(g.greedy or g.temperature < MIN_TEMPERATURE) for g in settings],
+                             [g.top_k for g in settings], list(seeds), [g.no_repeat_ngram for g in settings]])
+        cuda = self.floats.device.type == "cuda"
+        for dst, src in ((self.floats, floats), (self.ints, ints)):  # pinned + asynchronous: no wait for the device
+            dst[:, span].copy_(src.pin_memory() if cuda else src, non_blocking=cuda)
 
     def note(self, settings: list) -> None:
         """The host's summary of the running rows' settings (what shapes the sampling work)."""
