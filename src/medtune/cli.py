@@ -274,7 +274,8 @@ def _other_parsers(sub):
     e.add_argument("run_dir")
     e.add_argument("--data", help="hub dataset id or local file (default: the split saved by training)")
     e.add_argument("--split", help="which saved split: test or validation (default: config key eval.split)")
-    e.add_argument("--num-samples", type=int, help="questions to generate answers for (default 50)")
+    e.add_argument("--num-samples", type=int, help="questions to generate answers for (default: config key "
+                   "eval.num_samples, 300)")
     e.add_argument("--greedy", action="store_true", help="greedy decoding without repetition penalty instead of the "
                                                           "run's generate settings (config key eval.greedy)")
     e.add_argument("--sample", action="store_true", help="the run's generate settings, seeded (the default)")

@@ -89,6 +89,19 @@ def test_completion_shape_and_limits(client, engine):
     assert complete(client, prompt="Hi", model="anything", n=1, user="u")["usage"]["completion_tokens"] <= 60
 
 
+def test_a_greedy_run_answers_greedily_unless_asked_to_sample(client, engine, monkeypatch):
+    """generate.greedy in the run's config: a request naming no temperature is decoded greedily (its seed does not
+    matter); one naming a temperature samples."""
+    greedy = complete(client, prompt="What is gout?", max_tokens=10, temperature=0)["choices"][0]["text"]
+    sampled = [complete(client, prompt="What is gout?", max_tokens=10, seed=s)["choices"][0]["text"] for s in (1, 2)]
+    monkeypatch.setattr(engine.cfg.generate, "greedy", True)
+    for seed in (1, 2):
+        assert complete(client, prompt="What is gout?", max_tokens=10, seed=seed)["choices"][0]["text"] == greedy
+    assert [complete(client, prompt="What is gout?", max_tokens=10, seed=s, temperature=engine.cfg.generate.temperature)
+            ["choices"][0]["text"] for s in (1, 2)] == sampled
+    assert 'value="0.0"' in client.get("/").text  # the page's temperature field
+
+
 def test_streaming_matches_non_streaming(client):
     req = dict(prompt="What are the symptoms of diabetes?", max_tokens=24, seed=7, temperature=1.0)
     full = complete(client, **req)

@@ -72,7 +72,7 @@ def _page(engine: Engine) -> str:
     text = (STATIC / "index.html").read_text(encoding="utf-8")
     subs = {"{{MODEL}}": engine.name, "{{NOTICE}}": NOTICE, "{{MAX_TOKENS}}": str(engine.max_tokens),
             "{{DEFAULT_MAX_TOKENS}}": str(engine.default_max_tokens),
-            "{{TEMPERATURE}}": str(engine.cfg.generate.temperature)}
+            "{{TEMPERATURE}}": str(engine.default_temperature)}
     for k, v in subs.items():
         text = text.replace(k, html.escape(v, quote=True))
     return text
@@ -252,7 +252,7 @@ async def _answer(request: Request, req: GenerationRequest, ids: list[int], max_
     """Queue the generation (429 when the queue is full) and send its reply, whole or streamed."""
     engine = _engine(request)
     g = engine.cfg.generate
-    job = Job(input_ids=ids, max_tokens=max_tokens, temperature=g.temperature if req.temperature is None
+    job = Job(input_ids=ids, max_tokens=max_tokens, temperature=engine.default_temperature if req.temperature is None
               else req.temperature, top_p=g.top_p if req.top_p is None else req.top_p, seed=req.seed,
               stream=req.stream, loop=asyncio.get_running_loop(), stop=req.stops)
     if not engine.submit(job):

@@ -119,6 +119,11 @@ class Engine:
         self._thread.start()
 
     @property
+    def default_temperature(self) -> float:
+        """A request's temperature when it names none: the run's, or 0 (greedy) when the run decodes greedily."""
+        return 0.0 if self.cfg.generate.greedy else self.cfg.generate.temperature
+
+    @property
     def pending(self) -> int:
         """Requests queued or running."""
         return self._count

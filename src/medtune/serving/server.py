@@ -22,7 +22,7 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
-        sock.listen(128)
+        sock.listen(2048)  # uvicorn's own default: many clients connecting at once must not overflow the accept queue
     except OSError as e:
         sock.close()
         raise MedtuneError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -67,7 +67,8 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_
         print(f"medtune: API key required (Authorization: Bearer ...); web page: http://{shown}:{bound}/?key=KEY",
               flush=True)
     print(NOTICE, flush=True)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3,
+                            timeout_keep_alive=lim.keep_alive_s)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
