@@ -89,7 +89,7 @@ def tiny_run(tmp_path_factory, tiny_config):
             out = tmp_path_factory.getbasetemp() / name
             shutil.rmtree(out, ignore_errors=True)
             training.run(tiny_config(out, "train.max_steps=4", "train.eval_steps=100", "train.save_steps=100",
-                                     *overrides), log=lambda *a, **k: None)
+                                     *overrides))
             runs[name] = out
         return runs[name]
 

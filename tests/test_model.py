@@ -7,7 +7,7 @@ from medtune.model import add_lora, build_random, load_base_model, load_tokenize
 
 def test_lora_targets_on_tiny_gpt2(tok):
     cfg = ModelConfig(name="random:tiny", tokenizer="builtin:tiny")
-    model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
+    model = add_lora(load_base_model(cfg, tok), cfg)
     names = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
     leaves = {n.split(".")[-2] for n in names}
     assert leaves == {"c_attn", "c_proj", "c_fc"}
@@ -19,11 +19,11 @@ def test_lora_targets_on_tiny_gpt2(tok):
 
 def test_lora_targets_override(tok):
     cfg = ModelConfig(name="random:tiny", lora_targets=["c_attn"])
-    model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
+    model = add_lora(load_base_model(cfg, tok), cfg)
     assert {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith("lora_A")} == {"c_attn"}
     bad = ModelConfig(name="random:tiny", lora_targets=["q_proj", "v_proj"])  # the tutorial's mistake
     with pytest.raises(MedtuneError, match="q_proj"):
-        add_lora(load_base_model(bad, tok), bad, log=lambda *a: None)
+        add_lora(load_base_model(bad, tok), bad)
 
 
 def test_unknown_models_are_clear_errors(tok, tmp_path):

@@ -14,6 +14,7 @@ base is quantized) for the tuned numbers. Answers come from the one decoding pat
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 import time
@@ -43,6 +44,8 @@ from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import linear_cross_entropy
 
 DEFAULT_MAX_NEW_TOKENS = 512
+
+log = logging.getLogger("medtune.evaluate")
 
 
 # ---------------------------------------------------------------- inputs
@@ -241,7 +244,7 @@ def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples:
                    len(records) - len(kept), source), g
 
 
-def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int, log,
+def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int,
                    bootstrap: int = 0) -> tuple[dict, dict, list]:
     """Loss and (when questions were chosen) generated answers of one model: (metrics, seconds, answers)."""
     result: dict = {}
@@ -249,7 +252,7 @@ def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch
     t0 = time.perf_counter()
     loss = answer_token_loss(model, inp.encoded, tok.pad_token_id)
     seconds[f"{name} loss"] = time.perf_counter() - t0
-    log(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {_num(loss['perplexity'], '.2f')} "
+    log.info(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {_num(loss['perplexity'], '.2f')} "
         f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
     result.update(loss=loss["loss"], perplexity=loss["perplexity"], answer_tokens=loss["answer_tokens"])
     if not inp.chosen:
@@ -264,7 +267,7 @@ def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch
     seconds[f"{name} generation"] = time.perf_counter() - t0
     agg, scores = generation_metrics(answers, inp.refs, bootstrap, g.seed)
     result.update(agg, rouge_l_each=scores)
-    log(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f}, looping "
+    log.info(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f}, looping "
         f"{agg['looping_answers']:.0%} ({seconds[f'{name} generation']:.1f} s)")
     return result, seconds, answers
 
@@ -282,7 +285,7 @@ def _samples(inp: _Inputs, answers: dict, result: dict) -> list[dict]:
     return samples
 
 
-def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict], log) -> None:
+def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict]) -> None:
     from medtune.training.artifacts import plot_losses
 
     out = run.eval_dir
@@ -295,14 +298,14 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict], lo
     atomic_write_jsonl(out / "samples.jsonl", [{**s, "notice": NOTICE} for s in samples])
     atomic_write_text(out / "report.md", render_report(metrics, samples, run.config, run.path, curve))
     atomic_write_json(out / "metrics.json", metrics)
-    log("")
-    log(table(metrics))
+    log.info("")
+    log.info(table(metrics))
     for line in forgetting_warnings(metrics.get("benchmarks") or {}):
-        log(f"eval: {line}")
-    log(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
+        log.warning(f"eval: {line}")
+    log.info(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
 
 
-def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, log=print) -> dict:
+def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str) -> dict:
     """Multiple-choice benchmarks (medtune.medbench) of one model: {name: scores}."""
     from medtune import medbench
 
@@ -312,7 +315,7 @@ def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, log=print) -
         scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
         out[name] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
         out[name]["seconds"] = round(time.perf_counter() - t0, 2)
-        log(f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
+        log.info(f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
             f"{out[name]['seconds']:.1f} s)")
     return out
 
@@ -332,7 +335,7 @@ def _benchmark_results(tasks: list, scores: dict) -> dict:
 
 
 def run(run_dir: str | Path, data: str | None = None, split: str | None = None, num_samples: int | None = None,
-        greedy: bool | None = None, benchmarks: str | None = None, log=print) -> dict:
+        greedy: bool | None = None, benchmarks: str | None = None) -> dict:
     """Evaluate a training output dir: base vs tuned. Writes RUN_DIR/eval/{metrics.json,report.md,...},
     prints the table, and returns the metrics."""
     t_start = time.perf_counter()
@@ -347,7 +350,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     model, tok = rundir.load_model(run, adapter=False)
     seconds = {"load": time.perf_counter() - t_start}
     inp, g = _prepare_inputs(run, model, tok, data, split, num_samples, greedy)
-    log(f"eval: {len(inp.kept)} records from {inp.source}"
+    log.info(f"eval: {len(inp.kept)} records from {inp.source}"
         + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else ""))
     result, answers, bench = {}, {}, {}
     for name in MODELS:
@@ -355,12 +358,12 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
             t0 = time.perf_counter()
             model = rundir.add_adapter(run, model, merge=True)
             seconds["adapter"] = time.perf_counter() - t0
-        result[name], took, answers[name] = _evaluate_pass(name, model, tok, inp, g, cfg.eval.batch_size, log,
+        result[name], took, answers[name] = _evaluate_pass(name, model, tok, inp, g, cfg.eval.batch_size,
                                                            cfg.eval.bootstrap)
         seconds.update(took)
         if tasks:
             t0 = time.perf_counter()
-            bench[name] = run_benchmarks(model, tok, tasks, cfg, name, log)
+            bench[name] = run_benchmarks(model, tok, tasks, cfg, name)
             seconds[f"{name} benchmarks"] = time.perf_counter() - t0
     reference = {}
     if inp.chosen:
@@ -384,7 +387,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "run_dir": str(run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notice": NOTICE,
     }
-    _write_outputs(run, metrics, samples, log)
+    _write_outputs(run, metrics, samples)
     return metrics
 
 

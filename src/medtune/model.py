@@ -3,6 +3,7 @@ LoRA."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from medtune.errors import MedtuneError
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TOKENIZERS = {"builtin:tiny": ASSETS / "tiny_tokenizer"}
+
+log = logging.getLogger("medtune.model")
 
 
 def _first_line(e: Exception) -> str:
@@ -315,7 +318,7 @@ def _has_conv1d(model) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
-def add_lora(model, cfg: ModelConfig, log=print):
+def add_lora(model, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.quantization != "none" and compute_dtype() == torch.bfloat16:
@@ -339,6 +342,6 @@ def add_lora(model, cfg: ModelConfig, log=print):
     except ValueError as e:
         raise MedtuneError(f"LoRA targets {targets} do not fit this model: {_first_line(e)}") from None
     trainable, total = model.get_nb_trainable_parameters()
-    log(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
+    log.info(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
         f"LoRA r={cfg.lora_r} on {targets}, quantization={cfg.quantization}")
     return model

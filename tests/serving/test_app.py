@@ -406,7 +406,7 @@ def test_serves_a_merged_folder_with_the_same_template(run_dir, engine, tmp_path
     from medtune.serving.app import create_app
 
     merged = tmp_path / "merged"
-    merge(run_dir, merged, log=lambda *a: None)
+    merge(run_dir, merged)
     with TestClient(create_app(merged)) as c:
         body = complete(c, prompt="What is asthma?", max_tokens=4, temperature=0)
     assert body["model"] == "merged"

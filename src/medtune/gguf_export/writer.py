@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -30,6 +31,8 @@ from medtune.gguf_export.common import (
     _Weights,
 )
 from medtune.gguf_export.vocab import _read_tokenizer, _write_vocab
+
+log = logging.getLogger("medtune.gguf_export")
 
 # ----------------------------------------------------------------------------------------------------- metadata
 
@@ -168,7 +171,7 @@ def _write_tensors(gguf, writer, arch, plan, weights, dtype: str) -> dict[str, i
     return counts
 
 
-def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) -> Path:
+def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16") -> Path:
     """Write the model folder `model_dir` (config.json, safetensors, tokenizer; optionally medtune's config.yaml) as
     the GGUF file `out_file` (f16, q8_0 or f32 weights), atomically. Returns `out_file`."""
     model_dir, out_file = Path(model_dir).expanduser(), Path(out_file).expanduser()
@@ -197,7 +200,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) 
     vocab = _read_tokenizer(model_dir, n_vocab, gguf)
     medtune_cfg = _read_medtune_config(model_dir)
     n_params = sum(int(np.prod(t.shape)) for t in plan if t.hf_name)
-    log(
+    log.info(
         f"gguf: {model_dir} ({arch.name}, {n_params / 1e6:.1f}M parameters, {len(plan)} tensors) -> {out_file} "
         f"({dtype})"
     )
@@ -232,7 +235,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) 
         raise
     _fsync_dir(out_file.parent)
     size = out_file.stat().st_size
-    log(
+    log.info(
         f"gguf: wrote {out_file} ({size / 2**20:.1f} MiB; tensors: "
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         + ")"
