@@ -166,3 +166,20 @@ def test_log_lines_quiet_and_verbose(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--quiet", "--verbose", "eval", "run"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_only_known_noise_is_filtered():
+    """The CLI filters a few third-party warnings by message; any other UserWarning or FutureWarning still shows."""
+    import warnings
+
+    from medtune.cli import silence_known_noise
+
+    sent = [("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use ...", FutureWarning),
+            ("Could not find a config file in /tmp/x - will assume that the vocabulary was not modified.", UserWarning),
+            ("something else", UserWarning), ("`other` is deprecated and will be removed in v6.", FutureWarning)]
+    with warnings.catch_warnings(record=True) as caught:  # the filters are restored on leaving
+        warnings.simplefilter("always")
+        silence_known_noise()
+        for message, category in sent:
+            warnings.warn(message, category, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else", "`other` is deprecated and will be removed in v6."]

@@ -43,3 +43,33 @@ def test_4bit_base_on_cpu(tok):
     q = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert q and q[0].weight.quant_type == "nf4"
     assert all(m.support_avx512bf16_for_cpu is False for m in q)  # NOTES trap 3
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_gradient_checkpointing_same_gradients_no_deprecation(tok, quantization):
+    """model.gradient_checkpointing=true: activation checkpointing is on (through transformers' current name: no
+    deprecation warning from medtune's own call) and the LoRA gradients are those without it."""
+    import warnings
+
+    import torch
+
+    if quantization == "4bit":
+        pytest.importorskip("bitsandbytes")
+    grads = {}
+    for on in (False, True):
+        cfg = ModelConfig(name="random:tiny", quantization=quantization, gradient_checkpointing=on, lora_dropout=0.0)
+        torch.manual_seed(0)
+        base = load_base_model(cfg, tok)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = add_lora(base, cfg)
+        if quantization == "none":  # (4-bit: peft's prepare_model_for_kbit_training still uses the old name)
+            assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)]
+        assert model.get_base_model().is_activation_checkpointing == on
+        model.train()
+        ids = torch.tensor([tok("Rest and fluids help a cold.")["input_ids"]])
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[on] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for n, g in grads[False].items():
+        torch.testing.assert_close(grads[True][n], g, rtol=1e-4, atol=1e-6)

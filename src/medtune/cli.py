@@ -27,13 +27,16 @@ class ConsoleHandler(logging.Handler):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the `medtune` loggers once per command: `level` and up on the console (ConsoleHandler). Under
-    torchrun, rank 0 alone speaks: the other ranks show errors only. Calling it again replaces the handler."""
-    logger = logging.getLogger("medtune")
-    for h in [h for h in logger.handlers if isinstance(h, ConsoleHandler)]:
-        logger.removeHandler(h)
-    logger.addHandler(ConsoleHandler())
-    logger.setLevel(level if os.environ.get("RANK", "0") == "0" else max(level, logging.ERROR))
+    """Configure logging once per command: the `medtune` loggers at `level` (under torchrun, rank 0 alone speaks:
+    the other ranks show errors only), everything on the console through one ConsoleHandler on the root logger
+    (other libraries' loggers keep the root's level, warnings). A handler on the root also keeps a library's
+    module-level logging.warning() from adding a second one (logging.basicConfig), which would print every line
+    twice. Calling it again replaces the handler."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, ConsoleHandler)]:
+        root.removeHandler(h)
+    root.addHandler(ConsoleHandler())
+    logging.getLogger("medtune").setLevel(level if os.environ.get("RANK", "0") == "0" else max(level, logging.ERROR))
 
 
 @contextlib.contextmanager
@@ -48,11 +51,25 @@ def _level(name: str, level: int):
         logger.setLevel(before)
 
 
-def _quiet():
+# Third-party warnings that tell a medtune user nothing they could act on, each matched by its message alone, so that
+# any other warning (a new deprecation, a real problem) still shows. Found by running the commands with -W always.
+KNOWN_NOISE = [
+    # peft wraps a model (get_peft_model, PeftModel.from_pretrained) reading transformers 5's deprecated alias
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed in v6"),
+    # peft's prepare_model_for_kbit_training (4-bit on CPU) enables checkpointing through the deprecated alias
+    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated and will be removed in v6"),
+    # peft, saving an adapter offline: it cannot ask the hub whether the base's vocabulary was resized (medtune never
+    # resizes it), e.g. for a random 4-bit base that was loaded from a temporary folder
+    (UserWarning, r"Could not find a config file in .* - will assume that the vocabulary was not modified"),
+]
+
+
+def silence_known_noise() -> None:
+    """Quiet the tokenizers' fork warning and TensorFlow's start-up lines, and filter the KNOWN_NOISE warnings."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    for category, message in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _quiet_ml():
@@ -394,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
-    _quiet()
+    silence_known_noise()
     try:
         if args.command == "serve":  # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown)
             args.func(args)

@@ -83,7 +83,7 @@ def apply_speedups(cfg: Config, model) -> dict:
         info["batch_tokens"] = plan["batch_tokens"] if t.packing else info["batch_tokens"]
         checkpointing = checkpointing or plan["checkpointing"]
     if checkpointing and not cfg.model.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model_mod.enable_checkpointing(base)
     info["gradient_checkpointing"] = checkpointing
     if t.compile:
         layers = _decoder_layers(info["fast_loss"][0]) if info["fast_loss"] is not None else None

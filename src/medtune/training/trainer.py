@@ -121,7 +121,8 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
-        gradient_checkpointing=False,  # enabled on the model in model.add_lora / make_trainer
+        # activation (gradient) checkpointing stays off here (the default): model.add_lora / make_trainer enable it
+        # on the model; the old name gradient_checkpointing=False is a deprecated alias (a FutureWarning)
         disable_tqdm=False,
         prediction_loss_only=True,  # evaluation needs the loss only: no logits kept
         logging_nan_inf_filter=False,  # log a nan/inf loss as such (the filter hid it; it read the loss each step)
