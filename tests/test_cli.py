@@ -159,6 +159,12 @@ def test_log_lines_quiet_and_verbose(capsys):
             out, err = capsys.readouterr()
             assert ("data: debug\n" in out) == ("debug" in shown) and ("data: info\n" in out) == ("info" in shown)
             assert err == "data: warning: careful\n" and "careful" not in out
+        before = list(logging.getLogger().handlers)
+        logging.warning("root: a library's module-level warning")  # would call logging.basicConfig without a handler
+        assert logging.getLogger().handlers == before  # so no second handler: medtune's lines are not doubled
+        log.info("data: once")
+        out, err = capsys.readouterr()
+        assert out == "data: once\n" and err == "root: a library's module-level warning\n"
     finally:
         setup_logging()
     assert build_parser().parse_args(["-q", "eval", "run"]).quiet
