@@ -116,9 +116,9 @@ class ServerThread:
     def __init__(self, app):
         import uvicorn
 
-        from medtune.serving.server import _listen
+        from medtune.serving.server import listen
 
-        self.sock = _listen("127.0.0.1", 0)
+        self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

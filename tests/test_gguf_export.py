@@ -28,12 +28,12 @@ gguf = pytest.importorskip("gguf")
 from medtune.gguf_export import (  # noqa: E402
     LLAMA3_SPLIT,
     QWEN2_SPLIT,
-    _llama3_rope_factors,
-    _pre_tokenizer_name,
     export_gguf,
     ollama_modelfile,
     read_gguf_metadata,
 )
+from medtune.gguf_export.arch import llama3_rope_factors  # noqa: E402
+from medtune.gguf_export.vocab import pre_tokenizer_name  # noqa: E402
 
 TOL = {"f32": 1e-5, "f16": 0.02, "q8_0": 0.25}
 TEXTS = ["What causes a fever?", "Asthma: wheezing, 3-4 puffs of salbutamol every 20 min.\n\nSee a doctor!",
@@ -202,11 +202,11 @@ def test_prompt_and_chat_templates_in_metadata(models, exported):
 
 
 def test_hub_ids_versus_local_paths():
-    from medtune.gguf_export import _is_hub_id
+    from medtune.gguf_export.writer import is_hub_id
 
-    assert _is_hub_id("gpt2") and _is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert is_hub_id("gpt2") and is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
     for local in ("/data/base", "./merged", "runs/a/b", "base.gguf", "data.jsonl", "random:tiny", "~/m"):
-        assert not _is_hub_id(local), local
+        assert not is_hub_id(local), local
 
 
 def test_ollama_modelfile(exported):
@@ -314,16 +314,16 @@ def split(pattern):
 
 
 def test_pre_tokenizer_names():
-    assert _pre_tokenizer_name(byte_level()) == "gpt-2"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
+    assert pre_tokenizer_name(byte_level()) == "gpt-2"
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, byte_level()]}) == "smollm"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(False)]}) \
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(False)]}) \
         == "llama-bpe"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(False)]}) \
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(False)]}) \
         == "qwen2"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(r"\s+"), byte_level(False)]}) is None
-    assert _pre_tokenizer_name(byte_level(False)) is None
-    assert _pre_tokenizer_name({"type": "Metaspace", "replacement": "\u2581"}) is None
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(r"\s+"), byte_level(False)]}) is None
+    assert pre_tokenizer_name(byte_level(False)) is None
+    assert pre_tokenizer_name({"type": "Metaspace", "replacement": "\u2581"}) is None
 
 
 def with_pre_tokenizer(tok, pre: dict):
@@ -374,7 +374,7 @@ def test_llama3_rope_scaling(tmp_path):
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     plain = 1.0 / 500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
     want = (plain / scaled.double()).numpy()
-    got = _llama3_rope_factors(16, 500000.0, scaling)
+    got = llama3_rope_factors(16, 500000.0, scaling)
     assert np.isclose(want.min(), 1.0) and np.isclose(want.max(), 8.0)
     assert ((want > 1.01) & (want < 7.99)).any()  # the blended band is covered too
     assert np.allclose(got, want, rtol=1e-5)

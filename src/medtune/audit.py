@@ -28,8 +28,8 @@ from medtune.audit_overlap import (  # noqa: F401
     NGRAM,
     NUM_PERM,
     SHINGLE,
-    _contamination_report,
     containment,
+    contamination_report,
     near_duplicate_pairs,
 )
 from medtune.config import DataConfig
@@ -172,10 +172,10 @@ def _contamination(unique: list[dict], row_of: dict[int, int], cfg: DataConfig,
     split.update({k: len(v) for k, v in splits.items()})
     train = splits["train"]
     if splits["test"]:
-        reports.append(_contamination_report("test split", [(row_of[id(r)], r) for r in splits["test"]], train))
+        reports.append(contamination_report("test split", [(row_of[id(r)], r) for r in splits["test"]], train))
     for path in against or []:
         eval_records = load_records(dataclasses.replace(cfg, source=str(path), max_records=None))
-        reports.append(_contamination_report(str(path), list(enumerate(eval_records, 1)), train))
+        reports.append(contamination_report(str(path), list(enumerate(eval_records, 1)), train))
     return split, reports
 
 

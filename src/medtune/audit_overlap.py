@@ -165,7 +165,7 @@ def containment(eval_records: list[dict], train_records: list[dict], n: int = NG
     return {"scores": scores, "common_ngrams_ignored": int(len(common))}
 
 
-def _contamination_report(name: str, eval_rows: list[tuple[int, dict]], train_records: list[dict]) -> dict:
+def contamination_report(name: str, eval_rows: list[tuple[int, dict]], train_records: list[dict]) -> dict:
     result = containment([r for _, r in eval_rows], train_records)
     scores = result["scores"]
     train_keys = {_content_key(r) for r in train_records}

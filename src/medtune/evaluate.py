@@ -39,7 +39,7 @@ from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import complete, make_engine
 from medtune.model import context_length, decoder_and_head, decoder_output
-from medtune.report import MODELS, _num, forgetting_warnings, render_report, table
+from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import linear_cross_entropy
 
@@ -214,7 +214,7 @@ def generation_metrics(completions: list, references: list[str], bootstrap: int 
 # ---------------------------------------------------------------- main entry
 
 @dataclasses.dataclass
-class _Inputs:
+class EvalInputs:
     kept: list[dict]
     encoded: list[dict]
     prompts: list[list[int]]  # prompt ids of the questions chosen for generation
@@ -224,7 +224,7 @@ class _Inputs:
     source: str
 
 
-def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy) -> tuple[_Inputs,
+def prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy) -> tuple[EvalInputs,
                                                                                                        GenerateConfig]:
     records, source = load_eval_records(run, data, split)
     # answer tokens only, whatever training did
@@ -240,11 +240,11 @@ def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples:
                                                                         list(map(len, ids)), limit))
     candidates = [i for i, p in enumerate(ids) if limit is None or len(p) + g.max_new_tokens <= limit]
     chosen = random.Random(g.seed).sample(candidates, min(num_samples, len(candidates)))
-    return _Inputs(kept, encoded, [ids[i] for i in chosen], chosen, [reference_answer(kept[i]) for i in chosen],
+    return EvalInputs(kept, encoded, [ids[i] for i in chosen], chosen, [reference_answer(kept[i]) for i in chosen],
                    len(records) - len(kept), source), g
 
 
-def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int,
+def _evaluate_pass(name: str, model, tok, inp: EvalInputs, g: GenerateConfig, batch_size: int,
                    bootstrap: int = 0) -> tuple[dict, dict, list]:
     """Loss and (when questions were chosen) generated answers of one model: (metrics, seconds, answers)."""
     result: dict = {}
@@ -252,8 +252,9 @@ def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch
     t0 = time.perf_counter()
     loss = answer_token_loss(model, inp.encoded, tok.pad_token_id)
     seconds[f"{name} loss"] = time.perf_counter() - t0
-    log.info(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {_num(loss['perplexity'], '.2f')} "
-        f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
+    perplexity = format_number(loss["perplexity"], ".2f")
+    log.info(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {perplexity} "
+             f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
     result.update(loss=loss["loss"], perplexity=loss["perplexity"], answer_tokens=loss["answer_tokens"])
     if not inp.chosen:
         result.update(rouge_l=None, eos_rate=None, mean_answer_tokens=None, repeated_4gram_share=None,
@@ -272,7 +273,7 @@ def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch
     return result, seconds, answers
 
 
-def _samples(inp: _Inputs, answers: dict, result: dict) -> list[dict]:
+def _samples(inp: EvalInputs, answers: dict, result: dict) -> list[dict]:
     samples = []
     for j, i in enumerate(inp.chosen):
         r = inp.kept[i]
@@ -349,7 +350,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     tasks = _benchmark_tasks(benchmarks, cfg)
     model, tok = rundir.load_model(run, adapter=False)
     seconds = {"load": time.perf_counter() - t_start}
-    inp, g = _prepare_inputs(run, model, tok, data, split, num_samples, greedy)
+    inp, g = prepare_inputs(run, model, tok, data, split, num_samples, greedy)
     log.info(f"eval: {len(inp.kept)} records from {inp.source}"
         + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else ""))
     result, answers, bench = {}, {}, {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medtune.errors import MedtuneError
-from medtune.gguf_export.arch import _ARCH_CLASSES, _Tensor
+from medtune.gguf_export.arch import ARCH_CLASSES, Tensor
 from medtune.gguf_export.common import (
     ARCHITECTURES,
     DTYPES,
@@ -24,20 +24,20 @@ from medtune.gguf_export.common import (
     KEY_SYSTEM_PROMPT,
     KEY_VERSION,
     Q8_BLOCK,
-    _read_json,
-    _read_medtune_config,
-    _require_gguf,
-    _weight_files,
-    _Weights,
+    Weights,
+    read_json,
+    read_medtune_config,
+    require_gguf,
+    weight_files,
 )
-from medtune.gguf_export.vocab import _read_tokenizer, _write_vocab
+from medtune.gguf_export.vocab import read_tokenizer, write_vocab
 
 log = logging.getLogger("medtune.gguf_export")
 
 # ----------------------------------------------------------------------------------------------------- metadata
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
     """A hub id such as gpt2 or org/name, as opposed to a local path or file (kept out of shared metadata)."""
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name)) and not re.search(
         r"\.(gguf|jsonl?|csv|parquet|txt|bin|safetensors)$", name, re.IGNORECASE
@@ -68,13 +68,13 @@ def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> No
     about = f"{model_dir.name}: a {arch} model"
     if cfg:
         about += " fine-tuned with medtune (LoRA adapter merged into the base weights)"
-        if isinstance(base, str) and (base.startswith("random:") or _is_hub_id(base)):
+        if isinstance(base, str) and (base.startswith("random:") or is_hub_id(base)):
             about += f"; base model {base}"
-        if isinstance(base, str) and _is_hub_id(base):
+        if isinstance(base, str) and is_hub_id(base):
             writer.add_base_model_count(1)
             writer.add_base_model_name(0, base)
         source = data.get("source")
-        if isinstance(source, str) and (source.startswith("builtin:") or _is_hub_id(source)):
+        if isinstance(source, str) and (source.startswith("builtin:") or is_hub_id(source)):
             about += f"; training data {source}"  # local paths stay out of a file meant to be shared
         if fmt == "chat":
             about += ". Prompt: the chat template (tokenizer.chat_template), as in medtune.chat_prompt"
@@ -98,7 +98,7 @@ def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> No
 # ------------------------------------------------------------------------------------------------------ writing
 
 
-def _encode(gguf, t: _Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, object]:
+def _encode(gguf, t: Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, object]:
     """(data to write, GGML type) of one tensor."""
     Q = gguf.GGMLQuantizationType
     if t.kind == "f32" or dtype == "f32":
@@ -113,7 +113,7 @@ def _encode(gguf, t: _Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, ob
     return np.ascontiguousarray(w, dtype=np.float16), Q.F16
 
 
-def _nbytes(gguf, t: _Tensor, dtype: str) -> tuple[tuple[int, ...], np.dtype, int, object]:
+def _nbytes(gguf, t: Tensor, dtype: str) -> tuple[tuple[int, ...], np.dtype, int, object]:
     """(shape, numpy dtype, bytes, GGML type) as _encode will produce them, known before reading the data."""
     Q = gguf.GGMLQuantizationType
     n = int(np.prod(t.shape))
@@ -149,7 +149,7 @@ def _check_model_dir(model_dir: Path) -> dict:
             f"{model_dir} is not a model folder (no config.json); give a merged model folder "
             "(`medtune merge RUN --out DIR`)"
         )
-    return _read_json(model_dir / "config.json")
+    return read_json(model_dir / "config.json")
 
 
 def _write_tensors(gguf, writer, arch, plan, weights, dtype: str) -> dict[str, int]:
@@ -182,23 +182,23 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16") -> Path:
         raise MedtuneError(f"{out_file} is a folder; give the path of the .gguf file to write")
     config = _check_model_dir(model_dir)
     model_type = config.get("model_type")
-    if model_type not in _ARCH_CLASSES:
+    if model_type not in ARCH_CLASSES:
         supported = ", ".join(f"{k} ({v})" for k, v in ARCHITECTURES.items())
         raise MedtuneError(
             f"cannot export architecture {model_type or config.get('architectures')!r} to GGUF; supported: {supported}"
         )
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     if not files:
         raise MedtuneError(f"{model_dir} has no weights (*.safetensors)")
-    gguf = _require_gguf()
+    gguf = require_gguf()
 
-    weights = _Weights(files)
-    arch = _ARCH_CLASSES[model_type](gguf, config, weights)
+    weights = Weights(files)
+    arch = ARCH_CLASSES[model_type](gguf, config, weights)
     arch.check()
     plan = arch.plan()
     n_vocab = weights.shape(next(t.hf_name for t in plan if t.name == "token_embd.weight"))[0]
-    vocab = _read_tokenizer(model_dir, n_vocab, gguf)
-    medtune_cfg = _read_medtune_config(model_dir)
+    vocab = read_tokenizer(model_dir, n_vocab, gguf)
+    medtune_cfg = read_medtune_config(model_dir)
     n_params = sum(int(np.prod(t.shape)) for t in plan if t.hf_name)
     log.info(
         f"gguf: {model_dir} ({arch.name}, {n_params / 1e6:.1f}M parameters, {len(plan)} tensors) -> {out_file} "
@@ -219,7 +219,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16") -> Path:
         )
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         arch.write_hparams(writer)
-        _write_vocab(writer, vocab)
+        write_vocab(writer, vocab)
         _write_medtune_metadata(writer, medtune_cfg, model_dir.resolve(), arch.name)
 
         counts = _write_tensors(gguf, writer, arch, plan, weights, dtype)
