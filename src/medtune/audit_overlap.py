@@ -86,7 +86,7 @@ def _minhash(shingle_sets: list[np.ndarray], seed: int = 1) -> np.ndarray:
         sigs[idx] = np.minimum.reduceat(hashed, starts, axis=0)
 
     for i in nonempty:  # chunks of ~30k shingles keep the (shingles x permutations) matrix small
-        chunk.append(i)
+        chunk.append(int(i))
         count += sizes[i]
         if count > 30_000:
             flush(chunk)

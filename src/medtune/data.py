@@ -566,9 +566,9 @@ def prepare(cfg: DataConfig, tokenizer, checked: Checked | None = None) -> Prepa
     if too_long:
         if cfg.overlong == "error":
             index = {id(r): n for n, r in enumerate(c.raw, 1)}
-            rows = sorted(index[id(r)] for r in too_long)
+            numbers = sorted(index[id(r)] for r in too_long)
             raise MedtuneError(f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
-                               f"rows {_rows_text(rows)} (set data.overlong=drop to skip them)")
+                               f"rows {_rows_text(numbers)} (set data.overlong=drop to skip them)")
         dropped = len(too_long)
     log.info(f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
         f"{dropped} longer than {cfg.max_length} tokens dropped; split train/validation/test = "

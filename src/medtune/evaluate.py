@@ -90,7 +90,8 @@ LOSS_BATCH_TOKENS = 32_768  # padded tokens per loss batch (records sorted by le
 
 def length_batches(lengths: list[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
     """Indices sorted by length, cut into batches of at most max_tokens padded tokens (and max_rows rows)."""
-    batches, cur = [], []
+    batches: list[list[int]] = []
+    cur: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         if cur and ((len(cur) + 1) * lengths[i] > max_tokens or (max_rows and len(cur) >= max_rows)):
             batches.append(cur)
@@ -277,7 +278,7 @@ def _samples(inp: EvalInputs, answers: dict, result: dict) -> list[dict]:
     samples = []
     for j, i in enumerate(inp.chosen):
         r = inp.kept[i]
-        s = dict(eval_fields(r))
+        s: dict[str, object] = dict(eval_fields(r))
         for name in MODELS:
             c = answers[name][j]
             s.update({name: c.text, f"{name}_tokens": len(c.token_ids), f"{name}_stopped_at_eos": c.stopped_at_eos,

@@ -346,8 +346,9 @@ def add_lora(model, cfg: ModelConfig):
         model.enable_input_require_grads()
     targets = lora_targets(model, cfg)
     is_conv1d = getattr(model.config, "model_type", "") == "gpt2" or _has_conv1d(model)
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM", fan_in_fan_out=is_conv1d)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
+                      lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                      fan_in_fan_out=is_conv1d)
     try:
         model = get_peft_model(model, lcfg)
     except ValueError as e:

@@ -29,6 +29,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 from medtune.config import Config, from_dict, read_yaml_mapping
 from medtune.errors import MedtuneError
@@ -74,8 +75,19 @@ class RunFolder:
     def split_file(self, name: str) -> Path:
         return self.path / SPLITS / f"{name}.jsonl"
 
+    @overload
+    def read_json(self, name: str, required: Literal[True]) -> dict: ...
+    @overload
+    def read_json(self, name: str, required: bool = False) -> dict | None: ...
+
     def read_json(self, name: str, required: bool = False) -> dict | None:
         return read_json(self.path / name, required)
+
+
+@overload
+def read_json(path: Path, required: Literal[True]) -> dict: ...
+@overload
+def read_json(path: Path, required: bool = False) -> dict | None: ...
 
 
 def read_json(path: Path, required: bool = False) -> dict | None:
@@ -158,7 +170,9 @@ def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, 
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(str(run.path), dtype=weights_dtype(cfg.model)).to(device)
+            merged: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(run.path),
+                                                                           dtype=weights_dtype(cfg.model))
+            model = merged.to(device)  # (typed as a Module: PreTrainedModel.to's @wraps misleads type checkers)
     model.eval()
     return model, tok
 

@@ -5,6 +5,8 @@ tiny kernels, so their count is its time (SmolLM2-135M: 30 layers, about 45 kern
 modules compute exactly as before, so losses do not move."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -18,13 +20,15 @@ def _decoding() -> bool:
 
 def _rms_forward(self, x):
     if not _decoding():
-        return type(self).__mro__[1].forward(self, x)
+        patched: Any = type(self).__mro__[1]
+        return patched.forward(self, x)
     return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.variance_epsilon)
 
 
 def _gelu_forward(self, x):
     if not _decoding():
-        return type(self).__mro__[1].forward(self, x)
+        patched: Any = type(self).__mro__[1]
+        return patched.forward(self, x)
     return F.gelu(x, approximate="tanh")
 
 
@@ -57,7 +61,7 @@ def fuse_rope(model) -> int:
 
     n = 0
     for module in {type(m).__module__ for m in model.modules()}:
-        mod = sys.modules.get(module)
+        mod: Any = sys.modules.get(module)
         original = getattr(mod, "apply_rotary_pos_emb", None)
         if original is None or getattr(original, "_medtune", False) or not _rope_matches(original):
             continue
@@ -67,7 +71,7 @@ def fuse_rope(model) -> int:
                 return _rope(q, k, cos, sin, **kwargs)
             return _original(q, k, cos, sin, *args, **kwargs)
 
-        dispatch._medtune = True
+        dispatch._medtune = True  # type: ignore[attr-defined]  # (a function attribute: patched already)
         mod.apply_rotary_pos_emb = dispatch
         n += 1
     return n

@@ -83,7 +83,8 @@ class _Arch:
         return {}
 
     def plan(self) -> list[Tensor]:
-        out, seen = [], {}
+        out: list[Tensor] = []
+        seen: dict[str, str] = {}  # GGUF name -> the checkpoint's name
         for hf_name in sorted(self.weights.names(), key=natural_key):
             if self.skip(hf_name):
                 continue

@@ -34,7 +34,7 @@ def pre_tokenizer_name(pre) -> str | None:
         return "smollm"  # SmolLM / SmolLM2 / StarCoder: single digits, then GPT-2's split
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = (steps[0].get("pattern") or {}).get("Regex")
-        return SPLIT_NAMES.get(pattern)
+        return SPLIT_NAMES.get(pattern) if isinstance(pattern, str) else None
     return None
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from medtune.gguf_export.common import (
 )
 from medtune.gguf_export.vocab import read_tokenizer, write_vocab
 
+if TYPE_CHECKING:
+    from gguf import GGMLQuantizationType
+
 log = logging.getLogger("medtune.gguf_export")
 
 # ----------------------------------------------------------------------------------------------------- metadata
@@ -44,13 +48,17 @@ def is_hub_id(name: str) -> bool:
     )
 
 
+def _section(cfg: dict, name: str) -> dict:
+    """A section of the medtune config as a dict ({} when missing or not a mapping)."""
+    value = cfg.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> None:
     from medtune import __version__
     from medtune.files import NOTICE
 
-    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    gen = cfg.get("generate") if isinstance(cfg.get("generate"), dict) else {}
+    data, model, gen = (_section(cfg, name) for name in ("data", "model", "generate"))
     writer.add_string(KEY_VERSION, __version__)
     fmt = data.get("prompt_format") if cfg else None
     for key, value in (
@@ -98,7 +106,7 @@ def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> No
 # ------------------------------------------------------------------------------------------------------ writing
 
 
-def _encode(gguf, t: Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, object]:
+def _encode(gguf, t: Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, GGMLQuantizationType]:
     """(data to write, GGML type) of one tensor."""
     Q = gguf.GGMLQuantizationType
     if t.kind == "f32" or dtype == "f32":
@@ -113,7 +121,7 @@ def _encode(gguf, t: Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, obj
     return np.ascontiguousarray(w, dtype=np.float16), Q.F16
 
 
-def _nbytes(gguf, t: Tensor, dtype: str) -> tuple[tuple[int, ...], np.dtype, int, object]:
+def _nbytes(gguf, t: Tensor, dtype: str) -> tuple[tuple[int, ...], np.dtype, int, GGMLQuantizationType]:
     """(shape, numpy dtype, bytes, GGML type) as _encode will produce them, known before reading the data."""
     Q = gguf.GGMLQuantizationType
     n = int(np.prod(t.shape))

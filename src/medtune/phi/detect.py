@@ -157,9 +157,10 @@ def _phone_candidates(text: str, out: list, words: frozenset | set) -> None:
             found.append(m.span())
     for cue in (PHONE_CUE.finditer(text) if words & _PHONE_WORDS else ()):  # looser formats right after a cue
         window_end = min(len(text), cue.end() + 40)
-        m = PHONE_LOOSE.search(text, cue.end(), window_end)
-        if m and not re.search(r"[A-Za-z]{3,}", text[cue.end():m.start()]) and m.group("a") not in TOLL_FREE:
-            found.append(m.span())
+        loose = PHONE_LOOSE.search(text, cue.end(), window_end)
+        if (loose and not re.search(r"[A-Za-z]{3,}", text[cue.end():loose.start()])
+                and loose.group("a") not in TOLL_FREE):
+            found.append(loose.span())
     for s, e in found:
         before = text[max(0, _sentence_bounds(text, s)[0], s - 60):s]
         after = text[e:e + 12]
@@ -293,7 +294,7 @@ def scan_text(text: str) -> list[tuple[str, int, int]]:
 
 def scan_records(records: list[dict], fields=FIELDS) -> list[Finding]:
     """Findings in the given fields of every record (rows numbered from 1); non-string values are skipped."""
-    findings = []
+    findings: list[Finding] = []
     for row, r in enumerate(records, 1):
         for f in fields:
             v = r.get(f)

@@ -204,7 +204,7 @@ _WORDY_SUFFIX = re.compile(r"(?:ed|ing|ness|tion|sion|ment|ity|ure|ous|ive|ful|l
 def _in_proper_noun(text: str, s: int) -> bool:
     """True when the candidate continues a longer capitalised phrase: 'Health and Clinical Excellence'."""
     m = re.search(r"([A-Z][A-Za-z]*)[ \t]+(?:(?:and|of|for|the|&)[ \t]+)?$", text[max(0, s - 40):s])
-    return bool(m) and m.group(1) not in _STOP and not re.fullmatch(_TITLES, m.group(1))
+    return m is not None and m.group(1) not in _STOP and not re.fullmatch(_TITLES, m.group(1))
 
 
 def _trim_name(text: str, s: int, e: int) -> tuple[int, int] | None:

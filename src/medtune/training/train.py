@@ -230,7 +230,8 @@ def _same_resume_point(out: Path, resume_from: Path | None) -> None:
     """--resume under several processes: every process reads the output folder itself, and all must continue from the
     same checkpoint (a collective, after the Trainer started the process group). On machines without a shared folder
     the others see none: they would start over and crash or hang the group at the first step."""
-    step = int(rundir.CHECKPOINT.match(resume_from.name)[1]) if resume_from else 0
+    match = rundir.CHECKPOINT.match(resume_from.name) if resume_from else None
+    step = int(match[1]) if match else 0
     low, high = -max_over_processes(-step), max_over_processes(step)
     if low != high:
         raise MedtuneError(f"--resume: the processes of this run see different checkpoints in {out} (from step {low} "

@@ -63,6 +63,8 @@ class MedtuneTrainer(Trainer):
             return super().get_train_dataloader()
         from torch.utils.data import DataLoader
 
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
         loader = DataLoader(self.train_dataset, batch_sampler=self.train_batch_sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
