@@ -55,7 +55,7 @@ def main() -> None:
     run = rundir.open_run(args.run_dir, want="run")
     run.config.eval.max_new_tokens = args.max_new_tokens
     model, tok = rundir.load_model(run, merge=True)  # the adapter merged, as eval's tuned pass runs
-    inp, base_g = evaluate._prepare_inputs(run, model, tok, None, args.split, args.num_samples, greedy=False)
+    inp, base_g = evaluate.prepare_inputs(run, model, tok, None, args.split, args.num_samples, greedy=False)
     print(f"{len(inp.chosen)} questions from the {args.split} split, at most {base_g.max_new_tokens} new tokens\n")
     print("| decoding | ROUGE-L [95% CI] | EOS rate | repeated 4-grams | looping answers | loop-guard stops | "
           "gibberish | mean tokens | seconds |")

@@ -29,7 +29,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for name, merge in (("adapter separate", False), ("adapter merged", True)):
         model, tok = rundir.load_model(run, merge=merge)
-        inp, g = evaluate._prepare_inputs(run, model, tok, None, "test", args.num_samples, greedy=False)
+        inp, g = evaluate.prepare_inputs(run, model, tok, None, "test", args.num_samples, greedy=False)
         for batch in (len(inp.prompts), 16):
             sync()
             t0 = time.perf_counter()

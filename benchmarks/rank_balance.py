@@ -65,7 +65,7 @@ def main() -> None:
     a = ap.parse_args()
     data = a.data or str(Path(a.tokenizer).parent / "wikidoc_patient_information" / "wikidoc_patient_information.json")
     cfg = load_config(a.config, ["train.report_to=none"], data__source=data, model__tokenizer=a.tokenizer)
-    enc = data_mod.prepare(cfg.data, load_tokenizer(a.tokenizer), log=lambda *x, **k: None).encoded["train"]
+    enc = data_mod.prepare(cfg.data, load_tokenizer(a.tokenizer)).encoded["train"]
     lengths = [len(e["input_ids"]) for e in enc]
     n = a.gpus
     print(f"{len(lengths)} training examples, {sum(lengths):,} tokens, lengths: median "

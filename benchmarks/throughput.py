@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -190,16 +191,16 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
     key = (args.tokenizer, cfg.data.max_length, cfg.data.max_records)
     if key not in _PREPARED:
-        _PREPARED[key] = data_mod.prepare(cfg.data, tok, log=lambda *a: None)
+        _PREPARED[key] = data_mod.prepare(cfg.data, tok)
     prepared = _PREPARED[key]
     epoch_tokens = sum(len(e["input_ids"]) for e in prepared.encoded["train"])
     if cfg.model.name.startswith("random:"):  # build and save each random base once (gpt2-xl takes a while)
         cfg.model.name = _random_base(cfg.model.name, tok)
     model = model_mod.load_base_model(cfg.model, tok)
     model.config.use_cache = False
-    model = model_mod.add_lora(model, cfg.model, log=lambda *a: None)
+    model = model_mod.add_lora(model, cfg.model)
     _free()
-    trainer, collator, info = training.make_trainer(cfg, model, tok, prepared, out, log=log)
+    trainer, collator, info = training.make_trainer(cfg, model, tok, prepared, out)
     trainer.args.disable_tqdm = True
     prof_file = Path(os.environ["OUT"]) / f"profile-{name}.txt" if profile and os.environ.get("OUT") else None
     clock = clock_callback(warmup, profile, prof_file)
@@ -417,6 +418,11 @@ def main(argv=None):
     ap.add_argument("--anchor")
     ap.add_argument("--out", help="results go to OUT.json and OUT.md (default $OUT/throughput or ./throughput)")
     args = ap.parse_args(argv)
+    from medtune.cli import setup_logging
+
+    setup_logging()  # medtune.training's line per run (batch, attention, loss) on stdout; data and model stay quiet
+    for name in ("medtune.data", "medtune.model"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if args.smoke:
         args.cpu, args.cpu_model, args.cpu_batch_tokens = True, "1x64", 512
         args.max_records = args.max_records or 64

@@ -26,9 +26,8 @@ def main() -> None:
         base = Path(d)
         run = base / "run"
         training.run(load_config(ROOT / "configs" / "tiny-cpu.yaml", ["train.max_steps=2", "train.report_to=none",
-                                                                      "data.max_records=40"], output_dir=str(run)),
-                     log=lambda *a, **k: None)
-        merge(run, base / "merged", log=lambda *a, **k: None)
+                                                                      "data.max_records=40"], output_dir=str(run)))
+        merge(run, base / "merged")
         (base / "scratch").mkdir()
         places = refusals.materialize(base / "scratch", run, base / "merged")
         print("| input | exit | what medtune prints |\n| --- | --- | --- |")

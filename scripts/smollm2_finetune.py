@@ -86,8 +86,9 @@ def main() -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
-    from medtune.cli import _quiet
-    _quiet()
+    from medtune.cli import setup_logging, silence_known_noise
+    silence_known_noise()
+    setup_logging()  # medtune's lines (data, model, train) on the console, as `medtune train` shows them
 
     gguf = Path(a.gguf) if a.gguf else find_gguf(install=not a.no_install)
     if not Path(a.data).is_file():

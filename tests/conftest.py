@@ -89,7 +89,7 @@ def tiny_run(tmp_path_factory, tiny_config):
             out = tmp_path_factory.getbasetemp() / name
             shutil.rmtree(out, ignore_errors=True)
             training.run(tiny_config(out, "train.max_steps=4", "train.eval_steps=100", "train.save_steps=100",
-                                     *overrides), log=lambda *a, **k: None)
+                                     *overrides))
             runs[name] = out
         return runs[name]
 
@@ -116,9 +116,9 @@ class ServerThread:
     def __init__(self, app):
         import uvicorn
 
-        from medtune.serving.server import _listen
+        from medtune.serving.server import listen
 
-        self.sock = _listen("127.0.0.1", 0)
+        self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

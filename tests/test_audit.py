@@ -15,8 +15,6 @@ from medtune.config import DataConfig
 from medtune.data import drop_duplicates, encode, load_records, record_problems, split_records
 from medtune.errors import MedtuneError
 
-QUIET = dict(log=lambda *a: None)
-
 _WORDS = ("blood pressure kidney liver lungs heart rest fluids fever cough rash pain swelling infection dose tablet "
           "doctor nurse clinic exercise sleep diet salt sugar water vitamin bone muscle joint skin eye ear throat "
           "stomach bowel bladder nerve brain mood stress weight breath chest back head neck arm leg hand foot "
@@ -79,7 +77,7 @@ def test_audit_finds_what_was_planted(tmp_path, tok, planted_file):
     eval_path = _write_jsonl(tmp_path / "eval.jsonl", [fresh, copied, same_answer])
 
     out = tmp_path / "audit"
-    a = audit(cfg, tok, out, against=[str(eval_path)], **QUIET)
+    a = audit(cfg, tok, out, against=[str(eval_path)])
 
     assert a["records"] == 67 and a["columns"] == {"instruction": "instruction", "input": "input", "output": "output"}
     assert a["invalid"]["rows"] == 2
@@ -135,23 +133,23 @@ def test_audit_uses_the_column_mapping_and_formats(tmp_path, tok):
     eval_csv = tmp_path / "eval.csv"
     df.iloc[:2].to_csv(eval_csv, index=False)
     cfg = DataConfig(source=str(csv), instruction_column="task", input_column="question", output_column="answer")
-    a = audit(cfg, tok, tmp_path / "out", against=[str(eval_csv)], **QUIET)
+    a = audit(cfg, tok, tmp_path / "out", against=[str(eval_csv)])
     assert a["records"] == 30 and a["columns"]["input"] == "question" and a["invalid"]["rows"] == 0
     assert a["contamination"][-1]["records"] == 2  # the eval file is read with the same mapping
 
     parquet = tmp_path / "qa.parquet"
     df.to_parquet(parquet)
     b = audit(DataConfig(source=str(parquet), instruction_column="task", input_column="question",
-                         output_column="answer", max_records=20), tok, tmp_path / "out2", **QUIET)
+                         output_column="answer", max_records=20), tok, tmp_path / "out2")
     assert b["records"] == 20 and b["source_rows"] == 30 and b["tokens"]["count"] == 20
 
-    s = audit(DataConfig(source="builtin:sample"), tok, tmp_path / "sample", **QUIET)
+    s = audit(DataConfig(source="builtin:sample"), tok, tmp_path / "sample")
     assert s["records"] > 100 and s["phi"]["total"] == 0 and s["duplicates"]["exact"] == 0
 
 
 def test_too_few_records_to_split_is_reported_not_raised(tmp_path, tok):
     path = _write_jsonl(tmp_path / "three.jsonl", _records(3))
-    a = audit(DataConfig(source=str(path), val_fraction=0.5, test_fraction=0.4), tok, tmp_path / "out", **QUIET)
+    a = audit(DataConfig(source=str(path), val_fraction=0.5, test_fraction=0.4), tok, tmp_path / "out")
     assert "too few" in a["split"]["error"] and a["contamination"] == []
     assert any(line.startswith("split:") for line in summary_lines(a))
 
@@ -167,7 +165,7 @@ def test_bad_input_is_one_clear_error(tmp_path, tok, content, suffix, message):
     if content is not None:
         path.write_text(content)
     with pytest.raises(MedtuneError) as e:
-        audit(DataConfig(source=str(path)), tok, tmp_path / "out", **QUIET)
+        audit(DataConfig(source=str(path)), tok, tmp_path / "out")
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out" / "audit.json").exists()
 
@@ -175,7 +173,7 @@ def test_bad_input_is_one_clear_error(tmp_path, tok, content, suffix, message):
 def test_missing_against_file_is_a_clear_error(tmp_path, tok):
     path = _write_jsonl(tmp_path / "data.jsonl", _records(20))
     with pytest.raises(MedtuneError, match="data file not found"):
-        audit(DataConfig(source=str(path)), tok, tmp_path / "out", against=[str(tmp_path / "nope.jsonl")], **QUIET)
+        audit(DataConfig(source=str(path)), tok, tmp_path / "out", against=[str(tmp_path / "nope.jsonl")])
 
 
 def test_near_duplicates_and_containment_helpers():
@@ -199,7 +197,7 @@ def test_wikidoc_audit(tmp_path, shared):
     from medtune.model import load_tokenizer
 
     t = time.perf_counter()
-    a = audit(DataConfig(source=str(data)), load_tokenizer(str(tokenizer)), tmp_path / "wd", **QUIET)
+    a = audit(DataConfig(source=str(data)), load_tokenizer(str(tokenizer)), tmp_path / "wd")
     seconds = time.perf_counter() - t
     assert a["records"] == 5942 and a["invalid"]["rows"] == 0
     assert a["duplicates"]["exact"] == 92 and a["tokens"]["count"] == 5850

@@ -13,8 +13,6 @@ from medtune.config import DataConfig
 from medtune.errors import MedtuneError
 from medtune.training.batching import Collator, PackingCollator
 
-QUIET = dict(log=lambda *a, **k: None)
-
 
 def conversation(i: int, turns: int = 3, system: bool = True) -> list[dict]:
     msgs = [{"role": "system", "content": "You answer medical questions briefly."}] if system else []
@@ -68,7 +66,7 @@ def test_chat_template_labels_every_assistant_turn_and_its_end_of_turn_token():
     template's end-of-turn token (<|im_end|>, made EOS by setup_prompt_format), which is labelled."""
     tok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat")
-    data.setup_prompt_format(cfg, tok, **QUIET)
+    data.setup_prompt_format(cfg, tok)
     msgs = conversation(2)
     e = data.encode({"messages": msgs}, tok, cfg)
     rendered = tok.apply_chat_template(msgs, tokenize=False)
@@ -176,11 +174,11 @@ def test_phi_in_any_turn_is_found_redacted_and_audited(tmp_path, tok, write_json
     rows[7]["messages"][4]["content"] = "Sure. Call me at (617) 555-0143 about Mrs. Maria Lopez."
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
     with pytest.raises(MedtuneError, match="possible protected health information"):
-        data.prepare(DataConfig(source=str(path)), tok, **QUIET)
-    p = data.prepare(DataConfig(source=str(path), phi="redact"), tok, **QUIET)
+        data.prepare(DataConfig(source=str(path)), tok)
+    p = data.prepare(DataConfig(source=str(path), phi="redact"), tok)
     redacted = next(r for part in p.splits.values() for r in part if "[PHONE]" in r["messages"][4]["content"])
     assert "555-0143" not in json.dumps(p.splits) and "[NAME]" in redacted["messages"][4]["content"]
-    result = audit(DataConfig(source=str(path)), tok, tmp_path / "audit", **QUIET)
+    result = audit(DataConfig(source=str(path)), tok, tmp_path / "audit")
     found = {(f["row"], f["field"], f["type"]) for f in result["phi"]["findings"]}
     assert {(8, "turn 5", "PHONE"), (8, "turn 5", "NAME")} <= found
     assert result["columns"] == {"messages": "messages"} and result["invalid"]["rows"] == 0
@@ -193,7 +191,7 @@ def test_audit_reports_bad_chat_rows_instead_of_raising(tmp_path, tok, write_jso
     rows[3]["messages"][1]["role"] = "tool"
     rows[5]["messages"] = [rows[5]["messages"][1]]
     path = write_jsonl(tmp_path / "c.jsonl", rows)
-    result = audit(DataConfig(source=str(path)), tok, tmp_path / "audit", **QUIET)
+    result = audit(DataConfig(source=str(path)), tok, tmp_path / "audit")
     assert result["invalid"]["by_problem"] == {"messages no assistant turn": {"count": 1, "rows": [6]},
                                                "turn with role 'tool'": {"count": 1, "rows": [4]}}
 
@@ -212,7 +210,7 @@ def test_collators_keep_the_assistant_labels(tok, packing):
 def test_eval_form_is_the_last_answer_after_everything_before_it(tok, fmt):
     tok = chat_tokenizer() if fmt == "chat" else tok
     cfg = DataConfig(prompt_format=fmt)
-    data.setup_prompt_format(cfg, tok, **QUIET)
+    data.setup_prompt_format(cfg, tok)
     msgs = conversation(5)
     r = {"messages": msgs}
     e, prompt = data.encode(r, tok, cfg), data.encode_prompt(r, tok, cfg)
@@ -244,7 +242,7 @@ def test_a_chat_run_prompts_questions_as_a_user_turn_with_the_system_prompt(tok)
 def test_system_prompt_rerenders_the_chat_template():
     tok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat")
-    data.setup_prompt_format(cfg, tok, **QUIET)
+    data.setup_prompt_format(cfg, tok)
     assert "system" not in cfg.chat_prompt
     new = data.with_system_prompt(cfg, "Be brief.", tok)
     ask = {"instruction": "Answer", "input": "Why?"}
@@ -264,7 +262,7 @@ def test_a_chat_file_trains_generates_and_its_saved_splits_evaluate(tmp_path, ti
                                                  for i in range(40)])
     out = tmp_path / "run"
     training.run(tiny_config(out, "train.max_steps=3", "train.save_steps=100", "train.packing=true",
-                             "train.batch_tokens=1024", data__source=str(path)), **QUIET)
+                             "train.batch_tokens=1024", data__source=str(path)))
     run = rundir.open_run(out)
     assert run.config.data.chat_column == "conversations"
     saved = [json.loads(line) for line in (out / "splits" / "test.jsonl").read_text().splitlines()]

@@ -139,3 +139,53 @@ def test_help_imports_no_ml_stack(root):
     for argv in (["--help"], ["train", "--help"], ["train", "--help-config"]):
         p = subprocess.run([sys.executable, "-c", NO_ML, *argv], capture_output=True, text=True, timeout=120, cwd=root)
         assert p.returncode == 0 and p.stdout.strip().endswith("imported: none"), (argv, p.stdout[-300:], p.stderr)
+
+
+def test_log_lines_quiet_and_verbose(capsys):
+    """medtune's log lines as print wrote them (the message alone): info on stdout, warnings on stderr; --quiet keeps
+    warnings and errors only, --verbose adds debug lines; the two flags exclude each other."""
+    import logging
+
+    from medtune.cli import build_parser, setup_logging
+
+    log = logging.getLogger("medtune.data")
+    try:
+        for level, shown in ((logging.INFO, "info warning"), (logging.WARNING, "warning"),
+                             (logging.DEBUG, "debug info warning")):
+            setup_logging(level)
+            log.debug("data: debug")
+            log.info("data: info")
+            log.warning("data: warning: careful")
+            out, err = capsys.readouterr()
+            assert ("data: debug\n" in out) == ("debug" in shown) and ("data: info\n" in out) == ("info" in shown)
+            assert err == "data: warning: careful\n" and "careful" not in out
+        before = list(logging.getLogger().handlers)
+        logging.warning("root: a library's module-level warning")  # would call logging.basicConfig without a handler
+        assert logging.getLogger().handlers == before  # so no second handler: medtune's lines are not doubled
+        log.info("data: once")
+        out, err = capsys.readouterr()
+        assert out == "data: once\n" and err == "root: a library's module-level warning\n"
+    finally:
+        setup_logging()
+    assert build_parser().parse_args(["-q", "eval", "run"]).quiet
+    assert build_parser().parse_args(["--verbose", "eval", "run"]).verbose
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--quiet", "--verbose", "eval", "run"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_only_known_noise_is_filtered():
+    """The CLI filters a few third-party warnings by message; any other UserWarning or FutureWarning still shows."""
+    import warnings
+
+    from medtune.cli import silence_known_noise
+
+    sent = [("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use ...", FutureWarning),
+            ("Could not find a config file in /tmp/x - will assume that the vocabulary was not modified.", UserWarning),
+            ("something else", UserWarning), ("`other` is deprecated and will be removed in v6.", FutureWarning)]
+    with warnings.catch_warnings(record=True) as caught:  # the filters are restored on leaving
+        warnings.simplefilter("always")
+        silence_known_noise()
+        for message, category in sent:
+            warnings.warn(message, category, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else", "`other` is deprecated and will be removed in v6."]

@@ -160,13 +160,13 @@ def test_overlong_drop_or_error(tmp_path, tok, make_records, write_jsonl):
     rows = make_records(30)
     rows[4]["output"] = "very long answer " * 100
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    p = prepare(DataConfig(source=str(path), max_length=128), tok, log=lambda *a: None)
+    p = prepare(DataConfig(source=str(path), max_length=128), tok)
     assert p.dropped == 1 and sum(len(v) for v in p.encoded.values()) == 29
     assert all(len(e["input_ids"]) <= 128 for v in p.encoded.values() for e in v)
     with pytest.raises(MedtuneError, match=r"rows 5\b"):
-        prepare(DataConfig(source=str(path), max_length=128, overlong="error"), tok, log=lambda *a: None)
+        prepare(DataConfig(source=str(path), max_length=128, overlong="error"), tok)
 
 
 def test_builtin_sample_is_valid(tok):
-    p = prepare(DataConfig(source="builtin:sample", max_length=256), tok, log=lambda *a: None)
+    p = prepare(DataConfig(source="builtin:sample", max_length=256), tok)
     assert p.source_rows >= 150 and p.duplicates == 0 and len(p.encoded["test"]) > 0

@@ -58,7 +58,7 @@ def _train(tiny: Path, tmp: Path, name: str, records_file: Path, steps: int, ext
     out = tmp / name
     cfg = load_config(tiny, overrides=[f"output_dir={out}", f"data.source={records_file}",
                                        f"train.max_steps={steps}", *OVERRIDES, *extra])
-    training.run(cfg, log=lambda *a, **k: None)
+    training.run(cfg)
     return out
 
 
@@ -190,11 +190,11 @@ def test_report_and_metrics_exist_and_agree(overfit, evaluated):
 
 
 def test_default_split_and_validation_split(overfit):
-    m = evaluate.run(overfit, num_samples=1, log=lambda *a, **k: None)
+    m = evaluate.run(overfit, num_samples=1)
     assert m["data"]["split"] == "test" and m["data"]["records"] == 1
     assert m["data"]["source"].endswith("splits/test.jsonl")
     assert m["base"]["generated"] == m["tuned"]["generated"] == 1
-    m = evaluate.run(overfit, split="validation", num_samples=0, log=lambda *a, **k: None)
+    m = evaluate.run(overfit, split="validation", num_samples=0)
     assert m["data"]["split"] == "validation" and m["tuned"]["rouge_l"] is None
     assert {"load", "base loss", "adapter", "tuned loss", "total"} <= set(m["seconds"])
     assert math.isfinite(m["tuned"]["perplexity"])
@@ -274,7 +274,7 @@ def test_4bit_run_evaluates_on_cpu(overfit, tmp_path, records_file):
     values = yaml.safe_load((run / "config.yaml").read_text())
     values["model"]["quantization"] = "4bit"
     (run / "config.yaml").write_text(yaml.safe_dump(values))
-    m = evaluate.run(run, data=str(records_file), num_samples=2, log=lambda *a, **k: None)
+    m = evaluate.run(run, data=str(records_file), num_samples=2)
     for side in ("base", "tuned"):
         assert math.isfinite(m[side]["perplexity"]) and m[side]["generated"] == 2
     assert m["tuned"]["perplexity"] < m["base"]["perplexity"]

@@ -214,7 +214,7 @@ def test_chat_prompt_of_a_chat_template_run_is_training_s_rendering():
 
     tok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat", system_prompt="You are a careful assistant.")
-    setup_prompt_format(cfg, tok, log=lambda *a: None)
+    setup_prompt_format(cfg, tok)
     text, ids = _prompt(HISTORY, cfg, tok)
     assert text == tok.apply_chat_template(HISTORY, tokenize=False, add_generation_prompt=True)
     trained = encode({"messages": HISTORY + [{"role": "assistant", "content": "Inhalers."}]}, tok, cfg)["input_ids"]

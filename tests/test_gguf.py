@@ -14,7 +14,6 @@ from medtune.generate import answer, generation_kwargs
 from medtune.model import load_base_model, load_tokenizer
 
 pytest.importorskip("gguf")
-quiet = dict(log=lambda *a, **k: None)
 TEXT = "<|im_start|>user\nWhat causes a fever?<|im_end|>\n<|im_start|>assistant\nAn infection.<|im_end|>"
 
 
@@ -113,7 +112,7 @@ def test_gguf_run_merges_to_standard_safetensors(chat_run, tmp_path, load_run):
 
     from medtune.merge import merge
 
-    out = merge(chat_run, tmp_path / "merged", **quiet)
+    out = merge(chat_run, tmp_path / "merged")
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "config.yaml"} <= names
     assert not any(n.endswith(".gguf") or n.startswith("adapter") for n in names)
@@ -138,7 +137,7 @@ def test_gguf_qlora_requantizes(files, tmp_path, tiny_config, load_run):
     assert len(layers) == 2 * 7 and layers[0].weight.quant_type == "nf4"
     out = tmp_path / "qlora"
     metrics = training.run(tiny_config(out, "model.tokenizer=null", "model.quantization=4bit", "train.max_steps=4",
-                                    model__name=q8), **quiet)
+                                    model__name=q8))
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     model, tok, cfg = load_run(out)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
@@ -151,7 +150,7 @@ def test_chat_format_needs_a_chat_template(tok, tmp_path):
     from medtune.data import format_prompt, setup_prompt_format
 
     with pytest.raises(MedtuneError, match="no chat template"):  # builtin:tiny (like GPT-2) has none
-        setup_prompt_format(DataConfig(prompt_format="chat"), tok, **quiet)
+        setup_prompt_format(DataConfig(prompt_format="chat"), tok)
     with pytest.raises(MedtuneError, match="not been rendered"):
         format_prompt({"instruction": "A", "input": "B", "output": "C"}, DataConfig(prompt_format="chat"))
     with pytest.raises(MedtuneError, match="prompt_format"):
@@ -160,7 +159,7 @@ def test_chat_format_needs_a_chat_template(tok, tmp_path):
         load_config(overrides=["data.chat_prompt=<s>no field</s>"])
     ctok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat", system_prompt="Be brief.")
-    setup_prompt_format(cfg, ctok, **quiet)
+    setup_prompt_format(cfg, ctok)
     assert cfg.chat_prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{user}")
     assert format_prompt({"instruction": "Answer", "input": "", "output": "x"}, cfg).endswith(
         "user\nAnswer<|im_end|>\n<|im_start|>assistant\n")  # no input: the instruction alone

@@ -11,6 +11,7 @@ Checked by hand, not here (it needs a llama.cpp build): llama-cpp-python 0.3.36 
 texts below into the same ids, and its logits are within 0.006 (f16) and 0.14 (q8_0) of transformers'.
 """
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -27,14 +28,13 @@ gguf = pytest.importorskip("gguf")
 from medtune.gguf_export import (  # noqa: E402
     LLAMA3_SPLIT,
     QWEN2_SPLIT,
-    _llama3_rope_factors,
-    _pre_tokenizer_name,
     export_gguf,
     ollama_modelfile,
     read_gguf_metadata,
 )
+from medtune.gguf_export.arch import llama3_rope_factors  # noqa: E402
+from medtune.gguf_export.vocab import pre_tokenizer_name  # noqa: E402
 
-quiet = dict(log=lambda *a, **k: None)
 TOL = {"f32": 1e-5, "f16": 0.02, "q8_0": 0.25}
 TEXTS = ["What causes a fever?", "Asthma: wheezing, 3-4 puffs of salbutamol every 20 min.\n\nSee a doctor!",
          "  Les symptômes incluent une toux sèche et de la fièvre (≥ 38 °C)."]
@@ -64,7 +64,7 @@ def merged_folder(tiny_config, model, tok, folder: Path, *overrides, setup_chat=
 
     cfg = tiny_config(folder.parent / f"{folder.name}-run", *overrides)
     if setup_chat:  # as training does in chat format: render the chat turn, EOS := the end-of-turn token
-        setup_prompt_format(cfg.data, tok, **quiet)
+        setup_prompt_format(cfg.data, tok)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     (folder / "config.yaml").write_text(dump_yaml(cfg))
@@ -91,7 +91,7 @@ def models(tmp_path_factory, tok, tiny_config):
 @pytest.fixture(scope="module")
 def exported(models):
     """(name, dtype) -> .gguf file"""
-    return {(name, dtype): export_gguf(folder, folder.parent / f"{name}-{dtype}.gguf", dtype, **quiet)
+    return {(name, dtype): export_gguf(folder, folder.parent / f"{name}-{dtype}.gguf", dtype)
             for name, (_, _, folder) in models.items() for dtype in ("f32", "f16", "q8_0")}
 
 
@@ -202,11 +202,11 @@ def test_prompt_and_chat_templates_in_metadata(models, exported):
 
 
 def test_hub_ids_versus_local_paths():
-    from medtune.gguf_export import _is_hub_id
+    from medtune.gguf_export.writer import is_hub_id
 
-    assert _is_hub_id("gpt2") and _is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert is_hub_id("gpt2") and is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
     for local in ("/data/base", "./merged", "runs/a/b", "base.gguf", "data.jsonl", "random:tiny", "~/m"):
-        assert not _is_hub_id(local), local
+        assert not is_hub_id(local), local
 
 
 def test_ollama_modelfile(exported):
@@ -225,7 +225,7 @@ def test_folder_without_medtune_config(models, tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(folder, plain)
     (plain / "config.yaml").unlink()
-    out = export_gguf(plain, tmp_path / "plain.gguf", **quiet)
+    out = export_gguf(plain, tmp_path / "plain.gguf")
     meta = read_gguf_metadata(out)
     assert not any(k.startswith("medtune.prompt") for k in meta) and "general.sampling.temp" not in meta
     assert max_logit_diff(ref, load_back(out), tok, TEXTS) <= TOL["f16"]
@@ -239,7 +239,7 @@ def test_sharded_bf16_checkpoint(tmp_path):
     ref.save_pretrained(folder, max_shard_size="100KB")
     tok.save_pretrained(folder)
     assert len(list(folder.glob("*.safetensors"))) > 1 and (folder / "model.safetensors.index.json").is_file()
-    out = export_gguf(folder, tmp_path / "sharded.gguf", "f32", **quiet)
+    out = export_gguf(folder, tmp_path / "sharded.gguf", "f32")
     from transformers import AutoModelForCausalLM
 
     # the reference: the folder's bf16 weights, widened (not `ref.float()`: its rotary buffer was rounded to bf16)
@@ -258,7 +258,7 @@ def test_random_tiny_context_of_512(tmp_path, tok):
     folder = tmp_path / "tiny"
     ref.save_pretrained(folder)
     tok.save_pretrained(folder)
-    out = export_gguf(folder, tmp_path / "tiny.gguf", "f16", **quiet)
+    out = export_gguf(folder, tmp_path / "tiny.gguf", "f16")
     assert read_gguf_metadata(out)["gpt2.context_length"] == 512
     model = load_back(out, config=AutoConfig.from_pretrained(folder))
     assert max_logit_diff(ref, model, tok, TEXTS) <= TOL["f16"]
@@ -273,7 +273,7 @@ def test_load_gguf_reads_the_gpt2_context_length(tmp_path, tok):
     folder = tmp_path / "gpt2-512"
     ref.save_pretrained(folder)
     tok.save_pretrained(folder)
-    out = export_gguf(folder, tmp_path / "gpt2-512.gguf", "f16", **quiet)
+    out = export_gguf(folder, tmp_path / "gpt2-512.gguf", "f16")
     shutil.rmtree(folder)  # nothing but the .gguf to go by
     model = load_gguf(out)
     assert model.config.n_positions == 512
@@ -293,7 +293,7 @@ def test_real_gpt2_tokenizer(tmp_path, shared):
     folder = tmp_path / "gpt2-vocab"
     ref.save_pretrained(folder)
     tok.save_pretrained(folder)
-    out = export_gguf(folder, tmp_path / "gpt2-vocab.gguf", "q8_0", **quiet)
+    out = export_gguf(folder, tmp_path / "gpt2-vocab.gguf", "q8_0")
     meta = fields(out)
     assert len(meta["tokenizer.ggml.tokens"].contents()) == 50257
     assert len(meta["tokenizer.ggml.merges"].contents()) == 50000
@@ -314,16 +314,16 @@ def split(pattern):
 
 
 def test_pre_tokenizer_names():
-    assert _pre_tokenizer_name(byte_level()) == "gpt-2"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
+    assert pre_tokenizer_name(byte_level()) == "gpt-2"
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, byte_level()]}) == "smollm"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(False)]}) \
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(False)]}) \
         == "llama-bpe"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(False)]}) \
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(False)]}) \
         == "qwen2"
-    assert _pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(r"\s+"), byte_level(False)]}) is None
-    assert _pre_tokenizer_name(byte_level(False)) is None
-    assert _pre_tokenizer_name({"type": "Metaspace", "replacement": "\u2581"}) is None
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(r"\s+"), byte_level(False)]}) is None
+    assert pre_tokenizer_name(byte_level(False)) is None
+    assert pre_tokenizer_name({"type": "Metaspace", "replacement": "\u2581"}) is None
 
 
 def with_pre_tokenizer(tok, pre: dict):
@@ -345,7 +345,7 @@ def test_llama3_style_tokenizer(tmp_path):
     folder = tmp_path / "llama3-tok"
     ref.save_pretrained(folder)
     tok.save_pretrained(folder)
-    out = export_gguf(folder, tmp_path / "l3.gguf", **quiet)
+    out = export_gguf(folder, tmp_path / "l3.gguf")
     assert read_gguf_metadata(out)["tokenizer.ggml.pre"] == "llama-bpe"
     back = AutoTokenizer.from_pretrained(str(out.parent), gguf_file=out.name)
     text = "Take 1000 mg, twice daily!!\n\nOK?"
@@ -359,7 +359,7 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path):
     make_llama(tok).save_pretrained(folder)
     tok.save_pretrained(folder)
     with pytest.raises(MedtuneError, match="pre-tokenizer is not one llama.cpp knows"):
-        export_gguf(folder, tmp_path / "odd.gguf", **quiet)
+        export_gguf(folder, tmp_path / "odd.gguf")
     assert not (tmp_path / "odd.gguf").exists()
 
 
@@ -374,7 +374,7 @@ def test_llama3_rope_scaling(tmp_path):
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     plain = 1.0 / 500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
     want = (plain / scaled.double()).numpy()
-    got = _llama3_rope_factors(16, 500000.0, scaling)
+    got = llama3_rope_factors(16, 500000.0, scaling)
     assert np.isclose(want.min(), 1.0) and np.isclose(want.max(), 8.0)
     assert ((want > 1.01) & (want < 7.99)).any()  # the blended band is covered too
     assert np.allclose(got, want, rtol=1e-5)
@@ -384,7 +384,7 @@ def test_llama3_rope_scaling(tmp_path):
     folder = tmp_path / "llama3"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    out = export_gguf(folder, tmp_path / "llama3.gguf", "q8_0", **quiet)
+    out = export_gguf(folder, tmp_path / "llama3.gguf", "q8_0")
     freqs = next(t for t in gguf.GGUFReader(str(out)).tensors if t.name == "rope_freqs.weight")
     assert freqs.tensor_type.name == "F32" and np.allclose(np.asarray(freqs.data), want, rtol=1e-5)
     assert read_gguf_metadata(out)["llama.rope.freq_base"] == 500000.0
@@ -418,13 +418,13 @@ def test_errors_are_one_clear_line(models, tmp_path, monkeypatch):
     for kwargs, message in cases:
         kwargs = {"out_file": out, **kwargs}
         with pytest.raises(MedtuneError, match=message) as e:
-            export_gguf(**kwargs, **quiet)
+            export_gguf(**kwargs)
         assert "\n" not in str(e.value)
         assert not out.exists() and no_temp_files(tmp_path)
 
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
     with pytest.raises(MedtuneError, match="needs the `gguf` package: pip install gguf"):
-        export_gguf(folder, out, **quiet)
+        export_gguf(folder, out)
 
 
 def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
@@ -441,13 +441,13 @@ def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
     make_llama(tok).save_pretrained(folder)
     tok.save_pretrained(folder)
     with pytest.raises(MedtuneError, match="only byte-level BPE tokenizers"):
-        export_gguf(folder, tmp_path / "sp.gguf", **quiet)
+        export_gguf(folder, tmp_path / "sp.gguf")
 
 
 def test_failure_midway_keeps_the_old_file(models, tmp_path, monkeypatch):
     """A crash while writing tensors (or a float16 overflow) leaves the previous file as it was and no temp file."""
     folder = models["gpt2"][2]
-    out = export_gguf(folder, tmp_path / "model.gguf", "f16", **quiet)
+    out = export_gguf(folder, tmp_path / "model.gguf", "f16")
     before = out.read_bytes()
 
     def boom(*a, **k):
@@ -456,7 +456,7 @@ def test_failure_midway_keeps_the_old_file(models, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(gguf.quants, "quantize", boom)
         with pytest.raises(RuntimeError, match="disk on fire"):
-            export_gguf(folder, out, "q8_0", **quiet)
+            export_gguf(folder, out, "q8_0")
     assert out.read_bytes() == before and no_temp_files(tmp_path)
 
     big = tmp_path / "big"
@@ -466,14 +466,15 @@ def test_failure_midway_keeps_the_old_file(models, tmp_path, monkeypatch):
         huge.transformer.h[1].mlp.c_fc.weight[0, 0] = 1e6
     huge.save_pretrained(big)
     with pytest.raises(MedtuneError, match="beyond float16's range; export with dtype f32"):
-        export_gguf(big, out, "f16", **quiet)
+        export_gguf(big, out, "f16")
     assert out.read_bytes() == before and no_temp_files(tmp_path)
-    assert export_gguf(big, tmp_path / "big.gguf", "f32", **quiet).is_file()  # f32 holds it
+    assert export_gguf(big, tmp_path / "big.gguf", "f32").is_file()  # f32 holds it
 
 
-def test_file_permissions_and_log(models, tmp_path):
-    lines = []
-    out = export_gguf(models["llama"][2], tmp_path / "sub" / "m.gguf", "q8_0", log=lines.append)
+def test_file_permissions_and_log(models, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="medtune.gguf_export")
+    out = export_gguf(models["llama"][2], tmp_path / "sub" / "m.gguf", "q8_0")
+    lines = [r.getMessage() for r in caplog.records if r.name == "medtune.gguf_export"]
     assert out == tmp_path / "sub" / "m.gguf" and out.stat().st_mode & 0o044  # readable like any new file
     assert "llama" in lines[0] and "q8_0" in lines[0] and "Q8_0" in lines[-1]
 
@@ -485,5 +486,5 @@ def test_pytorch_bin_checkpoint(models, tmp_path):
     shutil.copytree(folder, old)
     (old / "model.safetensors").unlink()
     torch.save({k: v.clone() for k, v in ref.state_dict().items()}, old / "pytorch_model.bin")
-    out = export_gguf(old, tmp_path / "bin.gguf", "f32", **quiet)
+    out = export_gguf(old, tmp_path / "bin.gguf", "f32")
     assert max_logit_diff(ref, load_back(out), tok, TEXTS) <= TOL["f32"]

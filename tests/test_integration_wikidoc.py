@@ -15,7 +15,7 @@ def test_validation_loss_falls_on_real_data(tmp_path, shared, tiny_config):
     cfg = tiny_config(out, f"model.tokenizer={tokenizer}", "data.max_records=400", "data.max_length=256",
                       "train.max_steps=30", "train.eval_steps=10", "train.save_steps=30", "train.batch_size=8",
                       "train.learning_rate=0.01", "train.eval_on_start=true", data__source=str(data))
-    training.run(cfg, log=lambda *a: None)
+    training.run(cfg)
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
     steps, evals = zip(*[(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h])
     assert steps[0] == 0 and len(evals) >= 4, steps  # the untrained adapter's loss starts the curve

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -65,7 +66,7 @@ def test_two_trains_on_one_folder_one_is_refused(tmp_path, tiny_preset):
     assert not (out / rundir.LOCK).exists()
 
 
-def test_lock_of_a_killed_process_is_taken_over(tmp_path, holder):
+def test_lock_of_a_killed_process_is_taken_over(tmp_path, holder, caplog):
     folder = tmp_path / "run"
     folder.mkdir()
     p = holder(folder)
@@ -75,12 +76,13 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path, holder):
     p.kill()  # SIGKILL: no cleanup; the lock file stays, naming a process that no longer runs
     p.wait()
     assert rundir.lock_info(folder / rundir.LOCK)["pid"] == p.pid
-    said = []
-    with rundir.locked(folder, "medtune eval", log=said.append):
+    caplog.set_level(logging.INFO, logger="medtune.rundir")
+    with rundir.locked(folder, "medtune eval"):
         assert rundir.lock_info(folder / rundir.LOCK)["pid"] == os.getpid()
         with rundir.locked(folder, "medtune eval"):  # re-entrant within a process
             pass
         assert (folder / rundir.LOCK).exists()
+    said = [r.getMessage() for r in caplog.records if r.name == "medtune.rundir"]
     assert len(said) == 1 and f"(pid {p.pid} on " in said[0] and said[0].endswith("which no longer runs")
     assert not (folder / rundir.LOCK).exists() and folder.is_dir()
 
@@ -117,5 +119,5 @@ def test_without_flock_pid_host_and_start_time_decide(tmp_path, monkeypatch, hol
                 with rundir.locked(folder, "medtune eval"):
                     pass
         else:
-            with rundir.locked(folder, "medtune eval", log=lambda *a: None):
+            with rundir.locked(folder, "medtune eval"):
                 assert rundir.lock_info(folder / rundir.LOCK)["pid"] == os.getpid()

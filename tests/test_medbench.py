@@ -85,7 +85,7 @@ def bench_run(tmp_path_factory, tiny_config):
     from medtune import training
 
     out = tmp_path_factory.mktemp("bench") / "run"
-    training.run(tiny_config(out, "train.max_steps=2", "data.max_records=30"), log=lambda *a, **k: None)
+    training.run(tiny_config(out, "train.max_steps=2", "data.max_records=30"))
     return out
 
 
@@ -113,14 +113,14 @@ def test_forgetting_is_flagged_in_metrics_log_report_and_card(bench_run, tmp_pat
 
     real = evaluate.run_benchmarks
 
-    def rigged(model, tok, tasks, cfg, side, log=print):
+    def rigged(model, tok, tasks, cfg, side):
         def logliks(m, t, items, b=16):
             right = side == "base" or items[0].task == "pubmedqa"
             return [[0.0 if (j == i.gold) == right else -5.0 for j in range(len(i.choices))] for i in items]
 
         with monkeypatch.context() as m:
             m.setattr(medbench.scoring, "choice_logliks", logliks)
-            return real(model, tok, tasks, cfg, side, log)
+            return real(model, tok, tasks, cfg, side)
 
     monkeypatch.setattr(evaluate, "run_benchmarks", rigged)
     rows = ROWS["medmcqa"] * 10  # 20 questions: a base interval that a tuned accuracy of 0 falls below
@@ -132,8 +132,8 @@ def test_forgetting_is_flagged_in_metrics_log_report_and_card(bench_run, tmp_pat
     assert bench["medmcqa"]["tuned"]["acc"] == 0 and bench["medmcqa"]["base"]["acc"] == 1
     assert bench["medmcqa"]["forgetting"] is True and bench["pubmedqa"]["forgetting"] is False
     warning = "warning: forgetting on medmcqa: tuned accuracy 0.000 is below the base model's 95% interval"
-    logged = capsys.readouterr().out
-    assert f"eval: {warning}" in logged and "forgetting on pubmedqa" not in logged
+    logged = capsys.readouterr()  # the table on stdout, the warning on stderr
+    assert f"eval: {warning}" in logged.err and "forgetting on pubmedqa" not in logged.out + logged.err
     report = (bench_run / "eval" / "report.md").read_text()
     assert f"**{warning}" in report and "| 0.250 | **yes** |" in report and "| 0.333 | no |" in report
     card = model_card(bench_run, rundir.open_run(bench_run).config)

@@ -4,6 +4,7 @@ Every question here is invented for the tests."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -429,20 +430,22 @@ def test_peft_model_tuned_vs_base_with_disable_adapter(tok, files):
         medbench.compare(off, medbench.score(base, tok, items[:3]))
 
 
-def test_mmlu_medical_from_one_shared_file_and_its_group_row(model, tok, tmp_path):
+def test_mmlu_medical_from_one_shared_file_and_its_group_row(model, tok, tmp_path, caplog):
     rows = [{"question": f"Invented {s.replace('_', ' ')} question number {k}?", "subject": s,
              "choices": ["one", "two", "three", "four"], "answer": k % 4}
             for s in medbench.MMLU_MEDICAL for k in range(2)]
     benchmarks = medbench.parse_benchmarks(f"mmlu_medical={jsonl(tmp_path / 'mmlu_all.jsonl', rows)}")
     tasks = medbench.load_benchmarks(benchmarks)
     assert [len(v) for v in tasks.values()] == [2] * 6
-    logged = []
-    results = medbench.score_tasks(model, tok, tasks, batch_size=5, log=logged.append)
+    caplog.set_level(logging.INFO, logger="medtune.medbench")
+    results = medbench.score_tasks(model, tok, tasks, batch_size=5)
     group = results["mmlu_medical"]
+    logged = [r for r in caplog.records if r.name == "medtune.medbench"]
     assert group["n"] == 12 and group["members"] == [b.name for b in benchmarks] and len(logged) == 6
     assert group["acc"] == pytest.approx(sum(results[b.name]["acc"] * 2 for b in benchmarks) / 12)
     assert group["chance"] == 0.25 and "per_item" not in group
-    no_ci = medbench.score_tasks(model, tok, tasks, bootstrap=0, log=logged.append)["mmlu_medical"]
+    no_ci = medbench.score_tasks(model, tok, tasks, bootstrap=0)["mmlu_medical"]
+    logged = [r for r in caplog.records if r.name == "medtune.medbench"]
     assert no_ci["acc"] == group["acc"] and no_ci["acc_ci"] == [None, None] and len(logged) == 12
 
 

@@ -16,7 +16,7 @@ def merged(run_dir, tmp_path_factory):
     from medtune.merge import merge
 
     out = tmp_path_factory.mktemp("merge") / "merged"
-    merge(run_dir, out, log=lambda *a, **k: None)
+    merge(run_dir, out)
     return out
 
 
@@ -151,16 +151,16 @@ def test_refuses_non_empty_out_and_non_runs(run_dir, merged, tmp_path):
 
     before = sorted((p.name, p.stat().st_mtime_ns) for p in merged.iterdir())
     with pytest.raises(MedtuneError, match="not empty"):
-        merge(run_dir, merged, log=lambda *a: None)
+        merge(run_dir, merged)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in merged.iterdir()) == before
     with pytest.raises(MedtuneError, match=r"is a full model \(config.json, no adapter\)"):
-        merge(merged, tmp_path / "again", log=lambda *a: None)
+        merge(merged, tmp_path / "again")
     with pytest.raises(MedtuneError, match="holds neither an adapter"):
-        merge(tmp_path, tmp_path / "x", log=lambda *a: None)
+        merge(tmp_path, tmp_path / "x")
     with pytest.raises(MedtuneError, match="folder not found"):
-        merge(tmp_path / "missing", tmp_path / "y", log=lambda *a: None)
+        merge(tmp_path / "missing", tmp_path / "y")
     with pytest.raises(MedtuneError, match="inside"):
-        merge(run_dir, run_dir / "merged", log=lambda *a: None)
+        merge(run_dir, run_dir / "merged")
     assert not (run_dir / "merged").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no refused merge left a folder behind
 
@@ -185,7 +185,7 @@ def test_failed_merge_leaves_no_partial_files(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", boom)
     out = tmp_path / "merged"
     with pytest.raises(OSError, match="disk full"):
-        merge(run_dir, out, log=lambda *a: None)
+        merge(run_dir, out)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -201,7 +201,7 @@ def test_merge_4bit_run_reloads_base_unquantized(tmp_path_factory, tiny_run):
 
     run4 = tiny_run("tiny-run-4bit", "model.quantization=4bit", "train.max_steps=2")
     out = tmp_path_factory.mktemp("merge4") / "merged"
-    merge(run4, out, log=lambda *a: None)
+    merge(run4, out)
     card = (out / "README.md").read_text()
     assert "quantization during training: 4bit" in card and "reloaded unquantized" in card
     model = AutoModelForCausalLM.from_pretrained(str(out))

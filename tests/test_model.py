@@ -7,7 +7,7 @@ from medtune.model import add_lora, build_random, load_base_model, load_tokenize
 
 def test_lora_targets_on_tiny_gpt2(tok):
     cfg = ModelConfig(name="random:tiny", tokenizer="builtin:tiny")
-    model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
+    model = add_lora(load_base_model(cfg, tok), cfg)
     names = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
     leaves = {n.split(".")[-2] for n in names}
     assert leaves == {"c_attn", "c_proj", "c_fc"}
@@ -19,11 +19,11 @@ def test_lora_targets_on_tiny_gpt2(tok):
 
 def test_lora_targets_override(tok):
     cfg = ModelConfig(name="random:tiny", lora_targets=["c_attn"])
-    model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
+    model = add_lora(load_base_model(cfg, tok), cfg)
     assert {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith("lora_A")} == {"c_attn"}
     bad = ModelConfig(name="random:tiny", lora_targets=["q_proj", "v_proj"])  # the tutorial's mistake
     with pytest.raises(MedtuneError, match="q_proj"):
-        add_lora(load_base_model(bad, tok), bad, log=lambda *a: None)
+        add_lora(load_base_model(bad, tok), bad)
 
 
 def test_rslora_and_dora_reach_peft_and_merge(tok):
@@ -66,3 +66,33 @@ def test_4bit_base_on_cpu(tok):
     q = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert q and q[0].weight.quant_type == "nf4"
     assert all(m.support_avx512bf16_for_cpu is False for m in q)  # NOTES trap 3
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_gradient_checkpointing_same_gradients_no_deprecation(tok, quantization):
+    """model.gradient_checkpointing=true: activation checkpointing is on (through transformers' current name: no
+    deprecation warning from medtune's own call) and the LoRA gradients are those without it."""
+    import warnings
+
+    import torch
+
+    if quantization == "4bit":
+        pytest.importorskip("bitsandbytes")
+    grads = {}
+    for on in (False, True):
+        cfg = ModelConfig(name="random:tiny", quantization=quantization, gradient_checkpointing=on, lora_dropout=0.0)
+        torch.manual_seed(0)
+        base = load_base_model(cfg, tok)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = add_lora(base, cfg)
+        if quantization == "none":  # (4-bit: peft's prepare_model_for_kbit_training still uses the old name)
+            assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)]
+        assert model.get_base_model().is_activation_checkpointing == on
+        model.train()
+        ids = torch.tensor([tok("Rest and fluids help a cold.")["input_ids"]])
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[on] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for n, g in grads[False].items():
+        torch.testing.assert_close(grads[True][n], g, rtol=1e-4, atol=1e-6)

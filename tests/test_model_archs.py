@@ -19,7 +19,6 @@ EXPECTED_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"], "phi3": ["qkv_proj", "
                                                 "olmo", "olmo2", "smollm3", "granite", "stablelm", "cohere", "exaone4",
                                                 "internlm3")}}
 LLAMA = set(LLAMA_NAMES)
-quiet = dict(log=lambda *a, **k: None)
 
 
 def lora_leaves(model):
@@ -35,18 +34,18 @@ def test_llama_targets_and_override(llama_dir, tok):
     cfg = ModelConfig(name=str(llama_dir))
     base = load_base_model(cfg, tok)
     assert base.config.model_type == "llama" and lora_targets(base, cfg) == "all-linear"
-    model = add_lora(base, cfg, **quiet)
+    model = add_lora(base, cfg)
     assert lora_leaves(model) == LLAMA
     assert len([n for n, _ in model.named_modules() if n.endswith("lora_A")]) == 2 * 7
     assert not model.peft_config["default"].fan_in_fan_out
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     cfg = ModelConfig(name=str(llama_dir), lora_targets=["q_proj", "v_proj"])  # always overridable
-    assert lora_leaves(add_lora(load_base_model(cfg, tok), cfg, **quiet)) == {"q_proj", "v_proj"}
+    assert lora_leaves(add_lora(load_base_model(cfg, tok), cfg)) == {"q_proj", "v_proj"}
 
 
 def test_llama_train_save_reload_generate(llama_dir, tmp_path, tiny_config):
     out = tmp_path / "run"
-    metrics = training.run(tiny_config(out, "train.max_steps=6", model__name=str(llama_dir)), **quiet)
+    metrics = training.run(tiny_config(out, "train.max_steps=6", model__name=str(llama_dir)))
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert {t.split(".")[-1] for t in adapter["target_modules"]} == LLAMA  # "all-linear", resolved by peft
@@ -86,7 +85,7 @@ def test_fallback_all_linear_covers_conv1d(tok):
     base = _lm(OpenAIGPTConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2))
     cfg = ModelConfig(name="local-openai-gpt")
     assert base.config.model_type not in EXPECTED_TARGETS and lora_targets(base, cfg) == "all-linear"
-    model = add_lora(base, cfg, **quiet)
+    model = add_lora(base, cfg)
     targeted = [m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
     assert lora_leaves(model) == {"c_attn", "c_proj", "c_fc"} and len(targeted) == 2 * 4
     assert all(isinstance(m.base_layer, Conv1D) for m in targeted)
@@ -108,7 +107,7 @@ def test_fallback_all_linear_on_plain_linear(tok):
 
     base = _lm(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64, max_position_embeddings=64))
-    model = add_lora(base, ModelConfig(name="local-neox"), **quiet)
+    model = add_lora(base, ModelConfig(name="local-neox"))
     assert lora_leaves(model) == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
     assert not model.peft_config["default"].fan_in_fan_out
 
@@ -126,4 +125,4 @@ def test_all_linear_selects_every_decoder_linear(model_type):
     head = model.get_output_embeddings()
     linear = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
     assert set(EXPECTED_TARGETS[model_type]) == linear
-    assert lora_leaves(add_lora(model, ModelConfig(name="x"), **quiet)) == linear
+    assert lora_leaves(add_lora(model, ModelConfig(name="x"))) == linear

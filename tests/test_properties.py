@@ -64,8 +64,7 @@ def client(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("prop") / "run"
     training.run(load_config(TINY, ["train.max_steps=1", "train.save_steps=100", "train.eval_steps=100",
-                                    "train.report_to=none", "data.max_records=30"], output_dir=str(out)),
-                 log=lambda *a, **k: None)
+                                    "train.report_to=none", "data.max_records=30"], output_dir=str(out)))
     with TestClient(create_app(out, limits=Limits(max_tokens=3))) as c:
         yield c
 

@@ -19,9 +19,8 @@ def places(tmp_path_factory):
     run = base / "run"
     training.run(load_config(refusals.ROOT / "configs" / "tiny-cpu.yaml",
                              ["train.max_steps=2", "train.save_steps=100", "train.eval_steps=100",
-                              "train.report_to=none", "data.max_records=40"], output_dir=str(run)),
-                 log=lambda *a, **k: None)
-    merge(run, base / "merged", log=lambda *a, **k: None)
+                              "train.report_to=none", "data.max_records=40"], output_dir=str(run)))
+    merge(run, base / "merged")
     scratch = base / "scratch"
     scratch.mkdir()
     return refusals.materialize(scratch, run, base / "merged")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,8 +28,8 @@ from medtune.audit_overlap import (  # noqa: F401
     NGRAM,
     NUM_PERM,
     SHINGLE,
-    _contamination_report,
     containment,
+    contamination_report,
     near_duplicate_pairs,
 )
 from medtune.config import DataConfig
@@ -47,6 +48,8 @@ from medtune.data import (
 )
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("medtune.audit")
 
 # ---------------------------------------------------------------- the audit
 
@@ -169,10 +172,10 @@ def _contamination(unique: list[dict], row_of: dict[int, int], cfg: DataConfig,
     split.update({k: len(v) for k, v in splits.items()})
     train = splits["train"]
     if splits["test"]:
-        reports.append(_contamination_report("test split", [(row_of[id(r)], r) for r in splits["test"]], train))
+        reports.append(contamination_report("test split", [(row_of[id(r)], r) for r in splits["test"]], train))
     for path in against or []:
         eval_records = load_records(dataclasses.replace(cfg, source=str(path), max_records=None))
-        reports.append(_contamination_report(str(path), list(enumerate(eval_records, 1)), train))
+        reports.append(contamination_report(str(path), list(enumerate(eval_records, 1)), train))
     return split, reports
 
 
@@ -191,7 +194,7 @@ def _phi_findings(records: list[dict], out_dir: Path) -> dict:
             "rows": len({f.row for f in findings}), "findings": [f.to_dict() for f in findings]}
 
 
-def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None = None, log=print) -> dict:
+def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None = None) -> dict:
     """Audit the data set of `cfg` and write out_dir/audit.json, audit.md and lengths.png; returns the audit dict.
     `against`: evaluation files (same column mapping) checked for overlap with the training split."""
     t0 = time.perf_counter()
@@ -200,7 +203,7 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
     source_rows = len(records)
     if cfg.max_records:
         records = records[: cfg.max_records]
-    log(f"audit: {len(records):,} records from {cfg.source}")
+    log.debug(f"audit: {len(records):,} records from {cfg.source}")
     report: dict = {
         "source": cfg.source,
         "records": len(records),
@@ -214,20 +217,20 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
     report["duplicates"], unique = _exact_duplicates(valid)
     t = time.perf_counter()
     report["duplicates"].update(_near_duplicates(unique, row_of))
-    log(f"audit: duplicates exact {report['duplicates']['exact']:,}, near {report['duplicates']['near']:,} pairs "
+    log.debug(f"audit: duplicates exact {report['duplicates']['exact']:,}, near {report['duplicates']['near']:,} pairs "
         f"({time.perf_counter() - t:.1f}s)")
 
     t = time.perf_counter()
     report["tokens"], lengths = _token_lengths(unique, row_of, cfg, tokenizer)
-    log(f"audit: token lengths ({time.perf_counter() - t:.1f}s)")
+    log.debug(f"audit: token lengths ({time.perf_counter() - t:.1f}s)")
 
     t = time.perf_counter()
     report["split"], report["contamination"] = _contamination(unique, row_of, cfg, against)
-    log(f"audit: contamination ({time.perf_counter() - t:.1f}s)")
+    log.debug(f"audit: contamination ({time.perf_counter() - t:.1f}s)")
 
     t = time.perf_counter()
     report["phi"] = _phi_findings(records, out_dir)
-    log(f"audit: PHI scan ({time.perf_counter() - t:.1f}s)")
+    log.debug(f"audit: PHI scan ({time.perf_counter() - t:.1f}s)")
 
     report["seconds"] = round(time.perf_counter() - t0, 2)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ def _minhash(shingle_sets: list[np.ndarray], seed: int = 1) -> np.ndarray:
         sigs[idx] = np.minimum.reduceat(hashed, starts, axis=0)
 
     for i in nonempty:  # chunks of ~30k shingles keep the (shingles x permutations) matrix small
-        chunk.append(i)
+        chunk.append(int(i))
         count += sizes[i]
         if count > 30_000:
             flush(chunk)
@@ -165,7 +165,7 @@ def containment(eval_records: list[dict], train_records: list[dict], n: int = NG
     return {"scores": scores, "common_ngrams_ignored": int(len(common))}
 
 
-def _contamination_report(name: str, eval_rows: list[tuple[int, dict]], train_records: list[dict]) -> dict:
+def contamination_report(name: str, eval_rows: list[tuple[int, dict]], train_records: list[dict]) -> dict:
     result = containment([r for _, r in eval_rows], train_records)
     scores = result["scores"]
     train_keys = {_content_key(r) for r in train_records}

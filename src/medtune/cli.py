@@ -4,26 +4,84 @@ the checks that need no model have passed, so that a refusal takes about a secon
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shlex
 import sys
 import warnings
 
 
-def _quiet():
+class ConsoleHandler(logging.Handler):
+    """medtune's log lines on the console, the message alone: info and debug on stdout, warnings and errors on
+    stderr. The stream is looked up at each line, so that a later redirection of sys.stdout (a test's capture,
+    contextlib.redirect_stdout) takes effect."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Configure logging once per command: the `medtune` loggers at `level` (under torchrun, rank 0 alone speaks:
+    the other ranks show errors only), everything on the console through one ConsoleHandler on the root logger
+    (other libraries' loggers keep the root's level, warnings). A handler on the root also keeps a library's
+    module-level logging.warning() from adding a second one (logging.basicConfig), which would print every line
+    twice. Calling it again replaces the handler."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, ConsoleHandler)]:
+        root.removeHandler(h)
+    root.addHandler(ConsoleHandler())
+    logging.getLogger("medtune").setLevel(level if os.environ.get("RANK", "0") == "0" else max(level, logging.ERROR))
+
+
+@contextlib.contextmanager
+def _level(name: str, level: int):
+    """The logger `name` at `level` (at least) for the duration."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(max(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+# Third-party warnings that tell a medtune user nothing they could act on, each matched by its message alone, so that
+# any other warning (a new deprecation, a real problem) still shows. Found by running the commands with -W always.
+KNOWN_NOISE = [
+    # peft wraps a model (get_peft_model, PeftModel.from_pretrained) reading transformers 5's deprecated alias
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed in v6"),
+    # peft's prepare_model_for_kbit_training (4-bit on CPU) enables checkpointing through the deprecated alias
+    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated and will be removed in v6"),
+    # peft, saving an adapter offline: it cannot ask the hub whether the base's vocabulary was resized (medtune never
+    # resizes it), e.g. for a random 4-bit base that was loaded from a temporary folder
+    (UserWarning, r"Could not find a config file in .* - will assume that the vocabulary was not modified"),
+]
+
+
+def silence_known_noise() -> None:
+    """Quiet the tokenizers' fork warning and TensorFlow's start-up lines, and filter the KNOWN_NOISE warnings."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    for category, message in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _quiet_ml():
-    """Quiet transformers and the hub (importing them takes a second or more: only once a command needs them)."""
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # "Loading weights" bars; training's own progress bar stays
+    """Quiet transformers and the hub (importing them takes a second or more: only once a command needs them): their
+    errors only, or their warnings too with --verbose."""
     import huggingface_hub.utils.logging as hub_logging
-    hub_logging.set_verbosity_error()
+    from transformers.utils import logging as hf_logging
+
+    level = logging.WARNING if logging.getLogger("medtune").isEnabledFor(logging.DEBUG) else logging.ERROR
+    hf_logging.set_verbosity(level)
+    hf_logging.disable_progress_bar()  # "Loading weights" bars; training's own progress bar stays
+    hub_logging.set_verbosity(level)
 
 
 def _command_line(a) -> str:
@@ -44,8 +102,7 @@ def _train_checked(a, cfg):
     from medtune import data, machine, rundir
 
     rundir.check_output(Path(cfg.output_dir).expanduser(), a.resume)
-    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
-    checked = data.load_checked(cfg.data, log=print if main_process else lambda *x, **k: None)
+    checked = data.load_checked(cfg.data)  # under torchrun, rank 0 alone speaks (setup_logging)
     machine.check(cfg)
     return checked
 
@@ -166,7 +223,7 @@ def cmd_audit(a):
         raise MedtuneError(f"--out {out} exists and is not a folder")
     _quiet_ml()
     tok = load_tokenizer(tokenizer_path(cfg.model))
-    result = audit.audit(cfg.data, tok, out, against=a.against, log=lambda *x, **k: None)
+    result = audit.audit(cfg.data, tok, out, against=a.against)  # its progress lines are debug (--verbose)
     print("\n".join(audit.summary_lines(result)))
     findings = rundir.read_json(out / "phi_review.json", required=True)["findings"]
     reviewed = data.reviewed_findings(cfg.data.phi_reviewed)
@@ -215,7 +272,8 @@ def _export(run, out, dtype: str) -> None:
     _quiet_ml()
     if run.is_run:  # a training run: merge into a temporary folder first (GGUF holds a standalone model)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".medtune-export-") as tmp:
-            merge.merge(run.path, Path(tmp) / "merged", log=lambda *x, **k: None)
+            with _level("medtune.merge", logging.WARNING):  # the temporary merge is no news
+                merge.merge(run.path, Path(tmp) / "merged")
             export_gguf(Path(tmp) / "merged", out, dtype)
     else:
         export_gguf(run.path, out, dtype)
@@ -228,7 +286,9 @@ def cmd_serve(a):
     _quiet_ml()
     from medtune.serving import server
 
-    server.serve(a.model_dir, host=a.host, port=a.port, max_tokens=a.max_tokens,
+    quiet = not logging.getLogger("medtune").isEnabledFor(logging.INFO)
+    server.serve(a.model_dir, host=a.host, port=a.port, log_level="warning" if quiet else "info",
+                 max_tokens=a.max_tokens,
                  max_prompt_tokens=a.max_prompt_tokens, queue_size=a.queue_size, max_batch_size=a.max_batch_size,
                  api_key=a.api_key or os.environ.get("MEDTUNE_API_KEY") or None, insecure=a.insecure)
 
@@ -328,6 +388,9 @@ def _other_parsers(sub):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medtune",
                                 description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA.")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug lines too, and the ML libraries' warnings")
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _generate_parser(sub)
@@ -348,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet()
+    setup_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    silence_known_noise()
     try:
         if args.command == "serve":  # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown)
             args.func(args)

@@ -7,7 +7,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -27,7 +27,7 @@ ALPACA_NO_INPUT_TEMPLATE = (
 )
 
 # GPT-2 family shapes, so that `random:<name>` builds the architecture offline (random weights; medtune.model).
-GPT2_SHAPES = {
+GPT2_SHAPES: dict[str, dict[str, Any]] = {  # GPT2Config keyword arguments
     "tiny": dict(n_layer=2, n_head=4, n_embd=128, n_positions=512, initializer_range=0.1),
     "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),

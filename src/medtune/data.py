@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from medtune.files import read_text, split_lines
 FIELDS = ("instruction", "input", "output")
 SAMPLE = Path(__file__).parent / "sample_data" / "medical_qa.jsonl"
 IGNORE_INDEX = -100
+
+log = logging.getLogger("medtune.data")
 
 
 # ---------------------------------------------------------------- loading
@@ -292,7 +295,7 @@ def chat_end_of_turn_id(tokenizer, cfg: DataConfig) -> int | None:
     return None
 
 
-def setup_prompt_format(cfg: DataConfig, tokenizer, log=print) -> None:
+def setup_prompt_format(cfg: DataConfig, tokenizer) -> None:
     """For data.prompt_format=chat: render the chat template into cfg.chat_prompt (unless pinned there already) and
     make the tokenizer's EOS the template's end-of-turn token, so that every answer is trained to end with it and
     generation (which stops at tokenizer.eos_token_id) stops there. The run saves both: config.yaml and the
@@ -303,11 +306,11 @@ def setup_prompt_format(cfg: DataConfig, tokenizer, log=print) -> None:
         cfg.chat_prompt = render_chat_prompt(tokenizer, cfg)
     end = chat_end_of_turn_id(tokenizer, cfg)
     if end is None:
-        log(f"data: the chat template closes a turn with no special token; answers end with EOS "
+        log.info(f"data: the chat template closes a turn with no special token; answers end with EOS "
             f"{tokenizer.eos_token!r}")
     elif end != tokenizer.eos_token_id:
         token = tokenizer.convert_ids_to_tokens(end)
-        log(f"data: chat format; answers end with the template's end-of-turn token {token!r} "
+        log.info(f"data: chat format; answers end with the template's end-of-turn token {token!r} "
             f"(EOS was {tokenizer.eos_token!r}), and generation stops there")
         tokenizer.eos_token = token
 
@@ -497,7 +500,7 @@ def reviewed_findings(path: str | None) -> set[str]:
     return keys
 
 
-def phi_guard(records: list[dict], cfg: DataConfig, log=print) -> tuple[list[dict], dict]:
+def phi_guard(records: list[dict], cfg: DataConfig) -> tuple[list[dict], dict]:
     """data.phi: stop (error), warn, or replace findings with [TYPE] placeholders (redact) before training."""
     if cfg.phi == "off":
         return records, {}
@@ -514,11 +517,11 @@ def phi_guard(records: list[dict], cfg: DataConfig, log=print) -> tuple[list[dic
                            f"see them with `medtune data audit {cfg.source}`, or set data.phi=redact to replace "
                            "them with [TYPE] placeholders (warn: train anyway)")
     if cfg.phi == "warn":
-        log(f"data: warning: {len(findings)} possible protected health information findings ({shown}); "
+        log.warning(f"data: warning: {len(findings)} possible protected health information findings ({shown}); "
             f"training on them as data.phi=warn says (`medtune data audit {cfg.source}` lists them)")
         return records, {}
     records, counts = redact_phi(records)
-    log(f"data: replaced {sum(counts.values())} possible protected health information findings with placeholders "
+    log.info(f"data: replaced {sum(counts.values())} possible protected health information findings with placeholders "
         f"({shown})")
     return records, {"phi_redacted": counts}
 
@@ -534,20 +537,20 @@ class Checked:
     extra: dict = field(default_factory=dict)
 
 
-def load_checked(cfg: DataConfig, log=print) -> Checked:
+def load_checked(cfg: DataConfig) -> Checked:
     raw = load_records(cfg)
     n_rows = len(raw)
     if cfg.max_records:
         raw = raw[: cfg.max_records]
     records, dups = validate_records(raw, cfg.source)
-    records, extra = phi_guard(records, cfg, log)
+    records, extra = phi_guard(records, cfg)
     return Checked(raw, records, dups, n_rows, extra)
 
 
-def prepare(cfg: DataConfig, tokenizer, log=print, checked: Checked | None = None) -> Prepared:
+def prepare(cfg: DataConfig, tokenizer, checked: Checked | None = None) -> Prepared:
     """Split, prompt-format and tokenize the records (load_checked's, or `checked` when the caller has them)."""
-    c = checked or load_checked(cfg, log)
-    setup_prompt_format(cfg, tokenizer, log)
+    c = checked or load_checked(cfg)
+    setup_prompt_format(cfg, tokenizer)
     splits = split_records(c.records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     encoded, dropped, too_long = {}, 0, []
     for name, rows in splits.items():
@@ -563,18 +566,18 @@ def prepare(cfg: DataConfig, tokenizer, log=print, checked: Checked | None = Non
     if too_long:
         if cfg.overlong == "error":
             index = {id(r): n for n, r in enumerate(c.raw, 1)}
-            rows = sorted(index[id(r)] for r in too_long)
+            numbers = sorted(index[id(r)] for r in too_long)
             raise MedtuneError(f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
-                               f"rows {_rows_text(rows)} (set data.overlong=drop to skip them)")
+                               f"rows {_rows_text(numbers)} (set data.overlong=drop to skip them)")
         dropped = len(too_long)
-    log(f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
+    log.info(f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
         f"{dropped} longer than {cfg.max_length} tokens dropped; split train/validation/test = "
         f"{len(encoded['train'])}/{len(encoded['validation'])}/{len(encoded['test'])}")
     if not encoded["train"]:
         raise MedtuneError("no training records left after validation and length filtering")
     for name, frac in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)):
         if frac > 0 and not encoded[name]:
-            log(f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
+            log.warning(f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
                 f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
                 + ("no validation loss will be computed" if name == "validation"
                    else "`medtune eval` will need --data"))

@@ -14,6 +14,7 @@ base is quantized) for the tuned numbers. Answers come from the one decoding pat
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 import time
@@ -38,11 +39,13 @@ from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import complete, make_engine
 from medtune.model import context_length, decoder_and_head, decoder_output
-from medtune.report import MODELS, _num, forgetting_warnings, render_report, table
+from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import linear_cross_entropy
 
 DEFAULT_MAX_NEW_TOKENS = 512
+
+log = logging.getLogger("medtune.evaluate")
 
 
 # ---------------------------------------------------------------- inputs
@@ -87,7 +90,8 @@ LOSS_BATCH_TOKENS = 32_768  # padded tokens per loss batch (records sorted by le
 
 def length_batches(lengths: list[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
     """Indices sorted by length, cut into batches of at most max_tokens padded tokens (and max_rows rows)."""
-    batches, cur = [], []
+    batches: list[list[int]] = []
+    cur: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         if cur and ((len(cur) + 1) * lengths[i] > max_tokens or (max_rows and len(cur) >= max_rows)):
             batches.append(cur)
@@ -211,7 +215,7 @@ def generation_metrics(completions: list, references: list[str], bootstrap: int 
 # ---------------------------------------------------------------- main entry
 
 @dataclasses.dataclass
-class _Inputs:
+class EvalInputs:
     kept: list[dict]
     encoded: list[dict]
     prompts: list[list[int]]  # prompt ids of the questions chosen for generation
@@ -221,7 +225,7 @@ class _Inputs:
     source: str
 
 
-def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy) -> tuple[_Inputs,
+def prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy) -> tuple[EvalInputs,
                                                                                                        GenerateConfig]:
     records, source = load_eval_records(run, data, split)
     # answer tokens only, whatever training did
@@ -237,11 +241,11 @@ def _prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples:
                                                                         list(map(len, ids)), limit))
     candidates = [i for i, p in enumerate(ids) if limit is None or len(p) + g.max_new_tokens <= limit]
     chosen = random.Random(g.seed).sample(candidates, min(num_samples, len(candidates)))
-    return _Inputs(kept, encoded, [ids[i] for i in chosen], chosen, [reference_answer(kept[i]) for i in chosen],
+    return EvalInputs(kept, encoded, [ids[i] for i in chosen], chosen, [reference_answer(kept[i]) for i in chosen],
                    len(records) - len(kept), source), g
 
 
-def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch_size: int, log,
+def _evaluate_pass(name: str, model, tok, inp: EvalInputs, g: GenerateConfig, batch_size: int,
                    bootstrap: int = 0) -> tuple[dict, dict, list]:
     """Loss and (when questions were chosen) generated answers of one model: (metrics, seconds, answers)."""
     result: dict = {}
@@ -249,8 +253,9 @@ def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch
     t0 = time.perf_counter()
     loss = answer_token_loss(model, inp.encoded, tok.pad_token_id)
     seconds[f"{name} loss"] = time.perf_counter() - t0
-    log(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {_num(loss['perplexity'], '.2f')} "
-        f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
+    perplexity = format_number(loss["perplexity"], ".2f")
+    log.info(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {perplexity} "
+             f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
     result.update(loss=loss["loss"], perplexity=loss["perplexity"], answer_tokens=loss["answer_tokens"])
     if not inp.chosen:
         result.update(rouge_l=None, eos_rate=None, mean_answer_tokens=None, repeated_4gram_share=None,
@@ -264,16 +269,16 @@ def _evaluate_pass(name: str, model, tok, inp: _Inputs, g: GenerateConfig, batch
     seconds[f"{name} generation"] = time.perf_counter() - t0
     agg, scores = generation_metrics(answers, inp.refs, bootstrap, g.seed)
     result.update(agg, rouge_l_each=scores)
-    log(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f}, looping "
+    log.info(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f}, looping "
         f"{agg['looping_answers']:.0%} ({seconds[f'{name} generation']:.1f} s)")
     return result, seconds, answers
 
 
-def _samples(inp: _Inputs, answers: dict, result: dict) -> list[dict]:
+def _samples(inp: EvalInputs, answers: dict, result: dict) -> list[dict]:
     samples = []
     for j, i in enumerate(inp.chosen):
         r = inp.kept[i]
-        s = dict(eval_fields(r))
+        s: dict[str, object] = dict(eval_fields(r))
         for name in MODELS:
             c = answers[name][j]
             s.update({name: c.text, f"{name}_tokens": len(c.token_ids), f"{name}_stopped_at_eos": c.stopped_at_eos,
@@ -282,7 +287,7 @@ def _samples(inp: _Inputs, answers: dict, result: dict) -> list[dict]:
     return samples
 
 
-def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict], log) -> None:
+def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict]) -> None:
     from medtune.training.artifacts import plot_losses
 
     out = run.eval_dir
@@ -295,14 +300,14 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict], lo
     atomic_write_jsonl(out / "samples.jsonl", [{**s, "notice": NOTICE} for s in samples])
     atomic_write_text(out / "report.md", render_report(metrics, samples, run.config, run.path, curve))
     atomic_write_json(out / "metrics.json", metrics)
-    log("")
-    log(table(metrics))
+    log.info("")
+    log.info(table(metrics))
     for line in forgetting_warnings(metrics.get("benchmarks") or {}):
-        log(f"eval: {line}")
-    log(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
+        log.warning(f"eval: {line}")
+    log.info(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
 
 
-def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, log=print) -> dict:
+def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str) -> dict:
     """Multiple-choice benchmarks (medtune.medbench) of one model: {name: scores}."""
     from medtune import medbench
 
@@ -312,7 +317,7 @@ def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, log=print) -
         scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
         out[name] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
         out[name]["seconds"] = round(time.perf_counter() - t0, 2)
-        log(f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
+        log.info(f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
             f"{out[name]['seconds']:.1f} s)")
     return out
 
@@ -332,7 +337,7 @@ def _benchmark_results(tasks: list, scores: dict) -> dict:
 
 
 def run(run_dir: str | Path, data: str | None = None, split: str | None = None, num_samples: int | None = None,
-        greedy: bool | None = None, benchmarks: str | None = None, log=print) -> dict:
+        greedy: bool | None = None, benchmarks: str | None = None) -> dict:
     """Evaluate a training output dir: base vs tuned. Writes RUN_DIR/eval/{metrics.json,report.md,...},
     prints the table, and returns the metrics."""
     t_start = time.perf_counter()
@@ -346,8 +351,8 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     tasks = _benchmark_tasks(benchmarks, cfg)
     model, tok = rundir.load_model(run, adapter=False)
     seconds = {"load": time.perf_counter() - t_start}
-    inp, g = _prepare_inputs(run, model, tok, data, split, num_samples, greedy)
-    log(f"eval: {len(inp.kept)} records from {inp.source}"
+    inp, g = prepare_inputs(run, model, tok, data, split, num_samples, greedy)
+    log.info(f"eval: {len(inp.kept)} records from {inp.source}"
         + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else ""))
     result, answers, bench = {}, {}, {}
     for name in MODELS:
@@ -355,12 +360,12 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
             t0 = time.perf_counter()
             model = rundir.add_adapter(run, model, merge=True)
             seconds["adapter"] = time.perf_counter() - t0
-        result[name], took, answers[name] = _evaluate_pass(name, model, tok, inp, g, cfg.eval.batch_size, log,
+        result[name], took, answers[name] = _evaluate_pass(name, model, tok, inp, g, cfg.eval.batch_size,
                                                            cfg.eval.bootstrap)
         seconds.update(took)
         if tasks:
             t0 = time.perf_counter()
-            bench[name] = run_benchmarks(model, tok, tasks, cfg, name, log)
+            bench[name] = run_benchmarks(model, tok, tasks, cfg, name)
             seconds[f"{name} benchmarks"] = time.perf_counter() - t0
     reference = {}
     if inp.chosen:
@@ -384,7 +389,7 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "run_dir": str(run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notice": NOTICE,
     }
-    _write_outputs(run, metrics, samples, log)
+    _write_outputs(run, metrics, samples)
     return metrics
 
 

@@ -112,9 +112,13 @@ def complete(model, tokenizer, prompts: list[list[int]], g: GenerateConfig, batc
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(prompts), desc="generating", unit="answer", file=sys.stderr)
-    done = (lambda c: bar.update(1)) if bar is not None else None
+
+    def tick(c: Completion) -> None:
+        if bar is not None:
+            bar.update(1)
+
     try:
-        return engine.run([Request(p, g, cancel, on_text, done) for p in prompts])
+        return engine.run([Request(p, g, cancel, on_text, tick if bar is not None else None) for p in prompts])
     finally:
         if bar is not None:
             bar.close()

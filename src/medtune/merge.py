@@ -16,6 +16,7 @@ close to, not bit-identical with, what the run evaluated; the card says so.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from medtune.files import NOTICE, atomic_write_text, publish_dir, staging_dir
 from medtune.rundir import LOCK, RunFolder, locked, open_run
 
 CHECK_QUESTION = "What is asthma?"
+
+log = logging.getLogger("medtune.merge")
 
 
 def _check_out(run_dir: Path, out: Path) -> None:
@@ -52,17 +55,17 @@ def check(run_dir: str | Path, out: str | Path) -> RunFolder:
     return run
 
 
-def merge(run_dir: str | Path, out: str | Path, log=print, command: str = "medtune merge") -> Path:
+def merge(run_dir: str | Path, out: str | Path, command: str = "medtune merge") -> Path:
     """Merge the adapter of `run_dir` into its base model; write the standalone model to `out` (new or empty), which
     is locked meanwhile (rundir.locked)."""
     out = Path(out).expanduser()
     with locked(out, command, create=True):
         run = check(run_dir, out)
-        _merge(run, out, log)
+        _merge(run, out)
     return out
 
 
-def _merge(run: RunFolder, out: Path, log) -> None:
+def _merge(run: RunFolder, out: Path) -> None:
     from peft import PeftModel
 
     from medtune.model import load_base_model, load_tokenizer, weights_dtype
@@ -72,7 +75,7 @@ def _merge(run: RunFolder, out: Path, log) -> None:
     tok = load_tokenizer(str(run_dir))
     local_base = str(run.base_model) if run.base_model else None
     quantized = cfg.model.quantization != "none"
-    log(f"merge: loading base {local_base or cfg.model.name}" + (" unquantized (the run used "
+    log.info(f"merge: loading base {local_base or cfg.model.name}" + (" unquantized (the run used "
                                                                   f"{cfg.model.quantization})" if quantized else ""))
     # merged and checked in float32 (bf16 rounding of the sum alone moved logits by up to 2.5 on SmolLM2), then
     # saved in the run's weight dtype
@@ -90,7 +93,7 @@ def _merge(run: RunFolder, out: Path, log) -> None:
     diff = float((_logits(merged, ids) - before).abs().max())
     if not diff <= 1e-3 * max(1.0, float(before.abs().max())):
         raise MedtuneError(f"merge check failed: merged logits differ from base + adapter by {diff:.3g}")
-    log(f"merge: adapter folded in (max |logit difference| vs base + adapter: {diff:.2e})")
+    log.info(f"merge: adapter folded in (max |logit difference| vs base + adapter: {diff:.2e})")
 
     merged.to(weights_dtype(cfg.model))
     _set_generation_defaults(merged, cfg, tok)
@@ -110,7 +113,7 @@ def _merge(run: RunFolder, out: Path, log) -> None:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    log(f"merged model written to {out}\n{NOTICE}")
+    log.info(f"merged model written to {out}\n{NOTICE}")
 
 
 def _set_generation_defaults(model, cfg, tok) -> None:

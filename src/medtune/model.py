@@ -3,6 +3,7 @@ LoRA."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from medtune.errors import MedtuneError
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TOKENIZERS = {"builtin:tiny": ASSETS / "tiny_tokenizer"}
+
+log = logging.getLogger("medtune.model")
 
 
 def _first_line(e: Exception) -> str:
@@ -315,7 +318,17 @@ def _has_conv1d(model) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
-def add_lora(model, cfg: ModelConfig, log=print):
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing, non-reentrant: through activation_checkpointing_enable where transformers
+    has it (it deprecates the old name, gradient_checkpointing_enable, with a FutureWarning), else the old name."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def add_lora(model, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.quantization != "none" and compute_dtype() == torch.bfloat16:
@@ -324,23 +337,24 @@ def add_lora(model, cfg: ModelConfig, log=print):
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
     elif cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.enable_input_require_grads()
     targets = lora_targets(model, cfg)
     is_conv1d = getattr(model.config, "model_type", "") == "gpt2" or _has_conv1d(model)
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM", fan_in_fan_out=is_conv1d, use_rslora=cfg.lora_rslora,
-                      use_dora=cfg.lora_dora)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
+                      lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                      fan_in_fan_out=is_conv1d, use_rslora=cfg.lora_rslora, use_dora=cfg.lora_dora)
     try:
         model = get_peft_model(model, lcfg)
     except ValueError as e:
         raise MedtuneError(f"LoRA targets {targets} do not fit this model: {_first_line(e)}") from None
     trainable, total = model.get_nb_trainable_parameters()
-    log(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
-        f"LoRA r={cfg.lora_r}{' rsLoRA' * cfg.lora_rslora}{' DoRA' * cfg.lora_dora} on {targets}, "
-        f"quantization={cfg.quantization}")
+    log.info(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
+             f"LoRA r={cfg.lora_r}{' rsLoRA' * cfg.lora_rslora}{' DoRA' * cfg.lora_dora} on {targets}, "
+             f"quantization={cfg.quantization}")
     return model

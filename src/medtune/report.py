@@ -11,7 +11,7 @@ from medtune.rundir import METRICS, read_json
 MODELS = ("base", "tuned")
 REPORT_SAMPLES = 5
 
-def _num(x, fmt: str) -> str:
+def format_number(x, fmt: str) -> str:
     if x is None:
         return "n/a"
     if isinstance(x, float) and math.isinf(x):
@@ -33,10 +33,10 @@ ROWS = (  # (label, metrics key, format)
 
 def _cell(side: dict, key: str, fmt: str) -> str:
     """A value, with its 95% bootstrap interval when the metrics carry one (key_ci)."""
-    text = _num(side.get(key), fmt)
+    text = format_number(side.get(key), fmt)
     ci = side.get(f"{key}_ci")
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-        text += f" [{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+        text += f" [{format_number(ci[0], fmt)}, {format_number(ci[1], fmt)}]"
     return text
 
 
@@ -47,7 +47,7 @@ def table(metrics: dict) -> str:
     for label, key, fmt in ROWS:
         ref = metrics["reference"].get(key)
         body.append([label, _cell(metrics["base"], key, fmt), _cell(metrics["tuned"], key, fmt),
-                     _num(ref, fmt) if key in metrics["reference"] else ""])
+                     format_number(ref, fmt) if key in metrics["reference"] else ""])
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "| " + " | ".join("-" * w for w in widths) + " |"] + [line(r) for r in body])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,9 +29,12 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 from medtune.config import Config, from_dict, read_yaml_mapping
 from medtune.errors import MedtuneError
+
+log = logging.getLogger("medtune.rundir")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -71,8 +75,19 @@ class RunFolder:
     def split_file(self, name: str) -> Path:
         return self.path / SPLITS / f"{name}.jsonl"
 
+    @overload
+    def read_json(self, name: str, required: Literal[True]) -> dict: ...
+    @overload
+    def read_json(self, name: str, required: bool = False) -> dict | None: ...
+
     def read_json(self, name: str, required: bool = False) -> dict | None:
         return read_json(self.path / name, required)
+
+
+@overload
+def read_json(path: Path, required: Literal[True]) -> dict: ...
+@overload
+def read_json(path: Path, required: bool = False) -> dict | None: ...
 
 
 def read_json(path: Path, required: bool = False) -> dict | None:
@@ -155,7 +170,9 @@ def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, 
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(str(run.path), dtype=weights_dtype(cfg.model)).to(device)
+            merged: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(run.path),
+                                                                           dtype=weights_dtype(cfg.model))
+            model = merged.to(device)  # (typed as a Module: PreTrainedModel.to's @wraps misleads type checkers)
     model.eval()
     return model, tok
 
@@ -234,7 +251,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     return None
 
 
-def latest_complete_checkpoint(run_path: Path, log=print, tidy: bool = True) -> Path | None:
+def latest_complete_checkpoint(run_path: Path, tidy: bool = True) -> Path | None:
     """The newest checkpoint that holds everything resume needs. Incomplete ones newer than it (an interrupted save)
     are named and removed (`tidy`: by the main process only): they cannot be resumed from, and would confuse the
     Trainer's checkpoint rotation."""
@@ -243,7 +260,7 @@ def latest_complete_checkpoint(run_path: Path, log=print, tidy: bool = True) -> 
         if problem is None:
             return ckpt
         if tidy:
-            log(f"resume: removing incomplete {ckpt.name} ({problem})")
+            log.info(f"resume: removing incomplete {ckpt.name} ({problem})")
             shutil.rmtree(ckpt, ignore_errors=True)
     return None
 
@@ -270,7 +287,7 @@ def check_output(out: Path, resume: bool) -> None:
         raise MedtuneError(f"--resume: output dir {out} not found")
 
 
-def prepare_output(out: Path, resume: bool, log=print, tidy: bool = True) -> Path | None:
+def prepare_output(out: Path, resume: bool, tidy: bool = True) -> Path | None:
     """Check the output folder before anything is written; returns the checkpoint to resume from, or None.
     Without --resume the folder must not hold a run. With --resume, the newest complete checkpoint is used; a run
     that has none (it failed before its first checkpoint) starts over in the same folder, saying so. `tidy`: remove
@@ -278,11 +295,11 @@ def prepare_output(out: Path, resume: bool, log=print, tidy: bool = True) -> Pat
     check_output(out, resume)
     if not resume:
         return None
-    ckpt = latest_complete_checkpoint(out, log, tidy)
+    ckpt = latest_complete_checkpoint(out, tidy)
     if ckpt is None:
         if (out / ADAPTER_WEIGHTS).exists() and not checkpoints(out):
             raise MedtuneError(f"--resume: {out} holds a finished run with no checkpoint to continue from")
-        log(f"resume: no complete checkpoint in {out / CHECKPOINTS}; starting over")
+        log.info(f"resume: no complete checkpoint in {out / CHECKPOINTS}; starting over")
     return ckpt
 
 
@@ -376,7 +393,7 @@ def describe_holder(info: dict) -> str:
 
 
 @contextlib.contextmanager
-def locked(target: str | Path, command: str, create: bool = False, lock_file: Path | None = None, log=print):
+def locked(target: str | Path, command: str, create: bool = False, lock_file: Path | None = None):
     """Hold the lock of `target` for the duration: `target`/.medtune.lock for a folder (a run, a merged model), or
     `lock_file` (beside a file being written). While one command holds it, another is refused with one line naming
     the holder. Take it before writing anything; it is released on any exit (even SIGKILL: the file then left
@@ -404,7 +421,7 @@ def locked(target: str | Path, command: str, create: bool = False, lock_file: Pa
                 target.rmdir()
         raise MedtuneError(f"{target} is in use by {describe_holder(before)}; wait for it to end, or stop it first")
     if before.get("pid") not in (None, os.getpid()):
-        log(f"{target}: taking over the lock of {describe_holder(before)}, which no longer runs")
+        log.info(f"{target}: taking over the lock of {describe_holder(before)}, which no longer runs")
     _HELD[key] = fd
     try:
         yield

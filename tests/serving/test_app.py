@@ -264,14 +264,14 @@ def test_serve_defaults_to_loopback_and_reports_busy_port():
 
     from medtune.cli import build_parser
     from medtune.errors import MedtuneError
-    from medtune.serving.server import _listen, serve
+    from medtune.serving.server import listen, serve
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     assert build_parser().parse_args(["serve", "x"]).host == "127.0.0.1"
-    sock = _listen("127.0.0.1", 0)
+    sock = listen("127.0.0.1", 0)
     try:
         with pytest.raises(MedtuneError, match="cannot listen"):
-            _listen("127.0.0.1", sock.getsockname()[1])
+            listen("127.0.0.1", sock.getsockname()[1])
     finally:
         sock.close()
 
@@ -419,7 +419,7 @@ def test_serves_a_merged_folder_with_the_same_template(run_dir, engine, tmp_path
     from medtune.serving.app import create_app
 
     merged = tmp_path / "merged"
-    merge(run_dir, merged, log=lambda *a: None)
+    merge(run_dir, merged)
     with TestClient(create_app(merged)) as c:
         body = complete(c, prompt="What is asthma?", max_tokens=4, temperature=0)
     assert body["model"] == "merged"

@@ -19,8 +19,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("engine") / "run"
     training.run(load_config(ROOT / "configs" / "tiny-cpu.yaml", ["train.max_steps=3", "train.save_steps=100",
                                                                   "train.eval_steps=100", "train.report_to=none",
-                                                                  "data.max_records=40"], output_dir=str(out)),
-                 log=lambda *a, **k: None)
+                                                                  "data.max_records=40"], output_dir=str(out)))
     return out
 
 

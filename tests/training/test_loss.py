@@ -53,9 +53,9 @@ def test_trainer_fast_loss_matches_model_loss(tok, tmp_path, tiny_config):
     from medtune import training
 
     cfg = tiny_config(tmp_path / "out", "train.packing=true", "train.batch_tokens=512", "model.lora_dropout=0.0")
-    prepared = data_mod.prepare(cfg.data, tok, log=lambda *a: None)
-    model = model_mod.add_lora(model_mod.load_base_model(cfg.model, tok), cfg.model, log=lambda *a: None)
-    trainer, collator, info = training.make_trainer(cfg, model, tok, prepared, tmp_path / "out", log=lambda *a: None)
+    prepared = data_mod.prepare(cfg.data, tok)
+    model = model_mod.add_lora(model_mod.load_base_model(cfg.model, tok), cfg.model)
+    trainer, collator, info = training.make_trainer(cfg, model, tok, prepared, tmp_path / "out")
     assert info["loss"] == "chunked" and trainer.train_batch_sampler is not None
     model.eval()
     batch = collator(prepared.encoded["train"][:10])

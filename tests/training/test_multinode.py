@@ -117,7 +117,7 @@ def test_two_machines_equal_one_process_with_the_same_global_batch(two_nodes, ti
     tmp, _, records = two_nodes
     single = tmp_path / "single"
     cfg = load_config(tiny_preset, STEPS + ["train.batch_size=16"], output_dir=str(single), model__name=str(base))
-    training.run(cfg, log=lambda *a, **k: None)
+    training.run(cfg)
     main = Path(trained(records[0])["cwd"]) / "run"
     two, one = load_file(main / "adapter_model.safetensors"), load_file(single / "adapter_model.safetensors")
     assert two.keys() == one.keys()

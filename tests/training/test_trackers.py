@@ -32,7 +32,7 @@ def test_mlflow_file_store_run_holds_config_curves_and_final_metrics(tmp_path, t
     out = tmp_path / "run"
     # evaluated at steps 0 (the preset's eval_on_start), 3 and 5 (the last)
     cfg = tiny_config(out, "train.max_steps=5", "train.save_steps=100", "train.report_to=mlflow,tensorboard")
-    metrics = training.run(cfg, log=lambda *a, **k: None)
+    metrics = training.run(cfg)
     client = MlflowClient()
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) == 1, "one MLflow run per training run"
@@ -89,5 +89,5 @@ def test_an_mlflow_store_that_cannot_open_is_refused_before_training(tmp_path, m
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "a-file" / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     with pytest.raises(MedtuneError, match="cannot open the MLflow tracking store file:"):
-        training.run(tiny_config(tmp_path / "out", "train.report_to=mlflow"), log=lambda *a, **k: None)
+        training.run(tiny_config(tmp_path / "out", "train.report_to=mlflow"))
     assert not (tmp_path / "out").exists()

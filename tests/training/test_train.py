@@ -1,5 +1,6 @@
 """medtune.training.run: the run folder, reloading the adapter, refusing to overwrite, --resume, 4-bit on CPU."""
 import json
+import logging
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from medtune.model import context_length
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("run") / "out"
-    metrics = training.run(tiny_config(out, "train.max_steps=8"), log=lambda *a: None)
+    metrics = training.run(tiny_config(out, "train.max_steps=8"))
     return out, metrics
 
 
@@ -58,13 +59,13 @@ def test_adapter_reloads_to_same_logits_and_generates(run_dir, tok, load_run):
 def test_refuses_to_overwrite_and_resumes(run_dir, tmp_path, tiny_config):
     out, _ = run_dir
     with pytest.raises(MedtuneError, match="already holds a run"):
-        training.run(tiny_config(out), log=lambda *a: None)
+        training.run(tiny_config(out))
     with pytest.raises(MedtuneError, match="--resume: output dir .* not found"):
-        training.run(tiny_config(tmp_path / "fresh"), resume=True, log=lambda *a: None)
+        training.run(tiny_config(tmp_path / "fresh"), resume=True)
     assert not (tmp_path / "fresh").exists()
 
 
-def test_prepare_output(run_dir, tmp_path):
+def test_prepare_output(run_dir, tmp_path, caplog):
     """The output folder is checked before anything is written: a run is never overwritten, --resume picks the
     newest complete checkpoint, and a folder without one starts over."""
     out, _ = run_dir
@@ -74,9 +75,10 @@ def test_prepare_output(run_dir, tmp_path):
     assert rundir.prepare_output(tmp_path / "empty", resume=False) is None
     with pytest.raises(MedtuneError, match="already holds a run"):
         rundir.prepare_output(out, resume=False)
-    assert rundir.prepare_output(out, resume=True, log=lambda *a: None) == out / "checkpoints" / "checkpoint-8"
-    said = []
-    assert rundir.prepare_output(tmp_path / "empty", resume=True, log=said.append) is None  # starts over
+    assert rundir.prepare_output(out, resume=True) == out / "checkpoints" / "checkpoint-8"
+    caplog.set_level(logging.INFO, logger="medtune.rundir")
+    assert rundir.prepare_output(tmp_path / "empty", resume=True) is None  # starts over
+    said = [r.getMessage() for r in caplog.records if r.name == "medtune.rundir"]
     assert len(said) == 1 and "starting over" in said[0]
     (tmp_path / "file").write_text("x")
     with pytest.raises(MedtuneError, match="not a folder"):
@@ -85,10 +87,10 @@ def test_prepare_output(run_dir, tmp_path):
 
 def test_resume_continues_from_last_checkpoint(tmp_path, tiny_config):
     out = tmp_path / "r"
-    training.run(tiny_config(out, "train.max_steps=3", "train.save_steps=3"), log=lambda *a: None)
+    training.run(tiny_config(out, "train.max_steps=3", "train.save_steps=3"))
     state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
-    training.run(tiny_config(out, "train.max_steps=6", "train.save_steps=3"), resume=True, log=lambda *a: None)
+    training.run(tiny_config(out, "train.max_steps=6", "train.save_steps=3"), resume=True)
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
     steps = [h["step"] for h in hist if "loss" in h]
     # history carries over from the checkpoint; no step was trained (and logged) twice
@@ -101,7 +103,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_config):
 def test_4bit_on_cpu_train_evaluate_train(tmp_path, tiny_config, load_run):
     out = tmp_path / "q"
     cfg = tiny_config(out, "model.quantization=4bit", "train.max_steps=6", "train.eval_steps=2")
-    metrics = training.run(cfg, log=lambda *a: None)  # evaluation at steps 2 and 4 between training steps
+    metrics = training.run(cfg)  # evaluation at steps 2 and 4 between training steps
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
     assert sum("eval_loss" in h for h in hist) >= 3 and torch.isfinite(torch.tensor(metrics["eval_loss"]))
     model, tok, cfg2 = load_run(out)
@@ -121,8 +123,8 @@ def test_train_tokens_are_the_tokens_trained_on(tmp_path, tiny_config, packing):
     cfg = tiny_config(tmp_path / "out", "train.max_steps=-1", "train.epochs=1", "train.eval_steps=2",
                       "train.eval_on_start=true", "data.max_records=60", f"train.packing={str(packing).lower()}",
                       *(["train.batch_tokens=512"] if packing else []))
-    metrics = training.run(cfg, log=lambda *a, **k: None)
-    prepared = data_mod.prepare(cfg.data, load_tokenizer("builtin:tiny"), log=lambda *a, **k: None)
+    metrics = training.run(cfg)
+    prepared = data_mod.prepare(cfg.data, load_tokenizer("builtin:tiny"))
     assert metrics["train_tokens"] == sum(len(e["input_ids"]) for e in prepared.encoded["train"])
     history = json.loads((tmp_path / "out" / "metrics.json").read_text())["log_history"]
     assert sum("eval_loss" in h for h in history) >= 3  # the evaluations did run
@@ -137,9 +139,9 @@ def test_batch_tokens_one_entry_per_trained_batch(tmp_path, tiny_config):
 
     cfg = tiny_config(tmp_path / "out", "train.max_steps=3", "train.eval_steps=1", "train.eval_on_start=true")
     tok = model_mod.load_tokenizer("builtin:tiny")
-    prepared = data_mod.prepare(cfg.data, tok, log=lambda *a, **k: None)
-    model = model_mod.add_lora(model_mod.load_base_model(cfg.model, tok), cfg.model, log=lambda *a, **k: None)
-    trainer, collator, _ = training.make_trainer(cfg, model, tok, prepared, tmp_path / "out", log=lambda *a, **k: None)
+    prepared = data_mod.prepare(cfg.data, tok)
+    model = model_mod.add_lora(model_mod.load_base_model(cfg.model, tok), cfg.model)
+    trainer, collator, _ = training.make_trainer(cfg, model, tok, prepared, tmp_path / "out")
     trainer.train()
     assert len(trainer.batch_tokens) == trainer.state.global_step * cfg.train.grad_accum == 3
     assert all(0 < n <= cfg.train.batch_size * cfg.data.max_length for n in trainer.batch_tokens)

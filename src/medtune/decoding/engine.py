@@ -22,6 +22,7 @@ import collections
 import logging
 import random
 import threading
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +30,9 @@ from medtune.decoding.fused import fuse_for_decoding
 from medtune.decoding.kvcache import SlotCache, use_slots
 from medtune.decoding.rows import LoopGuard, Row, TextStream
 from medtune.decoding.sampling import RowSettings, sample
+
+if TYPE_CHECKING:
+    from medtune.generate import Request
 
 log = logging.getLogger("medtune.decoding")
 
@@ -75,13 +79,13 @@ class Engine:
         pinned = self.device.type == "cuda"
         self.host = [torch.zeros(2 * self.slots, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
         self.flip = 0
-        self.inflight = None  # the step queued on the device whose tokens the host has not read yet
+        self.inflight: tuple | None = None  # the step queued on the device whose tokens the host has not read yet
         self.rows: list[Row] = []
         self.waiting: collections.deque = collections.deque()
         self.lock = threading.Lock()
         self.graphs: dict = {}
         self.use_graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.pool = None
+        self.pool: Any = None  # the CUDA graphs' memory pool (torch.cuda.graph_pool_handle)
         self.steps_run = self.tokens_out = 0
 
     def _probe(self) -> SlotCache:
@@ -131,7 +135,8 @@ class Engine:
         out: dict[int, object] = {}
         for i, r in enumerate(requests):
             done = r.on_done
-            r.on_done = (lambda c, i=i, done=done: (out.__setitem__(i, c), done and done(c)))
+            r.on_done = (lambda c, i=i, done=done:  # (the tuple is discarded)
+                         (out.__setitem__(i, c), done and done(c)))  # type: ignore[func-returns-value]
             self.add(r)
         while len(out) < len(requests):
             self.step()
@@ -153,7 +158,8 @@ class Engine:
 
     def _admit(self) -> tuple[int, int] | None:
         """Prefill waiting requests into slots n0..n0+b-1; (n0, b), or None when none joined."""
-        take, budget = [], PREFILL_TOKENS
+        take: list[Request] = []
+        budget = PREFILL_TOKENS
         with self.lock:
             while self.waiting and len(self.rows) + len(take) < self.slots:
                 r = self.waiting[0]
@@ -387,6 +393,7 @@ class Engine:
         from medtune.generate import Completion
 
         r = row.request
+        assert row.reason is not None  # every row that finishes has its reason
         text = self.tok.decode(row.tokens, skip_special_tokens=True).strip()
         if row.stream is not None and row.reason != "cancelled":
             row.emit_text(final=True)

@@ -30,11 +30,14 @@ class SlotCache:
         self.slots, self.max_len, self.device = slots, max_len, device
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
-        self.stacked = None  # [2, layers, slots, kv_heads, max_len, head_dim] when every layer has one shape
+        # [2, layers, slots, kv_heads, max_len, head_dim] when every layer has one shape
+        self.stacked: torch.Tensor | None = None
         if like is not None:
             self._allocate_like(like)
-        self.mode = None
-        self.rows = self.pos = self.bias = None
+        self.mode: str | None = None
+        self.rows: torch.Tensor | None = None
+        self.pos: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
         self.width = 0
 
     def layer(self, idx: int, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +134,7 @@ def slot_attention(module, query, key, value, attention_mask, scaling: float | N
                                                  enable_gqa=query.shape[1] != key.shape[1])
         return out.transpose(1, 2), None
     # decode: one token a row; rows are slots 0..b-1
+    assert cache.pos is not None and cache.bias is not None  # set by the engine for a decode pass
     index = cache.pos[:b].view(b, 1, 1, 1).expand(b, key.shape[1], 1, key.shape[3])
     kbuf[:b].scatter_(2, index, key.to(kbuf.dtype))
     vbuf[:b].scatter_(2, index, value.to(vbuf.dtype))
@@ -144,7 +148,8 @@ def slot_attention(module, query, key, value, attention_mask, scaling: float | N
 
 def _mask(*args, **kwargs):
     """No mask while the engine runs (slot_attention builds its own); otherwise the one SDPA would get."""
-    if active() is not None and active().mode is not None:
+    cache = active()
+    if cache is not None and cache.mode is not None:
         return None
     from transformers.masking_utils import sdpa_mask
     return sdpa_mask(*args, **kwargs)

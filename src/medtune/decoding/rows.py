@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medtune.generate import Request
 
 
 @dataclass
@@ -67,7 +71,7 @@ class TextStream:
 @dataclass
 class Row:
     """One running request: what it asked for and what it has so far."""
-    request: object            # medtune.generate.Request
+    request: Request
     seed: int
     guard: LoopGuard
     stream: TextStream | None
@@ -85,7 +89,7 @@ class Row:
         return self.prompt_len + len(self.tokens) + 1
 
     def emit_text(self, final: bool = False) -> None:
-        if self.stream is None:
+        if self.stream is None or self.request.on_text is None:  # (a stream exists only for a request with on_text)
             return
         upto = len(self.tokens) if final else len(self.tokens) - self.guard.held
         piece = self.stream.feed(self.tokens, upto)

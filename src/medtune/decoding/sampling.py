@@ -137,8 +137,10 @@ def sample(logits: torch.Tensor, s: RowSettings, steps: torch.Tensor, history: t
     """The next token of each row ([B] int64) from logits [B, V] (float32). steps: each row's count of generated
     tokens so far (the position of this draw in its stream)."""
     if history is not None and s.any_penalty:
+        assert lengths is not None  # history is valid below lengths
         logits = repetition_penalty(logits, history, lengths, s.penalty)
     if history is not None and s.ngram_sizes:
+        assert lengths is not None
         logits = ban_repeated_ngrams(logits, history, lengths, s.no_repeat, s.ngram_sizes)
     best = logits.argmax(-1)
     k = s.max_top_k if 0 < s.max_top_k < logits.shape[1] else logits.shape[1]

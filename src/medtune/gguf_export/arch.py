@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from medtune.errors import MedtuneError
-from medtune.gguf_export.common import ARCHITECTURES, _natural_key, _Weights
+from medtune.gguf_export.common import ARCHITECTURES, Weights, natural_key
 
 # ------------------------------------------------------------------------------------------------- architectures
 
 
 @dataclass
-class _Tensor:
+class Tensor:
     hf_name: str
     name: str  # GGUF name
     shape: tuple[int, ...]  # as written (after any transposition)
@@ -40,7 +40,7 @@ def _rope_settings(config: dict) -> tuple[float, dict]:
     return theta, ({} if rope_type == "default" else {**scaling, "rope_type": rope_type})
 
 
-def _llama3_rope_factors(head_dim: int, theta: float, s: dict) -> np.ndarray:
+def llama3_rope_factors(head_dim: int, theta: float, s: dict) -> np.ndarray:
     """llama.cpp's rope_freqs tensor for "llama3" rope scaling: per frequency, the factor its wavelength is
     stretched by (1 for short wavelengths, `factor` for long ones, a smooth blend in between)."""
     factor = float(s["factor"])
@@ -60,7 +60,7 @@ class _Arch:
 
     name: str
 
-    def __init__(self, gguf, config: dict, weights: _Weights):
+    def __init__(self, gguf, config: dict, weights: Weights):
         self.gguf, self.config, self.weights = gguf, config, weights
         self.n_layer = int(self.block_count())
         arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[self.name]
@@ -82,9 +82,10 @@ class _Arch:
     def extra_tensors(self) -> dict[str, np.ndarray]:
         return {}
 
-    def plan(self) -> list[_Tensor]:
-        out, seen = [], {}
-        for hf_name in sorted(self.weights.names(), key=_natural_key):
+    def plan(self) -> list[Tensor]:
+        out: list[Tensor] = []
+        seen: dict[str, str] = {}  # GGUF name -> the checkpoint's name
+        for hf_name in sorted(self.weights.names(), key=natural_key):
             if self.skip(hf_name):
                 continue
             if hf_name.endswith("lm_head.weight") and self.tied:
@@ -101,7 +102,7 @@ class _Arch:
             shape = self.weights.shape(hf_name)
             shape = tuple(reversed(shape)) if self.transposed(hf_name) else shape
             out.append(
-                _Tensor(hf_name, name, shape, "weight" if len(shape) == 2 and not self.keep_f32(name) else "f32")
+                Tensor(hf_name, name, shape, "weight" if len(shape) == 2 and not self.keep_f32(name) else "f32")
             )
         if "token_embd.weight" not in seen:
             raise MedtuneError(f"no token embedding among the weights: not a complete {self.name} checkpoint")
@@ -110,7 +111,7 @@ class _Arch:
                 "config.json says the output head is not tied to the embedding, but the weights have no lm_head.weight"
             )
         for name, w in self.extra_tensors().items():
-            out.append(_Tensor("", name, tuple(w.shape), "f32"))
+            out.append(Tensor("", name, tuple(w.shape), "f32"))
         return out
 
     def transposed(self, hf_name: str) -> bool:
@@ -167,7 +168,7 @@ class _GPT2(_Arch):
 class _Llama(_Arch):
     name = "llama"
 
-    def __init__(self, gguf, config: dict, weights: _Weights):
+    def __init__(self, gguf, config: dict, weights: Weights):
         super().__init__(gguf, config, weights)
         c = config
         self.n_head = int(c["num_attention_heads"])
@@ -210,7 +211,7 @@ class _Llama(_Arch):
 
     def extra_tensors(self) -> dict[str, np.ndarray]:
         if self.scaling.get("rope_type") == "llama3":
-            return {"rope_freqs.weight": _llama3_rope_factors(self.head_dim, self.theta, self.scaling)}
+            return {"rope_freqs.weight": llama3_rope_factors(self.head_dim, self.theta, self.scaling)}
         return {}
 
     def write_hparams(self, writer) -> None:
@@ -233,4 +234,4 @@ class _Llama(_Arch):
             writer.add_rope_scaling_factor(float(self.scaling["factor"]))
 
 
-_ARCH_CLASSES = {"gpt2": _GPT2, "llama": _Llama}
+ARCH_CLASSES = {"gpt2": _GPT2, "llama": _Llama}

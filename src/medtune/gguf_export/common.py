@@ -31,7 +31,7 @@ KEY_DEFAULT_INSTRUCTION = "medtune.default_instruction"
 KEY_VERSION = "medtune.version"
 
 
-def _require_gguf():
+def require_gguf():
     try:
         import gguf
     except ImportError:
@@ -40,24 +40,25 @@ def _require_gguf():
     return gguf
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 # ----------------------------------------------------------------------------------------------- reading the folder
 
-def _read_json(path: Path) -> dict:
-    from medtune.rundir import read_json
+def read_json(path: Path) -> dict:
+    """A JSON file of the model folder that must be there (rundir.read_json's one-line errors)."""
+    from medtune import rundir
 
-    return read_json(path, required=True)
+    return rundir.read_json(path, required=True)
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
+def weight_files(model_dir: Path) -> list[Path]:
     files = sorted(model_dir.glob("*.safetensors"))
     if files:
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():  # a sharded checkpoint: exactly the shards its index names
-            names = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            names = sorted(set(read_json(index).get("weight_map", {}).values()))
             missing = [n for n in names if not (model_dir / n).is_file()]
             if missing:
                 raise MedtuneError(f"{model_dir}: shard {missing[0]} named in model.safetensors.index.json is missing")
@@ -66,7 +67,7 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("pytorch_model*.bin"))
 
 
-class _Weights:
+class Weights:
     """The checkpoint's tensors by name, read one at a time (safetensors: lazily, from the memory-mapped file)."""
 
     def __init__(self, files: list[Path]):
@@ -83,14 +84,14 @@ class _Weights:
                             self._where[name] = f
                             self._shapes[name] = tuple(st.get_slice(name).get_shape())
                 except Exception as e:
-                    raise MedtuneError(f"cannot read weights {f}: {_first_line(e)}") from None
+                    raise MedtuneError(f"cannot read weights {f}: {first_line(e)}") from None
             else:
                 import torch
 
                 try:
                     state = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
                 except Exception as e:
-                    raise MedtuneError(f"cannot read weights {f}: {_first_line(e)}") from None
+                    raise MedtuneError(f"cannot read weights {f}: {first_line(e)}") from None
                 for name, t in state.items():
                     self._bin[name] = t
                     self._shapes[name] = tuple(t.shape)
@@ -113,7 +114,7 @@ class _Weights:
         return t.float().numpy()
 
 
-def _read_medtune_config(model_dir: Path) -> dict:
+def read_medtune_config(model_dir: Path) -> dict:
     """The folder's medtune config.yaml as a dict (the run-folder reader), or {} for a folder without one."""
     import dataclasses
 
@@ -123,7 +124,7 @@ def _read_medtune_config(model_dir: Path) -> dict:
     return dataclasses.asdict(read_run_config(path)) if path.is_file() else {}
 
 
-def _natural_key(name: str):
+def natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 

@@ -10,8 +10,8 @@ from medtune.gguf_export.common import (
     KEY_DEFAULT_INSTRUCTION,
     KEY_PROMPT_FORMAT,
     KEY_PROMPT_TEMPLATE,
-    _first_line,
-    _require_gguf,
+    first_line,
+    require_gguf,
 )
 
 # ------------------------------------------------------------------------------------------------------- Ollama
@@ -19,11 +19,11 @@ from medtune.gguf_export.common import (
 
 def read_gguf_metadata(gguf_file: Path, keys=None) -> dict:
     """String/number metadata of a GGUF file (arrays left out), optionally only `keys`."""
-    gguf = _require_gguf()
+    gguf = require_gguf()
     try:
         reader = gguf.GGUFReader(str(gguf_file))
     except Exception as e:
-        raise MedtuneError(f"cannot read GGUF file {gguf_file}: {_first_line(e)}") from None
+        raise MedtuneError(f"cannot read GGUF file {gguf_file}: {first_line(e)}") from None
     out = {}
     for name, field in reader.fields.items():
         if keys is not None and name not in keys:
@@ -57,7 +57,7 @@ def ollama_modelfile(gguf_file: Path) -> str:
             template = meta[KEY_PROMPT_TEMPLATE].format(instruction=instruction, input=mark)
     except (KeyError, IndexError, ValueError) as e:
         raise MedtuneError(
-            f"{gguf_file}: medtune's prompt template in the file cannot be filled in: {_first_line(e)}"
+            f"{gguf_file}: medtune's prompt template in the file cannot be filled in: {first_line(e)}"
         ) from None
     lines = [f"FROM ./{gguf_file.name}"]
     if template is not None:
@@ -81,6 +81,6 @@ def ollama_modelfile(gguf_file: Path) -> str:
 
 
 def _token_list(gguf_file: Path) -> list[str] | None:
-    gguf = _require_gguf()
+    gguf = require_gguf()
     field = gguf.GGUFReader(str(gguf_file)).fields.get("tokenizer.ggml.tokens")
     return list(field.contents()) if field is not None else None

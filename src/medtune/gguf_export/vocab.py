@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medtune.errors import MedtuneError
-from medtune.gguf_export.common import SPLIT_NAMES, _first_line
+from medtune.gguf_export.common import SPLIT_NAMES, first_line
 
 # ---------------------------------------------------------------------------------------------------- tokenizer
 
@@ -20,7 +20,7 @@ def _has_type(node, kind: str) -> bool:
     return False
 
 
-def _pre_tokenizer_name(pre) -> str | None:
+def pre_tokenizer_name(pre) -> str | None:
     """llama.cpp's name for a byte-level BPE pre-tokenizer from tokenizer.json, or None if it is not one it has."""
     if not isinstance(pre, dict):
         return None
@@ -34,12 +34,12 @@ def _pre_tokenizer_name(pre) -> str | None:
         return "smollm"  # SmolLM / SmolLM2 / StarCoder: single digits, then GPT-2's split
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = (steps[0].get("pattern") or {}).get("Regex")
-        return SPLIT_NAMES.get(pattern)
+        return SPLIT_NAMES.get(pattern) if isinstance(pattern, str) else None
     return None
 
 
 @dataclass
-class _Vocab:
+class Vocab:
     pre: str
     tokens: list[str]
     types: list[int]
@@ -50,13 +50,13 @@ class _Vocab:
     chat_template: str | list | None
 
 
-def _read_tokenizer(model_dir: Path, n_vocab: int, gguf) -> _Vocab:
+def read_tokenizer(model_dir: Path, n_vocab: int, gguf) -> Vocab:
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as e:
-        raise MedtuneError(f"cannot load the tokenizer of {model_dir}: {_first_line(e)}") from None
+        raise MedtuneError(f"cannot load the tokenizer of {model_dir}: {first_line(e)}") from None
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise MedtuneError(f"the tokenizer of {model_dir} has no fast (tokenizers) version to read the vocabulary from")
@@ -68,7 +68,7 @@ def _read_tokenizer(model_dir: Path, n_vocab: int, gguf) -> _Vocab:
             "this one is SentencePiece-style or other "
             f"({model.get('type')}, pre-tokenizer {(spec.get('pre_tokenizer') or {}).get('type')})"
         )
-    pre = _pre_tokenizer_name(spec.get("pre_tokenizer"))
+    pre = pre_tokenizer_name(spec.get("pre_tokenizer"))
     if pre is None:
         raise MedtuneError(
             "the tokenizer's pre-tokenizer is not one llama.cpp knows (GPT-2, SmolLM, Llama 3 or "
@@ -105,10 +105,10 @@ def _read_tokenizer(model_dir: Path, n_vocab: int, gguf) -> _Vocab:
     template = getattr(tok, "chat_template", None)
     if isinstance(template, dict):  # named templates: llama.cpp stores the default one plus the others by name
         template = [{"name": k, "template": v} for k, v in template.items()]
-    return _Vocab(pre, tokens, types, merges, special, add_bos, add_eos, template or None)
+    return Vocab(pre, tokens, types, merges, special, add_bos, add_eos, template or None)
 
 
-def _write_vocab(writer, v: _Vocab) -> None:
+def write_vocab(writer, v: Vocab) -> None:
     writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE, whatever the architecture
     writer.add_tokenizer_pre(v.pre)
     writer.add_token_list(v.tokens)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medtune.errors import MedtuneError
-from medtune.gguf_export.arch import _ARCH_CLASSES, _Tensor
+from medtune.gguf_export.arch import ARCH_CLASSES, Tensor
 from medtune.gguf_export.common import (
     ARCHITECTURES,
     DTYPES,
@@ -23,31 +25,40 @@ from medtune.gguf_export.common import (
     KEY_SYSTEM_PROMPT,
     KEY_VERSION,
     Q8_BLOCK,
-    _read_json,
-    _read_medtune_config,
-    _require_gguf,
-    _weight_files,
-    _Weights,
+    Weights,
+    read_json,
+    read_medtune_config,
+    require_gguf,
+    weight_files,
 )
-from medtune.gguf_export.vocab import _read_tokenizer, _write_vocab
+from medtune.gguf_export.vocab import read_tokenizer, write_vocab
+
+if TYPE_CHECKING:
+    from gguf import GGMLQuantizationType
+
+log = logging.getLogger("medtune.gguf_export")
 
 # ----------------------------------------------------------------------------------------------------- metadata
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
     """A hub id such as gpt2 or org/name, as opposed to a local path or file (kept out of shared metadata)."""
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name)) and not re.search(
         r"\.(gguf|jsonl?|csv|parquet|txt|bin|safetensors)$", name, re.IGNORECASE
     )
 
 
+def _section(cfg: dict, name: str) -> dict:
+    """A section of the medtune config as a dict ({} when missing or not a mapping)."""
+    value = cfg.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> None:
     from medtune import __version__
     from medtune.files import NOTICE
 
-    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    gen = cfg.get("generate") if isinstance(cfg.get("generate"), dict) else {}
+    data, model, gen = (_section(cfg, name) for name in ("data", "model", "generate"))
     writer.add_string(KEY_VERSION, __version__)
     fmt = data.get("prompt_format") if cfg else None
     for key, value in (
@@ -65,13 +76,13 @@ def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> No
     about = f"{model_dir.name}: a {arch} model"
     if cfg:
         about += " fine-tuned with medtune (LoRA adapter merged into the base weights)"
-        if isinstance(base, str) and (base.startswith("random:") or _is_hub_id(base)):
+        if isinstance(base, str) and (base.startswith("random:") or is_hub_id(base)):
             about += f"; base model {base}"
-        if isinstance(base, str) and _is_hub_id(base):
+        if isinstance(base, str) and is_hub_id(base):
             writer.add_base_model_count(1)
             writer.add_base_model_name(0, base)
         source = data.get("source")
-        if isinstance(source, str) and (source.startswith("builtin:") or _is_hub_id(source)):
+        if isinstance(source, str) and (source.startswith("builtin:") or is_hub_id(source)):
             about += f"; training data {source}"  # local paths stay out of a file meant to be shared
         if fmt == "chat":
             about += ". Prompt: the chat template (tokenizer.chat_template), as in medtune.chat_prompt"
@@ -95,7 +106,7 @@ def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> No
 # ------------------------------------------------------------------------------------------------------ writing
 
 
-def _encode(gguf, t: _Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, object]:
+def _encode(gguf, t: Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, GGMLQuantizationType]:
     """(data to write, GGML type) of one tensor."""
     Q = gguf.GGMLQuantizationType
     if t.kind == "f32" or dtype == "f32":
@@ -110,7 +121,7 @@ def _encode(gguf, t: _Tensor, w: np.ndarray, dtype: str) -> tuple[np.ndarray, ob
     return np.ascontiguousarray(w, dtype=np.float16), Q.F16
 
 
-def _nbytes(gguf, t: _Tensor, dtype: str) -> tuple[tuple[int, ...], np.dtype, int, object]:
+def _nbytes(gguf, t: Tensor, dtype: str) -> tuple[tuple[int, ...], np.dtype, int, GGMLQuantizationType]:
     """(shape, numpy dtype, bytes, GGML type) as _encode will produce them, known before reading the data."""
     Q = gguf.GGMLQuantizationType
     n = int(np.prod(t.shape))
@@ -146,7 +157,7 @@ def _check_model_dir(model_dir: Path) -> dict:
             f"{model_dir} is not a model folder (no config.json); give a merged model folder "
             "(`medtune merge RUN --out DIR`)"
         )
-    return _read_json(model_dir / "config.json")
+    return read_json(model_dir / "config.json")
 
 
 def _write_tensors(gguf, writer, arch, plan, weights, dtype: str) -> dict[str, int]:
@@ -168,7 +179,7 @@ def _write_tensors(gguf, writer, arch, plan, weights, dtype: str) -> dict[str, i
     return counts
 
 
-def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) -> Path:
+def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16") -> Path:
     """Write the model folder `model_dir` (config.json, safetensors, tokenizer; optionally medtune's config.yaml) as
     the GGUF file `out_file` (f16, q8_0 or f32 weights), atomically. Returns `out_file`."""
     model_dir, out_file = Path(model_dir).expanduser(), Path(out_file).expanduser()
@@ -179,25 +190,25 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) 
         raise MedtuneError(f"{out_file} is a folder; give the path of the .gguf file to write")
     config = _check_model_dir(model_dir)
     model_type = config.get("model_type")
-    if model_type not in _ARCH_CLASSES:
+    if model_type not in ARCH_CLASSES:
         supported = ", ".join(f"{k} ({v})" for k, v in ARCHITECTURES.items())
         raise MedtuneError(
             f"cannot export architecture {model_type or config.get('architectures')!r} to GGUF; supported: {supported}"
         )
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     if not files:
         raise MedtuneError(f"{model_dir} has no weights (*.safetensors)")
-    gguf = _require_gguf()
+    gguf = require_gguf()
 
-    weights = _Weights(files)
-    arch = _ARCH_CLASSES[model_type](gguf, config, weights)
+    weights = Weights(files)
+    arch = ARCH_CLASSES[model_type](gguf, config, weights)
     arch.check()
     plan = arch.plan()
     n_vocab = weights.shape(next(t.hf_name for t in plan if t.name == "token_embd.weight"))[0]
-    vocab = _read_tokenizer(model_dir, n_vocab, gguf)
-    medtune_cfg = _read_medtune_config(model_dir)
+    vocab = read_tokenizer(model_dir, n_vocab, gguf)
+    medtune_cfg = read_medtune_config(model_dir)
     n_params = sum(int(np.prod(t.shape)) for t in plan if t.hf_name)
-    log(
+    log.info(
         f"gguf: {model_dir} ({arch.name}, {n_params / 1e6:.1f}M parameters, {len(plan)} tensors) -> {out_file} "
         f"({dtype})"
     )
@@ -216,7 +227,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) 
         )
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         arch.write_hparams(writer)
-        _write_vocab(writer, vocab)
+        write_vocab(writer, vocab)
         _write_medtune_metadata(writer, medtune_cfg, model_dir.resolve(), arch.name)
 
         counts = _write_tensors(gguf, writer, arch, plan, weights, dtype)
@@ -232,7 +243,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16", log=print) 
         raise
     _fsync_dir(out_file.parent)
     size = out_file.stat().st_size
-    log(
+    log.info(
         f"gguf: wrote {out_file} ({size / 2**20:.1f} MiB; tensors: "
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         + ")"

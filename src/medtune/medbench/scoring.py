@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 from medtune.errors import MedtuneError
 from medtune.medbench.tasks import GROUPS, Item
+
+log = logging.getLogger("medtune.medbench")
 
 # ---------------------------------------------------------------- scoring
 
@@ -154,17 +156,16 @@ def score(model, tokenizer, items: list[Item], batch_size: int = 16, bootstrap: 
 
 
 def score_tasks(model, tokenizer, tasks: dict[str, list[Item]], batch_size: int = 16, bootstrap: int = 1000,
-                seed: int = 0, log: Callable[[str], None] | None = None) -> dict[str, dict]:
+                seed: int = 0) -> dict[str, dict]:
     """score() for every task, plus one row per complete group (mmlu_medical: all six subjects pooled, so weighted
     by their sizes), with the group's bootstrap interval drawn over the pooled questions."""
     results = {}
     for name, items in tasks.items():
         results[name] = score(model, tokenizer, items, batch_size, bootstrap, seed)
-        if log:
-            r = results[name]
-            ci = f" [{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}]" if r["acc_ci"][0] is not None else ""
-            log(f"benchmark {name}: acc {r['acc']:.3f}{ci} acc_norm {r['acc_norm']:.3f} n={r['n']} "
-                f"chance {r['chance']:.3f} ({r['seconds']:.1f}s)")
+        r = results[name]
+        ci = f" [{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}]" if r["acc_ci"][0] is not None else ""
+        log.info(f"benchmark {name}: acc {r['acc']:.3f}{ci} acc_norm {r['acc_norm']:.3f} n={r['n']} "
+                 f"chance {r['chance']:.3f} ({r['seconds']:.1f}s)")
     for group, members in GROUPS.items():
         if all(m in results for m in members):
             per_item = [p for m in members for p in results[m]["per_item"]]

@@ -213,8 +213,8 @@ def parse_benchmarks(text: str) -> list[Benchmark]:
     for entry in entries:
         if not entry:
             raise MedtuneError(f"--benchmark {text!r}: empty name between commas")
-        raw, eq, source = entry.partition("=")
-        name, source = ALIASES.get(raw.strip().lower(), raw.strip().lower()), source.strip() or None
+        raw, eq, given = entry.partition("=")
+        name, source = ALIASES.get(raw.strip().lower(), raw.strip().lower()), given.strip() or None
         names = GROUPS.get(name, (name,))
         if names[0] not in TASKS:
             raise MedtuneError(f"unknown benchmark '{raw.strip()}'; choose from {valid_names()}")

@@ -7,51 +7,51 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from medtune.phi.names import _name_candidates
+from medtune.phi.names import name_candidates
 from medtune.phi.patterns import (
-    _ACCOUNT,
-    _CARD,
-    _DATE_BLOCK,
-    _DATE_CUE,
-    _DATE_PATTERNS,
-    _DATE_PERSONAL_CUE,
-    _DATE_WEAK_CUE,
-    _DEVICE,
-    _DIGIT,
-    _EMAIL,
-    _FAX_CUE,
-    _HEALTH_PLAN,
-    _IBAN,
-    _IPV4,
-    _IPV6,
-    _MBI,
-    _MRN,
-    _PERSON_MENTION,
-    _PHONE_CUE,
-    _PHONE_LOOSE,
-    _PHONE_PATTERNS,
-    _PLAN_ID,
-    _PLATE,
-    _PO_BOX,
-    _POLICY,
-    _SSN,
-    _SSN_LABELED,
-    _STREET,
-    _TOLL_FREE,
-    _UDI,
-    _URL,
-    _VIN,
-    _VIN_LABELED,
-    _VOICE_CUE,
-    _WORD,
-    _ZIP4,
-    _ZIP_LABELED,
-    _ZIP_STATE,
-    _kw,
-    _public_host,
+    ACCOUNT,
+    CARD,
+    DATE_BLOCK,
+    DATE_CUE,
+    DATE_PATTERNS,
+    DATE_PERSONAL_CUE,
+    DATE_WEAK_CUE,
+    DEVICE,
+    DIGIT,
+    EMAIL,
+    FAX_CUE,
+    HEALTH_PLAN,
+    IBAN,
+    IPV4,
+    IPV6,
+    MBI,
+    MRN,
+    PERSON_MENTION,
+    PHONE_CUE,
+    PHONE_LOOSE,
+    PHONE_PATTERNS,
+    PLAN_ID,
+    PLATE,
+    PO_BOX,
+    POLICY,
+    SSN,
+    SSN_LABELED,
+    STREET,
+    TOLL_FREE,
+    UDI,
+    URL,
+    VIN,
+    VIN_LABELED,
+    VOICE_CUE,
+    WORD,
+    ZIP4,
+    ZIP_LABELED,
+    ZIP_STATE,
     iban_ok,
     luhn_ok,
+    public_host,
     vin_ok,
+    word_set,
 )
 
 TYPES = ("NAME", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "HEALTH_PLAN", "ACCOUNT", "DATE", "ADDRESS", "ZIP", "URL",
@@ -108,14 +108,14 @@ def _sentence_bounds(text: str, pos: int) -> tuple[int, int]:
     return start, end
 
 
-_MONTH_WORDS = _kw("jan january feb february mar march apr april may jun june jul july aug august sep sept september "
-                   "oct october nov november dec december")
+_MONTH_WORDS = word_set("jan january feb february mar march apr april may jun june jul july aug august sep sept "
+                        "september oct october nov november dec december")
 
 
 def _date_candidates(text: str, out: list, words: frozenset | set) -> None:
     seen: list[tuple[int, int]] = []
     has_month = bool(words & _MONTH_WORDS)
-    for kind, pattern in _DATE_PATTERNS:
+    for kind, pattern in DATE_PATTERNS:
         if not has_month and kind not in ("num", "num2", "nmy"):
             continue
         for m in pattern.finditer(text):
@@ -125,60 +125,61 @@ def _date_candidates(text: str, out: list, words: frozenset | set) -> None:
             s0, e0 = _sentence_bounds(text, s)
             before = text[max(s0, s - 70):s]
             sentence = text[s0:e0]
-            general = bool(_DATE_BLOCK.search(sentence))
-            if _DATE_CUE.search(before) or re.search(r"(?i:\b(?:DOB|date|D\.O\.B\.?)\s*[:\-]\s*$)", before):
+            general = bool(DATE_BLOCK.search(sentence))
+            if DATE_CUE.search(before) or re.search(r"(?i:\b(?:DOB|date|D\.O\.B\.?)\s*[:\-]\s*$)", before):
                 tied = True
             elif general:
                 tied = False
             elif kind in ("day", "num"):
-                tied = kind == "num" or bool(_PERSON_MENTION.search(sentence) or _DATE_WEAK_CUE.search(before))
+                tied = kind == "num" or bool(PERSON_MENTION.search(sentence) or DATE_WEAK_CUE.search(before))
             else:  # month and day, or month and year: only with a cue and a person in view
-                weak = bool(_DATE_WEAK_CUE.search(before)) and bool(_PERSON_MENTION.search(sentence))
-                tied = weak or bool(_DATE_PERSONAL_CUE.search(before))
+                weak = bool(DATE_WEAK_CUE.search(before)) and bool(PERSON_MENTION.search(sentence))
+                tied = weak or bool(DATE_PERSONAL_CUE.search(before))
             if tied:
                 seen.append((s, e))
                 out.append(("DATE", s, e))
 
 
-_PHONE_WORDS = _kw("phone ph tel telephone cell cellphone mobile mob pager beeper call text contact reached number "
-                   "home work whatsapp fax facsimile")
+_PHONE_WORDS = word_set("phone ph tel telephone cell cellphone mobile mob pager beeper call text contact reached "
+                        "number home work whatsapp fax facsimile")
 
 
 def _phone_candidates(text: str, out: list, words: frozenset | set) -> None:
     found = []
-    for p in _PHONE_PATTERNS:
+    for p in PHONE_PATTERNS:
         for m in p.finditer(text):
-            if m.groupdict().get("a") in _TOLL_FREE:
+            if m.groupdict().get("a") in TOLL_FREE:
                 continue
             if "cc" in m.groupdict() and m.group("cc") is not None:
                 digits = sum(c.isdigit() for c in m.group())
                 if not 8 <= digits <= 15:
                     continue
             found.append(m.span())
-    for cue in (_PHONE_CUE.finditer(text) if words & _PHONE_WORDS else ()):  # looser formats right after a cue
+    for cue in (PHONE_CUE.finditer(text) if words & _PHONE_WORDS else ()):  # looser formats right after a cue
         window_end = min(len(text), cue.end() + 40)
-        m = _PHONE_LOOSE.search(text, cue.end(), window_end)
-        if m and not re.search(r"[A-Za-z]{3,}", text[cue.end():m.start()]) and m.group("a") not in _TOLL_FREE:
-            found.append(m.span())
+        loose = PHONE_LOOSE.search(text, cue.end(), window_end)
+        if (loose and not re.search(r"[A-Za-z]{3,}", text[cue.end():loose.start()])
+                and loose.group("a") not in TOLL_FREE):
+            found.append(loose.span())
     for s, e in found:
         before = text[max(0, _sentence_bounds(text, s)[0], s - 60):s]
         after = text[e:e + 12]
-        fax = _FAX_CUE.search(before)
-        voice = list(_VOICE_CUE.finditer(before))
+        fax = FAX_CUE.search(before)
+        voice = list(VOICE_CUE.finditer(before))
         is_fax = (fax and (not voice or voice[-1].start() < fax.start())) or re.match(r"\s*\(?(?i:fax)\b", after)
         out.append(("FAX" if is_fax else "PHONE", s, e))
 
 
 # (type, labelled pattern, fewest digits in the value, words one of which the label needs)
 _LABELED_RULES = (
-    ("MRN", _MRN, 4, _kw("mrn mr medical med chart hospital patient pt unit encounter visit accession")),
-    ("HEALTH_PLAN", _HEALTH_PLAN, 4, _kw("member membership subscriber policy insurance health beneficiary medicaid "
-                                         "medicare mbi hicn group plan bin")),
-    ("HEALTH_PLAN", _PLAN_ID, 5, _kw("insurance insurer health coverage medicaid medicare bcbs blue aetna cigna humana "
-                                     "unitedhealthcare united kaiser anthem tricare")),
-    ("HEALTH_PLAN", _POLICY, 6, _kw("policy")),
-    ("ACCOUNT", _ACCOUNT, 4, _kw("account acct billing invoice bank iban card credit debit routing guarantor")),
-    ("DEVICE", _DEVICE, 3, _kw("serial s sn device udi implant pump model")),
+    ("MRN", MRN, 4, word_set("mrn mr medical med chart hospital patient pt unit encounter visit accession")),
+    ("HEALTH_PLAN", HEALTH_PLAN, 4, word_set("member membership subscriber policy insurance health beneficiary "
+                                             "medicaid medicare mbi hicn group plan bin")),
+    ("HEALTH_PLAN", PLAN_ID, 5, word_set("insurance insurer health coverage medicaid medicare bcbs blue aetna cigna "
+                                         "humana unitedhealthcare united kaiser anthem tricare")),
+    ("HEALTH_PLAN", POLICY, 6, word_set("policy")),
+    ("ACCOUNT", ACCOUNT, 4, word_set("account acct billing invoice bank iban card credit debit routing guarantor")),
+    ("DEVICE", DEVICE, 3, word_set("serial s sn device udi implant pump model")),
 )
 
 
@@ -190,70 +191,70 @@ def _value_candidates(text: str, out: list, words: frozenset | set) -> None:
             v = m.group("v").rstrip()
             if sum(c.isdigit() for c in v) >= min_digits:
                 out.append((kind, m.start("v"), m.start("v") + len(v)))
-    for m in _SSN.finditer(text):
+    for m in SSN.finditer(text):
         out.append(("SSN", *m.span()))
     if words & {"ssn", "social", "ss"}:
-        for m in _SSN_LABELED.finditer(text):
+        for m in SSN_LABELED.finditer(text):
             out.append(("SSN", *m.span("v")))
-    for m in _CARD.finditer(text):
+    for m in CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 2:
             out.append(("ACCOUNT", *m.span()))
-    for m in _IBAN.finditer(text):
+    for m in IBAN.finditer(text):
         if iban_ok(m.group()):
             out.append(("ACCOUNT", *m.span()))
-    for m in _MBI.finditer(text):
+    for m in MBI.finditer(text):
         out.append(("HEALTH_PLAN", *m.span()))
-    for m in _UDI.finditer(text):
+    for m in UDI.finditer(text):
         out.append(("DEVICE", *m.span()))
     if words & {"vin", "vehicle"}:
-        for m in _VIN_LABELED.finditer(text):
+        for m in VIN_LABELED.finditer(text):
             out.append(("VEHICLE", *m.span("v")))
-    for m in _VIN.finditer(text):
+    for m in VIN.finditer(text):
         if vin_ok(m.group()):
             out.append(("VEHICLE", *m.span()))
     if words & {"license", "licence", "plate", "tag", "registration"}:
-        for m in _PLATE.finditer(text):
+        for m in PLATE.finditer(text):
             v = m.group("v").rstrip(" -")
             if 2 <= len(v.replace(" ", "").replace("-", "")) <= 8:
                 out.append(("VEHICLE", m.start("v"), m.start("v") + len(v)))
 
 
-_STREET_WORDS = _kw("street st avenue ave road rd boulevard blvd lane ln drive dr court ct place pl terrace ter way "
-                    "circle cir parkway pkwy highway hwy square sq trail trl plaza alley crescent loop pike")
+_STREET_WORDS = word_set("street st avenue ave road rd boulevard blvd lane ln drive dr court ct place pl terrace ter "
+                         "way circle cir parkway pkwy highway hwy square sq trail trl plaza alley crescent loop pike")
 
 
 def _place_candidates(text: str, out: list, words: frozenset | set) -> None:
     if words & _STREET_WORDS:
-        for m in _STREET.finditer(text):
+        for m in STREET.finditer(text):
             out.append(("ADDRESS", *m.span()))
     if "box" in words:
-        for m in _PO_BOX.finditer(text):
+        for m in PO_BOX.finditer(text):
             out.append(("ADDRESS", *m.span()))
-    for m in _ZIP_STATE.finditer(text):
+    for m in ZIP_STATE.finditer(text):
         out.append(("ZIP", *m.span("v")))
     if words & {"zip", "postal", "postcode"}:
-        for m in _ZIP_LABELED.finditer(text):
+        for m in ZIP_LABELED.finditer(text):
             out.append(("ZIP", *m.span("v")))
-    for m in _ZIP4.finditer(text):
+    for m in ZIP4.finditer(text):
         out.append(("ZIP", *m.span()))
 
 
 def _net_candidates(text: str, out: list) -> None:
-    for m in _EMAIL.finditer(text):
+    for m in EMAIL.finditer(text):
         out.append(("EMAIL", *m.span()))
-    for m in _URL.finditer(text):
+    for m in URL.finditer(text):
         s, e = m.span()
         while e > s and text[e - 1] in ".,;:!?)":
             e -= 1
         url = text[s:e]
         host = re.sub(r"^(?i:[a-z]+://)", "", url).split("/")[0].split("?")[0].split(":")[0].lower()
-        if "@" in url or _public_host(host):
+        if "@" in url or public_host(host):
             continue
         out.append(("URL", s, e))
-    for pattern in (_IPV4, _IPV6):
+    for pattern in (IPV4, IPV6):
         for m in pattern.finditer(text):
-            if pattern is _IPV6 and not re.search(r"[A-Fa-f]|::", m.group()):
+            if pattern is IPV6 and not re.search(r"[A-Fa-f]|::", m.group()):
                 continue  # times such as 10:30:15 are not addresses
             out.append(("IP", *m.span()))
 
@@ -278,8 +279,8 @@ def scan_text(text: str) -> list[tuple[str, int, int]]:
     if not isinstance(text, str) or not text:
         return []
     cands: list[tuple[str, int, int]] = []
-    has_digit = _DIGIT.search(text) is not None
-    words = set(_WORD.findall(text.lower()))
+    has_digit = DIGIT.search(text) is not None
+    words = set(WORD.findall(text.lower()))
     if has_digit or "@" in text or "www" in text or "/" in text:
         _net_candidates(text, cands)
     if has_digit:
@@ -287,13 +288,13 @@ def scan_text(text: str) -> list[tuple[str, int, int]]:
         _value_candidates(text, cands, words)
         _place_candidates(text, cands, words)
         _date_candidates(text, cands, words)
-    _name_candidates(text, cands, words)
+    name_candidates(text, cands, words)
     return _resolve(cands)
 
 
 def scan_records(records: list[dict], fields=FIELDS) -> list[Finding]:
     """Findings in the given fields of every record (rows numbered from 1); non-string values are skipped."""
-    findings = []
+    findings: list[Finding] = []
     for row, r in enumerate(records, 1):
         for f in fields:
             v = r.get(f)

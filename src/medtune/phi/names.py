@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 
-from medtune.phi.patterns import _DIGIT
+from medtune.phi.patterns import DIGIT
 
 # ---------------------------------------------------------------- word lists (ours)
 
@@ -204,7 +204,7 @@ _WORDY_SUFFIX = re.compile(r"(?:ed|ing|ness|tion|sion|ment|ity|ure|ous|ive|ful|l
 def _in_proper_noun(text: str, s: int) -> bool:
     """True when the candidate continues a longer capitalised phrase: 'Health and Clinical Excellence'."""
     m = re.search(r"([A-Z][A-Za-z]*)[ \t]+(?:(?:and|of|for|the|&)[ \t]+)?$", text[max(0, s - 40):s])
-    return bool(m) and m.group(1) not in _STOP and not re.fullmatch(_TITLES, m.group(1))
+    return m is not None and m.group(1) not in _STOP and not re.fullmatch(_TITLES, m.group(1))
 
 
 def _trim_name(text: str, s: int, e: int) -> tuple[int, int] | None:
@@ -245,12 +245,12 @@ def _add_name(text: str, out: list, s: int, e: int, strong: bool, titled: bool =
     out.append(("NAME", s, e))
 
 
-def _name_candidates(text: str, out: list, words: frozenset | set) -> None:
+def name_candidates(text: str, out: list, words: frozenset | set) -> None:
     add = functools.partial(_add_name, text, out)
 
     # Each rule runs only when the words it needs are in the text (a set look-up is much cheaper than a
     # case-insensitive alternation tried at every position).
-    has_digit = _DIGIT.search(text) is not None
+    has_digit = DIGIT.search(text) is not None
     for m in _NAME_TITLE.finditer(text):
         add(*m.span("v"), strong=not _is_eponym(text, *m.span("v")), titled=True)
     if words & _LABEL_WORDS and _LABEL_MARK.search(text):

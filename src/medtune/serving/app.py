@@ -21,8 +21,10 @@ import asyncio
 import html
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +32,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp
 
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE
@@ -56,6 +59,7 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 log = logging.getLogger("medtune.serve")
+R = TypeVar("R", bound=GenerationRequest)
 
 
 def _err(status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None) -> JSONResponse:
@@ -120,7 +124,7 @@ async def _read_body(request: Request, limit: int) -> dict:
     return parse_json_object(bytes(body))
 
 
-async def _parse(request: Request, schema: type[GenerationRequest]) -> GenerationRequest:
+async def _parse(request: Request, schema: type[R]) -> R:
     data = await _read_body(request, _engine(request).limits.max_body_bytes)
     try:
         return schema.model_validate(data)
@@ -188,7 +192,7 @@ def _usage(job: Job, done: dict) -> dict:
             "total_tokens": n + done["completion_tokens"]}
 
 
-async def _next_event(job: Job, held: list) -> tuple[str, object]:
+async def _next_event(job: Job, held: list) -> tuple[str, Any]:
     """The job's next event; text that piled up while the server was busy comes as one piece (an event read past
     it waits in `held`)."""
     kind, value = held.pop() if held else await job.events.get()
@@ -348,8 +352,10 @@ def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = N
 
     app = FastAPI(title="medtune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine = engine
-    for exc, handler in ((ApiError, _api_error), (RequestValidationError, _validation_error),
-                         (StarletteHTTPException, _http_error), (Exception, _server_error)):
+    handlers: list[tuple[type[Exception], Callable[[Request, Any], Awaitable[Response]]]] = [
+        (ApiError, _api_error), (RequestValidationError, _validation_error), (StarletteHTTPException, _http_error),
+        (Exception, _server_error)]
+    for exc, handler in handlers:
         app.add_exception_handler(exc, handler)
     app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/static/{name}", static_file, methods=["GET"])
@@ -357,7 +363,7 @@ def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = N
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
-    wrapped = Metrics(app, engine)
+    wrapped: ASGIApp = Metrics(app, engine)
     if api_key:
         wrapped = ApiKeyAuth(wrapped, api_key)
     if allowed_hosts is not None and "*" not in allowed_hosts:

@@ -208,10 +208,12 @@ class Engine:
         """The decoding request of a job: its settings over the run's generate settings; its text (cut at a stop
         string) and result go back to the job's event loop."""
         g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
-                                top_p=job.top_p, greedy=job.temperature <= 0, seed=job.seed)
+                                top_p=job.top_p, greedy=job.temperature <= 0,
+                                seed=job.seed)  # type: ignore[arg-type]  # None: unseeded (the engine draws a seed)
         watch = StopText(job.stop) if job.stop or job.stream else None
 
         def on_text(text):
+            assert watch is not None  # on_text is passed only with a watch
             piece = watch.feed(text)
             if watch.cut is not None:
                 job.cancel.set()  # the engine stops this answer at its next token

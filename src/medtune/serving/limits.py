@@ -13,4 +13,4 @@ class Limits:
     max_batch_size: int = 128        # requests decoded together (1: one at a time)
     # seconds an idle keep-alive connection stays open. uvicorn's 5 s let a busy server close a connection that a
     # client had just reused (256 clients on a 2-core box: 1-2 of 1,024 requests failed with ReadError; 0 at 75 s)
-    keep_alive_s: float = 75.0
+    keep_alive_s: int = 75

@@ -6,7 +6,7 @@ import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from medtune.serving.schemas import error_body
 
@@ -44,7 +44,7 @@ class ApiKeyAuth:
         if scope["path"] == "/" and "key" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
             given = parse_qs(scope["query_string"].decode("latin-1"))["key"][0]
             if self._ok(given):
-                response = RedirectResponse("/", status_code=303)
+                response: Response = RedirectResponse("/", status_code=303)
                 response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
                 return await response(scope, receive, send)
         if not self._ok(self._presented(scope)):

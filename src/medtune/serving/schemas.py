@@ -4,8 +4,13 @@ Both requests share their sampling fields and are checked by one path: pydantic 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 MAX_STOPS = 4              # stop strings per request (as OpenAI)
 MAX_STOP_CHARS = 256       # characters per stop string (each streamed piece is checked against every prefix)
@@ -85,10 +90,11 @@ FIELD_TYPES = {"prompt": "a string", "messages": "a list of messages, each {\"ro
                "n": "an integer", "user": "a string", "stream_options": "an object such as {\"include_usage\": true}"}
 
 
-def validation_message(errors: list[dict], schema: type[BaseModel] = CompletionRequest) -> tuple[str, str | None]:
+def validation_message(errors: Sequence[ErrorDetails],
+                       schema: type[BaseModel] = CompletionRequest) -> tuple[str, str | None]:
     """One readable line (and the field) for the first of pydantic's validation errors."""
     e = errors[0]
-    loc = e.get("loc") or ()
+    loc: tuple[int | str, ...] = e.get("loc") or ()
     name = str(loc[0]) if loc else None
     if name == "stream_options" and len(loc) == 2:  # a field inside it
         if e["type"] == "extra_forbidden":
@@ -101,7 +107,7 @@ def validation_message(errors: list[dict], schema: type[BaseModel] = CompletionR
     if name == "n":
         return "only n=1 is supported", name
     if e["type"].endswith("_type") or e["type"] in ("list_type", "string_type"):
-        want = FIELD_TYPES.get(name, "of another type")
+        want = FIELD_TYPES.get(name or "", "of another type")
         if name == "prompt":
             want += " (or a list holding one string)"
         return f"'{name}' must be {want}", name

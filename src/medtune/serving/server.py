@@ -12,7 +12,7 @@ from medtune.serving.engine import Engine, Limits
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -49,7 +49,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_
     if not loopback and not api_key and not insecure:
         raise MedtuneError(f"--host {host} is reachable from other machines: set an API key (--api-key or "
                            "MEDTUNE_API_KEY), or pass --insecure to serve without one")
-    sock = _listen(host, port)  # first: a busy port fails at once, before the model loads
+    sock = listen(host, port)  # first: a busy port fails at once, before the model loads
     try:
         engine = Engine(model_dir, lim)
     except BaseException:

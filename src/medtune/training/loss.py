@@ -58,9 +58,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 h = hidden[s:s + chunk]
                 loss, g = ce(h @ w.t(), targets[s:s + chunk], need_h or need_w, vocab)
                 total += loss
-                if need_h:
+                if grad_h is not None:  # need_h
                     torch.mm(g, w, out=grad_h[s:s + chunk])
-                if need_w:
+                if grad_w is not None:  # need_w
                     grad_w.addmm_(g.t().float(), h.float())
             if grad_w is not None:
                 grad_w = grad_w[:vocab]

@@ -66,7 +66,7 @@ def _check_mlflow_store() -> None:
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
+    out: dict[str, object] = {}
     for k, v in values.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out

@@ -1,6 +1,8 @@
 """Training: config -> data -> model -> Trainer -> the run folder (layout: medtune.rundir)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ from medtune.training.distributed import (
 )
 from medtune.training.trainer import MedtuneTrainer, StopOnSignal, optimizer_name, training_arguments
 
+log = logging.getLogger("medtune.training")
+
 
 def _decoder_layers(decoder):
     for name in ("h", "layers", "layer"):
@@ -35,13 +39,13 @@ def _decoder_layers(decoder):
     return None
 
 
-def _memory_plan(cfg: Config, model, base, log) -> dict | None:
+def _memory_plan(cfg: Config, model, base) -> dict | None:
     """train.max_memory_gib on CUDA: tokens per batch, gradient checkpointing and the loss chunk that fit."""
     t = cfg.train
     if t.max_memory_gib is None:
         return None
     if not torch.cuda.is_available():
-        log("train: max_memory_gib applies to CUDA GPUs only; ignored on this machine")
+        log.warning("train: max_memory_gib applies to CUDA GPUs only; ignored on this machine")
         return None
     static = memory.param_bytes(base) + memory.trainable_state_bytes(model, "8bit" in optimizer_name(cfg))
     wanted = t.batch_tokens if t.packing else t.batch_size * cfg.data.max_length
@@ -57,7 +61,7 @@ def _memory_plan(cfg: Config, model, base, log) -> dict | None:
     return plan
 
 
-def apply_speedups(cfg: Config, model, log=print) -> dict:
+def apply_speedups(cfg: Config, model) -> dict:
     """One-kernel GELU, dtype-keeping layer norms, packed flash attention (CUDA), the chunked loss, the memory plan,
     torch.compile; train.disable turns pieces off. Returns what was chosen."""
     t, off = cfg.train, set(cfg.train.disable)
@@ -73,13 +77,13 @@ def apply_speedups(cfg: Config, model, log=print) -> dict:
     info["batch_tokens"] = t.batch_tokens if t.packing else None
     info["chunk"] = None
     checkpointing = cfg.model.gradient_checkpointing
-    plan = _memory_plan(cfg, model, base, log)
+    plan = _memory_plan(cfg, model, base)
     if plan is not None:
         info["plan"], info["chunk"] = plan, plan["chunk"]
         info["batch_tokens"] = plan["batch_tokens"] if t.packing else info["batch_tokens"]
         checkpointing = checkpointing or plan["checkpointing"]
     if checkpointing and not cfg.model.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model_mod.enable_checkpointing(base)
     info["gradient_checkpointing"] = checkpointing
     if t.compile:
         layers = _decoder_layers(info["fast_loss"][0]) if info["fast_loss"] is not None else None
@@ -89,10 +93,10 @@ def apply_speedups(cfg: Config, model, log=print) -> dict:
     return info
 
 
-def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path, log=print):
+def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path):
     """The Trainer for a LoRA model with medtune's speed-ups. Returns (trainer, collator, info)."""
     t, enc = cfg.train, prepared.encoded
-    info = apply_speedups(cfg, model, log)
+    info = apply_speedups(cfg, model)
     batch_tokens = info["batch_tokens"]
     collator = PackingCollator(tok.pad_token_id, row_length=cfg.data.max_length, flat=info["varlen"]) if t.packing \
         else Collator(tok.pad_token_id)
@@ -108,12 +112,13 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
     per_step = f"up to {batch_tokens} tokens" if sampler else f"{t.batch_size} examples"
     effective = (f"up to {batch_tokens * t.grad_accum * world} tokens" if sampler
                  else f"{t.batch_size * t.grad_accum * world} examples")
-    log(f"train: {len(enc['train'])} examples, {per_step} per batch x {t.grad_accum} accumulation x {world} processes"
-        f" = effective batch size {effective}{f' ({len(sampler)} batches per epoch)' if sampler else ''}; "
-        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer "
-        f"{getattr(args.optim, 'value', args.optim)}, attention {info['attention']}, loss {info['loss']}, "
-        f"packing {t.packing}, gradient checkpointing {info['gradient_checkpointing']}"
-        + (f", memory plan {info['plan']}" if "plan" in info else ""))
+    log.info(f"train: {len(enc['train'])} examples, {per_step} per batch x {t.grad_accum} accumulation x {world} "
+             f"processes = effective batch size {effective}"
+             f"{f' ({len(sampler)} batches per epoch)' if sampler else ''}; "
+             f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer "
+             f"{getattr(args.optim, 'value', args.optim)}, attention {info['attention']}, loss {info['loss']}, "
+             f"packing {t.packing}, gradient checkpointing {info['gradient_checkpointing']}"
+             + (f", memory plan {info['plan']}" if "plan" in info else ""))
     return trainer, collator, info
 
 
@@ -163,33 +168,45 @@ def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, extra:
     plot_losses(history, out / rundir.LOSS_CURVE)
 
 
-def run(cfg: Config, resume: bool = False, log=print, checked: data_mod.Checked | None = None) -> dict:
+def run(cfg: Config, resume: bool = False, checked: data_mod.Checked | None = None) -> dict:
     """Train a LoRA adapter as configured; returns the final metrics. Every check runs before the first file is
     written: the config's (config.validate), the output folder's, the data's (`checked`: done already), and those
     that need the model. The output folder is locked meanwhile (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the
     current step ends with a checkpoint of it, and stopping.Stopped says where it is (medtune.stopping)."""
     out = Path(cfg.output_dir).expanduser()
-    with rundir.locked(out, f"medtune train --output-dir {out}", create=not resume, log=log), stopping.handlers():
-        return _run(cfg, out, resume, log, checked)
+    with rundir.locked(out, f"medtune train --output-dir {out}", create=not resume), stopping.handlers(), \
+            _main_process_speaks():
+        return _run(cfg, out, resume, checked)
 
 
-def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
+@contextlib.contextmanager
+def _main_process_speaks():
+    """Under torchrun, rank 0 alone speaks: the other ranks' medtune loggers show errors only meanwhile."""
+    logger = logging.getLogger("medtune")
+    before = logger.level
+    if not is_main_process():
+        logger.setLevel(max(logging.ERROR, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _run(cfg: Config, out: Path, resume: bool, checked) -> dict:
     from transformers import set_seed
 
     use_local_gpu()
-    if not is_main_process():
-        log = lambda *a, **k: None  # noqa: E731  (rank 0 alone speaks)
-    resume_from = rundir.prepare_output(out, resume, log, tidy=is_main_process())  # every rank checks; rank 0 writes
+    resume_from = rundir.prepare_output(out, resume, tidy=is_main_process())  # every rank checks; rank 0 writes
     trackers.check(cfg, main_process=is_main_process())  # each tracker's package installed, MLflow's store opens
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
-    prepared = data_mod.prepare(cfg.data, tok, log=log, checked=checked)
+    prepared = data_mod.prepare(cfg.data, tok, checked=checked)
     machine.check(cfg)
     model = model_mod.load_base_model(cfg.model, tok)
     model_mod.check_against_model(cfg, model)
     model.config.use_cache = False
-    model = model_mod.add_lora(model, cfg.model, log=log)
-    trainer, _, info = make_trainer(cfg, model, tok, prepared, out, log=log)
+    model = model_mod.add_lora(model, cfg.model)
+    trainer, _, info = make_trainer(cfg, model, tok, prepared, out)
     if resume:
         _same_resume_point(out, resume_from)
     if is_main_process():  # every check has passed: the first file of the run is written now
@@ -204,7 +221,7 @@ def _run(cfg: Config, out: Path, resume: bool, log, checked) -> dict:
         for name in rundir.SPLIT_NAMES:
             atomic_write_jsonl(out / rundir.SPLITS / f"{name}.jsonl", prepared.splits[name])
     with stopping.graceful():
-        metrics = _train(cfg, trainer, tok, prepared, info, out, resume_from, log)
+        metrics = _train(cfg, trainer, tok, prepared, info, out, resume_from)
     barrier()  # no process returns before rank 0 has written the run's files
     return metrics
 
@@ -213,14 +230,15 @@ def _same_resume_point(out: Path, resume_from: Path | None) -> None:
     """--resume under several processes: every process reads the output folder itself, and all must continue from the
     same checkpoint (a collective, after the Trainer started the process group). On machines without a shared folder
     the others see none: they would start over and crash or hang the group at the first step."""
-    step = int(rundir.CHECKPOINT.match(resume_from.name)[1]) if resume_from else 0
+    match = rundir.CHECKPOINT.match(resume_from.name) if resume_from else None
+    step = int(match[1]) if match else 0
     low, high = -max_over_processes(-step), max_over_processes(step)
     if low != high:
         raise MedtuneError(f"--resume: the processes of this run see different checkpoints in {out} (from step {low} "
                            f"to {high}; 0: none): every machine must see the same output folder (a shared filesystem)")
 
 
-def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_from: Path | None, log) -> dict:
+def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_from: Path | None) -> dict:
     """trainer.train, then the final metrics and the run's files; a signal ends it after a step, with Stopped."""
     stop = StopOnSignal()
     trainer.add_callback(stop)
@@ -235,7 +253,7 @@ def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_fr
     if is_main_process():
         _write_results(cfg, trainer, tok, prepared, metrics, out, prepared.extra)
         trackers.finish(cfg, metrics)
-        log(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
+        log.info(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
             + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
     return metrics
 

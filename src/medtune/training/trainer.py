@@ -63,6 +63,8 @@ class MedtuneTrainer(Trainer):
             return super().get_train_dataloader()
         from torch.utils.data import DataLoader
 
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
         loader = DataLoader(self.train_dataset, batch_sampler=self.train_batch_sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
@@ -121,7 +123,8 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
-        gradient_checkpointing=False,  # enabled on the model in model.add_lora / make_trainer
+        # activation (gradient) checkpointing stays off here (the default): model.add_lora / make_trainer enable it
+        # on the model; the old name gradient_checkpointing=False is a deprecated alias (a FutureWarning)
         disable_tqdm=False,
         prediction_loss_only=True,  # evaluation needs the loss only: no logits kept
         logging_nan_inf_filter=False,  # log a nan/inf loss as such (the filter hid it; it read the loss each step)
