@@ -16,6 +16,7 @@ The `churn` path is what a server sees: 4 x streams requests of 1/2 to 1 x --new
 at once). `--profile` prints where the host's time goes during the churn rows (cProfile; time spent waiting for the
 device shows as `synchronize`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,10 @@ def churn_row(model, tok, prompts, n):
     engine.eos = -1
     rng = random.Random(0)
     lengths = [rng.randint(n // 2, n) for _ in range(4 * len(prompts))]
-    requests = lambda: [Request(prompts[i % len(prompts)], GenerateConfig(max_new_tokens=k, loop_guard=0))  # noqa: E731
-                        for i, k in enumerate(lengths)]
+    requests = lambda: [
+        Request(prompts[i % len(prompts)], GenerateConfig(max_new_tokens=k, loop_guard=0))  # noqa: E731
+        for i, k in enumerate(lengths)
+    ]
     return lambda: engine.run(requests()), sum(lengths)
 
 
@@ -102,8 +105,17 @@ def generate_row(model, tok, prompts, n):
     import torch
 
     ids = torch.tensor(prompts, device=model.device)
-    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.7, top_p=0.9, top_k=50,
-              repetition_penalty=1.1, pad_token_id=tok.pad_token_id, attention_mask=torch.ones_like(ids))
+    kw = dict(
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=50,
+        repetition_penalty=1.1,
+        pad_token_id=tok.pad_token_id,
+        attention_mask=torch.ones_like(ids),
+    )
     return lambda: model.generate(ids, **kw)
 
 
@@ -112,10 +124,21 @@ def generate_batch_row(model, tok, prompts, n):
 
     if not hasattr(model, "generate_batch"):
         return None
-    gc = GenerationConfig(max_new_tokens=n, do_sample=True, temperature=0.7, top_p=0.9, top_k=50,
-                          repetition_penalty=1.1, eos_token_id=-1, pad_token_id=tok.pad_token_id)
-    extra = {"persistent_manager": True} if "persistent_manager" in inspect.signature(
-        model.generate_batch).parameters else {}
+    gc = GenerationConfig(
+        max_new_tokens=n,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=50,
+        repetition_penalty=1.1,
+        eos_token_id=-1,
+        pad_token_id=tok.pad_token_id,
+    )
+    extra = (
+        {"persistent_manager": True}
+        if "persistent_manager" in inspect.signature(model.generate_batch).parameters
+        else {}
+    )
     return lambda: model.generate_batch(inputs=prompts, generation_config=gc, **extra)
 
 
@@ -130,9 +153,14 @@ def check(model, tok, prompts, n: int) -> str:
     ours = complete(model, tok, prompts, g, batch_size=len(prompts))
     same = 0
     for p, c in zip(prompts, ours):
-        ref = model.generate(torch.tensor([p], device=model.device), max_new_tokens=n, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
-        ref = ref[:ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref
+        ref = model.generate(
+            torch.tensor([p], device=model.device),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )[0, len(p) :].tolist()
+        ref = ref[: ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref
         same += ref == c.token_ids
     return f"greedy parity with model.generate: {same}/{len(prompts)} answers identical ({n} tokens each)"
 
@@ -161,9 +189,11 @@ def main() -> int:
     model, tok, device = load(args)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = {"engine": engine_row, "churn": churn_row, "generate": generate_row, "generate_batch": generate_batch_row}
-    print(f"model {args.model} on {torch.cuda.get_device_name() if device == 'cuda' else platform.processor() or 'cpu'}"
-          f"; torch {torch.__version__}, transformers {transformers.__version__}; prompts {args.prompt_tokens} tokens,"
-          f" {args.new_tokens} new tokens a stream, sampled\n")
+    print(
+        f"model {args.model} on {torch.cuda.get_device_name() if device == 'cuda' else platform.processor() or 'cpu'}"
+        f"; torch {torch.__version__}, transformers {transformers.__version__}; prompts {args.prompt_tokens} tokens,"
+        f" {args.new_tokens} new tokens a stream, sampled\n"
+    )
     if args.check:
         print(check(model, tok, prompts_for(tok, model, 8, args.prompt_tokens), 32), flush=True)
     print("| path | streams | tokens/s | ms a step |\n| --- | ---: | ---: | ---: |")
@@ -182,8 +212,10 @@ def main() -> int:
             except Exception as e:  # a reference path that this transformers version cannot run
                 print(f"| {name} | {streams} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
                 continue
-            print(f"| {name} | {streams} | {tokens / seconds:,.0f} | {1000 * seconds * streams / tokens:.2f} |",
-                  flush=True)
+            print(
+                f"| {name} | {streams} | {tokens / seconds:,.0f} | {1000 * seconds * streams / tokens:.2f} |",
+                flush=True,
+            )
     return 0
 
 

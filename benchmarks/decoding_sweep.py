@@ -5,6 +5,7 @@ repeated 4-grams, gibberish share, ROUGE-L, mean length, and time. Not a test; f
 
 Settings without `loop_guard` keep the run's (default 32): the guard rows compare it off, at 16 and at 64 tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ def main() -> None:
     model, tok = rundir.load_model(run, merge=True)  # the adapter merged, as eval's tuned pass runs
     inp, base_g = evaluate.prepare_inputs(run, model, tok, None, args.split, args.num_samples, greedy=False)
     print(f"{len(inp.chosen)} questions from the {args.split} split, at most {base_g.max_new_tokens} new tokens\n")
-    print("| decoding | ROUGE-L [95% CI] | EOS rate | repeated 4-grams | looping answers | loop-guard stops | "
-          "gibberish | mean tokens | seconds |")
+    print(
+        "| decoding | ROUGE-L [95% CI] | EOS rate | repeated 4-grams | looping answers | loop-guard stops | "
+        "gibberish | mean tokens | seconds |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     saved = []
     chosen = args.only.split(",") if args.only else list(SETTINGS)
@@ -74,14 +77,19 @@ def main() -> None:
         m, _ = evaluate.generation_metrics(out, inp.refs, bootstrap=1000)
         lo, hi = m.get("rouge_l_ci") or (float("nan"), float("nan"))
         stops = sum(c.stop_reason == "loop" for c in out)
-        print(f"| {name} | {m['rouge_l']:.3f} [{lo:.3f}, {hi:.3f}] | {m['eos_rate']:.0%} | "
-              f"{m['repeated_4gram_share'] or 0:.1%} | {m['looping_answers']:.0%} | {stops} | "
-              f"{m.get('gibberish_share', float('nan')):.0%} | {m['mean_answer_tokens']:.0f} | {dt:.1f} |", flush=True)
+        print(
+            f"| {name} | {m['rouge_l']:.3f} [{lo:.3f}, {hi:.3f}] | {m['eos_rate']:.0%} | "
+            f"{m['repeated_4gram_share'] or 0:.1%} | {m['looping_answers']:.0%} | {stops} | "
+            f"{m.get('gibberish_share', float('nan')):.0%} | {m['mean_answer_tokens']:.0f} | {dt:.1f} |",
+            flush=True,
+        )
         saved += [{"setting": name, "i": i, "answer": c.text, "stop": c.stop_reason} for i, c in enumerate(out)]
     if args.save:
         from medtune.files import atomic_write_jsonl
-        atomic_write_jsonl(args.save, saved + [{"setting": "reference", "i": i, "answer": r}
-                                               for i, r in enumerate(inp.refs)])
+
+        atomic_write_jsonl(
+            args.save, saved + [{"setting": "reference", "i": i, "answer": r} for i, r in enumerate(inp.refs)]
+        )
 
 
 if __name__ == "__main__":

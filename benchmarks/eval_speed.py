@@ -3,6 +3,7 @@ PeftModel: three matmuls per LoRA layer) and merged into the base weights (what 
 
     python benchmarks/eval_speed.py RUN_DIR [--num-samples 50] [--max-new-tokens 512]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,11 @@ def main() -> None:
             sync()
             dt = time.perf_counter() - t0
             steps = max(len(c.token_ids) for c in out)
-            print(f"{name:18s} batch {batch:3d}: {dt:6.1f} s, {sum(len(c.token_ids) for c in out)} tokens, "
-                  f"longest {steps}, {1000 * dt / max(steps, 1):.1f} ms per step", flush=True)
+            print(
+                f"{name:18s} batch {batch:3d}: {dt:6.1f} s, {sum(len(c.token_ids) for c in out)} tokens, "
+                f"longest {steps}, {1000 * dt / max(steps, 1):.1f} ms per step",
+                flush=True,
+            )
         del model
 
 

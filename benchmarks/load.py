@@ -9,6 +9,7 @@ Loopback only; nothing else is contacted.
 Prints a table: requests/s, p50 and p95 latency, tokens/s for each server --max-batch-size and client count.
 Exit status: 0 when every request succeeded, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,26 +24,59 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ["What is asthma?", "What are the symptoms of type 2 diabetes?", "How is high blood pressure treated?",
-             "What causes migraines?", "When should a fever be checked by a doctor?", "What is anemia?",
-             "How does the flu spread?", "What are the risk factors for stroke?"]
+QUESTIONS = [
+    "What is asthma?",
+    "What are the symptoms of type 2 diabetes?",
+    "How is high blood pressure treated?",
+    "What causes migraines?",
+    "When should a fever be checked by a doctor?",
+    "What is anemia?",
+    "How does the flu spread?",
+    "What are the risk factors for stroke?",
+]
 
 
 def train_tiny(out: Path) -> None:
     print(f"training the tiny preset into {out} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "medtune", "train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"),
-                    "--output-dir", str(out), "--set", "train.max_steps=20", "--set", "train.report_to=none",
-                    "--set", "train.save_steps=1000", "--set", "train.eval_steps=1000"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medtune",
+            "train",
+            "--config",
+            str(ROOT / "configs" / "tiny-cpu.yaml"),
+            "--output-dir",
+            str(out),
+            "--set",
+            "train.max_steps=20",
+            "--set",
+            "train.report_to=none",
+            "--set",
+            "train.save_steps=1000",
+            "--set",
+            "train.eval_steps=1000",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
 
 
 def start_server(model_dir: Path, queue_size: int, max_batch_size: int):
-    code = ("import sys; from medtune.serving.server import serve; "
-            f"serve(sys.argv[1], host='127.0.0.1', port=0, log_level='warning', queue_size={queue_size}, "
-            f"max_batch_size={max_batch_size})")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(model_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    code = (
+        "import sys; from medtune.serving.server import serve; "
+        f"serve(sys.argv[1], host='127.0.0.1', port=0, log_level='warning', queue_size={queue_size}, "
+        f"max_batch_size={max_batch_size})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(model_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     deadline = time.time() + 300
     for line in proc.stdout:
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -116,8 +150,15 @@ def summarize(results: list[tuple], wall: float) -> dict:
     ttft = [r[2] * 1000 for r in results if r[0] and r[2] is not None]
     errors = [r[4] for r in results if not r[0]]
     tokens = sum(r[3] for r in results if r[0])
-    return {"errors": errors, "p50": pct(lat, 50), "p95": pct(lat, 95), "ttft_p50": pct(ttft, 50) if ttft else None,
-            "rps": len(results) / wall, "tps": tokens / wall, "wall": wall}
+    return {
+        "errors": errors,
+        "p50": pct(lat, 50),
+        "p95": pct(lat, 95),
+        "ttft_p50": pct(ttft, 50) if ttft else None,
+        "rps": len(results) / wall,
+        "tps": tokens / wall,
+        "wall": wall,
+    }
 
 
 def main() -> int:
@@ -139,8 +180,10 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory(prefix="medtune-load-")
         model_dir = Path(tmp.name) / "run"
         train_tiny(model_dir)
-    print(f"{args.requests} requests each, max_tokens {lo}-{hi or lo}, every {args.stream_every}th streamed, "
-          f"model {model_dir.name}\n")
+    print(
+        f"{args.requests} requests each, max_tokens {lo}-{hi or lo}, every {args.stream_every}th streamed, "
+        f"model {model_dir.name}\n"
+    )
     print("| --max-batch-size | clients | requests/s | p50 ms | p95 ms | tokens/s | errors |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     failed = False
@@ -150,12 +193,14 @@ def main() -> int:
             try:
                 for clients in [int(c) for c in args.concurrency.split(",")]:
                     t0 = time.perf_counter()
-                    results = asyncio.run(run_load(port, argparse.Namespace(**{**vars(args),
-                                                                                "concurrency": clients})))
+                    results = asyncio.run(run_load(port, argparse.Namespace(**{**vars(args), "concurrency": clients})))
                     r = summarize(results, time.perf_counter() - t0)
                     failed |= bool(r["errors"])
-                    print(f"| {batch} | {clients} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
-                          f"{r['tps']:.0f} | {len(r['errors'])} |", flush=True)
+                    print(
+                        f"| {batch} | {clients} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+                        f"{r['tps']:.0f} | {len(r['errors'])} |",
+                        flush=True,
+                    )
                     for e in sorted(set(r["errors"]))[:3]:
                         print(f"  {r['errors'].count(e)} x {e}")
             finally:

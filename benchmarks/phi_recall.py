@@ -8,6 +8,7 @@ the real WikiDoc data (when ../shared/data is present), with timings. Not a test
 installed, with the given spaCy model package) on the same sets, for comparison; Presidio's entity types are
 matched to ours by overlap only (any type), which favours it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ def measure(notes: list[dict], scan, typed: bool = True):
             found[f[0]] += 1
             if not any((f[0] == k or not typed) and _overlap(f, (k, s, e)) for k, s, e in note["spans"]):
                 false[f[0]] += 1
-                extras.append((f[0], note["text"][f[1]:f[2]], note["text"]))
+                extras.append((f[0], note["text"][f[1] : f[2]], note["text"]))
     return hit, total, found, false, misses, extras
 
 
@@ -65,8 +66,10 @@ def table(title: str, notes: list[dict], scan, typed: bool = True, show: bool = 
             print(f"{kind:<12} {total[kind]:>7} {hit[kind]:>6} {rec:>7.1%} {prec:>9.1%}")
     n_found = sum(found.values())
     n_hit, n_total = sum(hit.values()), sum(total.values())
-    print(f"{'all':<12} {n_total:>7} {n_hit:>6} {n_hit / n_total:>7.1%} "
-          f"{(n_found - sum(false.values())) / max(n_found, 1):>9.1%}")
+    print(
+        f"{'all':<12} {n_total:>7} {n_hit:>6} {n_hit / n_total:>7.1%} "
+        f"{(n_found - sum(false.values())) / max(n_found, 1):>9.1%}"
+    )
     if show:
         for kind, value, text in misses:
             print(f"  miss {kind} {value!r} in {text!r}")
@@ -80,8 +83,10 @@ def clean_report(title: str, sentences: list[str], scan, show: bool = False) -> 
     flagged = [(s, f) for s, f in flagged if f]
     seconds = time.perf_counter() - t
     kinds = Counter(k for _, f in flagged for k, _, _ in f)
-    print(f"\n{title}: {len(flagged)} of {len(sentences)} clean sentences flagged "
-          f"({len(flagged) / len(sentences):.1%}; {seconds:.2f}s) {dict(kinds)}")
+    print(
+        f"\n{title}: {len(flagged)} of {len(sentences)} clean sentences flagged "
+        f"({len(flagged) / len(sentences):.1%}; {seconds:.2f}s) {dict(kinds)}"
+    )
     if show:
         for s, f in flagged:
             print(f"  {[(k, s[a:b]) for k, a, b in f]} in {s!r}")
@@ -91,14 +96,17 @@ def presidio_scanner(model: str):
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
-    provider = NlpEngineProvider(nlp_configuration={"nlp_engine_name": "spacy",
-                                                    "models": [{"lang_code": "en", "model_name": model}]})
+    provider = NlpEngineProvider(
+        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}
+    )
     engine = AnalyzerEngine(nlp_engine=provider.create_engine())
     ignored = {"ORGANIZATION", "NRP"}  # not identifiers of a person
 
     def scan(text: str):
-        return [(r.entity_type, r.start, r.end) for r in engine.analyze(text, language="en")
-                if r.entity_type not in ignored]
+        return [
+            (r.entity_type, r.start, r.end) for r in engine.analyze(text, language="en") if r.entity_type not in ignored
+        ]
+
     return scan
 
 
@@ -113,8 +121,12 @@ def main() -> None:
     which = ((1, {}), (2, {"second": True}), (3, {"third": True}), (4, {"fourth": True}))
     held = {n: syn.heldout(**kw) for n, kw in which}
     clean = syn.all_clean()
-    table("Synthetic planted set (generator and detector both ours: an upper bound)", planted, phi.scan_text,
-          show=args.show)
+    table(
+        "Synthetic planted set (generator and detector both ours: an upper bound)",
+        planted,
+        phi.scan_text,
+        show=args.show,
+    )
     for n, notes in held.items():
         note = " (never tuned on: the honest estimate)" if n == 4 else " (its misses led to fixes)"
         table(f"Hand-written notes, set {n}{note}", notes, phi.scan_text, show=args.show)
@@ -134,12 +146,14 @@ def main() -> None:
         t = time.perf_counter()
         findings = phi.scan_records(records)
         seconds = time.perf_counter() - t
-        print(f"\nWikiDoc ({len(records):,} records): {len(findings)} findings in "
-              f"{len({f.row for f in findings})} rows, {seconds:.1f}s: {phi.count_by_type(findings)}")
+        print(
+            f"\nWikiDoc ({len(records):,} records): {len(findings)} findings in "
+            f"{len({f.row for f in findings})} rows, {seconds:.1f}s: {phi.count_by_type(findings)}"
+        )
         if args.show:
             for f in findings:  # printed on the terminal only, never written to a file
                 text = records[f.row - 1][f.field]
-                print(f"  row {f.row} {f.field} {f.type} {text[f.start:f.end]!r}")
+                print(f"  row {f.row} {f.field} {f.type} {text[f.start : f.end]!r}")
     else:
         print(f"\n{WIKIDOC} not present: WikiDoc skipped")
 

@@ -8,6 +8,7 @@ batches are. The data is prepared as in training (the config's data section, the
 
 usage: python benchmarks/rank_balance.py TOKENIZER_DIR [DATA_FILE] [--gpus 2] [--global-batch 64]
        [--batch-tokens 16384] [--config configs/gpt2-xl-qlora.yaml]"""
+
 from __future__ import annotations
 
 import argparse
@@ -30,14 +31,14 @@ def fixed_examples(lengths: list[int], per_gpu: int, gpus: int, seed: int) -> li
     """A shuffled epoch cut into batches of `per_gpu` examples, batch k to process k mod gpus (as accelerate's
     BatchSamplerShard does); per step, per process, the example lengths."""
     order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
-    batches = [[lengths[i] for i in order[s:s + per_gpu]] for s in range(0, len(order) - per_gpu + 1, per_gpu)]
-    return [batches[s:s + gpus] for s in range(0, len(batches) - gpus + 1, gpus)]
+    batches = [[lengths[i] for i in order[s : s + per_gpu]] for s in range(0, len(order) - per_gpu + 1, per_gpu)]
+    return [batches[s : s + gpus] for s in range(0, len(batches) - gpus + 1, gpus)]
 
 
 def token_budget(lengths: list[int], per_gpu_tokens: int, gpus: int, seed: int) -> list[list[list[int]]]:
     """medtune's token-budget batches (train.batch_tokens per process), dealt out the same way."""
     batches = [[lengths[i] for i in b] for b in TokenBudgetBatchSampler(lengths, per_gpu_tokens, seed=seed)]
-    return [batches[s:s + gpus] for s in range(0, len(batches) - gpus + 1, gpus)]
+    return [batches[s : s + gpus] for s in range(0, len(batches) - gpus + 1, gpus)]
 
 
 def imbalance(steps: list[list[list[int]]], work) -> float:
@@ -49,8 +50,10 @@ def report(name: str, steps: list[list[list[int]]], budget: int | None = None) -
     tokens = lambda b: sum(b)  # noqa: E731
     attention = lambda b: sum(k * k for k in b)  # noqa: E731
     fill = "-" if budget is None else f"{statistics.mean(sum(b) for s in steps for b in s) / budget:.1%}"
-    print(f"| {name} | {len(steps)} | {statistics.mean(sum(map(sum, s)) for s in steps):,.0f} | {fill} | "
-          f"{imbalance(steps, tokens):.3f} | {imbalance(steps, attention):.3f} |")
+    print(
+        f"| {name} | {len(steps)} | {statistics.mean(sum(map(sum, s)) for s in steps):,.0f} | {fill} | "
+        f"{imbalance(steps, tokens):.3f} | {imbalance(steps, attention):.3f} |"
+    )
 
 
 def main() -> None:
@@ -68,16 +71,26 @@ def main() -> None:
     enc = data_mod.prepare(cfg.data, load_tokenizer(a.tokenizer)).encoded["train"]
     lengths = [len(e["input_ids"]) for e in enc]
     n = a.gpus
-    print(f"{len(lengths)} training examples, {sum(lengths):,} tokens, lengths: median "
-          f"{statistics.median(lengths):.0f}, max {max(lengths)}; {n} processes\n")
+    print(
+        f"{len(lengths)} training examples, {sum(lengths):,} tokens, lengths: median "
+        f"{statistics.median(lengths):.0f}, max {max(lengths)}; {n} processes\n"
+    )
     print("| batching | steps an epoch | tokens per step | batches full | most loaded / mean: tokens | attention |")
     print("| --- | --- | --- | --- | --- | --- |")
-    report(f"{a.global_batch} examples per step ({a.global_batch // n} per process)",
-           fixed_examples(lengths, a.global_batch // n, n, a.seed))
-    report(f"{a.batch_tokens} tokens per step ({a.batch_tokens // n} per process)",
-           token_budget(lengths, a.batch_tokens // n, n, a.seed), budget=a.batch_tokens // n)
-    report(f"{a.batch_tokens} tokens per process (weak scaling)",
-           token_budget(lengths, a.batch_tokens, n, a.seed), budget=a.batch_tokens)
+    report(
+        f"{a.global_batch} examples per step ({a.global_batch // n} per process)",
+        fixed_examples(lengths, a.global_batch // n, n, a.seed),
+    )
+    report(
+        f"{a.batch_tokens} tokens per step ({a.batch_tokens // n} per process)",
+        token_budget(lengths, a.batch_tokens // n, n, a.seed),
+        budget=a.batch_tokens // n,
+    )
+    report(
+        f"{a.batch_tokens} tokens per process (weak scaling)",
+        token_budget(lengths, a.batch_tokens, n, a.seed),
+        budget=a.batch_tokens,
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ CPU:
 Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baselines.py to .gpu/bench/ or
 ../shared/bench/).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ RECIPES = {  # name -> (config file, overrides)
     "qlora": ("configs/gpt2-qlora.yaml", []),
     "lean": ("configs/gpt2-qlora.yaml", ["train.max_memory_gib=4"]),
 }
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def _first(*paths) -> Path | None:
@@ -65,8 +66,12 @@ def default_paths(args):
     data_dirs = [ROOT / ".gpu" / "data", ROOT.parent / "shared" / "data"]
     args.data = args.data or str(_first(*(d / WIKIDOC for d in data_dirs)) or "")
     args.tokenizer = args.tokenizer or str(_first(*(d / "gpt2_tokenizer" for d in data_dirs)) or "")
-    args.anchor = args.anchor or str(_first(ROOT / ".gpu" / "bench" / "anchor_baselines.py",
-                                            ROOT.parent / "shared" / "bench" / "anchor_baselines.py") or "")
+    args.anchor = args.anchor or str(
+        _first(
+            ROOT / ".gpu" / "bench" / "anchor_baselines.py", ROOT.parent / "shared" / "bench" / "anchor_baselines.py"
+        )
+        or ""
+    )
     if not args.data or not args.tokenizer:
         sys.exit("wikidoc data or GPT-2 tokenizer not found; pass --data and --tokenizer")
 
@@ -76,6 +81,7 @@ def log(*a):
 
 
 # ---------------------------------------------------------------- measuring a Trainer run
+
 
 def clock_callback(warmup: int, profile_steps: int = 0, profile_out: Path | None = None):
     from transformers import TrainerCallback
@@ -132,9 +138,13 @@ def _summary(clock, batch_tokens: list[int], warmup: int, epoch_tokens: int, ful
     if clock.t0 is None or timed_steps < 1:
         raise RuntimeError(f"too few steps ({clock.steps}) for {warmup} warm-up steps")
     dt = clock.t1 - clock.t0
-    tok = sum(batch_tokens[warmup:clock.steps])
-    r = dict(steps=timed_steps, s_per_step=round(dt / timed_steps, 4), tok_s=round(tok / dt),
-             tokens_per_step=round(tok / timed_steps))
+    tok = sum(batch_tokens[warmup : clock.steps])
+    r = dict(
+        steps=timed_steps,
+        s_per_step=round(dt / timed_steps, 4),
+        tok_s=round(tok / dt),
+        tokens_per_step=round(tok / timed_steps),
+    )
     total = clock.t1 - clock.t_start
     if full_epoch:
         r.update(epoch_s=round(total, 1), epoch_measured=True)
@@ -170,8 +180,9 @@ def _random_base(name: str, tok) -> str:
     return _BASES[name]
 
 
-def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int | None, full_epoch: bool,
-                profile: int = 0) -> dict:
+def run_medtune(
+    args, name: str, overrides: list[str], warmup: int, steps: int | None, full_epoch: bool, profile: int = 0
+) -> dict:
     """Train medtune's recipe through medtune.training.make_trainer (what `medtune train` runs) for `steps` steps after
     `warmup` (or a whole epoch) and measure it."""
     from medtune import data as data_mod
@@ -181,10 +192,17 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
 
     _free()
     out = Path(tempfile.mkdtemp(prefix="mt-bench-"))
-    big = str(10 ** 9)
-    sets = [f"model.tokenizer={args.tokenizer}", f"data.source={args.data}", "train.report_to=none",
-            f"train.save_steps={big}", f"train.eval_steps={big}", f"train.logging_steps={big}", "train.epochs=1",
-            f"train.max_steps={-1 if full_epoch else warmup + steps}"] + overrides
+    big = str(10**9)
+    sets = [
+        f"model.tokenizer={args.tokenizer}",
+        f"data.source={args.data}",
+        "train.report_to=none",
+        f"train.save_steps={big}",
+        f"train.eval_steps={big}",
+        f"train.logging_steps={big}",
+        "train.epochs=1",
+        f"train.max_steps={-1 if full_epoch else warmup + steps}",
+    ] + overrides
     cfg_file = next((o.split("=", 1)[1] for o in overrides if o.startswith("config=")), None)
     sets = [o for o in sets if not o.startswith("config=")]
     cfg = load_config(ROOT / cfg_file if cfg_file else None, sets, output_dir=str(out))
@@ -212,8 +230,12 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
     r["train_loss"] = round(trainer.state.log_history[-1].get("train_loss", float("nan")), 4)
     if torch.cuda.is_available():
         r["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
-    r.update(attention=info.get("attention"), loss_kind=info.get("loss"), batch_tokens=info.get("batch_tokens"),
-             gradient_checkpointing=info.get("gradient_checkpointing"))
+    r.update(
+        attention=info.get("attention"),
+        loss_kind=info.get("loss"),
+        batch_tokens=info.get("batch_tokens"),
+        gradient_checkpointing=info.get("gradient_checkpointing"),
+    )
     if "plan" in info:
         r["plan"] = info["plan"]
     del trainer, model, collator
@@ -222,6 +244,7 @@ def run_medtune(args, name: str, overrides: list[str], warmup: int, steps: int |
 
 
 # ---------------------------------------------------------------- reference recipes
+
 
 def run_anchor(args, mode: str, size: str, steps: int) -> dict:
     """anchor_baselines.py in a subprocess (its own process: its memory peak is its own)."""
@@ -234,8 +257,9 @@ def run_anchor(args, mode: str, size: str, steps: int) -> dict:
     raise RuntimeError(f"{mode} {size} failed (rc {p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
 
 
-def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: int,
-                 max_records: int | None = None) -> dict:
+def tutorial_cpu(
+    model_dir: str, tok_dir: str, data: str, warmup: int, steps: int, max_records: int | None = None
+) -> dict:
     """The tutorial recipe of anchor_baselines.py, device-agnostic: 4-bit defaults (fp4, fp32 compute),
     prepare_model_for_kbit_training (gradient checkpointing), LoRA r16 on c_attn, batch 4 padded to 512."""
     from datasets import Dataset
@@ -252,19 +276,36 @@ def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: in
     tok = AutoTokenizer.from_pretrained(tok_dir)
     tok.pad_token = tok.eos_token
     rows = json.load(open(data))[:max_records]
-    text = [f"### Instruction:\n{r['instruction']}\n\n### Input:\n{r['input']}\n\n### Response:\n{r['output']}"
-            for r in rows]
+    text = [
+        f"### Instruction:\n{r['instruction']}\n\n### Input:\n{r['input']}\n\n### Response:\n{r['output']}"
+        for r in rows
+    ]
     ds = Dataset.from_dict({"text": text}).map(
-        lambda b: tok(b["text"], truncation=True, max_length=512, padding="max_length"), batched=True,
-        remove_columns=["text"])
-    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True),
-                                                 device_map={"": "cpu"})
+        lambda b: tok(b["text"], truncation=True, max_length=512, padding="max_length"),
+        batched=True,
+        remove_columns=["text"],
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": "cpu"}
+    )
     model = prepare_model_for_kbit_training(model)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.05,
-                                             bias="none", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.05, bias="none", task_type="CAUSAL_LM"
+        ),
+    )
     d = tempfile.mkdtemp()
-    targs = TrainingArguments(output_dir=d, per_device_train_batch_size=4, max_steps=warmup + steps,
-                              logging_steps=10 ** 9, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
+    targs = TrainingArguments(
+        output_dir=d,
+        per_device_train_batch_size=4,
+        max_steps=warmup + steps,
+        logging_steps=10**9,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
 
     class Counting:
         def __init__(self, inner):
@@ -285,23 +326,31 @@ def tutorial_cpu(model_dir: str, tok_dir: str, data: str, warmup: int, steps: in
 
 # ---------------------------------------------------------------- output
 
+
 def fmt_time(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def markdown(rows: list[dict], card: str) -> str:
-    lines = [f"card: {card}", "",
-             "| model | recipe | tokens/s | peak GiB | epoch | TRL tokens/s | TRL peak GiB | ratio vs TRL | settings |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"card: {card}",
+        "",
+        "| model | recipe | tokens/s | peak GiB | epoch | TRL tokens/s | TRL peak GiB | ratio vs TRL | settings |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
         trl = r.get("trl") or {}
         ratio = f"{r['tok_s'] / trl['tok_s']:.1f}x" if trl.get("tok_s") else "-"
-        settings = (f"{r.get('batch_tokens') or '-'} tok/batch, {r.get('attention')}, "
-                    f"ckpt {'on' if r.get('gradient_checkpointing') else 'off'}")
+        settings = (
+            f"{r.get('batch_tokens') or '-'} tok/batch, {r.get('attention')}, "
+            f"ckpt {'on' if r.get('gradient_checkpointing') else 'off'}"
+        )
         epoch = fmt_time(r["epoch_s"]) + ("" if r.get("epoch_measured") else " (est.)")
-        lines.append(f"| {r['size']} | {r['recipe']} | {r['tok_s']:,} | {r.get('peak_gib', '-')} | {epoch} | "
-                     f"{trl.get('tok_s', '-') if not trl.get('tok_s') else format(trl['tok_s'], ',')} | "
-                     f"{trl.get('peak_gib', '-')} | {ratio} | {settings} |")
+        lines.append(
+            f"| {r['size']} | {r['recipe']} | {r['tok_s']:,} | {r.get('peak_gib', '-')} | {epoch} | "
+            f"{trl.get('tok_s', '-') if not trl.get('tok_s') else format(trl['tok_s'], ',')} | "
+            f"{trl.get('peak_gib', '-')} | {ratio} | {settings} |"
+        )
     return "\n".join(lines)
 
 
@@ -319,6 +368,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 # ---------------------------------------------------------------- modes
+
 
 def gpu_main(args):
     card = torch.cuda.get_device_name(0)
@@ -342,15 +392,23 @@ def gpu_main(args):
             config, base = RECIPES.get(recipe, RECIPES["qlora"])
             sets = [f"config={config}", f"model.name=random:{size}"] + base + extra
             try:
-                r = run_medtune(args, f"{size}-{name}", sets, args.warmup, args.steps, args.epoch,
-                                profile=min(args.profile, args.warmup - 1) if name in args.profile_variants else 0)
+                r = run_medtune(
+                    args,
+                    f"{size}-{name}",
+                    sets,
+                    args.warmup,
+                    args.steps,
+                    args.epoch,
+                    profile=min(args.profile, args.warmup - 1) if name in args.profile_variants else 0,
+                )
             except Exception as e:
                 import traceback
+
                 traceback.print_exc()
                 log(f"{size} {name} failed: {type(e).__name__}: {e}")
                 continue
             r.update(size=size, recipe=name, trl=refs.get(size))
-            log(f"medtune {size} {name}: " + json.dumps({k: v for k, v in r.items() if k != 'trl'}))
+            log(f"medtune {size} {name}: " + json.dumps({k: v for k, v in r.items() if k != "trl"}))
             rows.append(r)
             prefix.with_suffix(".json").write_text(json.dumps(dict(card=card, rows=rows), indent=1))
     table = markdown(rows, card)
@@ -368,14 +426,31 @@ def cpu_main(args):
     model_dir = tempfile.mkdtemp(prefix="mt-cpu-model-")
     torch.manual_seed(0)
     layers, width = (int(x) for x in args.cpu_model.split("x"))
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=layers, n_head=4, n_embd=width, n_positions=1024,
-                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(model_dir)
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_layer=layers,
+            n_head=4,
+            n_embd=width,
+            n_positions=1024,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    log(f"CPU mode: GPT-2 {layers} layers x {width} (random weights), tokenizer {Path(args.tokenizer).name}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}" + (" (smoke: toy sizes)" if args.smoke else ""))
+    log(
+        f"CPU mode: GPT-2 {layers} layers x {width} (random weights), tokenizer {Path(args.tokenizer).name}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}" + (" (smoke: toy sizes)" if args.smoke else "")
+    )
     w, n = args.warmup, args.steps
-    common = [f"model.name={model_dir}", "model.lora_dropout=0.05", "train.packing=true",
-              f"train.batch_tokens={args.cpu_batch_tokens}", "train.learning_rate=0.0002", "train.warmup_ratio=0.03"]
+    common = [
+        f"model.name={model_dir}",
+        "model.lora_dropout=0.05",
+        "train.packing=true",
+        f"train.batch_tokens={args.cpu_batch_tokens}",
+        "train.learning_rate=0.0002",
+        "train.warmup_ratio=0.03",
+    ]
     common += [f"data.max_records={args.max_records}"] if args.max_records else []
     results = {}
     t = time.perf_counter()
@@ -400,10 +475,14 @@ def main(argv=None):
     ap.add_argument("--max-records", type=int, help="CPU mode: only the first N records of the data")
     ap.add_argument("--sizes", nargs="+", default=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
     ap.add_argument("--recipes", nargs="+", default=["lora", "qlora"], choices=sorted(RECIPES))
-    ap.add_argument("--variant", action="append", default=[],
-                    help="[SIZE/]NAME:section.key=value,... (NAME starts with a recipe: "
-                         "qlora+big:train.batch_tokens=32768; gpt2/lora+nogelu:train.disable=gelu; "
-                         "lora+plain:train.disable=gelu,norms,chunked_loss)")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="[SIZE/]NAME:section.key=value,... (NAME starts with a recipe: "
+        "qlora+big:train.batch_tokens=32768; gpt2/lora+nogelu:train.disable=gelu; "
+        "lora+plain:train.disable=gelu,norms,chunked_loss)",
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 2 CPU)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 GPU, 6 CPU)")
     ap.add_argument("--epoch", action="store_true", help="GPU: train one whole epoch (measured epoch time)")

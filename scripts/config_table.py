@@ -1,5 +1,6 @@
 """Print the config reference of docs/configuration.md (every key, its type, default and help) from the config's
 field declarations: `python scripts/config_table.py`. The same text, as plain lines: `medtune train --help-config`."""
+
 from medtune.config import help_rows
 
 

@@ -1,5 +1,6 @@
 """Rebuild src/medtune/assets/tiny_tokenizer: a small byte-level BPE (GPT-2 style) trained on medtune's own
 sample data, so that the tiny-cpu preset works with no download. Run: python scripts/make_tiny_tokenizer.py"""
+
 import json
 import shutil
 import tempfile
@@ -21,8 +22,9 @@ def main(vocab_size: int = 2048):
     texts = [format_prompt(r, cfg) + r["output"] for r in rows]
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                                  model_max_length=512)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, model_max_length=512
+    )
     tmp = Path(tempfile.mkdtemp())
     tok.save_pretrained(tmp)
     check = AutoTokenizer.from_pretrained(tmp)

@@ -1,7 +1,8 @@
 """Render the table "Every refusal case" of docs/reliability.md by running every case of tests/refusals.py.
 
-    python scripts/refusals_table.py > /tmp/table.md
+python scripts/refusals_table.py > /tmp/table.md
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         base = Path(d)
         run = base / "run"
-        training.run(load_config(ROOT / "configs" / "tiny-cpu.yaml", ["train.max_steps=2", "train.report_to=none",
-                                                                      "data.max_records=40"], output_dir=str(run)))
+        training.run(
+            load_config(
+                ROOT / "configs" / "tiny-cpu.yaml",
+                ["train.max_steps=2", "train.report_to=none", "data.max_records=40"],
+                output_dir=str(run),
+            )
+        )
         merge(run, base / "merged")
         (base / "scratch").mkdir()
         places = refusals.materialize(base / "scratch", run, base / "merged")

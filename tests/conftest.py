@@ -1,6 +1,7 @@
 """Shared fixtures. Paths (`root`, `shared`, `tiny_preset`), the tiny preset as a config (`tiny_config`), data helpers
 (`make_records`, `write_jsonl`), the builtin tokenizer (`tok`), a session-wide cache of trained tiny runs
 (`tiny_run`), a run folder's model for inference (`load_run`) and uvicorn in a thread (`server_thread`)."""
+
 import json
 import os
 import shutil
@@ -41,8 +42,13 @@ def tiny_config(tiny_preset):
     from medtune.config import load_config
 
     def make(out, *overrides, **top):
-        quick = ["train.max_steps=6", "train.eval_steps=3", "train.save_steps=3", "train.logging_steps=2",
-                 "train.report_to=none"]
+        quick = [
+            "train.max_steps=6",
+            "train.eval_steps=3",
+            "train.save_steps=3",
+            "train.logging_steps=2",
+            "train.report_to=none",
+        ]
         return load_config(tiny_preset, quick + list(overrides), output_dir=str(out), **top)
 
     return make
@@ -58,6 +64,7 @@ def tok():
 @pytest.fixture(scope="session")
 def write_jsonl():
     """A function: (path, rows) -> path, the rows written one JSON object a line."""
+
     def write(path, rows):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
@@ -68,10 +75,16 @@ def write_jsonl():
 @pytest.fixture(scope="session")
 def make_records():
     """A function: (n, prefix="q") -> n distinct instruction/input/output records."""
+
     def make(n, prefix="q"):
-        return [{"instruction": "Answer this question truthfully", "input": f"What about {prefix} number {i}?",
-                 "output": f"Item {i} is a common condition that usually improves with rest and fluids."}
-                for i in range(n)]
+        return [
+            {
+                "instruction": "Answer this question truthfully",
+                "input": f"What about {prefix} number {i}?",
+                "output": f"Item {i} is a common condition that usually improves with rest and fluids.",
+            }
+            for i in range(n)
+        ]
 
     return make
 
@@ -88,8 +101,9 @@ def tiny_run(tmp_path_factory, tiny_config):
 
             out = tmp_path_factory.getbasetemp() / name
             shutil.rmtree(out, ignore_errors=True)
-            training.run(tiny_config(out, "train.max_steps=4", "train.eval_steps=100", "train.save_steps=100",
-                                     *overrides))
+            training.run(
+                tiny_config(out, "train.max_steps=4", "train.eval_steps=100", "train.save_steps=100", *overrides)
+            )
             runs[name] = out
         return runs[name]
 

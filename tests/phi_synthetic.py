@@ -9,31 +9,89 @@ are not on the detector's list.
 
 Used by tests/test_phi.py and benchmarks/phi_recall.py (imported by path; not a conftest).
 """
+
 from __future__ import annotations
 
 import random
 import re
 import string
 
-FIRST = ("Maria James Aisha Robert Mei Daniel Fatima Thomas Priya Michael Olga Carlos Hannah Kwame Sofia Ethan Leila "
-         "Jonathan Chloe Samuel Ingrid Omar Yuki Patrick Amara Lucas Rosalind Desmond Ifeoma Bartholomew Svetlana "
-         "Tobias Marisol Anneliese Thaddeus Ngozi Soren Eleni Caspian Wilhelmina Rashid Beatrix Dov Keziah Lachlan "
-         "Nkechi Ptolemy Saoirse Ignatius Xiomara").split()
-LAST = ("Okafor Lindqvist Ramirez Thompson Nakamura Kowalski Haddad O'Brien McAllister Fitzgerald Delacroix "
-        "Abernathy Oyelaran Castellanos Whitfield Petrovic Achterberg Moreau Szymanski Gallagher Brennan Iwu "
-        "Holloway Quintero Ferreira Mbeki Thornbury Castellano Ashworth Pemberton Eriksen Marchetti Nwosu "
-        "Harrington Valdivia Kerrigan Blackwood Tanaka Lozano").split() + ["Van Buren", "de la Cruz"]
-DRUGS = ("metformin lisinopril atorvastatin amoxicillin levothyroxine amlodipine omeprazole sertraline "
-         "warfarin furosemide prednisone gabapentin insulin glargine apixaban").split()
-CONDITIONS = ("type 2 diabetes", "hypertension", "asthma", "heart failure", "COPD", "atrial fibrillation",
-              "chronic kidney disease", "major depression", "hypothyroidism", "osteoarthritis", "migraine",
-              "community-acquired pneumonia", "cellulitis", "gout")
-STREETS = ("Maple", "Oak", "Harbor", "Cedar", "Willow", "Juniper", "Lakeview", "Birchwood", "Chestnut", "Orchard",
-           "Quarry", "Sycamore", "Hawthorne", "Meadow")
-SUFFIXES = ("Street", "St", "Avenue", "Ave.", "Road", "Rd", "Lane", "Drive", "Boulevard", "Court", "Place", "Way",
-            "Terrace", "Blvd")
-CITIES = (("Springfield", "IL"), ("Boston", "MA"), ("Columbus", "OH"), ("Tucson", "AZ"), ("Raleigh", "NC"),
-          ("Madison", "WI"), ("Portland", "OR"), ("Albany", "NY"), ("Boise", "ID"), ("Austin", "TX"))
+FIRST = (
+    "Maria James Aisha Robert Mei Daniel Fatima Thomas Priya Michael Olga Carlos Hannah Kwame Sofia Ethan Leila "
+    "Jonathan Chloe Samuel Ingrid Omar Yuki Patrick Amara Lucas Rosalind Desmond Ifeoma Bartholomew Svetlana "
+    "Tobias Marisol Anneliese Thaddeus Ngozi Soren Eleni Caspian Wilhelmina Rashid Beatrix Dov Keziah Lachlan "
+    "Nkechi Ptolemy Saoirse Ignatius Xiomara"
+).split()
+LAST = (
+    "Okafor Lindqvist Ramirez Thompson Nakamura Kowalski Haddad O'Brien McAllister Fitzgerald Delacroix "
+    "Abernathy Oyelaran Castellanos Whitfield Petrovic Achterberg Moreau Szymanski Gallagher Brennan Iwu "
+    "Holloway Quintero Ferreira Mbeki Thornbury Castellano Ashworth Pemberton Eriksen Marchetti Nwosu "
+    "Harrington Valdivia Kerrigan Blackwood Tanaka Lozano"
+).split() + ["Van Buren", "de la Cruz"]
+DRUGS = (
+    "metformin lisinopril atorvastatin amoxicillin levothyroxine amlodipine omeprazole sertraline "
+    "warfarin furosemide prednisone gabapentin insulin glargine apixaban"
+).split()
+CONDITIONS = (
+    "type 2 diabetes",
+    "hypertension",
+    "asthma",
+    "heart failure",
+    "COPD",
+    "atrial fibrillation",
+    "chronic kidney disease",
+    "major depression",
+    "hypothyroidism",
+    "osteoarthritis",
+    "migraine",
+    "community-acquired pneumonia",
+    "cellulitis",
+    "gout",
+)
+STREETS = (
+    "Maple",
+    "Oak",
+    "Harbor",
+    "Cedar",
+    "Willow",
+    "Juniper",
+    "Lakeview",
+    "Birchwood",
+    "Chestnut",
+    "Orchard",
+    "Quarry",
+    "Sycamore",
+    "Hawthorne",
+    "Meadow",
+)
+SUFFIXES = (
+    "Street",
+    "St",
+    "Avenue",
+    "Ave.",
+    "Road",
+    "Rd",
+    "Lane",
+    "Drive",
+    "Boulevard",
+    "Court",
+    "Place",
+    "Way",
+    "Terrace",
+    "Blvd",
+)
+CITIES = (
+    ("Springfield", "IL"),
+    ("Boston", "MA"),
+    ("Columbus", "OH"),
+    ("Tucson", "AZ"),
+    ("Raleigh", "NC"),
+    ("Madison", "WI"),
+    ("Portland", "OR"),
+    ("Albany", "NY"),
+    ("Boise", "ID"),
+    ("Austin", "TX"),
+)
 MONTHS = ("January February March April May June July August September October November December").split()
 
 
@@ -56,7 +114,7 @@ class _Builder:
         """template with {slot}s; values[slot] = (type or None, text)."""
         pos = 0
         for m in re.finditer(r"\{(\w+)\}", template):
-            self.add(template[pos:m.start()])
+            self.add(template[pos : m.start()])
             kind, text = values[m.group(1)]
             self.add(text, kind)
             pos = m.end()
@@ -68,6 +126,7 @@ class _Builder:
 
 
 # ---------------------------------------------------------------- identifier values
+
 
 def _digits(rng, n):
     return "".join(rng.choice(string.digits) for _ in range(n))
@@ -82,9 +141,20 @@ def _area(rng):
 
 def phone(rng) -> str:
     a, line = _area(rng), f"01{rng.randint(0, 9)}{rng.randint(0, 9)}"
-    fmt = rng.choice(["({a}) 555-{l}", "{a}-555-{l}", "{a}.555.{l}", "+1 {a} 555 {l}", "+1-{a}-555-{l}",
-                      "1-{a}-555-{l}", "({a})555-{l}", "+44 20 7946 0{x}", "+33 1 45 67 8{y} {z}",
-                      "{a}-555-{l} ext. {e}"])
+    fmt = rng.choice(
+        [
+            "({a}) 555-{l}",
+            "{a}-555-{l}",
+            "{a}.555.{l}",
+            "+1 {a} 555 {l}",
+            "+1-{a}-555-{l}",
+            "1-{a}-555-{l}",
+            "({a})555-{l}",
+            "+44 20 7946 0{x}",
+            "+33 1 45 67 8{y} {z}",
+            "{a}-555-{l} ext. {e}",
+        ]
+    )
     return fmt.format(a=a, l=line, x=_digits(rng, 3), y=_digits(rng, 1), z=_digits(rng, 2), e=_digits(rng, 3))
 
 
@@ -116,7 +186,7 @@ def iban(rng) -> str:
     moved = bban + "DE00"
     check = 98 - int("".join(str(int(c, 36)) for c in moved)) % 97
     s = f"DE{check:02d}{bban}"
-    return " ".join(s[i:i + 4] for i in range(0, len(s), 4))
+    return " ".join(s[i : i + 4] for i in range(0, len(s), 4))
 
 
 _VIN_CHARS = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
@@ -135,8 +205,10 @@ def vin(rng) -> str:
 def mbi(rng) -> str:
     letters = "ACDEFGHJKMNPQRTUVWXY"
     an = letters + string.digits
-    return (f"{rng.randint(1, 9)}{rng.choice(letters)}{rng.choice(an)}{rng.randint(0, 9)}-{rng.choice(letters)}"
-            f"{rng.choice(an)}{rng.randint(0, 9)}-{rng.choice(letters)}{rng.choice(letters)}{_digits(rng, 2)}")
+    return (
+        f"{rng.randint(1, 9)}{rng.choice(letters)}{rng.choice(an)}{rng.randint(0, 9)}-{rng.choice(letters)}"
+        f"{rng.choice(an)}{rng.randint(0, 9)}-{rng.choice(letters)}{rng.choice(letters)}{_digits(rng, 2)}"
+    )
 
 
 def person(rng, style=None) -> str:
@@ -151,9 +223,20 @@ def person(rng, style=None) -> str:
 
 def date_text(rng) -> str:
     y, m, d = rng.randint(1930, 2024), rng.randint(1, 12), rng.randint(1, 28)
-    return rng.choice([f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y}", f"{y}-{m:02d}-{d:02d}", f"{MONTHS[m - 1]} {d}, {y}",
-                       f"{d} {MONTHS[m - 1]} {y}", f"{MONTHS[m - 1][:3]}. {d}, {y}", f"{m}/{d}/{y % 100:02d}",
-                       f"{MONTHS[m - 1]} {d}", f"{MONTHS[m - 1]} {y}", f"{d:02d}.{m:02d}.{y}"])
+    return rng.choice(
+        [
+            f"{m:02d}/{d:02d}/{y}",
+            f"{m}/{d}/{y}",
+            f"{y}-{m:02d}-{d:02d}",
+            f"{MONTHS[m - 1]} {d}, {y}",
+            f"{d} {MONTHS[m - 1]} {y}",
+            f"{MONTHS[m - 1][:3]}. {d}, {y}",
+            f"{m}/{d}/{y % 100:02d}",
+            f"{MONTHS[m - 1]} {d}",
+            f"{MONTHS[m - 1]} {y}",
+            f"{d:02d}.{m:02d}.{y}",
+        ]
+    )
 
 
 def street(rng) -> str:
@@ -175,7 +258,7 @@ def zip_code(rng) -> str:
 
 def _ip(rng) -> str:
     if rng.random() < 0.2:
-        return f"2001:db8::{rng.randint(1, 0xffff):x}:{rng.randint(1, 0xffff):x}"
+        return f"2001:db8::{rng.randint(1, 0xFFFF):x}:{rng.randint(1, 0xFFFF):x}"
     base = rng.choice(["192.0.2", "198.51.100", "203.0.113", "10.0", "172.16", "192.168"])
     while base.count(".") < 3:
         base += f".{rng.randint(0, 254)}"
@@ -183,37 +266,56 @@ def _ip(rng) -> str:
 
 
 def url(rng, first, last) -> str:
-    return rng.choice([f"https://www.example.com/patients/{first.lower()}{last.lower()[:1]}",
-                       f"http://portal.example.org/chart?id={_digits(rng, 6)}",
-                       f"www.example.net/~{first.lower()}",
-                       f"example.com/u/{first.lower()}.{last.lower()}",
-                       f"https://photos.example.com/albums/{_digits(rng, 5)}",
-                       f"https://www.facebook.example/{first.lower()}.{last.lower()}{_digits(rng, 2)}"])
+    return rng.choice(
+        [
+            f"https://www.example.com/patients/{first.lower()}{last.lower()[:1]}",
+            f"http://portal.example.org/chart?id={_digits(rng, 6)}",
+            f"www.example.net/~{first.lower()}",
+            f"example.com/u/{first.lower()}.{last.lower()}",
+            f"https://photos.example.com/albums/{_digits(rng, 5)}",
+            f"https://www.facebook.example/{first.lower()}.{last.lower()}{_digits(rng, 2)}",
+        ]
+    )
 
 
 def email(rng, first, last) -> str:
-    user = rng.choice([f"{first}.{last}", f"{first[0]}{last}{_digits(rng, 2)}", f"{first}_{last}+clinic",
-                       f"{last}{first[:2]}"]).lower().replace("'", "").replace(" ", "")
+    user = (
+        rng.choice(
+            [f"{first}.{last}", f"{first[0]}{last}{_digits(rng, 2)}", f"{first}_{last}+clinic", f"{last}{first[:2]}"]
+        )
+        .lower()
+        .replace("'", "")
+        .replace(" ", "")
+    )
     return f"{user}@{rng.choice(['example.com', 'mail.example.org', 'example.net', 'clinic.example.edu'])}"
 
 
 def plate(rng) -> str:
     L = string.ascii_uppercase
-    return rng.choice([f"{rng.randint(1, 9)}{''.join(rng.choices(L, k=3))}{_digits(rng, 3)}",
-                       f"{''.join(rng.choices(L, k=3))}-{_digits(rng, 4)}",
-                       f"{''.join(rng.choices(L, k=3))} {_digits(rng, 3)}"])
+    return rng.choice(
+        [
+            f"{rng.randint(1, 9)}{''.join(rng.choices(L, k=3))}{_digits(rng, 3)}",
+            f"{''.join(rng.choices(L, k=3))}-{_digits(rng, 4)}",
+            f"{''.join(rng.choices(L, k=3))} {_digits(rng, 3)}",
+        ]
+    )
 
 
 def device_id(rng) -> str:
     L = string.ascii_uppercase
-    return rng.choice([f"{''.join(rng.choices(L, k=3))}{_digits(rng, 6)}", f"SN{_digits(rng, 8)}",
-                       f"{_digits(rng, 1)}X{_digits(rng, 1)}-{_digits(rng, 5)}-{rng.choice(L)}",
-                       f"DEV-{_digits(rng, 4)}-{_digits(rng, 4)}",
-                       f"(01)0{_digits(rng, 13)}(17){_digits(rng, 6)}(10){''.join(rng.choices(L, k=2))}"
-                       f"{_digits(rng, 4)}"])
+    return rng.choice(
+        [
+            f"{''.join(rng.choices(L, k=3))}{_digits(rng, 6)}",
+            f"SN{_digits(rng, 8)}",
+            f"{_digits(rng, 1)}X{_digits(rng, 1)}-{_digits(rng, 5)}-{rng.choice(L)}",
+            f"DEV-{_digits(rng, 4)}-{_digits(rng, 4)}",
+            f"(01)0{_digits(rng, 13)}(17){_digits(rng, 6)}(10){''.join(rng.choices(L, k=2))}{_digits(rng, 4)}",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- planted records
+
 
 def _name_record(rng) -> dict:
     b = _Builder()
@@ -231,11 +333,14 @@ def _name_record(rng) -> dict:
     elif t == 3:
         b.fill("Patient name: {n}. Allergies: none known.", {"n": ("NAME", f"{last}, {first}")})
     elif t == 4:
-        b.fill("{n} is a {a}-year-old woman with {c} who presents with fatigue.",
-               {"n": ("NAME", full), "a": (None, age), "c": (None, cond)})
+        b.fill(
+            "{n} is a {a}-year-old woman with {c} who presents with fatigue.",
+            {"n": ("NAME", full), "a": (None, age), "c": (None, cond)},
+        )
     elif t == 5:
-        b.fill("{n}, a {a}-year-old man, was started on {d}.", {"n": ("NAME", full), "a": (None, age),
-                                                                "d": (None, drug)})
+        b.fill(
+            "{n}, a {a}-year-old man, was started on {d}.", {"n": ("NAME", full), "a": (None, age), "d": (None, drug)}
+        )
     elif t == 6:
         b.fill("She was accompanied by her daughter, {n}, who helps with her medications.", {"n": ("NAME", full)})
     elif t == 7:
@@ -249,15 +354,19 @@ def _name_record(rng) -> dict:
     elif t == 11:
         b.fill("Dear {n},\nYour test results are ready.", {"n": ("NAME", first)})
     elif t == 12:
-        b.fill("PATIENT: {n}\nDIAGNOSIS: {c}",
-               {"n": ("NAME", f"{last.upper()}, {first.upper()}"), "c": (None, cond.upper())})
+        b.fill(
+            "PATIENT: {n}\nDIAGNOSIS: {c}",
+            {"n": ("NAME", f"{last.upper()}, {first.upper()}"), "c": (None, cond.upper())},
+        )
     elif t == 13:
         b.fill("Spoke with {n} about the biopsy results by telephone.", {"n": ("NAME", full)})
     elif t == 14:
         b.fill("The patient, {n}, denies chest pain.", {"n": ("NAME", full)})
     elif t == 15:
-        b.fill("{n} was admitted with {c} and treated with {d}.",
-               {"n": ("NAME", full), "c": (None, cond), "d": (None, drug)})
+        b.fill(
+            "{n} was admitted with {c} and treated with {d}.",
+            {"n": ("NAME", full), "c": (None, cond), "d": (None, drug)},
+        )
     elif t == 16:
         b.fill("Her husband {n} will drive her home after the procedure.", {"n": ("NAME", full)})
     else:
@@ -272,83 +381,151 @@ def _typed_record(rng, kind: str) -> dict:
     t = rng.randrange(4)
     if kind == "PHONE":
         v = phone(rng)
-        tpl = ["Please call the patient at {v} with the results.", "Phone: {v}\nPreferred contact: mornings.",
-               "Her daughter can be reached at {v} if she does not answer.", "Cell {v}; okay to leave a message."][t]
+        tpl = [
+            "Please call the patient at {v} with the results.",
+            "Phone: {v}\nPreferred contact: mornings.",
+            "Her daughter can be reached at {v} if she does not answer.",
+            "Cell {v}; okay to leave a message.",
+        ][t]
     elif kind == "FAX":
         v = phone(rng).replace(" ext. ", " x")
-        tpl = ["Fax: {v}\nAttention: records department.", "Please fax the {d} prior authorization to {v}.",
-               "Send the referral by fax to {v} today.", "Records were faxed to {v} on request."][t]
+        tpl = [
+            "Fax: {v}\nAttention: records department.",
+            "Please fax the {d} prior authorization to {v}.",
+            "Send the referral by fax to {v} today.",
+            "Records were faxed to {v} on request.",
+        ][t]
     elif kind == "EMAIL":
         v = email(rng, first, last)
-        tpl = ["Email: {v}", "Send the lab results to {v} when available.", "Patient prefers contact by e-mail "
-               "({v}).", "Contact <{v}> about the appointment."][t]
+        tpl = [
+            "Email: {v}",
+            "Send the lab results to {v} when available.",
+            "Patient prefers contact by e-mail ({v}).",
+            "Contact <{v}> about the appointment.",
+        ][t]
     elif kind == "SSN":
         v = ssn(rng)
         if t == 1:
             v = v.replace("-", " ")
         elif t == 2:
             v = v.replace("-", "")
-        tpl = ["SSN: {v}", "Social security number {v} on file.", "SSN {v} verified at registration.",
-               "Registration form lists {v} as the social security number."][t]
+        tpl = [
+            "SSN: {v}",
+            "Social security number {v} on file.",
+            "SSN {v} verified at registration.",
+            "Registration form lists {v} as the social security number.",
+        ][t]
     elif kind == "MRN":
-        v = rng.choice([_digits(rng, 8), _digits(rng, 7), f"A{_digits(rng, 7)}", f"H-{_digits(rng, 6)}",
-                        f"{_digits(rng, 3)}-{_digits(rng, 2)}-{_digits(rng, 2)}"])
-        tpl = ["MRN: {v}\nAdmitting diagnosis: {c}.", "Medical record number {v}.", "MR# {v} - {c}, stable.",
-               "Patient ID {v}; chart reviewed before the visit."][t]
+        v = rng.choice(
+            [
+                _digits(rng, 8),
+                _digits(rng, 7),
+                f"A{_digits(rng, 7)}",
+                f"H-{_digits(rng, 6)}",
+                f"{_digits(rng, 3)}-{_digits(rng, 2)}-{_digits(rng, 2)}",
+            ]
+        )
+        tpl = [
+            "MRN: {v}\nAdmitting diagnosis: {c}.",
+            "Medical record number {v}.",
+            "MR# {v} - {c}, stable.",
+            "Patient ID {v}; chart reviewed before the visit.",
+        ][t]
     elif kind == "HEALTH_PLAN":
-        v = rng.choice([f"XGH{_digits(rng, 9)}", _digits(rng, 9), f"W{_digits(rng, 9)}", mbi(rng),
-                        f"PLC-{_digits(rng, 7)}"])
-        tpl = ["Member ID: {v}", "Insurance ID {v}, group coverage active.", "Medicare number {v} on file.",
-               "Policy number {v} covers the {d}."][t]
+        v = rng.choice(
+            [f"XGH{_digits(rng, 9)}", _digits(rng, 9), f"W{_digits(rng, 9)}", mbi(rng), f"PLC-{_digits(rng, 7)}"]
+        )
+        tpl = [
+            "Member ID: {v}",
+            "Insurance ID {v}, group coverage active.",
+            "Medicare number {v} on file.",
+            "Policy number {v} covers the {d}.",
+        ][t]
     elif kind == "ACCOUNT":
         r = rng.random()
         if r < 0.25:
             v = luhn_complete("4" + _digits(rng, 14))
-            v = " ".join(v[i:i + 4] for i in range(0, 16, 4))
+            v = " ".join(v[i : i + 4] for i in range(0, 16, 4))
             tpl = "Paid the copay with card {v}."
         elif r < 0.4:
             v = iban(rng)
             tpl = "Refund to {v} has been issued."
         else:
-            v = rng.choice([_digits(rng, 10), f"{_digits(rng, 2)}-{_digits(rng, 5)}-{_digits(rng, 1)}",
-                            f"ACC{_digits(rng, 7)}"])
-            tpl = ["Account number {v} has a balance.", "Acct #: {v}", "Billing account {v} was updated.",
-                   "Please reference account no. {v} when you call."][t]
+            v = rng.choice(
+                [_digits(rng, 10), f"{_digits(rng, 2)}-{_digits(rng, 5)}-{_digits(rng, 1)}", f"ACC{_digits(rng, 7)}"]
+            )
+            tpl = [
+                "Account number {v} has a balance.",
+                "Acct #: {v}",
+                "Billing account {v} was updated.",
+                "Please reference account no. {v} when you call.",
+            ][t]
     elif kind == "DATE":
         v = date_text(rng)
-        tpl = ["DOB {v}", "She was admitted on {v} with {c}.", "Discharged {v} in stable condition.",
-               "Date of birth: {v}", "He died on {v} at home.", "Seen in clinic on {v} for {c}.",
-               "Follow-up appointment on {v}.", "Surgery on {v} was uncomplicated."][rng.randrange(8)]
+        tpl = [
+            "DOB {v}",
+            "She was admitted on {v} with {c}.",
+            "Discharged {v} in stable condition.",
+            "Date of birth: {v}",
+            "He died on {v} at home.",
+            "Seen in clinic on {v} for {c}.",
+            "Follow-up appointment on {v}.",
+            "Surgery on {v} was uncomplicated.",
+        ][rng.randrange(8)]
     elif kind == "ADDRESS":
         v = street(rng)
         city, st = rng.choice(CITIES)
-        tpl = ["Lives at {v} with her sister.", "Address: {v}", "Home address is {v}, " + f"{city}, {st}.",
-               "Patient moved to {v} last month."][t]
+        tpl = [
+            "Lives at {v} with her sister.",
+            "Address: {v}",
+            "Home address is {v}, " + f"{city}, {st}.",
+            "Patient moved to {v} last month.",
+        ][t]
     elif kind == "ZIP":
         v = zip_code(rng)
         city, st = rng.choice(CITIES)
         tpl = [f"{city}, {st} " + "{v}", "ZIP code {v}", "Zip: {v}", f"Mailing city {city}, {st} " + "{v}."][t]
     elif kind == "URL":
         v = url(rng, first, last)
-        tpl = ["Patient blog: {v}", "Photos of the rash were uploaded to {v} by the family.",
-               "See {v} for the shared care plan.", "Personal page {v} lists her medications."][t]
+        tpl = [
+            "Patient blog: {v}",
+            "Photos of the rash were uploaded to {v} by the family.",
+            "See {v} for the shared care plan.",
+            "Personal page {v} lists her medications.",
+        ][t]
     elif kind == "IP":
         v = _ip(rng)
-        tpl = ["Portal login from IP {v}.", "Telehealth session connected from {v}.",
-               "Access log: {v} viewed the chart.", "Device uploads readings from {v} nightly."][t]
+        tpl = [
+            "Portal login from IP {v}.",
+            "Telehealth session connected from {v}.",
+            "Access log: {v} viewed the chart.",
+            "Device uploads readings from {v} nightly.",
+        ][t]
     elif kind == "VEHICLE":
         if rng.random() < 0.55:
             v = vin(rng)
-            tpl = ["VIN: {v}", "Vehicle identification number {v} involved in the collision.",
-                   "Car ({v}) was towed after the crash.", "Insurance report lists VIN {v}."][t]
+            tpl = [
+                "VIN: {v}",
+                "Vehicle identification number {v} involved in the collision.",
+                "Car ({v}) was towed after the crash.",
+                "Insurance report lists VIN {v}.",
+            ][t]
         else:
             v = plate(rng)
-            tpl = ["License plate {v} noted by EMS.", "Plate number: {v}",
-                   "Parked car with license plate {v} in the garage.", "Tag number {v} on the accident report."][t]
+            tpl = [
+                "License plate {v} noted by EMS.",
+                "Plate number: {v}",
+                "Parked car with license plate {v} in the garage.",
+                "Tag number {v} on the accident report.",
+            ][t]
     elif kind == "DEVICE":
         v = device_id(rng)
-        tpl = ["Pacemaker serial number {v}.", "Insulin pump S/N: {v}", "Device ID {v} paired with the phone.",
-               "Implant serial {v} recorded in the operative note."][t]
+        tpl = [
+            "Pacemaker serial number {v}.",
+            "Insulin pump S/N: {v}",
+            "Device ID {v} paired with the phone.",
+            "Implant serial {v} recorded in the operative note.",
+        ][t]
     else:
         raise ValueError(kind)
     b.fill(tpl, {"v": (kind, v), "c": (None, cond), "d": (None, drug)})
@@ -360,17 +537,40 @@ def _combined_record(rng) -> dict:
     b = _Builder()
     first, last = rng.choice(FIRST), rng.choice(LAST).replace(" ", "")
     city, st = rng.choice(CITIES)
-    b.fill("Patient: {n}\nDOB: {dob}\nMRN: {mrn}\nAddress: {a}, " + f"{city}, {st} " + "{z}\nPhone: {p}\n"
-           "Assessment: {c}, controlled on {d}.",
-           {"n": ("NAME", f"{first} {last}"), "dob": ("DATE", f"{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/"
-                                                              f"{rng.randint(1930, 2005)}"),
-            "mrn": ("MRN", _digits(rng, 8)), "a": ("ADDRESS", street(rng)), "z": ("ZIP", zip_code(rng)),
-            "p": ("PHONE", phone(rng)), "c": (None, rng.choice(CONDITIONS)), "d": (None, rng.choice(DRUGS))})
+    b.fill(
+        "Patient: {n}\nDOB: {dob}\nMRN: {mrn}\nAddress: {a}, " + f"{city}, {st} " + "{z}\nPhone: {p}\n"
+        "Assessment: {c}, controlled on {d}.",
+        {
+            "n": ("NAME", f"{first} {last}"),
+            "dob": ("DATE", f"{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{rng.randint(1930, 2005)}"),
+            "mrn": ("MRN", _digits(rng, 8)),
+            "a": ("ADDRESS", street(rng)),
+            "z": ("ZIP", zip_code(rng)),
+            "p": ("PHONE", phone(rng)),
+            "c": (None, rng.choice(CONDITIONS)),
+            "d": (None, rng.choice(DRUGS)),
+        },
+    )
     return b.done()
 
 
-TYPES = ("NAME", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "HEALTH_PLAN", "ACCOUNT", "DATE", "ADDRESS", "ZIP", "URL",
-         "IP", "VEHICLE", "DEVICE")
+TYPES = (
+    "NAME",
+    "PHONE",
+    "FAX",
+    "EMAIL",
+    "SSN",
+    "MRN",
+    "HEALTH_PLAN",
+    "ACCOUNT",
+    "DATE",
+    "ADDRESS",
+    "ZIP",
+    "URL",
+    "IP",
+    "VEHICLE",
+    "DEVICE",
+)
 
 
 def planted(seed: int = 0, per_type: int = 24, names: int = 60, combined: int = 12) -> list[dict]:
@@ -428,25 +628,61 @@ _CLEAN_TEMPLATES = [
     "Appointments are available Monday to Friday from 8:30 to 17:00.",
     "On {month} {day}, {year}, the outbreak was declared a pandemic.",
 ]
-EPONYMS = ("Parkinson disease", "Parkinson's disease", "Hodgkin lymphoma", "Crohn's disease", "Addison's disease",
-           "Graves disease", "Cushing syndrome", "Hashimoto thyroiditis", "Bell's palsy", "Lou Gehrig's disease",
-           "Alzheimer's disease", "Huntington disease", "Wilson disease", "Guillain-Barre syndrome",
-           "Charcot-Marie-Tooth disease", "Marfan syndrome", "Turner syndrome", "Kawasaki disease",
-           "Raynaud phenomenon", "Sjogren syndrome", "Tourette syndrome", "Paget disease of bone",
-           "Creutzfeldt-Jakob disease", "Stevens-Johnson syndrome", "Barrett esophagus", "Ewing sarcoma",
-           "Kaposi sarcoma", "Marcus Gunn pupil", "Pierre Robin sequence", "Gilbert syndrome",
-           "Tay-Sachs disease", "Meniere disease", "Dupuytren contracture", "Legg-Calve-Perthes disease",
-           "Wolff-Parkinson-White syndrome", "Arnold-Chiari malformation", "Lambert-Eaton syndrome",
-           "Ramsay Hunt syndrome", "Von Willebrand disease", "Klinefelter syndrome", "Williams syndrome",
-           "Edwards syndrome", "Nelson syndrome", "Leigh syndrome")
+EPONYMS = (
+    "Parkinson disease",
+    "Parkinson's disease",
+    "Hodgkin lymphoma",
+    "Crohn's disease",
+    "Addison's disease",
+    "Graves disease",
+    "Cushing syndrome",
+    "Hashimoto thyroiditis",
+    "Bell's palsy",
+    "Lou Gehrig's disease",
+    "Alzheimer's disease",
+    "Huntington disease",
+    "Wilson disease",
+    "Guillain-Barre syndrome",
+    "Charcot-Marie-Tooth disease",
+    "Marfan syndrome",
+    "Turner syndrome",
+    "Kawasaki disease",
+    "Raynaud phenomenon",
+    "Sjogren syndrome",
+    "Tourette syndrome",
+    "Paget disease of bone",
+    "Creutzfeldt-Jakob disease",
+    "Stevens-Johnson syndrome",
+    "Barrett esophagus",
+    "Ewing sarcoma",
+    "Kaposi sarcoma",
+    "Marcus Gunn pupil",
+    "Pierre Robin sequence",
+    "Gilbert syndrome",
+    "Tay-Sachs disease",
+    "Meniere disease",
+    "Dupuytren contracture",
+    "Legg-Calve-Perthes disease",
+    "Wolff-Parkinson-White syndrome",
+    "Arnold-Chiari malformation",
+    "Lambert-Eaton syndrome",
+    "Ramsay Hunt syndrome",
+    "Von Willebrand disease",
+    "Klinefelter syndrome",
+    "Williams syndrome",
+    "Edwards syndrome",
+    "Nelson syndrome",
+    "Leigh syndrome",
+)
 GENES = ("BRCA1", "BRCA2", "TP53", "CFTR", "APOE", "MLH1", "KRAS", "EGFR", "HER2", "JAK2", "BCR-ABL1", "HFE")
 ICD = ("E11.9", "I10", "J45.909", "N18.3", "F32.1", "M17.11", "K21.9", "E03.9", "I48.91", "J18.9", "L03.115", "M10.9")
 
 
 def all_clean(seed: int = 0) -> list[str]:
     """The generated clean sentences and every hand-written clean set."""
-    return clean(seed) + [line for block in (HELDOUT_CLEAN, HELDOUT2_CLEAN, HELDOUT4_CLEAN)
-                          for line in block.strip().splitlines()]
+    return clean(seed) + [
+        line for block in (HELDOUT_CLEAN, HELDOUT2_CLEAN, HELDOUT4_CLEAN) for line in block.strip().splitlines()
+    ]
 
 
 def clean(seed: int = 0, n: int = 200) -> list[str]:
@@ -458,18 +694,34 @@ def clean(seed: int = 0, n: int = 200) -> list[str]:
         tpl = _CLEAN_TEMPLATES[i % len(_CLEAN_TEMPLATES)]
         i += 1
         year = rng.randint(1950, 2024)
-        s = tpl.format(dose=rng.choice([5, 10, 20, 25, 40, 50, 250, 500, 850, 1000]), drug=rng.choice(DRUGS),
-                       n=rng.randint(2, 14), a1c=rng.choice(["6.5", "7.2", "8.0", "9.4"]),
-                       ldl=rng.choice([70, 100, 130]),
-                       icd=rng.choice(ICD), cond=rng.choice(CONDITIONS), cpt=rng.choice([99213, 99214, 93000]),
-                       sbp=rng.randint(130, 180), dbp=rng.randint(80, 110), stat=rng.choice(
-                           ["1,000", "2,500", "10,000", "700", "5000"]), pct=rng.randint(2, 95),
-                       pct2=rng.randint(50, 99), age=rng.randint(20, 60), age2=rng.randint(61, 80), year=year,
-                       year2=year + rng.randint(1, 10), month=rng.choice(MONTHS), day=rng.randint(1, 28),
-                       eponym=rng.choice(EPONYMS), gene=rng.choice(GENES), k=rng.choice(["3.8", "4.2", "4.9"]),
-                       maxdose=rng.choice([3000, 4000]), hr=rng.randint(55, 95),
-                       ndc=f"{rng.randint(1000, 9999):04d}-{rng.randint(1000, 9999):04d}-{rng.randint(1, 99):02d}",
-                       cr=rng.choice(["1.4", "2.1", "0.9"]))
+        s = tpl.format(
+            dose=rng.choice([5, 10, 20, 25, 40, 50, 250, 500, 850, 1000]),
+            drug=rng.choice(DRUGS),
+            n=rng.randint(2, 14),
+            a1c=rng.choice(["6.5", "7.2", "8.0", "9.4"]),
+            ldl=rng.choice([70, 100, 130]),
+            icd=rng.choice(ICD),
+            cond=rng.choice(CONDITIONS),
+            cpt=rng.choice([99213, 99214, 93000]),
+            sbp=rng.randint(130, 180),
+            dbp=rng.randint(80, 110),
+            stat=rng.choice(["1,000", "2,500", "10,000", "700", "5000"]),
+            pct=rng.randint(2, 95),
+            pct2=rng.randint(50, 99),
+            age=rng.randint(20, 60),
+            age2=rng.randint(61, 80),
+            year=year,
+            year2=year + rng.randint(1, 10),
+            month=rng.choice(MONTHS),
+            day=rng.randint(1, 28),
+            eponym=rng.choice(EPONYMS),
+            gene=rng.choice(GENES),
+            k=rng.choice(["3.8", "4.2", "4.9"]),
+            maxdose=rng.choice([3000, 4000]),
+            hr=rng.randint(55, 95),
+            ndc=f"{rng.randint(1000, 9999):04d}-{rng.randint(1000, 9999):04d}-{rng.randint(1, 99):02d}",
+            cr=rng.choice(["1.4", "2.1", "0.9"]),
+        )
         s = s[0].upper() + s[1:]
         if s not in seen:
             seen.add(s)
@@ -642,7 +894,7 @@ def heldout(second: bool = False, third: bool = False, fourth: bool = False) -> 
         b = _Builder()
         pos = 0
         for m in re.finditer(r"<<(\w+)\|(.*?)>>", line):
-            b.add(line[pos:m.start()])
+            b.add(line[pos : m.start()])
             b.add(m.group(2), m.group(1))
             pos = m.end()
         b.add(line[pos:])

@@ -1,6 +1,7 @@
 """`medtune.audit`: invalid rows, exact and near duplicates, token lengths, contamination against the train split,
 and PHI, on small local files with each of these planted; bad input is one clear error; the real WikiDoc data
 (when ../shared is present) is audited in reasonable time."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,12 @@ from medtune.config import DataConfig
 from medtune.data import drop_duplicates, encode, load_records, record_problems, split_records
 from medtune.errors import MedtuneError
 
-_WORDS = ("blood pressure kidney liver lungs heart rest fluids fever cough rash pain swelling infection dose tablet "
-          "doctor nurse clinic exercise sleep diet salt sugar water vitamin bone muscle joint skin eye ear throat "
-          "stomach bowel bladder nerve brain mood stress weight breath chest back head neck arm leg hand foot "
-          "morning evening daily weekly often rarely mild severe sudden slow early late").split()
+_WORDS = (
+    "blood pressure kidney liver lungs heart rest fluids fever cough rash pain swelling infection dose tablet "
+    "doctor nurse clinic exercise sleep diet salt sugar water vitamin bone muscle joint skin eye ear throat "
+    "stomach bowel bladder nerve brain mood stress weight breath chest back head neck arm leg hand foot "
+    "morning evening daily weekly often rarely mild severe sudden slow early late"
+).split()
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -29,9 +32,14 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def _records(n: int, seed: int = 0, words: int = 100) -> list[dict]:
     """Distinct invented records: a question and a long answer of random medical words (no two alike)."""
     rng = random.Random(seed)
-    return [{"instruction": "Answer this question truthfully",
-             "input": f"Question {i}: what helps with {' '.join(rng.sample(_WORDS, 4))}?",
-             "output": " ".join(rng.choice(_WORDS) for _ in range(words)) + "."} for i in range(n)]
+    return [
+        {
+            "instruction": "Answer this question truthfully",
+            "input": f"Question {i}: what helps with {' '.join(rng.sample(_WORDS, 4))}?",
+            "output": " ".join(rng.choice(_WORDS) for _ in range(words)) + ".",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture()
@@ -43,15 +51,25 @@ def planted_file(tmp_path):
     words[50] = "dizziness"  # one word changed in 100: a near duplicate of row 11
     near["output"] = " ".join(words)
     near["input"] = rows[10]["input"] + " (again)"
-    rows.append(near)                                                           # row 61
-    rows.append(dict(rows[0]))                                                  # row 62: exact copy of row 1
-    rows.append(dict(rows[1]))                                                  # row 63: exact copy of row 2
-    rows.append({"instruction": "Summarize the note", "input": "",              # row 64: PHI
-                 "output": "Mrs. Maria Lopez, DOB 03/14/1962, MRN: 00123456, phone (617) 555-0143."})
-    rows.append({"instruction": "Answer", "input": "Call me at 617.555.0177 please",  # row 65: PHI in the input
-                 "output": "We will call you back tomorrow about the results."})
-    rows.append({"instruction": "Answer", "input": "What is gout?", "output": "  "})   # row 66: empty output
-    rows.append({"instruction": "Answer", "input": 42, "output": "A number."})         # row 67: not a string
+    rows.append(near)  # row 61
+    rows.append(dict(rows[0]))  # row 62: exact copy of row 1
+    rows.append(dict(rows[1]))  # row 63: exact copy of row 2
+    rows.append(
+        {
+            "instruction": "Summarize the note",
+            "input": "",  # row 64: PHI
+            "output": "Mrs. Maria Lopez, DOB 03/14/1962, MRN: 00123456, phone (617) 555-0143.",
+        }
+    )
+    rows.append(
+        {
+            "instruction": "Answer",
+            "input": "Call me at 617.555.0177 please",  # row 65: PHI in the input
+            "output": "We will call you back tomorrow about the results.",
+        }
+    )
+    rows.append({"instruction": "Answer", "input": "What is gout?", "output": "  "})  # row 66: empty output
+    rows.append({"instruction": "Answer", "input": 42, "output": "A number."})  # row 67: not a string
     return _write_jsonl(tmp_path / "data.jsonl", rows), rows
 
 
@@ -70,10 +88,16 @@ def test_audit_finds_what_was_planted(tmp_path, tok, planted_file):
     cfg = DataConfig(source=str(path), max_length=200, val_fraction=0.1, test_fraction=0.1)
     train = _train_split(rows, cfg)
     copied = train[3]
-    same_answer = {"instruction": "Answer this question truthfully", "input": "A different question entirely?",
-                   "output": train[5]["output"]}
-    fresh = {"instruction": "Answer this question truthfully", "input": "Is a brand new question here?",
-             "output": "An answer written only for the evaluation file, with its own words in it throughout."}
+    same_answer = {
+        "instruction": "Answer this question truthfully",
+        "input": "A different question entirely?",
+        "output": train[5]["output"],
+    }
+    fresh = {
+        "instruction": "Answer this question truthfully",
+        "input": "Is a brand new question here?",
+        "output": "An answer written only for the evaluation file, with its own words in it throughout.",
+    }
     eval_path = _write_jsonl(tmp_path / "eval.jsonl", [fresh, copied, same_answer])
 
     out = tmp_path / "audit"
@@ -81,11 +105,13 @@ def test_audit_finds_what_was_planted(tmp_path, tok, planted_file):
 
     assert a["records"] == 67 and a["columns"] == {"instruction": "instruction", "input": "input", "output": "output"}
     assert a["invalid"]["rows"] == 2
-    assert a["invalid"]["by_problem"] == {"input is int": {"count": 1, "rows": [67]},
-                                          "output empty": {"count": 1, "rows": [66]}}
+    assert a["invalid"]["by_problem"] == {
+        "input is int": {"count": 1, "rows": [67]},
+        "output empty": {"count": 1, "rows": [66]},
+    }
     d = a["duplicates"]
     assert d["exact"] == 2 and d["exact_examples"] == [[1, 62], [2, 63]]
-    assert d["near"] >= 1 and {"rows": [11, 61]} .items() <= d["near_examples"][0].items()
+    assert d["near"] >= 1 and {"rows": [11, 61]}.items() <= d["near_examples"][0].items()
     assert d["near_examples"][0]["jaccard"] >= 0.8
     lengths = [len(encode(r, tok, cfg)["input_ids"]) for r in _unique_valid(rows)]  # as train encodes them
     tk = a["tokens"]
@@ -103,7 +129,7 @@ def test_audit_finds_what_was_planted(tmp_path, tok, planted_file):
     assert {(f["row"], f["field"]) for f in p["findings"]} == {(64, "output"), (65, "input")}
     for f in p["findings"]:
         assert set(f) == {"row", "field", "type", "start", "end"}
-        assert rows[f["row"] - 1][f["field"]][f["start"]:f["end"]]
+        assert rows[f["row"] - 1][f["field"]][f["start"] : f["end"]]
 
     # files: written, and free of record text
     written = json.loads((out / "audit.json").read_text())
@@ -126,8 +152,13 @@ def test_audit_uses_the_column_mapping_and_formats(tmp_path, tok):
     import pandas as pd
 
     rows = _records(30, seed=3)
-    df = pd.DataFrame({"task": [r["instruction"] for r in rows], "question": [r["input"] for r in rows],
-                       "answer": [r["output"] for r in rows]})
+    df = pd.DataFrame(
+        {
+            "task": [r["instruction"] for r in rows],
+            "question": [r["input"] for r in rows],
+            "answer": [r["output"] for r in rows],
+        }
+    )
     csv = tmp_path / "qa.csv"
     df.to_csv(csv, index=False)
     eval_csv = tmp_path / "eval.csv"
@@ -139,8 +170,17 @@ def test_audit_uses_the_column_mapping_and_formats(tmp_path, tok):
 
     parquet = tmp_path / "qa.parquet"
     df.to_parquet(parquet)
-    b = audit(DataConfig(source=str(parquet), instruction_column="task", input_column="question",
-                         output_column="answer", max_records=20), tok, tmp_path / "out2")
+    b = audit(
+        DataConfig(
+            source=str(parquet),
+            instruction_column="task",
+            input_column="question",
+            output_column="answer",
+            max_records=20,
+        ),
+        tok,
+        tmp_path / "out2",
+    )
     assert b["records"] == 20 and b["source_rows"] == 30 and b["tokens"]["count"] == 20
 
     s = audit(DataConfig(source="builtin:sample"), tok, tmp_path / "sample")
@@ -154,12 +194,15 @@ def test_too_few_records_to_split_is_reported_not_raised(tmp_path, tok):
     assert any(line.startswith("split:") for line in summary_lines(a))
 
 
-@pytest.mark.parametrize("content,suffix,message", [
-    (None, ".jsonl", "data file not found"),
-    ('{"instruction": "a", "input": "b", "output": "c"}\n{not json\n', ".jsonl", "line 2 is not valid JSON"),
-    ("[{]", ".json", "not valid JSON"),
-    ('[{"question": "q", "answer": "a"}]', ".json", "missing column"),
-])
+@pytest.mark.parametrize(
+    "content,suffix,message",
+    [
+        (None, ".jsonl", "data file not found"),
+        ('{"instruction": "a", "input": "b", "output": "c"}\n{not json\n', ".jsonl", "line 2 is not valid JSON"),
+        ("[{]", ".json", "not valid JSON"),
+        ('[{"question": "q", "answer": "a"}]', ".json", "missing column"),
+    ],
+)
 def test_bad_input_is_one_clear_error(tmp_path, tok, content, suffix, message):
     path = tmp_path / f"data{suffix}"
     if content is not None:
@@ -183,9 +226,14 @@ def test_near_duplicates_and_containment_helpers():
     pairs = near_duplicate_pairs([base, other, changed])
     assert [(i, j) for i, j, _ in pairs] == [(0, 2)] and pairs[0][2] >= 0.8
     train = [{"instruction": "", "input": "", "output": base}]
-    scores = containment([{"instruction": "", "input": "", "output": changed},
-                          {"instruction": "", "input": "", "output": other},
-                          {"instruction": "", "input": "", "output": "short"}], train)["scores"]
+    scores = containment(
+        [
+            {"instruction": "", "input": "", "output": changed},
+            {"instruction": "", "input": "", "output": other},
+            {"instruction": "", "input": "", "output": "short"},
+        ],
+        train,
+    )["scores"]
     assert scores[0] > 0.8 and scores[1] == 0.0 and scores[2] == 0.0
 
 

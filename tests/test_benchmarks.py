@@ -2,6 +2,7 @@
 printed. The numbers mean nothing at these sizes; what is checked is that the scripts still fit the code they drive
 (eval_speed.py and decoding_sweep.py had called a function that no longer existed; throughput.py --cpu crashed in its
 tutorial row). GPU-only shell scripts get a syntax check and their dry run."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,30 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 TINY_TOKENIZER = ROOT / "src" / "medtune" / "assets" / "tiny_tokenizer"
 SAMPLE = ROOT / "src" / "medtune" / "sample_data" / "medical_qa.jsonl"
-COVERED = {"throughput.py", "load.py", "eval_speed.py", "decoding_sweep.py", "phi_recall.py", "decode.py",
-           "refusal_times.py", "recipe_sweep.sh", "ddp_gpu.sh", "rank_balance.py"}  # each has a test below
+COVERED = {
+    "throughput.py",
+    "load.py",
+    "eval_speed.py",
+    "decoding_sweep.py",
+    "phi_recall.py",
+    "decode.py",
+    "refusal_times.py",
+    "recipe_sweep.sh",
+    "ddp_gpu.sh",
+    "rank_balance.py",
+}  # each has a test below
 
 
 def run(argv: list[str], tmp_path: Path, timeout: int = 300, **env: str) -> str:
     """Run argv from the repository root with this checkout's medtune; assert exit 0; return stdout."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", **env}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "TMPDIR": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **env,
+    }
     p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert p.returncode == 0, f"{argv} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p.stdout
@@ -74,8 +91,17 @@ def test_eval_speed(tiny_run, tmp_path):
 
 def test_decoding_sweep(tiny_run, tmp_path):
     saved = tmp_path / "answers.jsonl"
-    out = script("decoding_sweep.py", tiny_run(), "--num-samples", "2", "--max-new-tokens", "4", "--save", saved,
-                 tmp_path=tmp_path)
+    out = script(
+        "decoding_sweep.py",
+        tiny_run(),
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--save",
+        saved,
+        tmp_path=tmp_path,
+    )
     table = rows(out)
     assert len(table) == 21 and all(0 <= number(r[1].split()[0]) <= 1 for r in table)
     assert all(0 <= number(r[4]) <= 100 for r in table)  # looping answers
@@ -84,8 +110,22 @@ def test_decoding_sweep(tiny_run, tmp_path):
 
 
 def test_load(tiny_run, tmp_path):
-    out = script("load.py", "--model-dir", tiny_run(), "--requests", "4", "--concurrency", "1,2",
-                 "--max-batch-size", "2", "--max-tokens", "2-4", "--stream-every", "2", tmp_path=tmp_path)
+    out = script(
+        "load.py",
+        "--model-dir",
+        tiny_run(),
+        "--requests",
+        "4",
+        "--concurrency",
+        "1,2",
+        "--max-batch-size",
+        "2",
+        "--max-tokens",
+        "2-4",
+        "--stream-every",
+        "2",
+        tmp_path=tmp_path,
+    )
     table = rows(out, "2")
     assert [r[1] for r in table] == ["1", "2"] and all(r[-1] == "0" for r in table)  # errors
     assert all(number(r[2]) > 0 for r in table)  # requests/s
@@ -98,8 +138,18 @@ def test_phi_recall(tmp_path):
 
 
 def test_rank_balance(tmp_path):
-    out = script("rank_balance.py", TINY_TOKENIZER, SAMPLE, "--config", ROOT / "configs" / "tiny-cpu.yaml",
-                 "--global-batch", 8, "--batch-tokens", 1024, tmp_path=tmp_path)
+    out = script(
+        "rank_balance.py",
+        TINY_TOKENIZER,
+        SAMPLE,
+        "--config",
+        ROOT / "configs" / "tiny-cpu.yaml",
+        "--global-batch",
+        8,
+        "--batch-tokens",
+        1024,
+        tmp_path=tmp_path,
+    )
     table = rows(out)
     assert len(table) == 3 and all(number(r[4]) >= 1.0 and number(r[5]) >= 1.0 for r in table)  # most loaded >= mean
 
@@ -113,10 +163,16 @@ def test_refusal_times(tmp_path):
 def test_recipe_sweep(tmp_path):
     sweep = BENCH / "recipe_sweep.sh"
     run(["bash", "-n", str(sweep)], tmp_path)
-    variant = ("tiny:model.tokenizer=builtin:tiny,data.max_records=40,train.max_steps=2,train.eval_on_start=false,"
-               "eval.num_samples=2,eval.max_new_tokens=4")
-    out = run(["bash", str(sweep), "random:tiny", "builtin:sample", str(tmp_path / "sweep"), variant], tmp_path,
-              CONFIG=str(ROOT / "configs" / "tiny-cpu.yaml"), PYTHON=sys.executable)
+    variant = (
+        "tiny:model.tokenizer=builtin:tiny,data.max_records=40,train.max_steps=2,train.eval_on_start=false,"
+        "eval.num_samples=2,eval.max_new_tokens=4"
+    )
+    out = run(
+        ["bash", str(sweep), "random:tiny", "builtin:sample", str(tmp_path / "sweep"), variant],
+        tmp_path,
+        CONFIG=str(ROOT / "configs" / "tiny-cpu.yaml"),
+        PYTHON=sys.executable,
+    )
     (row,) = rows(out, "tiny")
     assert number(row[1]) > 0 and 0 <= number(row[3]) <= 1, row  # validation loss, ROUGE-L
     assert (tmp_path / "sweep" / "tiny" / "eval" / "metrics.json").is_file()
@@ -130,7 +186,12 @@ def test_ddp_gpu_syntax_and_dry_run(tmp_path):
     assert len(would) == 2 and "CUDA_VISIBLE_DEVICES=0 " in would[0] and "--nproc-per-node=2 -m medtune" in would[1]
     assert "train.batch_size=16" in would[0] and "train.batch_size=8" in would[1]  # the same global batch
     assert not (tmp_path / "ddp" / "gpus-1").exists()  # nothing ran
-    p = subprocess.run(["bash", str(ddp), str(TINY_TOKENIZER), str(SAMPLE)], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "DRY_RUN": "1", "GPUS": "3", "OUT": str(tmp_path / "ddp")}, check=False)
+    p = subprocess.run(
+        ["bash", str(ddp), str(TINY_TOKENIZER), str(SAMPLE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DRY_RUN": "1", "GPUS": "3", "OUT": str(tmp_path / "ddp")},
+        check=False,
+    )
     assert p.returncode == 2 and "does not split over 3 GPUs" in p.stderr
-

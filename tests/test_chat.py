@@ -1,6 +1,7 @@
 """Chat records (medtune.chat, through medtune.data): OpenAI `messages` and ShareGPT `conversations` files load alike;
 every assistant turn and its end token are labelled, nothing else; bad records are refused naming rows; the split
 groups by first user turn; PHI is found and redacted in every turn; packing keeps the labels; the eval form."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ from medtune.training.batching import Collator, PackingCollator
 def conversation(i: int, turns: int = 3, system: bool = True) -> list[dict]:
     msgs = [{"role": "system", "content": "You answer medical questions briefly."}] if system else []
     for t in range(turns):
-        msgs += [{"role": "user", "content": f"Question {t} about topic {i}: what helps?"},
-                 {"role": "assistant", "content": f"Answer {t} for topic {i}: rest and fluids usually help."}]
+        msgs += [
+            {"role": "user", "content": f"Question {t} about topic {i}: what helps?"},
+            {"role": "assistant", "content": f"Answer {t} for topic {i}: rest and fluids usually help."},
+        ]
     return msgs
 
 
@@ -121,12 +124,18 @@ def test_instruction_columns_keep_priority_and_chat_column_can_be_named(tmp_path
 
 
 BAD = {
-    "unknown role": ({"role": "tool", "content": "42"},
-                     r"unknown role in rows 3 \(first: row 3 turn 2 has role 'tool'"),
-    "empty turn": ({"role": "user", "content": "  "},
-                   r"empty or whitespace-only fields in rows 3 \(first: row 3 field 'turn 2'\)"),
-    "content not text": ({"role": "user", "content": None},
-                         r"non-string values in rows 3 \(first: row 3 field 'turn 2' is NoneType"),
+    "unknown role": (
+        {"role": "tool", "content": "42"},
+        r"unknown role in rows 3 \(first: row 3 turn 2 has role 'tool'",
+    ),
+    "empty turn": (
+        {"role": "user", "content": "  "},
+        r"empty or whitespace-only fields in rows 3 \(first: row 3 field 'turn 2'\)",
+    ),
+    "content not text": (
+        {"role": "user", "content": None},
+        r"non-string values in rows 3 \(first: row 3 field 'turn 2' is NoneType",
+    ),
 }
 
 
@@ -192,8 +201,10 @@ def test_audit_reports_bad_chat_rows_instead_of_raising(tmp_path, tok, write_jso
     rows[5]["messages"] = [rows[5]["messages"][1]]
     path = write_jsonl(tmp_path / "c.jsonl", rows)
     result = audit(DataConfig(source=str(path)), tok, tmp_path / "audit")
-    assert result["invalid"]["by_problem"] == {"messages no assistant turn": {"count": 1, "rows": [6]},
-                                               "turn with role 'tool'": {"count": 1, "rows": [4]}}
+    assert result["invalid"]["by_problem"] == {
+        "messages no assistant turn": {"count": 1, "rows": [6]},
+        "turn with role 'tool'": {"count": 1, "rows": [4]},
+    }
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -214,14 +225,20 @@ def test_eval_form_is_the_last_answer_after_everything_before_it(tok, fmt):
     msgs = conversation(5)
     r = {"messages": msgs}
     e, prompt = data.encode(r, tok, cfg), data.encode_prompt(r, tok, cfg)
-    assert e["input_ids"][:len(prompt)] == prompt
-    assert tok.decode(e["input_ids"][len(prompt):-1]) == msgs[-1]["content"] == data.reference_answer(r)
+    assert e["input_ids"][: len(prompt)] == prompt
+    assert tok.decode(e["input_ids"][len(prompt) : -1]) == msgs[-1]["content"] == data.reference_answer(r)
     assert tok(data.format_prompt(r, cfg, tok), add_special_tokens=False)["input_ids"] == prompt
-    assert data.eval_fields(r) == {"instruction": msgs[0]["content"], "question": msgs[-2]["content"],
-                                   "reference": msgs[-1]["content"]}
+    assert data.eval_fields(r) == {
+        "instruction": msgs[0]["content"],
+        "question": msgs[-2]["content"],
+        "reference": msgs[-1]["content"],
+    }
     inst = {"instruction": "Answer", "input": "Why?", "output": "Because."}
-    assert data.encode(inst, tok, cfg)["input_ids"][:len(data.encode_prompt(inst, tok, cfg))] == \
-        data.encode_prompt(inst, tok, cfg) and data.reference_answer(inst) == "Because."
+    assert (
+        data.encode(inst, tok, cfg)["input_ids"][: len(data.encode_prompt(inst, tok, cfg))]
+        == data.encode_prompt(inst, tok, cfg)
+        and data.reference_answer(inst) == "Because."
+    )
 
 
 def test_a_chat_run_prompts_questions_as_a_user_turn_with_the_system_prompt(tok):
@@ -230,8 +247,9 @@ def test_a_chat_run_prompts_questions_as_a_user_turn_with_the_system_prompt(tok)
     cfg = DataConfig(chat_column="messages")
     ask = {"instruction": cfg.default_instruction, "input": "What is asthma?"}
     prompt = data.format_prompt(ask, cfg)
-    trained = data.encode_prompt({"messages": [{"role": "user", "content": "What is asthma?"},
-                                               {"role": "assistant", "content": "x"}]}, tok, cfg)
+    trained = data.encode_prompt(
+        {"messages": [{"role": "user", "content": "What is asthma?"}, {"role": "assistant", "content": "x"}]}, tok, cfg
+    )
     assert tok(prompt, add_special_tokens=False)["input_ids"] == trained
     with_sys = data.format_prompt(ask, data.with_system_prompt(cfg, "Be brief.", tok))
     assert with_sys.startswith(data.chat.PREAMBLE + "### System:\nBe brief.\n\n### User:\nWhat is asthma?")
@@ -258,11 +276,20 @@ def test_a_chat_file_trains_generates_and_its_saved_splits_evaluate(tmp_path, ti
     from medtune.config import GenerateConfig
     from medtune.generate import complete
 
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"conversations": sharegpt(conversation(i, turns=1 + i % 3))}
-                                                 for i in range(40)])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [{"conversations": sharegpt(conversation(i, turns=1 + i % 3))} for i in range(40)]
+    )
     out = tmp_path / "run"
-    training.run(tiny_config(out, "train.max_steps=3", "train.save_steps=100", "train.packing=true",
-                             "train.batch_tokens=1024", data__source=str(path)))
+    training.run(
+        tiny_config(
+            out,
+            "train.max_steps=3",
+            "train.save_steps=100",
+            "train.packing=true",
+            "train.batch_tokens=1024",
+            data__source=str(path),
+        )
+    )
     run = rundir.open_run(out)
     assert run.config.data.chat_column == "conversations"
     saved = [json.loads(line) for line in (out / "splits" / "test.jsonl").read_text().splitlines()]
@@ -273,8 +300,9 @@ def test_a_chat_file_trains_generates_and_its_saved_splits_evaluate(tmp_path, ti
     encoded = [data.encode(r, tok, cfg) for r in records]
     loss = evaluate.answer_token_loss(model, encoded, tok.pad_token_id)
     assert loss["answer_tokens"] == sum(x != data.IGNORE_INDEX for e in encoded for x in e["labels"])
-    answers = complete(model, tok, [data.encode_prompt(r, tok, cfg) for r in records],
-                       GenerateConfig(max_new_tokens=4, greedy=True))
+    answers = complete(
+        model, tok, [data.encode_prompt(r, tok, cfg) for r in records], GenerateConfig(max_new_tokens=4, greedy=True)
+    )
     assert len(answers) == 4 and all(a.prompt_tokens < len(e["input_ids"]) for a, e in zip(answers, encoded))
     capsys.readouterr()
     assert main(["generate", str(out), "What helps?", "--system", "Be brief.", "--max-new-tokens", "4"]) == 0

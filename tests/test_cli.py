@@ -1,4 +1,5 @@
 """Every bad input: one clear line on stderr, exit code 2, no traceback."""
+
 import json
 import os
 import subprocess
@@ -11,10 +12,12 @@ import pytest
 @pytest.fixture
 def medtune(root):
     """A function: (*args, env=None) -> the finished `python -m medtune ARGS` process, run from the repository root."""
+
     def run(*args, env=None):
         e = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
-        return subprocess.run([sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=240,
-                              cwd=root, env=e)
+        return subprocess.run(
+            [sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=240, cwd=root, env=e
+        )
 
     return run
 
@@ -43,20 +46,23 @@ def bad_files(tmp_path, make_records, write_jsonl):
     }
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--data", "{tmp}/nope.jsonl"], "data file not found"),
-    (["--data", "{missing-column}"], "missing column"),
-    (["--data", "{empty}"], "rows 7"),
-    (["--data", "{nonstr}"], "rows 3"),
-    (["--data", "{long}", "--set", "data.overlong=error"], "rows 10"),
-    (["--data", "medalpaca/medical_meadow_wikidoc_patient_information"], "hub is unreachable"),
-    (["--model", "gpt2", "--set", "model.tokenizer=gpt2"], "hub is unreachable"),
-    (["--model", "random:gpt9"], "unknown random model"),
-    (["--model", "./no/such/model"], "not found"),
-    (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
-    (["--set", "train.batch_size=big"], "train.batch_size"),
-    (["--resume"], "--resume: output dir"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "{tmp}/nope.jsonl"], "data file not found"),
+        (["--data", "{missing-column}"], "missing column"),
+        (["--data", "{empty}"], "rows 7"),
+        (["--data", "{nonstr}"], "rows 3"),
+        (["--data", "{long}", "--set", "data.overlong=error"], "rows 10"),
+        (["--data", "medalpaca/medical_meadow_wikidoc_patient_information"], "hub is unreachable"),
+        (["--model", "gpt2", "--set", "model.tokenizer=gpt2"], "hub is unreachable"),
+        (["--model", "random:gpt9"], "unknown random model"),
+        (["--model", "./no/such/model"], "not found"),
+        (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
+        (["--set", "train.batch_size=big"], "train.batch_size"),
+        (["--resume"], "--resume: output dir"),
+    ],
+)
 def test_train_errors(tmp_path, tiny_preset, bad_files, capsys, monkeypatch, args, needle):
     """In-process (one import for all cases); any exception other than MedtuneError would fail the test."""
     from medtune.cli import main
@@ -77,8 +83,17 @@ def test_missing_config_and_run_dir(tmp_path, medtune):
 
 def test_train_then_generate_cli(tmp_path, tiny_preset, medtune):
     out = tmp_path / "run"
-    p = medtune("train", "--config", str(tiny_preset), "--output-dir", str(out), "--set", "train.max_steps=4",
-                "--set", "train.report_to=none")
+    p = medtune(
+        "train",
+        "--config",
+        str(tiny_preset),
+        "--output-dir",
+        str(out),
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.report_to=none",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "trainable" in p.stdout and "effective batch size" in p.stdout
     g = medtune("generate", str(out), "Patient symptoms include fever and cough.", "--max-new-tokens", "5", "--greedy")
@@ -102,16 +117,20 @@ NO_ML = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--data", "{tmp}/bad.jsonl"], "line 2 is not valid JSON"),
-    (["--data", "{tmp}/latin1.json"], "not UTF-8 text (byte 41)"),
-    (["--data", "{tmp}/empty.csv"], "empty or whitespace-only fields in rows 1"),
-    (["--set", "train.learning_rate=-1"], "must be > 0"),
-    (["--model", "random:gpt9"], "unknown random model"),
-    (["--output-dir", "{tmp}/a-file"], "exists and is not a folder"),
-    (["--output-dir", "{tmp}/none", "--resume"], "--resume: output dir"),
-    (["--output-dir", "{tmp}/busy"], "is in use by `medtune train"),
-], ids=["bad-jsonl", "not-utf8", "empty-answer", "config", "random-name", "output-file", "resume-missing", "in-use"])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "{tmp}/bad.jsonl"], "line 2 is not valid JSON"),
+        (["--data", "{tmp}/latin1.json"], "not UTF-8 text (byte 41)"),
+        (["--data", "{tmp}/empty.csv"], "empty or whitespace-only fields in rows 1"),
+        (["--set", "train.learning_rate=-1"], "must be > 0"),
+        (["--model", "random:gpt9"], "unknown random model"),
+        (["--output-dir", "{tmp}/a-file"], "exists and is not a folder"),
+        (["--output-dir", "{tmp}/none", "--resume"], "--resume: output dir"),
+        (["--output-dir", "{tmp}/busy"], "is in use by `medtune train"),
+    ],
+    ids=["bad-jsonl", "not-utf8", "empty-answer", "config", "random-name", "output-file", "resume-missing", "in-use"],
+)
 def test_refusals_that_need_no_model_import_no_ml_stack(tmp_path, tiny_preset, root, args, needle):
     """`train` checks its config, output folder and data before it imports torch & co: such a refusal takes about a
     second on 2 CPU cores (docs/reliability.md), not the 10 s that importing the ML stack costs."""
@@ -119,16 +138,29 @@ def test_refusals_that_need_no_model_import_no_ml_stack(tmp_path, tiny_preset, r
 
     rec = {"instruction": "Answer.", "input": "What is asthma?", "output": "A disease of the airways."}
     (tmp_path / "bad.jsonl").write_text(json.dumps(rec) + "\n{not json\n")
-    (tmp_path / "latin1.json").write_bytes(json.dumps([{**rec, "input": "caf\u00e9"}], ensure_ascii=False)
-                                           .encode("latin-1"))
+    (tmp_path / "latin1.json").write_bytes(
+        json.dumps([{**rec, "input": "caf\u00e9"}], ensure_ascii=False).encode("latin-1")
+    )
     (tmp_path / "empty.csv").write_text("instruction,input,output\nAnswer.,What is asthma?, \n")
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "busy").mkdir()
     refusals.hold_lock(tmp_path / "busy" / ".medtune.lock", "medtune train --output-dir busy")
-    argv = ["train", "--config", str(tiny_preset), "--output-dir", str(tmp_path / "out"),
-            *[a.format(tmp=tmp_path) for a in args]]
-    p = subprocess.run([sys.executable, "-c", NO_ML, *argv], capture_output=True, text=True, timeout=120, cwd=root,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    argv = [
+        "train",
+        "--config",
+        str(tiny_preset),
+        "--output-dir",
+        str(tmp_path / "out"),
+        *[a.format(tmp=tmp_path) for a in args],
+    ]
+    p = subprocess.run(
+        [sys.executable, "-c", NO_ML, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert_clean_error(p, needle)
     assert p.stderr.count("\n") == 1  # nothing else on stderr
     assert p.stdout.strip() == "imported: none", p.stdout
@@ -150,8 +182,11 @@ def test_log_lines_quiet_and_verbose(capsys):
 
     log = logging.getLogger("medtune.data")
     try:
-        for level, shown in ((logging.INFO, "info warning"), (logging.WARNING, "warning"),
-                             (logging.DEBUG, "debug info warning")):
+        for level, shown in (
+            (logging.INFO, "info warning"),
+            (logging.WARNING, "warning"),
+            (logging.DEBUG, "debug info warning"),
+        ):
             setup_logging(level)
             log.debug("data: debug")
             log.info("data: info")
@@ -180,9 +215,12 @@ def test_only_known_noise_is_filtered():
 
     from medtune.cli import silence_known_noise
 
-    sent = [("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use ...", FutureWarning),
-            ("Could not find a config file in /tmp/x - will assume that the vocabulary was not modified.", UserWarning),
-            ("something else", UserWarning), ("`other` is deprecated and will be removed in v6.", FutureWarning)]
+    sent = [
+        ("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use ...", FutureWarning),
+        ("Could not find a config file in /tmp/x - will assume that the vocabulary was not modified.", UserWarning),
+        ("something else", UserWarning),
+        ("`other` is deprecated and will be removed in v6.", FutureWarning),
+    ]
     with warnings.catch_warnings(record=True) as caught:  # the filters are restored on leaving
         warnings.simplefilter("always")
         silence_known_noise()

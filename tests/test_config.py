@@ -18,8 +18,12 @@ def test_presets_load(preset):
 
 
 def test_overrides_and_flags_win(tiny_preset):
-    cfg = load_config(tiny_preset, ["model.quantization=4bit", "train.max_steps=50", "model.lora_targets=c_attn,c_fc"],
-                      output_dir="/tmp/x", model__name="random:gpt2")
+    cfg = load_config(
+        tiny_preset,
+        ["model.quantization=4bit", "train.max_steps=50", "model.lora_targets=c_attn,c_fc"],
+        output_dir="/tmp/x",
+        model__name="random:gpt2",
+    )
     assert cfg.model.quantization == "4bit" and cfg.train.max_steps == 50
     assert cfg.model.lora_targets == ["c_attn", "c_fc"]
     assert cfg.output_dir == "/tmp/x" and cfg.model.name == "random:gpt2"
@@ -31,14 +35,17 @@ def test_roundtrip_through_yaml(tiny_preset):
     assert from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("train.nope=1", "train.nope"),
-    ("nosection.key=1", "nosection"),
-    ("train.max_steps=abc", "train.max_steps"),
-    ("model.quantization=3bit", "model.quantization"),
-    ("train.packing=maybe", "train.packing"),
-    ("train", "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.nope=1", "train.nope"),
+        ("nosection.key=1", "nosection"),
+        ("train.max_steps=abc", "train.max_steps"),
+        ("model.quantization=3bit", "model.quantization"),
+        ("train.packing=maybe", "train.packing"),
+        ("train", "section.key=value"),
+    ],
+)
 def test_bad_keys_name_the_key(tiny_preset, override, needle):
     with pytest.raises(MedtuneError, match=needle.replace(".", r"\.")):
         load_config(tiny_preset, [override])
@@ -52,14 +59,19 @@ def test_bad_yaml_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.quantization=3bit", "config key 'model.quantization' must be one of none, 8bit, 4bit, got '3bit'"),
-    ("train.batch_size=0", "config key 'train.batch_size' must be >= 1, got 0"),
-    ("model.lora_dropout=1.5", "config key 'model.lora_dropout' must be < 1, got 1.5"),
-    ("train.max_steps=0", "config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got 0"),
-    ("train.disable=gelu,fast",
-     "config key 'train.disable' must be one of gelu, norms, varlen, chunked_loss, got 'fast'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.quantization=3bit", "config key 'model.quantization' must be one of none, 8bit, 4bit, got '3bit'"),
+        ("train.batch_size=0", "config key 'train.batch_size' must be >= 1, got 0"),
+        ("model.lora_dropout=1.5", "config key 'model.lora_dropout' must be < 1, got 1.5"),
+        ("train.max_steps=0", "config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got 0"),
+        (
+            "train.disable=gelu,fast",
+            "config key 'train.disable' must be one of gelu, norms, varlen, chunked_loss, got 'fast'",
+        ),
+    ],
+)
 def test_choice_and_bound_messages(tiny_preset, override, message):
     with pytest.raises(MedtuneError) as e:
         load_config(tiny_preset, [override])

@@ -16,8 +16,11 @@ from medtune.data import (
 )
 from medtune.errors import MedtuneError
 
-REC = {"instruction": "Answer this question truthfully", "input": "What causes a fever?",
-       "output": "A fever is usually the body fighting an infection."}
+REC = {
+    "instruction": "Answer this question truthfully",
+    "input": "What causes a fever?",
+    "output": "A fever is usually the body fighting an infection.",
+}
 
 
 def test_labels_mask_prompt_and_keep_eos(tok):
@@ -106,8 +109,14 @@ def write_user_file(path, rows, variant: str):
     return path
 
 
-USER_FILES = {"unicode-separators": "jsonl", "bom-jsonl": "jsonl", "bom-json": "json", "bom-csv": "csv",
-              "crlf-jsonl": "jsonl", "no-final-newline": "jsonl"}
+USER_FILES = {
+    "unicode-separators": "jsonl",
+    "bom-jsonl": "jsonl",
+    "bom-json": "json",
+    "bom-csv": "csv",
+    "crlf-jsonl": "jsonl",
+    "no-final-newline": "jsonl",
+}
 
 
 @pytest.mark.parametrize("variant", list(USER_FILES))
@@ -128,8 +137,23 @@ def test_files_people_have_train(tmp_path, variant, make_records, tiny_preset, c
         r["output"] = SEP
     path = write_user_file(tmp_path / f"d.{USER_FILES[variant]}", rows, variant)
     out = tmp_path / "run"
-    rc = main(["train", "--config", str(tiny_preset), "--output-dir", str(out), "--data", str(path), "--set",
-               "train.max_steps=1", "--set", "train.eval_on_start=false", "--set", "train.report_to=none"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(tiny_preset),
+            "--output-dir",
+            str(out),
+            "--data",
+            str(path),
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.eval_on_start=false",
+            "--set",
+            "train.report_to=none",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err[-2000:]
     assert (out / "adapter_model.safetensors").is_file()
     held_out = read_table(out / "splits" / "validation.jsonl") + read_table(out / "splits" / "test.jsonl")

@@ -3,6 +3,7 @@
 One tiny GPT-2 (random weights, builtin tokenizer) is trained once per module to overfit ten short records;
 the tests evaluate it on those same records (--data), so the tuned model must beat its base.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,11 +35,19 @@ QA = [
 ]
 
 OVERRIDES = [
-    "data.val_fraction=0.1", "data.test_fraction=0.1",
-    'data.prompt_template="Q: {input}\\nA:"', 'data.prompt_template_no_input="Q: {instruction}\\nA:"',
-    "train.batch_size=8", "train.learning_rate=0.01", "train.warmup_ratio=0.0",
-    "train.logging_steps=5", "train.eval_steps=20", "train.save_steps=1000", "train.report_to=none",
-    "eval.max_new_tokens=20", "eval.num_samples=10",
+    "data.val_fraction=0.1",
+    "data.test_fraction=0.1",
+    'data.prompt_template="Q: {input}\\nA:"',
+    'data.prompt_template_no_input="Q: {instruction}\\nA:"',
+    "train.batch_size=8",
+    "train.learning_rate=0.01",
+    "train.warmup_ratio=0.0",
+    "train.logging_steps=5",
+    "train.eval_steps=20",
+    "train.save_steps=1000",
+    "train.report_to=none",
+    "eval.max_new_tokens=20",
+    "eval.num_samples=10",
 ]
 
 
@@ -56,8 +65,10 @@ def _train(tiny: Path, tmp: Path, name: str, records_file: Path, steps: int, ext
     from medtune import training
 
     out = tmp / name
-    cfg = load_config(tiny, overrides=[f"output_dir={out}", f"data.source={records_file}",
-                                       f"train.max_steps={steps}", *OVERRIDES, *extra])
+    cfg = load_config(
+        tiny,
+        overrides=[f"output_dir={out}", f"data.source={records_file}", f"train.max_steps={steps}", *OVERRIDES, *extra],
+    )
     training.run(cfg)
     return out
 
@@ -86,8 +97,11 @@ def evaluated(overfit, records_file):
         assert main(["eval", str(overfit), "--data", str(records_file), "--greedy"]) == 0
     out = overfit / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
-    files = {"report": (out / "report.md").read_text(), "samples": (out / "samples.jsonl").read_text(),
-             "tmp": list(out.glob(".*tmp*"))}  # later tests evaluate again into the same folder
+    files = {
+        "report": (out / "report.md").read_text(),
+        "samples": (out / "samples.jsonl").read_text(),
+        "tmp": list(out.glob(".*tmp*")),
+    }  # later tests evaluate again into the same folder
     return metrics, buf.getvalue(), files
 
 
@@ -140,7 +154,8 @@ def test_overfit_model_beats_its_base(evaluated):
         assert 0 < side["mean_answer_tokens"] <= 20
         assert side["generated"] == len(QA) and 0 <= side["looping_answers"] <= 1
     assert {"load", "base loss", "base generation", "adapter", "tuned loss", "tuned generation"} <= set(
-        metrics["seconds"])
+        metrics["seconds"]
+    )
     assert metrics["data"] == {**metrics["data"], "records": len(QA), "dropped_overlong": 0, "split": None}
 
 
@@ -204,8 +219,9 @@ def test_default_split_and_validation_split(overfit):
 def test_generation_metric_helpers():
     assert evaluate.repeated_ngrams([[1, 2, 3, 4, 1, 2, 3, 4], [5, 5, 5], [7, 7, 7, 7, 7]]) == (1 + 1, 5 + 2)
     assert evaluate.repeated_4gram_share([[1, 2, 3]]) is None
-    assert evaluate.rouge_l(["a virus causes colds", ""], ["A virus causes the common cold.", "x"]) == \
-        pytest.approx([0.8, 0.0])  # stemmed (colds -> cold): LCS 4 words, P 4/4, R 4/6
+    assert evaluate.rouge_l(["a virus causes colds", ""], ["A virus causes the common cold.", "x"]) == pytest.approx(
+        [0.8, 0.0]
+    )  # stemmed (colds -> cold): LCS 4 words, P 4/4, R 4/6
     # looping answers: per answer, more than 20% of its 4-grams repeat (answer 1: 4 of 9; answer 2: none)
     assert evaluate.looping_share([[1, 2, 3, 4, 5] * 2 + [6, 7], list(range(30)), [1, 1]]) == pytest.approx(1 / 3)
 
@@ -257,8 +273,9 @@ def test_train_eval_at_end_calls_evaluate(tmp_path, tiny_preset, monkeypatch):
     monkeypatch.setattr(training, "run", lambda cfg, **kw: {})
     monkeypatch.setattr(evaluate, "run", lambda run_dir, **kw: calls.append((run_dir, kw)))
     out = tmp_path / "r"
-    assert main(["train", "--config", str(tiny_preset), "--output-dir", str(out),
-                 "--set", "train.eval_at_end=true"]) == 0
+    assert (
+        main(["train", "--config", str(tiny_preset), "--output-dir", str(out), "--set", "train.eval_at_end=true"]) == 0
+    )
     assert calls == [(str(out), {})]
 
 
@@ -283,6 +300,7 @@ def test_4bit_run_evaluates_on_cpu(overfit, tmp_path, records_file):
 
 def test_sampled_evaluation_is_seeded_and_recorded(overfit, records_file, capsys):
     """--sample draws with the run's generate settings; the same seed gives the same answers, and metrics say so."""
+
     def sampled():
         assert main(["eval", str(overfit), "--data", str(records_file), "--num-samples", "3", "--sample"]) == 0
         capsys.readouterr()

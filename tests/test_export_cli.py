@@ -1,5 +1,6 @@
 """`medtune export RUN --format gguf`: a training run is merged on the way, the file and an Ollama Modelfile are
 written, the file carries the run's prompt template; bad --out is one clear line."""
+
 from medtune.cli import main
 
 

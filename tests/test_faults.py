@@ -7,6 +7,7 @@ The kill is deterministic: the training subprocess wraps torch.save so that it k
 chosen file of a chosen checkpoint (after writing part of it, like a crash mid-write). The signals are sent by the
 test, from outside, while the training subprocess waits inside a chosen step (PAUSE) for one to arrive.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ from medtune import rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-cpu.yaml"
-SETS = ["train.max_steps=8", "train.save_steps=2", "train.eval_steps=4", "train.logging_steps=1",
-        "train.report_to=none", "train.save_total_limit=3", "data.max_records=60"]
+SETS = [
+    "train.max_steps=8",
+    "train.save_steps=2",
+    "train.eval_steps=4",
+    "train.logging_steps=1",
+    "train.report_to=none",
+    "train.save_total_limit=3",
+    "data.max_records=60",
+]
 
 DRIVER = textwrap.dedent("""
     import os, signal, sys
@@ -73,8 +81,11 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("kill", [("4", "optimizer.pt"), ("4", "rng_state.pth"), ("6", "scheduler.pt")],
-                         ids=["mid-optimizer", "mid-rng-state", "mid-scheduler"])
+@pytest.mark.parametrize(
+    "kill",
+    [("4", "optimizer.pt"), ("4", "rng_state.pth"), ("6", "scheduler.pt")],
+    ids=["mid-optimizer", "mid-rng-state", "mid-scheduler"],
+)
 def test_kill_during_checkpoint_then_resume_equals_uninterrupted(reference, tmp_path, kill):
     out = tmp_path / "killed"
     p = _train(out, kill=kill)
@@ -174,8 +185,9 @@ def _paused(out: Path, tmp: Path, mode: str) -> tuple[subprocess.Popen, Path]:
     args = ["train", "--config", str(TINY), "--output-dir", str(out), *[a for s in SETS for a in ("--set", s)]]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     with open(err, "w") as f:
-        p = subprocess.Popen([sys.executable, "-c", PAUSE, str(marker), mode, *args], stdout=subprocess.DEVNULL,
-                             stderr=f, env=env)
+        p = subprocess.Popen(
+            [sys.executable, "-c", PAUSE, str(marker), mode, *args], stdout=subprocess.DEVNULL, stderr=f, env=env
+        )
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert p.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
@@ -209,13 +221,16 @@ def test_signal_mid_training_saves_that_step_and_resume_equals_uninterrupted(ref
     command = shlex.split(line.split("resume with: ", 1)[1])  # exactly what the line says, run as printed
     assert command[:2] == ["medtune", "train"] and command[-1] == "--resume"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "medtune", *command[1:]], capture_output=True, text=True, env=env,
-                       timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "medtune", *command[1:]], capture_output=True, text=True, env=env, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     a, b = _adapter(reference), _adapter(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (json.loads((out / "metrics.json").read_text())["final"]["eval_loss"]
-            == json.loads((reference / "metrics.json").read_text())["final"]["eval_loss"])
+    assert (
+        json.loads((out / "metrics.json").read_text())["final"]["eval_loss"]
+        == json.loads((reference / "metrics.json").read_text())["final"]["eval_loss"]
+    )
 
 
 def test_second_ctrl_c_stops_at_once(tmp_path):
@@ -230,8 +245,9 @@ def test_second_ctrl_c_stops_at_once(tmp_path):
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=30) == 130
     line = _last_line(err)
-    assert line.startswith("medtune: stopped at once by SIGINT; the newest complete checkpoint is kept, resume with: "
-                           "medtune train ") and line.endswith(" --resume"), line
+    assert line.startswith(
+        "medtune: stopped at once by SIGINT; the newest complete checkpoint is kept, resume with: medtune train "
+    ) and line.endswith(" --resume"), line
     assert rundir.latest_complete_checkpoint(out).name == "checkpoint-2"
     assert not (out / rundir.LOCK).exists()
 

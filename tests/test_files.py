@@ -1,4 +1,5 @@
 """Atomic writes: complete or absent, usual permissions, no temporary files left behind."""
+
 import os
 import stat
 
@@ -40,7 +41,7 @@ def test_publish_dir_moves_nested_files(tmp_path):
 
 
 def test_split_lines_breaks_on_newlines_only():
-    text = 'a\u2028b\u2029c\x85d\x0ce\r\nf\n\ng'  # Unicode line breaks stay inside a line; "\r\n" ends one
+    text = "a\u2028b\u2029c\x85d\x0ce\r\nf\n\ng"  # Unicode line breaks stay inside a line; "\r\n" ends one
     assert files.split_lines(text) == ["a\u2028b\u2029c\x85d\x0ce", "f", "", "g"]
     assert text.splitlines() != files.split_lines(text)  # what str.splitlines() would have done
     assert files.split_lines("x\n") == ["x"] and files.split_lines("x") == ["x"] and files.split_lines("") == []

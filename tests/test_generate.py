@@ -1,5 +1,6 @@
 """medtune.generate, the one decoding path: reading questions, prompts, batched generation (complete) with its stop
 reasons, and `medtune generate` (one question, or --input FILE --output FILE.jsonl)."""
+
 import dataclasses
 import json
 
@@ -23,12 +24,15 @@ def test_read_questions_txt_and_jsonl(tmp_path):
     assert read_questions(jl) == ["A?", "B?", "C?"]
 
 
-@pytest.mark.parametrize("content, needle", [
-    ('{"question": "A?"}\nnot json\n', "line 2 is not valid JSON"),
-    ('{"text": "A?"}\n', "line 1 needs a non-empty 'question'"),
-    ('{"question": "  "}\n', "line 1 needs"),
-    ('["A?"]\n', "line 1 needs"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ('{"question": "A?"}\nnot json\n', "line 2 is not valid JSON"),
+        ('{"text": "A?"}\n', "line 1 needs a non-empty 'question'"),
+        ('{"question": "  "}\n', "line 1 needs"),
+        ('["A?"]\n', "line 1 needs"),
+    ],
+)
 def test_read_questions_errors(tmp_path, content, needle):
     from medtune.errors import MedtuneError
     from medtune.generate import read_questions
@@ -89,8 +93,11 @@ def test_complete_stop_reasons_and_cancel(run_dir, tok):
     assert word != tok.eos_token_id
     head = model.get_output_embeddings()
     # the head's output forced to one token: EOS ends the answer at once, another token runs to max_new_tokens
-    for forced, cancel, reason, n in ((tok.eos_token_id, None, "eos", 0), (word, None, "length", 6),
-                                      (word, cancelled, "cancelled", 0)):
+    for forced, cancel, reason, n in (
+        (tok.eos_token_id, None, "eos", 0),
+        (word, None, "length", 6),
+        (word, cancelled, "cancelled", 0),
+    ):
         hook = head.register_forward_hook(lambda m, i, o, t=forced: o.index_fill(-1, torch.tensor([t]), 1e4))
         try:
             (c,) = complete(model, tok, [prompt], g, cancel=cancel)
@@ -110,8 +117,7 @@ def test_sampled_answers_are_seeded(run_dir, load_run):
     prompts = encode_questions(tok, ["What is asthma?", "What is gout?"], cfg.data, context_length(model), 12)
     first = [c.token_ids for c in complete(model, tok, prompts, g)]
     assert [c.token_ids for c in complete(model, tok, prompts, g)] == first
-    others = [[c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(g, seed=s))]
-              for s in (4, 5, 6)]
+    others = [[c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(g, seed=s))] for s in (4, 5, 6)]
     assert any(o != first for o in others)
 
 
@@ -133,8 +139,20 @@ def test_cli_generate_input_file(run_dir, tmp_path, capsys):
     src = tmp_path / "questions.txt"
     src.write_text("\n".join(qs) + "\n")
     out = tmp_path / "answers.jsonl"
-    args = ["generate", str(run_dir), "--input", str(src), "--output", str(out), "--batch-size", "2",
-            "--max-new-tokens", "6", "--seed", "3"]
+    args = [
+        "generate",
+        str(run_dir),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "3",
+    ]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "wrote 5 answers" in captured.out and NOTICE in captured.out
@@ -175,8 +193,12 @@ def test_cli_generate_jsonl_input_and_errors(run_dir, tmp_path, capsys):
 
 # ---------------------------------------------------------------- the prompt of a chat request
 
-HISTORY = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is asthma?"},
-           {"role": "assistant", "content": "A disease of the airways."}, {"role": "user", "content": "Treatment?"}]
+HISTORY = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is asthma?"},
+    {"role": "assistant", "content": "A disease of the airways."},
+    {"role": "user", "content": "Treatment?"},
+]
 
 
 def _prompt(turns, cfg, tok):
@@ -200,8 +222,9 @@ def test_chat_prompt_of_an_instruction_template_run(tok):
     assert _prompt(one, cfg, tok)[0] == prompt_for("What is asthma?", cfg)  # as /v1/completions asks it
     assert _prompt(HISTORY[:2], cfg, tok)[0] == prompt_for("What is asthma?", cfg, instruction="Be brief.")
     text, _ = _prompt(HISTORY, cfg, tok)
-    assert text == prompt_for("User: What is asthma?\nAssistant: A disease of the airways.\nUser: Treatment?", cfg,
-                              instruction="Be brief.")
+    assert text == prompt_for(
+        "User: What is asthma?\nAssistant: A disease of the airways.\nUser: Treatment?", cfg, instruction="Be brief."
+    )
 
 
 def test_chat_prompt_of_a_chat_template_run_is_training_s_rendering():
@@ -218,7 +241,7 @@ def test_chat_prompt_of_a_chat_template_run_is_training_s_rendering():
     text, ids = _prompt(HISTORY, cfg, tok)
     assert text == tok.apply_chat_template(HISTORY, tokenize=False, add_generation_prompt=True)
     trained = encode({"messages": HISTORY + [{"role": "assistant", "content": "Inhalers."}]}, tok, cfg)["input_ids"]
-    assert trained[:len(ids)] == ids and tok.decode(trained[len(ids):]) == "Inhalers.<|im_end|>"
+    assert trained[: len(ids)] == ids and tok.decode(trained[len(ids) :]) == "Inhalers.<|im_end|>"
     text, _ = _prompt(HISTORY[1:2], cfg, tok)
     assert text == cfg.chat_prompt.format(user="What is asthma?")  # the run's own system prompt
     assert text.startswith("<|im_start|>system\nYou are a careful assistant.<|im_end|>")
@@ -229,6 +252,8 @@ def test_chat_prompt_of_a_run_trained_on_chat_records_uses_the_plain_turn_templa
     from medtune.config import DataConfig
 
     text, ids = _prompt(HISTORY, DataConfig(chat_column="messages"), tok)
-    assert text == (PREAMBLE + "### System:\nBe brief.\n\n### User:\nWhat is asthma?\n\n### Assistant:\n"
-                    f"A disease of the airways.{tok.eos_token}\n\n### User:\nTreatment?\n\n### Assistant:\n")
+    assert text == (
+        PREAMBLE + "### System:\nBe brief.\n\n### User:\nWhat is asthma?\n\n### Assistant:\n"
+        f"A disease of the airways.{tok.eos_token}\n\n### User:\nTreatment?\n\n### Assistant:\n"
+    )
     assert ids.count(tok.eos_token_id) == 1

@@ -1,6 +1,7 @@
 """GGUF checkpoints, offline: a tiny Llama written to .gguf here loads as a plain serializable model with its own
 tokenizer and chat template; `medtune train --model FILE.gguf` runs end to end in chat format (answers end with the
 template's end-of-turn token and generation stops there); the run merges to standard safetensors; QLoRA requantizes."""
+
 import json
 
 import pytest
@@ -31,8 +32,15 @@ def chat_run(files, tmp_path_factory, tiny_preset):
     """`medtune train --model tiny-q8.gguf` with the GGUF's own tokenizer and chat template."""
     out = tmp_path_factory.mktemp("gguf-run") / "run"
     argv = ["train", "--config", str(tiny_preset), "--model", str(files[3]), "--output-dir", str(out)]
-    for s in ("model.tokenizer=null", "data.prompt_format=chat", "train.max_steps=6", "train.eval_steps=3",
-              "train.save_steps=100", "train.logging_steps=2", "train.report_to=none"):
+    for s in (
+        "model.tokenizer=null",
+        "data.prompt_format=chat",
+        "train.max_steps=6",
+        "train.eval_steps=3",
+        "train.save_steps=100",
+        "train.logging_steps=2",
+        "train.report_to=none",
+    ):
         argv += ["--set", s]
     assert cli.main(argv) == 0
     return out
@@ -79,7 +87,14 @@ def test_cli_train_on_gguf_in_chat_format(chat_run, load_run):
     for f in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "metrics.json"):
         assert (out / f).is_file(), f
     assert {t.split(".")[-1] for t in json.loads((out / "adapter_config.json").read_text())["target_modules"]} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     model, tok, cfg = load_run(out)
     assert cfg.data.prompt_format == "chat"
     assert cfg.data.chat_prompt == "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"  # saved with the run
@@ -88,12 +103,18 @@ def test_cli_train_on_gguf_in_chat_format(chat_run, load_run):
     assert generation_kwargs(cfg.generate, tok)["eos_token_id"] == end
 
     from medtune.data import encode
-    e = encode({"instruction": "Answer this question truthfully", "input": "What is a cold?", "output": "A virus."},
-               tok, cfg.data)
-    prompt = tok("<|im_start|>user\nAnswer this question truthfully\n\nWhat is a cold?<|im_end|>\n"
-                 "<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    assert e["input_ids"][:len(prompt)] == prompt and e["labels"][:len(prompt)] == [-100] * len(prompt)
-    assert e["labels"][len(prompt):] == e["input_ids"][len(prompt):] and e["labels"][-1] == end
+
+    e = encode(
+        {"instruction": "Answer this question truthfully", "input": "What is a cold?", "output": "A virus."},
+        tok,
+        cfg.data,
+    )
+    prompt = tok(
+        "<|im_start|>user\nAnswer this question truthfully\n\nWhat is a cold?<|im_end|>\n<|im_start|>assistant\n",
+        add_special_tokens=False,
+    )["input_ids"]
+    assert e["input_ids"][: len(prompt)] == prompt and e["labels"][: len(prompt)] == [-100] * len(prompt)
+    assert e["labels"][len(prompt) :] == e["input_ids"][len(prompt) :] and e["labels"][-1] == end
 
     # generation stops at the end-of-turn token (and not at the old EOS): force one or the other with a hook
     cfg.generate.max_new_tokens, cfg.generate.greedy = 5, True
@@ -136,8 +157,9 @@ def test_gguf_qlora_requantizes(files, tmp_path, tiny_config, load_run):
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) == 2 * 7 and layers[0].weight.quant_type == "nf4"
     out = tmp_path / "qlora"
-    metrics = training.run(tiny_config(out, "model.tokenizer=null", "model.quantization=4bit", "train.max_steps=4",
-                                    model__name=q8))
+    metrics = training.run(
+        tiny_config(out, "model.tokenizer=null", "model.quantization=4bit", "train.max_steps=4", model__name=q8)
+    )
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     model, tok, cfg = load_run(out)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
@@ -162,4 +184,5 @@ def test_chat_format_needs_a_chat_template(tok, tmp_path):
     setup_prompt_format(cfg, ctok)
     assert cfg.chat_prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{user}")
     assert format_prompt({"instruction": "Answer", "input": "", "output": "x"}, cfg).endswith(
-        "user\nAnswer<|im_end|>\n<|im_start|>assistant\n")  # no input: the instruction alone
+        "user\nAnswer<|im_end|>\n<|im_start|>assistant\n"
+    )  # no input: the instruction alone

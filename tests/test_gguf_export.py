@@ -10,6 +10,7 @@ Tolerances (max |logit difference| over a few sequences, logits of magnitude ~3-
 Checked by hand, not here (it needs a llama.cpp build): llama-cpp-python 0.3.36 loads the same files, tokenizes the
 texts below into the same ids, and its logits are within 0.006 (f16) and 0.14 (q8_0) of transformers'.
 """
+
 import json
 import logging
 import shutil
@@ -36,8 +37,11 @@ from medtune.gguf_export.arch import llama3_rope_factors  # noqa: E402
 from medtune.gguf_export.vocab import pre_tokenizer_name  # noqa: E402
 
 TOL = {"f32": 1e-5, "f16": 0.02, "q8_0": 0.25}
-TEXTS = ["What causes a fever?", "Asthma: wheezing, 3-4 puffs of salbutamol every 20 min.\n\nSee a doctor!",
-         "  Les symptômes incluent une toux sèche et de la fièvre (≥ 38 °C)."]
+TEXTS = [
+    "What causes a fever?",
+    "Asthma: wheezing, 3-4 puffs of salbutamol every 20 min.\n\nSee a doctor!",
+    "  Les symptômes incluent une toux sèche et de la fièvre (≥ 38 °C).",
+]
 CHAT = "<|im_start|>user\nWhat is asthma?<|im_end|>\n<|im_start|>assistant\nA lung disease.<|im_end|>"
 
 
@@ -46,8 +50,16 @@ def tiny_gpt2(tok, seed=0, vocab=None, n_embd=128, n_positions=1024):
     the file's context length to n_ctx and leaves n_positions at its default 1024 (every released GPT-2 has 1024)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab or len(tok), n_layer=2, n_head=4, n_embd=n_embd, n_positions=n_positions,
-                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = GPT2Config(
+        vocab_size=vocab or len(tok),
+        n_layer=2,
+        n_head=4,
+        n_embd=n_embd,
+        n_positions=n_positions,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
@@ -81,25 +93,33 @@ def models(tmp_path_factory, tok, tiny_config):
     untied = make_llama(chat_tokenizer(), seed=1, tie=False)
     return {
         "gpt2": (gpt2, tok, merged_folder(tiny_config, gpt2, tok, d / "gpt2", "generate.top_k=40")),
-        "llama": (llama, chat_tok, merged_folder(tiny_config, llama, chat_tok, d / "llama", "data.prompt_format=chat",
-                                                 setup_chat=True)),
-        "llama-untied": (untied, chat_tokenizer(), merged_folder(tiny_config, untied, chat_tokenizer(),
-                                                                   d / "llama-untied")),
+        "llama": (
+            llama,
+            chat_tok,
+            merged_folder(tiny_config, llama, chat_tok, d / "llama", "data.prompt_format=chat", setup_chat=True),
+        ),
+        "llama-untied": (
+            untied,
+            chat_tokenizer(),
+            merged_folder(tiny_config, untied, chat_tokenizer(), d / "llama-untied"),
+        ),
     }
 
 
 @pytest.fixture(scope="module")
 def exported(models):
     """(name, dtype) -> .gguf file"""
-    return {(name, dtype): export_gguf(folder, folder.parent / f"{name}-{dtype}.gguf", dtype)
-            for name, (_, _, folder) in models.items() for dtype in ("f32", "f16", "q8_0")}
+    return {
+        (name, dtype): export_gguf(folder, folder.parent / f"{name}-{dtype}.gguf", dtype)
+        for name, (_, _, folder) in models.items()
+        for dtype in ("f32", "f16", "q8_0")
+    }
 
 
 def load_back(path: Path, **kw):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                **kw).eval()
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32, **kw).eval()
 
 
 def max_logit_diff(ref, model, tok, texts) -> float:
@@ -298,12 +318,16 @@ def test_real_gpt2_tokenizer(tmp_path, shared):
     assert len(meta["tokenizer.ggml.tokens"].contents()) == 50257
     assert len(meta["tokenizer.ggml.merges"].contents()) == 50000
     back = AutoTokenizer.from_pretrained(str(out.parent), gguf_file=out.name)
-    for text in TEXTS + ["Hypertension (HTN) affects ~1.28 billion adults; 46% are unaware. <|endoftext|>",
-                         "tab\tand\r\nnewlines\n\n\n   spaces   ", "emoji 🩺 and 中文 text"]:
+    for text in TEXTS + [
+        "Hypertension (HTN) affects ~1.28 billion adults; 46% are unaware. <|endoftext|>",
+        "tab\tand\r\nnewlines\n\n\n   spaces   ",
+        "emoji 🩺 and 中文 text",
+    ]:
         assert back(text)["input_ids"] == tok(text)["input_ids"], text
 
 
 # --------------------------------------------------------------------------------------------- pre-tokenizers
+
 
 def byte_level(use_regex=True):
     return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
@@ -315,12 +339,17 @@ def split(pattern):
 
 def test_pre_tokenizer_names():
     assert pre_tokenizer_name(byte_level()) == "gpt-2"
-    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True}, byte_level()]}) == "smollm"
-    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(False)]}) \
+    assert (
+        pre_tokenizer_name(
+            {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level()]}
+        )
+        == "smollm"
+    )
+    assert (
+        pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(False)]})
         == "llama-bpe"
-    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(False)]}) \
-        == "qwen2"
+    )
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(False)]}) == "qwen2"
     assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(r"\s+"), byte_level(False)]}) is None
     assert pre_tokenizer_name(byte_level(False)) is None
     assert pre_tokenizer_name({"type": "Metaspace", "replacement": "\u2581"}) is None
@@ -339,8 +368,9 @@ def test_llama3_style_tokenizer(tmp_path):
     """A Llama-3-style split (named llama-bpe for llama.cpp) survives the trip: transformers applies it too."""
     from transformers import AutoTokenizer
 
-    tok = with_pre_tokenizer(chat_tokenizer(), {"type": "Sequence", "pretokenizers": [
-        split(LLAMA3_SPLIT), byte_level(False)]})
+    tok = with_pre_tokenizer(
+        chat_tokenizer(), {"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(False)]}
+    )
     ref = make_llama(tok, seed=4)
     folder = tmp_path / "llama3-tok"
     ref.save_pretrained(folder)
@@ -353,8 +383,9 @@ def test_llama3_style_tokenizer(tmp_path):
 
 
 def test_unknown_pre_tokenizer_is_refused(tmp_path):
-    tok = with_pre_tokenizer(chat_tokenizer(), {"type": "Sequence", "pretokenizers": [
-        {"type": "WhitespaceSplit"}, byte_level()]})
+    tok = with_pre_tokenizer(
+        chat_tokenizer(), {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, byte_level()]}
+    )
     folder = tmp_path / "odd-tok"
     make_llama(tok).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -368,8 +399,14 @@ def test_llama3_rope_scaling(tmp_path):
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 500000.0,
+    }
     config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=512, rope_parameters=scaling)
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     plain = 1.0 / 500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
@@ -392,6 +429,7 @@ def test_llama3_rope_scaling(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- refusals
 
+
 def no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
@@ -409,8 +447,13 @@ def test_errors_are_one_clear_line(models, tmp_path, monkeypatch):
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    cases.append((dict(model_dir=bert), "cannot export architecture 'bert' to GGUF; supported: gpt2 "
-                                        "\\(GPT2LMHeadModel\\), llama \\(LlamaForCausalLM\\)"))
+    cases.append(
+        (
+            dict(model_dir=bert),
+            "cannot export architecture 'bert' to GGUF; supported: gpt2 "
+            "\\(GPT2LMHeadModel\\), llama \\(LlamaForCausalLM\\)",
+        )
+    )
     empty = tmp_path / "no-weights"
     empty.mkdir()
     shutil.copy(folder / "config.json", empty / "config.json")

@@ -1,4 +1,5 @@
 """Tiny GPT-2 + the real GPT-2 tokenizer on a slice of the real WikiDoc data: validation loss must fall."""
+
 import json
 
 import pytest
@@ -12,9 +13,19 @@ def test_validation_loss_falls_on_real_data(tmp_path, shared, tiny_config):
     if not (data.is_file() and tokenizer.is_dir()):
         pytest.skip("../shared/data not present")
     out = tmp_path / "wd"
-    cfg = tiny_config(out, f"model.tokenizer={tokenizer}", "data.max_records=400", "data.max_length=256",
-                      "train.max_steps=30", "train.eval_steps=10", "train.save_steps=30", "train.batch_size=8",
-                      "train.learning_rate=0.01", "train.eval_on_start=true", data__source=str(data))
+    cfg = tiny_config(
+        out,
+        f"model.tokenizer={tokenizer}",
+        "data.max_records=400",
+        "data.max_length=256",
+        "train.max_steps=30",
+        "train.eval_steps=10",
+        "train.save_steps=30",
+        "train.batch_size=8",
+        "train.learning_rate=0.01",
+        "train.eval_on_start=true",
+        data__source=str(data),
+    )
     training.run(cfg)
     hist = json.loads((out / "metrics.json").read_text())["log_history"]
     steps, evals = zip(*[(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h])

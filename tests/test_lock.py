@@ -1,6 +1,7 @@
 """One command per folder (rundir.locked): two `medtune train` on one output folder, one is refused in one line naming
 the other, and the folder holds one run; a lock left by a killed process is taken over; where the file system has no
 flock, the PID, host and start time in the lock file decide."""
+
 from __future__ import annotations
 
 import errno
@@ -17,9 +18,11 @@ import yaml
 from medtune import rundir
 from medtune.errors import MedtuneError
 
-HOLD = ("import sys, time\nfrom medtune import rundir\n"
-        "held = rundir.locked(sys.argv[1], 'medtune train --output-dir ' + sys.argv[1])\nheld.__enter__()\n"
-        "print('locked', flush=True)\ntime.sleep(120)\n")
+HOLD = (
+    "import sys, time\nfrom medtune import rundir\n"
+    "held = rundir.locked(sys.argv[1], 'medtune train --output-dir ' + sys.argv[1])\nheld.__enter__()\n"
+    "print('locked', flush=True)\ntime.sleep(120)\n"
+)
 
 
 @pytest.fixture
@@ -42,22 +45,35 @@ def holder(tmp_path):
 def test_two_trains_on_one_folder_one_is_refused(tmp_path, tiny_preset):
     out = tmp_path / "run"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    sets = ["train.max_steps=4", "train.save_steps=2", "train.eval_steps=2", "train.logging_steps=1",
-            "train.report_to=none", "data.max_records=40"]
+    sets = [
+        "train.max_steps=4",
+        "train.save_steps=2",
+        "train.eval_steps=2",
+        "train.logging_steps=1",
+        "train.report_to=none",
+        "data.max_records=40",
+    ]
 
     def start(seed):
         args = ["train", "--config", str(tiny_preset), "--output-dir", str(out), "--set", f"train.seed={seed}"]
-        return subprocess.Popen([sys.executable, "-m", "medtune", *args, *[a for s in sets for a in ("--set", s)]],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "medtune", *args, *[a for s in sets for a in ("--set", s)]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
     procs = {1: start(1), 2: start(2)}  # at once
     done = {seed: (p, *p.communicate(timeout=600)) for seed, p in procs.items()}
     assert sorted(p.returncode for p, _, _ in done.values()) == [0, 2]
-    (seed, (winner, _, _)), = [(s, d) for s, d in done.items() if d[0].returncode == 0]
-    (_, err), = [(d[1], d[2]) for d in done.values() if d[0].returncode == 2]
+    ((seed, (winner, _, _)),) = [(s, d) for s, d in done.items() if d[0].returncode == 0]
+    ((_, err),) = [(d[1], d[2]) for d in done.values() if d[0].returncode == 2]
     assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err  # one line
-    assert err.startswith(f"medtune: error: {out} is in use by `medtune train --config ") and \
-        f"(pid {winner.pid} on {socket.gethostname()}, since " in err, err
+    assert (
+        err.startswith(f"medtune: error: {out} is in use by `medtune train --config ")
+        and f"(pid {winner.pid} on {socket.gethostname()}, since " in err
+    ), err
     # the folder holds the winner's run alone: its config, one sequence of steps, no lock left
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["seed"] == seed
     history = json.loads((out / "metrics.json").read_text())["log_history"]
@@ -108,10 +124,12 @@ def test_without_flock_pid_host_and_start_time_decide(tmp_path, monkeypatch, hol
     folder = tmp_path / "run"
     folder.mkdir()
     here = socket.gethostname()
-    cases = [({"pid": live.pid, "host": here, "start": rundir._process_start(live.pid)}, True),
-             ({"pid": live.pid, "host": here, "start": "1"}, False),  # its pid, but a later process: reused
-             ({"pid": live.pid, "host": "node-7"}, True),  # another host: cannot tell, assumed to run
-             ({"pid": 2**22 + 1, "host": here}, False)]  # no such process
+    cases = [
+        ({"pid": live.pid, "host": here, "start": rundir._process_start(live.pid)}, True),
+        ({"pid": live.pid, "host": here, "start": "1"}, False),  # its pid, but a later process: reused
+        ({"pid": live.pid, "host": "node-7"}, True),  # another host: cannot tell, assumed to run
+        ({"pid": 2**22 + 1, "host": here}, False),
+    ]  # no such process
     for info, runs in cases:
         (folder / rundir.LOCK).write_text(json.dumps(info))
         if runs:

@@ -1,5 +1,6 @@
 """Multiple-choice medical benchmarks: prompt formats per task, log-likelihood scoring checked against a direct
 computation, batching invariance, local files and clear errors; `medtune eval --benchmark` end to end."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,32 @@ from medtune import medbench
 from medtune.errors import MedtuneError
 
 ROWS = {  # invented questions, in each hub dataset's own columns
-    "medmcqa": [{"question": "Which organ makes insulin?", "opa": "Liver", "opb": "Pancreas", "opc": "Spleen",
-                 "opd": "Kidney", "cop": 1},
-                {"question": "Which vitamin prevents scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D",
-                 "cop": 2}],
-    "medqa": [{"question": "A man has chest pain on exertion. First test?",
-               "options": {"A": "ECG", "B": "MRI", "C": "Biopsy", "D": "EEG"}, "answer_idx": "A"}],
-    "pubmedqa": [{"question": "Does rest help sprains?", "context": {"contexts": ["Rest was studied.", "It helped."]},
-                  "final_decision": "yes"},
-                 {"question": "Does coffee cure flu?", "context": {"contexts": ["No effect was seen."]},
-                  "final_decision": "no"}],
+    "medmcqa": [
+        {
+            "question": "Which organ makes insulin?",
+            "opa": "Liver",
+            "opb": "Pancreas",
+            "opc": "Spleen",
+            "opd": "Kidney",
+            "cop": 1,
+        },
+        {"question": "Which vitamin prevents scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D", "cop": 2},
+    ],
+    "medqa": [
+        {
+            "question": "A man has chest pain on exertion. First test?",
+            "options": {"A": "ECG", "B": "MRI", "C": "Biopsy", "D": "EEG"},
+            "answer_idx": "A",
+        }
+    ],
+    "pubmedqa": [
+        {
+            "question": "Does rest help sprains?",
+            "context": {"contexts": ["Rest was studied.", "It helped."]},
+            "final_decision": "yes",
+        },
+        {"question": "Does coffee cure flu?", "context": {"contexts": ["No effect was seen."]}, "final_decision": "no"},
+    ],
     "mmlu_anatomy": [{"question": "How many chambers has the heart?", "choices": ["2", "3", "4", "5"], "answer": 2}],
 }
 
@@ -39,8 +56,9 @@ def model(tok):
 
 
 def test_loglik_matches_a_direct_computation_and_batching(model, tok, tmp_path):
-    items = medbench.load_task("medmcqa", write(tmp_path, "medmcqa")) + \
-        medbench.load_task("pubmedqa", write(tmp_path, "pubmedqa"))
+    items = medbench.load_task("medmcqa", write(tmp_path, "medmcqa")) + medbench.load_task(
+        "pubmedqa", write(tmp_path, "pubmedqa")
+    )
     ll = medbench.choice_logliks(model, tok, items, batch_size=3)
     one = medbench.choice_logliks(model, tok, items, batch_size=1)
     assert [x for row in ll for x in row] == pytest.approx([x for row in one for x in row], abs=1e-4)
@@ -58,9 +76,11 @@ def test_accuracy_follows_the_loglik(model, tok, tmp_path, monkeypatch):
     res = medbench.score(model, tok, items, bootstrap=200)
     assert 0 <= res["acc"] <= 1 and res["n"] == 2 and res["acc_ci"][0] <= res["acc"] <= res["acc_ci"][1]
     # a model that prefers the gold answer gets every question right
-    monkeypatch.setattr(medbench.scoring, "choice_logliks",
-                        lambda m, t, its, b=32: [[0.0 if j == i.gold else -5.0 for j in range(len(i.choices))]
-                                                 for i in its])
+    monkeypatch.setattr(
+        medbench.scoring,
+        "choice_logliks",
+        lambda m, t, its, b=32: [[0.0 if j == i.gold else -5.0 for j in range(len(i.choices))] for i in its],
+    )
     assert medbench.score(model, tok, items)["acc"] == 1.0
 
 
@@ -125,7 +145,8 @@ def test_forgetting_is_flagged_in_metrics_log_report_and_card(bench_run, tmp_pat
     monkeypatch.setattr(evaluate, "run_benchmarks", rigged)
     rows = ROWS["medmcqa"] * 10  # 20 questions: a base interval that a tuned accuracy of 0 falls below
     (tmp_path / "medmcqa.jsonl").write_text(
-        "".join(json.dumps({**r, "id": f"q{k}"}) + "\n" for k, r in enumerate(rows)))
+        "".join(json.dumps({**r, "id": f"q{k}"}) + "\n" for k, r in enumerate(rows))
+    )
     spec = f"medmcqa={tmp_path / 'medmcqa.jsonl'},pubmedqa={write(tmp_path, 'pubmedqa')}"
     assert main(["eval", str(bench_run), "--num-samples", "0", "--benchmark", spec]) == 0
     bench = json.loads((bench_run / "eval" / "metrics.json").read_text())["benchmarks"]
@@ -148,7 +169,11 @@ def test_forgetting_needs_the_base_interval():
     assert medbench.forgetting(base, {"acc": 0.35}) is False  # at the lower end: not below it
     assert medbench.forgetting({**base, "acc_ci": [None, None]}, {"acc": 0.0}) is None  # eval.bootstrap=0
     old = {"x": {"base": base, "tuned": {"n": 40, "acc": 0.2, "acc_ci": [0.1, 0.3]}, "chance": 0.25}}
-    assert forgetting_warnings(old) == [("warning: forgetting on x: tuned accuracy 0.200 is below the base model's 95% "
-                                         "interval [0.350, 0.650] (base 0.500)")]  # metrics written before the flag
+    assert forgetting_warnings(old) == [
+        (
+            "warning: forgetting on x: tuned accuracy 0.200 is below the base model's 95% "
+            "interval [0.350, 0.650] (base 0.500)"
+        )
+    ]  # metrics written before the flag
     no_ci = {"x": {**old["x"], "base": {**base, "acc_ci": [None, None]}, "forgetting": None}}
     assert "| 0.250 | n/a |" in benchmark_table(no_ci) and not forgetting_warnings(no_ci)

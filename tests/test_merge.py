@@ -1,4 +1,5 @@
 """medtune merge: the merged folder loads with transformers.pipeline and computes what base + adapter computed."""
+
 import pytest
 import torch
 import yaml
@@ -36,8 +37,17 @@ def prompt_ids(tok, cfg, question="What are the symptoms of asthma?"):
 
 def test_merged_folder_contents(merged):
     names = {p.name for p in merged.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "README.md", "config.yaml", "manifest.json", "metrics.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "config.yaml",
+        "manifest.json",
+        "metrics.json",
+    } <= names
     assert not any(n.startswith(".staging") for n in names)
     assert not any(n.startswith("adapter") for n in names)  # standalone: no PEFT files
     for p in merged.iterdir():
@@ -51,8 +61,21 @@ def test_model_card(merged):
     meta = front_matter(card)
     assert meta["pipeline_tag"] == "text-generation" and meta["library_name"] == "transformers"
     assert meta["tags"] == TAGS and "base_model" not in meta  # a random base is on no hub
-    for needle in ("## Base model", "random:tiny", "## Data", "builtin:sample", "sha256", "## Recipe", "LoRA r=16",
-                   "## Metrics", "eval_loss", "## Intended use", "## Limits", "### Response:", NOTICE):
+    for needle in (
+        "## Base model",
+        "random:tiny",
+        "## Data",
+        "builtin:sample",
+        "sha256",
+        "## Recipe",
+        "LoRA r=16",
+        "## Metrics",
+        "eval_loss",
+        "## Intended use",
+        "## Limits",
+        "### Response:",
+        NOTICE,
+    ):
         assert needle in card, needle
     assert "unquantized" not in card  # only 4-bit runs get the note
 
@@ -71,11 +94,11 @@ def test_pipeline_loads_merged_and_logits_match_base_plus_adapter(run_dir, merge
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # the adapter changed something: the merged model is not just the base
     from transformers import AutoModelForCausalLM
+
     base = AutoModelForCausalLM.from_pretrained(str(run_dir / "base_model"))
     with torch.no_grad():
         assert (base(input_ids=ids).logits - want).abs().max() > 1e-3
-    text = pipe("What is asthma?", max_new_tokens=5, do_sample=False,
-                return_full_text=False)[0]["generated_text"]
+    text = pipe("What is asthma?", max_new_tokens=5, do_sample=False, return_full_text=False)[0]["generated_text"]
     assert isinstance(text, str)
 
 
@@ -104,11 +127,25 @@ def table_rows(card: str) -> dict[str, list[str]]:
 
 
 EVAL_METRICS = {  # eval/metrics.json as `medtune eval` writes it (the keys the card's table reads)
-    "base": {"loss": 8.25, "perplexity": 3900.0, "rouge_l": 0.01, "eos_rate": 0.0, "mean_answer_tokens": 12.5,
-             "repeated_4gram_share": 0.5},
-    "tuned": {"loss": 6.5, "perplexity": 665.1, "rouge_l": 0.0625, "eos_rate": 0.4, "mean_answer_tokens": 40.0,
-              "repeated_4gram_share": None},
-    "reference": {"mean_answer_tokens": 71.1}, "data": {"source": "x.jsonl", "records": 21}}
+    "base": {
+        "loss": 8.25,
+        "perplexity": 3900.0,
+        "rouge_l": 0.01,
+        "eos_rate": 0.0,
+        "mean_answer_tokens": 12.5,
+        "repeated_4gram_share": 0.5,
+    },
+    "tuned": {
+        "loss": 6.5,
+        "perplexity": 665.1,
+        "rouge_l": 0.0625,
+        "eos_rate": 0.4,
+        "mean_answer_tokens": 40.0,
+        "repeated_4gram_share": None,
+    },
+    "reference": {"mean_answer_tokens": 71.1},
+    "data": {"source": "x.jsonl", "records": 21},
+}
 
 
 def test_model_card_shows_eval_table_and_4bit_note(tmp_path):
@@ -136,8 +173,10 @@ def test_model_card_tolerates_eval_metrics_without_some_rows(tmp_path):
     from medtune.config import Config
     from medtune.modelcard import model_card
 
-    partial = {side: {k: v for k, v in EVAL_METRICS[side].items()
-                      if k not in ("mean_answer_tokens", "repeated_4gram_share")} for side in ("base", "tuned")}
+    partial = {
+        side: {k: v for k, v in EVAL_METRICS[side].items() if k not in ("mean_answer_tokens", "repeated_4gram_share")}
+        for side in ("base", "tuned")
+    }
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps({**EVAL_METRICS, **partial}))
     rows = table_rows(model_card(tmp_path, Config()))
@@ -208,8 +247,9 @@ def test_merge_4bit_run_reloads_base_unquantized(tmp_path_factory, tiny_run):
     assert not any("4bit" in type(m).__name__ for m in model.modules())
     cfg = from_dict(yaml.safe_load((run4 / "config.yaml").read_text()))
     tok = load_tokenizer(str(run4))
-    ref = PeftModel.from_pretrained(load_base_model(cfg.model, tok, local_path=str(run4 / "base_model"),
-                                                    quantize=False), str(run4)).eval()
+    ref = PeftModel.from_pretrained(
+        load_base_model(cfg.model, tok, local_path=str(run4 / "base_model"), quantize=False), str(run4)
+    ).eval()
     ids = prompt_ids(tok, cfg)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)

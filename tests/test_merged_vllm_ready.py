@@ -1,5 +1,6 @@
 """medtune.deploy.check_serving_folder: what vLLM reads from a merged folder (config.json with architectures, the
 tokenizer files, generation_config.json, safetensors weights, no custom code) is all there, or each gap is named."""
+
 import json
 import shutil
 
@@ -31,13 +32,19 @@ def broken_copy(ready, tmp_path, name="broken"):
 
 def test_complete_folder_is_ready(ready):
     assert check_serving_folder(ready) == []
-    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "model.safetensors"} <= {p.name for p in ready.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    } <= {p.name for p in ready.iterdir()}
 
 
 def test_chat_endpoint_needs_a_chat_template(ready, tmp_path):
-    assert check_serving_folder(ready, chat=True) == ["chat template (tokenizer_config.json chat_template or "
-                                                      "chat_template.jinja)"]
+    assert check_serving_folder(ready, chat=True) == [
+        "chat template (tokenizer_config.json chat_template or chat_template.jinja)"
+    ]
     tok = chat_tokenizer()
     folder = tmp_path / "chat"
     make_llama(tok).save_pretrained(folder)
@@ -58,7 +65,7 @@ def test_broken_folder_lists_every_gap(ready, tmp_path):
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     problems = check_serving_folder(folder)
     assert problems == [
-        "config.json: architectures (the model class, e.g. [\"GPT2LMHeadModel\"])",
+        'config.json: architectures (the model class, e.g. ["GPT2LMHeadModel"])',
         "no custom code: config.json has auto_map (needs --trust-remote-code)",
         "tokenizer: tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)",
         "tokenizer_config.json",
@@ -72,8 +79,9 @@ def test_slow_gpt2_tokenizer_files_count(ready, tmp_path):
     """GPT-2's vocab.json + merges.txt (the slow tokenizer's files) are enough without tokenizer.json."""
     folder = broken_copy(ready, tmp_path)
     (folder / "tokenizer.json").unlink()
-    assert check_serving_folder(folder) == ["tokenizer: tokenizer.json (or vocab.json + merges.txt, or "
-                                            "tokenizer.model)"]
+    assert check_serving_folder(folder) == [
+        "tokenizer: tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)"
+    ]
     (folder / "vocab.json").write_text("{}")
     (folder / "merges.txt").write_text("#version: 0.2\n")
     assert check_serving_folder(folder) == []

@@ -31,13 +31,14 @@ def test_rslora_and_dora_reach_peft_and_merge(tok):
     layer), and a trained DoRA adapter folds into the weights with the same logits."""
     import torch
 
-    cfg = ModelConfig(name="random:tiny", tokenizer="builtin:tiny", lora_rslora=True, lora_dora=True, lora_r=4,
-                      lora_alpha=8)
+    cfg = ModelConfig(
+        name="random:tiny", tokenizer="builtin:tiny", lora_rslora=True, lora_dora=True, lora_r=4, lora_alpha=8
+    )
     model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
     pc = model.peft_config["default"]
     assert pc.use_rslora and pc.use_dora
     layer = model.base_model.model.transformer.h[0].attn.c_attn
-    assert layer.scaling["default"] == pytest.approx(8 / 4 ** 0.5)
+    assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)
     assert "default" in layer.lora_magnitude_vector
     with torch.no_grad():
         for n, p in model.named_parameters():

@@ -1,5 +1,6 @@
 """Beyond GPT-2: a Llama-architecture model from a local folder trains, saves, reloads and generates; LoRA targets are
 chosen per architecture, with all linear layers (GPT-2-style Conv1D included) as the fallback."""
+
 import json
 
 import pytest
@@ -14,10 +15,30 @@ from medtune.rundir import load_model, open_run
 
 # every linear layer of the decoder blocks, per architecture: what LoRA must cover by default
 LLAMA_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-EXPECTED_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"], "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
-                    **{t: LLAMA_NAMES for t in ("llama", "mistral", "ministral", "qwen2", "qwen3", "gemma", "gemma2",
-                                                "olmo", "olmo2", "smollm3", "granite", "stablelm", "cohere", "exaone4",
-                                                "internlm3")}}
+EXPECTED_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    **{
+        t: LLAMA_NAMES
+        for t in (
+            "llama",
+            "mistral",
+            "ministral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "olmo",
+            "olmo2",
+            "smollm3",
+            "granite",
+            "stablelm",
+            "cohere",
+            "exaone4",
+            "internlm3",
+        )
+    },
+}
 LLAMA = set(LLAMA_NAMES)
 
 
@@ -105,8 +126,16 @@ def test_fallback_all_linear_covers_conv1d(tok):
 def test_fallback_all_linear_on_plain_linear(tok):
     from transformers import GPTNeoXConfig
 
-    base = _lm(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64))
+    base = _lm(
+        GPTNeoXConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     model = add_lora(base, ModelConfig(name="local-neox"))
     assert lora_leaves(model) == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
     assert not model.peft_config["default"].fan_in_fan_out
@@ -118,9 +147,20 @@ def test_all_linear_selects_every_decoder_linear(model_type):
     names expected here exist, and no linear layer but the output head is left out."""
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = _lm(config)
     head = model.get_output_embeddings()
     linear = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}

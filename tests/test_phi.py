@@ -1,5 +1,6 @@
 """The PHI detector (medtune.phi) on a seeded synthetic set: recall by type on planted identifiers, false positives
 on clean medical sentences, redaction, and findings that never carry the matched text."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,57 +81,63 @@ def test_precision_on_planted_notes(planted):
 
 def test_false_positives_on_clean_sentences(clean):
     sentences = syn.all_clean()
-    assert sentences[:len(clean)] == clean
+    assert sentences[: len(clean)] == clean
     flagged = {s: [(t, s[a:b]) for t, a, b in phi.scan_text(s)] for s in sentences}
     flagged = {s: f for s, f in flagged.items() if f}
     assert len(flagged) <= 0.02 * len(sentences), flagged  # measured: 1 of 285 ('Dr. Seuss')
 
 
-@pytest.mark.parametrize("text", [
-    "Take 500 mg twice daily for 10 days.",
-    "HbA1c 7.2% and LDL 130 mg/dL at the last check.",
-    "ICD-10 codes E11.9 and I10; CPT 99213.",
-    "The drug was approved by the FDA in 1998.",
-    "In 2019 guidelines, the target was lowered.",
-    "On March 11, 2020, the WHO declared a pandemic.",
-    "Parkinson disease, Hodgkin lymphoma, Down syndrome and Crohn's disease are named after people.",
-    "Lou Gehrig's disease, Marcus Gunn pupil, Charcot-Marie-Tooth disease, Pierre Robin sequence.",
-    "The condition affects 1 in 1,000 births and 1 in 2,500 adults.",
-    "Blood pressure 140/90 mmHg, pulse 88, temperature 38.5 C at 10:30.",
-    "NDC 0002-8215-01; dilute 1:10,000.",
-    "Call the hotline at 1-800-222-1222 for poison advice.",
-    "Mutations in BRCA1, TP53 and HLA-B27 raise the risk.",
-    "See https://www.cdc.gov/flu for the schedule.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Take 500 mg twice daily for 10 days.",
+        "HbA1c 7.2% and LDL 130 mg/dL at the last check.",
+        "ICD-10 codes E11.9 and I10; CPT 99213.",
+        "The drug was approved by the FDA in 1998.",
+        "In 2019 guidelines, the target was lowered.",
+        "On March 11, 2020, the WHO declared a pandemic.",
+        "Parkinson disease, Hodgkin lymphoma, Down syndrome and Crohn's disease are named after people.",
+        "Lou Gehrig's disease, Marcus Gunn pupil, Charcot-Marie-Tooth disease, Pierre Robin sequence.",
+        "The condition affects 1 in 1,000 births and 1 in 2,500 adults.",
+        "Blood pressure 140/90 mmHg, pulse 88, temperature 38.5 C at 10:30.",
+        "NDC 0002-8215-01; dilute 1:10,000.",
+        "Call the hotline at 1-800-222-1222 for poison advice.",
+        "Mutations in BRCA1, TP53 and HLA-B27 raise the risk.",
+        "See https://www.cdc.gov/flu for the schedule.",
+    ],
+)
 def test_medical_text_is_not_flagged(text):
     assert phi.scan_text(text) == [], [(t, text[a:b]) for t, a, b in phi.scan_text(text)]
 
 
-@pytest.mark.parametrize("text,kind,value", [
-    ("Call (617) 555-0143 after 5 pm.", "PHONE", "(617) 555-0143"),
-    ("Phone 617.555.0143", "PHONE", "617.555.0143"),
-    ("Reach her at +1 617 555 0143.", "PHONE", "+1 617 555 0143"),
-    ("Fax: 617-555-0199", "FAX", "617-555-0199"),
-    ("SSN 123-45-6789 on file.", "SSN", "123-45-6789"),
-    ("MRN: 00123456", "MRN", "00123456"),
-    ("medical record number 4455667", "MRN", "4455667"),
-    ("Member ID: XGH123456789", "HEALTH_PLAN", "XGH123456789"),
-    ("Account number 0012345678 is overdue.", "ACCOUNT", "0012345678"),
-    ("DOB 03/14/1962", "DATE", "03/14/1962"),
-    ("She was admitted on March 3, 2021 with sepsis.", "DATE", "March 3, 2021"),
-    ("Lives at 12 Oak Street, Apt 4B with her son.", "ADDRESS", "12 Oak Street, Apt 4B"),
-    ("Boston, MA 02118", "ZIP", "02118"),
-    ("Write to jane.doe@example.com today.", "EMAIL", "jane.doe@example.com"),
-    ("Photos at https://photos.example.com/u/jdoe", "URL", "https://photos.example.com/u/jdoe"),
-    ("Login from 203.0.113.7 was blocked.", "IP", "203.0.113.7"),
-    ("VIN 1HGCM82633A004352 on the claim.", "VEHICLE", "1HGCM82633A004352"),
-    ("License plate 7ABC123 seen by EMS.", "VEHICLE", "7ABC123"),
-    ("Pacemaker serial number PJN123456.", "DEVICE", "PJN123456"),
-    ("Mr. Okafor was seen today.", "NAME", "Okafor"),
-    ("Patient: Maria Lopez", "NAME", "Maria Lopez"),
-    ("Accompanied by his daughter, Aisha Haddad.", "NAME", "Aisha Haddad"),
-    ("Electronically signed by James Whitfield, MD", "NAME", "James Whitfield"),
-])
+@pytest.mark.parametrize(
+    "text,kind,value",
+    [
+        ("Call (617) 555-0143 after 5 pm.", "PHONE", "(617) 555-0143"),
+        ("Phone 617.555.0143", "PHONE", "617.555.0143"),
+        ("Reach her at +1 617 555 0143.", "PHONE", "+1 617 555 0143"),
+        ("Fax: 617-555-0199", "FAX", "617-555-0199"),
+        ("SSN 123-45-6789 on file.", "SSN", "123-45-6789"),
+        ("MRN: 00123456", "MRN", "00123456"),
+        ("medical record number 4455667", "MRN", "4455667"),
+        ("Member ID: XGH123456789", "HEALTH_PLAN", "XGH123456789"),
+        ("Account number 0012345678 is overdue.", "ACCOUNT", "0012345678"),
+        ("DOB 03/14/1962", "DATE", "03/14/1962"),
+        ("She was admitted on March 3, 2021 with sepsis.", "DATE", "March 3, 2021"),
+        ("Lives at 12 Oak Street, Apt 4B with her son.", "ADDRESS", "12 Oak Street, Apt 4B"),
+        ("Boston, MA 02118", "ZIP", "02118"),
+        ("Write to jane.doe@example.com today.", "EMAIL", "jane.doe@example.com"),
+        ("Photos at https://photos.example.com/u/jdoe", "URL", "https://photos.example.com/u/jdoe"),
+        ("Login from 203.0.113.7 was blocked.", "IP", "203.0.113.7"),
+        ("VIN 1HGCM82633A004352 on the claim.", "VEHICLE", "1HGCM82633A004352"),
+        ("License plate 7ABC123 seen by EMS.", "VEHICLE", "7ABC123"),
+        ("Pacemaker serial number PJN123456.", "DEVICE", "PJN123456"),
+        ("Mr. Okafor was seen today.", "NAME", "Okafor"),
+        ("Patient: Maria Lopez", "NAME", "Maria Lopez"),
+        ("Accompanied by his daughter, Aisha Haddad.", "NAME", "Aisha Haddad"),
+        ("Electronically signed by James Whitfield, MD", "NAME", "James Whitfield"),
+    ],
+)
 def test_formats_are_found(text, kind, value):
     found = [(t, text[a:b]) for t, a, b in phi.scan_text(text)]
     assert (kind, value) in found, found
@@ -175,7 +182,7 @@ def test_findings_carry_no_text(planted):
         for _kind, s, e in note["spans"]:
             assert note["text"][s:e] not in dumped
     first = findings[0]
-    assert planted[first.row - 1]["text"][first.start:first.end]  # row numbers count from 1
+    assert planted[first.row - 1]["text"][first.start : first.end]  # row numbers count from 1
     assert phi.count_by_type(findings) == dict(Counter(f.type for f in findings))
 
 
@@ -185,9 +192,21 @@ def test_empty_and_odd_input():
     assert phi.scan_records([{"instruction": "", "input": "", "output": ""}]) == []
 
 
-@pytest.mark.parametrize("text", ["1.2.3.4.5.6.7.8.9." * 3000, "a" * 50000, "abcdef0123:" * 5000, "a@" * 25000,
-                                  "www." * 12000, "http://" + "a." * 25000, "Mr. " * 12000, "Name: " * 8000,
-                                  "(617) 555-0143 " * 3000, "Dr. A1 B2-C3 MRN: 12-34-56-78-90-12 " * 1500])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.2.3.4.5.6.7.8.9." * 3000,
+        "a" * 50000,
+        "abcdef0123:" * 5000,
+        "a@" * 25000,
+        "www." * 12000,
+        "http://" + "a." * 25000,
+        "Mr. " * 12000,
+        "Name: " * 8000,
+        "(617) 555-0143 " * 3000,
+        "Dr. A1 B2-C3 MRN: 12-34-56-78-90-12 " * 1500,
+    ],
+)
 def test_long_odd_text_is_scanned_in_linear_time(text):
     t = time.perf_counter()
     phi.scan_text(text)

@@ -2,6 +2,7 @@
 `medtune` command shown parses, links between pages resolve, the configuration reference (docs/configuration.md)
 lists every key with its current default, and the refusal table (docs/reliability.md) lists every case that
 tests/test_refusals.py checks."""
+
 import os
 import re
 import shlex
@@ -48,7 +49,7 @@ def medtune_args(cmd: list[str]) -> list[str] | None:
         return cmd[1:]
     for i in range(len(cmd) - 1):
         if cmd[i] == "-m" and cmd[i + 1] == "medtune":
-            return cmd[i + 2:]
+            return cmd[i + 2 :]
     return None
 
 
@@ -79,13 +80,18 @@ def test_readme_quick_start_trains_and_generates(tmp_path):
     line = next(ln for ln in bash_blocks(README)[0].splitlines() if ln.startswith("medtune train"))
     train, generate = (medtune_args(c) for c in commands(line))
     out = str(tmp_path / "tiny")
-    train = [out if a == "runs/tiny" else a for a in train] + ["--set", "train.max_steps=2",
-                                                               "--set", "train.report_to=none"]
+    train = [out if a == "runs/tiny" else a for a in train] + [
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.report_to=none",
+    ]
     generate = [out if a == "runs/tiny" else a for a in generate] + ["--max-new-tokens", "5"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     for args in (train, generate):
-        p = subprocess.run([sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=300,
-                           cwd=ROOT, env=env)
+        p = subprocess.run(
+            [sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+        )
         assert p.returncode == 0, (args, p.stderr[-2000:])
     assert "Not medical advice" in p.stdout
 
@@ -104,8 +110,9 @@ def test_shown_commands_parse(page, args):
 
 
 def test_readme_commands_cover_the_main_commands():
-    shown = {args[0] if args[0] != "data" else "data audit" for page, args in shown_medtune_commands()
-             if page == "README.md"}
+    shown = {
+        args[0] if args[0] != "data" else "data audit" for page, args in shown_medtune_commands() if page == "README.md"
+    }
     assert {"train", "data audit", "eval", "generate", "merge", "export", "serve"} <= shown
 
 

@@ -1,5 +1,6 @@
 """Every bad input of tests/refusals.py gives one line on stderr (`medtune: error: ...`), exit 2, no traceback, and
 leaves no folder that blocks a rerun."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,9 +18,19 @@ def places(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("refusals")
     run = base / "run"
-    training.run(load_config(refusals.ROOT / "configs" / "tiny-cpu.yaml",
-                             ["train.max_steps=2", "train.save_steps=100", "train.eval_steps=100",
-                              "train.report_to=none", "data.max_records=40"], output_dir=str(run)))
+    training.run(
+        load_config(
+            refusals.ROOT / "configs" / "tiny-cpu.yaml",
+            [
+                "train.max_steps=2",
+                "train.save_steps=100",
+                "train.eval_steps=100",
+                "train.report_to=none",
+                "data.max_records=40",
+            ],
+            output_dir=str(run),
+        )
+    )
     merge(run, base / "merged")
     scratch = base / "scratch"
     scratch.mkdir()
@@ -50,8 +61,17 @@ def test_an_fsdp_launch_is_refused(monkeypatch, capsys, tmp_path):
     before any model loads (FSDP is untested; on CPU accelerate would quietly run DDP)."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     out = tmp_path / "out"
-    rc = main(["train", "--config", str(refusals.ROOT / "configs" / "tiny-cpu.yaml"), "--output-dir", str(out),
-               "--set", "train.report_to=none"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(refusals.ROOT / "configs" / "tiny-cpu.yaml"),
+            "--output-dir",
+            str(out),
+            "--set",
+            "train.report_to=none",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("medtune: error: FSDP is not supported") and "torchrun" in err[0], err

@@ -1,6 +1,7 @@
 """Tiny Llama-architecture models built offline for the architecture and GGUF tests: random weights, medtune's
 own byte-level BPE tokenizer (plus ChatML turn tokens and a chat template), saved as a Hugging Face folder and
 written to a .gguf file with the `gguf` package, the way llama.cpp's converter lays a Llama out."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CHATML = ("{% for message in messages %}"
-          "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 TURN_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
@@ -29,11 +32,24 @@ def chat_tokenizer():
 def make_llama(tok, seed: int = 0, tie: bool = True, **shape):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
+    dims = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+    )
     dims.update(shape)
-    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=tie, **dims)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=tie,
+        **dims,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -69,8 +85,11 @@ def write_gguf(model, tok, path: Path, qtype: str = "F32") -> Path:
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
-    writer.add_rope_freq_base(float(c.rope_parameters["rope_theta"]) if getattr(c, "rope_parameters", None)
-                              else float(getattr(c, "rope_theta", 10000.0)))
+    writer.add_rope_freq_base(
+        float(c.rope_parameters["rope_theta"])
+        if getattr(c, "rope_parameters", None)
+        else float(getattr(c, "rope_theta", 10000.0))
+    )
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_vocab_size(c.vocab_size)
     writer.add_file_type({"F32": 0, "F16": 1, "Q8_0": 7}[qtype])
@@ -83,8 +102,9 @@ def write_gguf(model, tok, path: Path, qtype: str = "F32") -> Path:
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-                            for i in range(len(tokens))])
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    )
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tok.eos_token_id)
     writer.add_eos_token_id(tok.eos_token_id)
@@ -94,8 +114,11 @@ def write_gguf(model, tok, path: Path, qtype: str = "F32") -> Path:
         writer.add_chat_template(tok.chat_template)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
-    kinds = {"F32": gguf.GGMLQuantizationType.F32, "F16": gguf.GGMLQuantizationType.F16,
-             "Q8_0": gguf.GGMLQuantizationType.Q8_0}
+    kinds = {
+        "F32": gguf.GGMLQuantizationType.F32,
+        "F16": gguf.GGMLQuantizationType.F16,
+        "Q8_0": gguf.GGMLQuantizationType.Q8_0,
+    }
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue  # llama.cpp writes output.weight only when it is not the embedding matrix

@@ -1,4 +1,5 @@
 """`python -m medtune ...`, also the entry point for `torchrun -m medtune` and `accelerate launch -m medtune`."""
+
 import sys
 
 from medtune.cli import main

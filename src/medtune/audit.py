@@ -6,6 +6,7 @@ behave as in `train`, and the split is the one `train` makes (split_records with
 Problems that would stop `train` are reported here, not raised. The outputs (audit.json, audit.md, lengths.png)
 name rows by number (from 1, as in `train`'s messages) and never copy a record's text.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,14 +54,23 @@ log = logging.getLogger("medtune.audit")
 
 # ---------------------------------------------------------------- the audit
 
+
 def _length_stats(lengths: list[int], max_length: int) -> dict:
     if not lengths:
         return {"count": 0}
     a = np.array(lengths)
-    return {"count": len(lengths), "min": int(a.min()), "median": float(np.median(a)),
-            "mean": round(float(a.mean()), 1), "p95": float(np.percentile(a, 95)), "max": int(a.max()),
-            "total_tokens": int(a.sum()), "max_length": max_length, "over_max_length": int((a > max_length).sum()),
-            "over_max_length_share": round(float((a > max_length).mean()), 4)}
+    return {
+        "count": len(lengths),
+        "min": int(a.min()),
+        "median": float(np.median(a)),
+        "mean": round(float(a.mean()), 1),
+        "p95": float(np.percentile(a, 95)),
+        "max": int(a.max()),
+        "total_tokens": int(a.sum()),
+        "max_length": max_length,
+        "over_max_length": int((a > max_length).sum()),
+        "over_max_length_share": round(float((a > max_length).mean()), 4),
+    }
 
 
 def _histogram_png(lengths: list[int], max_length: int, title: str) -> bytes:
@@ -126,8 +136,11 @@ def _exact_duplicates(valid: list[tuple[int, dict]]) -> tuple[dict, list[dict]]:
     answers: dict[str, set] = defaultdict(set)
     for r in unique:
         answers[question_key(r)].add(tuple(a.strip() for a in answer_texts(r)))
-    return {"exact": n_dups, "exact_examples": dup_pairs[:EXAMPLES],
-            "questions_with_several_answers": sum(len(a) > 1 for a in answers.values())}, unique
+    return {
+        "exact": n_dups,
+        "exact_examples": dup_pairs[:EXAMPLES],
+        "questions_with_several_answers": sum(len(a) > 1 for a in answers.values()),
+    }, unique
 
 
 def _near_duplicates(unique: list[dict], row_of: dict[int, int]) -> dict:
@@ -137,10 +150,15 @@ def _near_duplicates(unique: list[dict], row_of: dict[int, int]) -> dict:
     pairs.sort(key=lambda p: (-p[2], row_of[id(unique[p[0]])]))
     in_pairs = {i for p in pairs for i in p[:2]}
     return {
-        "near": len(pairs), "near_records": len(in_pairs), "near_threshold": NEAR_THRESHOLD,
+        "near": len(pairs),
+        "near_records": len(in_pairs),
+        "near_threshold": NEAR_THRESHOLD,
         "near_method": f"MinHash ({NUM_PERM} permutations, LSH {BANDS} bands) over {SHINGLE}-word shingles",
-        "near_examples": [{"rows": sorted([row_of[id(unique[i])], row_of[id(unique[j])]]), "jaccard": est}
-                          for i, j, est in pairs[:EXAMPLES]]}
+        "near_examples": [
+            {"rows": sorted([row_of[id(unique[i])], row_of[id(unique[j])]]), "jaccard": est}
+            for i, j, est in pairs[:EXAMPLES]
+        ],
+    }
 
 
 def _token_lengths(unique: list[dict], row_of: dict[int, int], cfg: DataConfig, tokenizer) -> tuple[dict, list[int]]:
@@ -158,8 +176,9 @@ def _token_lengths(unique: list[dict], row_of: dict[int, int], cfg: DataConfig, 
     return stats, lengths
 
 
-def _contamination(unique: list[dict], row_of: dict[int, int], cfg: DataConfig,
-                   against: list[str] | None) -> tuple[dict, list[dict]]:
+def _contamination(
+    unique: list[dict], row_of: dict[int, int], cfg: DataConfig, against: list[str] | None
+) -> tuple[dict, list[dict]]:
     """The split `train` makes, and the overlap of the test split and of each `against` file with its train
     split."""
     split: dict = {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "seed": cfg.seed}
@@ -186,12 +205,21 @@ def _phi_findings(records: list[dict], out_dir: Path) -> dict:
 
     findings = scan_phi(records)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "phi_review.json", {
-        "about": "Each finding's key (sha256 of its type and matched text). Copy into 'reviewed' the keys of findings "
-                 "you judged not to be patient information; pass this file as data.phi_reviewed.",
-        "reviewed": [], "findings": [{**f.to_dict(), "key": finding_key(records, f)} for f in findings]})
-    return {"counts": phi.count_by_type(findings), "total": len(findings),
-            "rows": len({f.row for f in findings}), "findings": [f.to_dict() for f in findings]}
+    atomic_write_json(
+        out_dir / "phi_review.json",
+        {
+            "about": "Each finding's key (sha256 of its type and matched text). Copy into 'reviewed' the keys of "
+            "findings you judged not to be patient information; pass this file as data.phi_reviewed.",
+            "reviewed": [],
+            "findings": [{**f.to_dict(), "key": finding_key(records, f)} for f in findings],
+        },
+    )
+    return {
+        "counts": phi.count_by_type(findings),
+        "total": len(findings),
+        "rows": len({f.row for f in findings}),
+        "findings": [f.to_dict() for f in findings],
+    }
 
 
 def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None = None) -> dict:
@@ -209,16 +237,21 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
         "records": len(records),
         "source_rows": source_rows,
     }
-    report["columns"] = {"messages": cfg.chat_column} if cfg.chat_column else \
-        {"instruction": cfg.instruction_column, "input": cfg.input_column, "output": cfg.output_column}
+    report["columns"] = (
+        {"messages": cfg.chat_column}
+        if cfg.chat_column
+        else {"instruction": cfg.instruction_column, "input": cfg.input_column, "output": cfg.output_column}
+    )
     report["invalid"], valid = _invalid_rows(records)
     row_of = {id(r): n for n, r in valid}
 
     report["duplicates"], unique = _exact_duplicates(valid)
     t = time.perf_counter()
     report["duplicates"].update(_near_duplicates(unique, row_of))
-    log.debug(f"audit: duplicates exact {report['duplicates']['exact']:,}, near {report['duplicates']['near']:,} pairs "
-        f"({time.perf_counter() - t:.1f}s)")
+    log.debug(
+        f"audit: duplicates exact {report['duplicates']['exact']:,}, near {report['duplicates']['near']:,} pairs "
+        f"({time.perf_counter() - t:.1f}s)"
+    )
 
     t = time.perf_counter()
     report["tokens"], lengths = _token_lengths(unique, row_of, cfg, tokenizer)
@@ -243,6 +276,7 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
 
 # ---------------------------------------------------------------- summaries
 
+
 def _rows(rows: list) -> str:
     return ", ".join(str(r) for r in rows) if rows else "-"
 
@@ -260,20 +294,26 @@ def summary_lines(a: dict) -> list[str]:
     else:
         lines.append("invalid rows: none")
     d = a["duplicates"]
-    lines.append(f"duplicates: {d['exact']:,} exact (train drops them), {d['near']:,} near-duplicate pairs "
-                 f"(Jaccard >= {d['near_threshold']}) over {d['near_records']:,} records; "
-                 f"{d['questions_with_several_answers']:,} questions with several answers")
+    lines.append(
+        f"duplicates: {d['exact']:,} exact (train drops them), {d['near']:,} near-duplicate pairs "
+        f"(Jaccard >= {d['near_threshold']}) over {d['near_records']:,} records; "
+        f"{d['questions_with_several_answers']:,} questions with several answers"
+    )
     tk = a["tokens"]
     if tk.get("count"):
-        lines.append(f"tokens: min {tk['min']}, median {tk['median']:g}, p95 {tk['p95']:g}, max {tk['max']}; "
-                     f"{tk['over_max_length']:,} longer than max_length {tk['max_length']} "
-                     f"({tk['over_max_length_share']:.1%}, train will {tk['overlong']} them)")
+        lines.append(
+            f"tokens: min {tk['min']}, median {tk['median']:g}, p95 {tk['p95']:g}, max {tk['max']}; "
+            f"{tk['over_max_length']:,} longer than max_length {tk['max_length']} "
+            f"({tk['over_max_length_share']:.1%}, train will {tk['overlong']} them)"
+        )
     if "error" in a["split"]:
         lines.append(f"split: {a['split']['error']}")
     for c in a["contamination"]:
-        lines.append(f"overlap with train, {c['name']}: {c['above_threshold']:,} of {c['records']:,} records share "
-                     f"more than {c['threshold']:.0%} of their {c['ngram']}-grams with train (mean {c['mean']:.3f}, "
-                     f"{c['exact_in_train']:,} exact copies)")
+        lines.append(
+            f"overlap with train, {c['name']}: {c['above_threshold']:,} of {c['records']:,} records share "
+            f"more than {c['threshold']:.0%} of their {c['ngram']}-grams with train (mean {c['mean']:.3f}, "
+            f"{c['exact_in_train']:,} exact copies)"
+        )
     p = a["phi"]
     if p["total"]:
         kinds = ", ".join(f"{k} {v}" for k, v in p["counts"].items())
@@ -296,30 +336,44 @@ def render_markdown(a: dict) -> str:
     else:
         out.append("None.")
     d = a["duplicates"]
-    out += ["", "## Duplicates", "", f"Exact duplicates: {d['exact']} (row pairs: "
-            f"{'; '.join(f'{x}-{y}' for x, y in d['exact_examples']) or '-'}).", "",
-            f"Near duplicates ({d['near_method']}, estimated Jaccard >= {d['near_threshold']}): {d['near']} pairs.", ""]
+    out += [
+        "",
+        "## Duplicates",
+        "",
+        f"Exact duplicates: {d['exact']} (row pairs: {'; '.join(f'{x}-{y}' for x, y in d['exact_examples']) or '-'}).",
+        "",
+        f"Near duplicates ({d['near_method']}, estimated Jaccard >= {d['near_threshold']}): {d['near']} pairs.",
+        "",
+    ]
     if d["near_examples"]:
         out += ["| rows | Jaccard |", "|---|---:|"]
         out += [f"| {e['rows'][0]}, {e['rows'][1]} | {e['jaccard']:.2f} |" for e in d["near_examples"]]
     tk = a["tokens"]
     out += ["", "## Token lengths", "", "![token lengths](lengths.png)", ""]
     if tk.get("count"):
-        out += ["| min | median | mean | p95 | max | over max_length |", "|---:|---:|---:|---:|---:|---:|",
-                f"| {tk['min']} | {tk['median']:g} | {tk['mean']:g} | {tk['p95']:g} | {tk['max']} | "
-                f"{tk['over_max_length']} (rows {_rows(tk['over_max_length_rows'])}) |"]
+        out += [
+            "| min | median | mean | p95 | max | over max_length |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {tk['min']} | {tk['median']:g} | {tk['mean']:g} | {tk['p95']:g} | {tk['max']} | "
+            f"{tk['over_max_length']} (rows {_rows(tk['over_max_length_rows'])}) |",
+        ]
     out += ["", "## Overlap with the training split", ""]
     sp = a["split"]
     if "error" in sp:
         out.append(f"No split: {sp['error']}")
     else:
-        out.append(f"Split as `train` makes it (val {sp['val_fraction']}, test {sp['test_fraction']}, seed "
-                   f"{sp['seed']}): train {sp.get('train', 0)}, validation {sp.get('validation', 0)}, test "
-                   f"{sp.get('test', 0)}. Containment = share of a record's {NGRAM}-word n-grams found in train.")
+        out.append(
+            f"Split as `train` makes it (val {sp['val_fraction']}, test {sp['test_fraction']}, seed "
+            f"{sp['seed']}): train {sp.get('train', 0)}, validation {sp.get('validation', 0)}, test "
+            f"{sp.get('test', 0)}. Containment = share of a record's {NGRAM}-word n-grams found in train."
+        )
     for c in a["contamination"]:
         ex = "; ".join(f"row {e['row']} ({e['containment']:.2f})" for e in c["examples"]) or "-"
-        out += ["", f"**{c['name']}**: {c['records']} records, {c['above_threshold']} above {c['threshold']}, "
-                    f"mean {c['mean']:.3f}, {c['exact_in_train']} exact copies. Highest: {ex}."]
+        out += [
+            "",
+            f"**{c['name']}**: {c['records']} records, {c['above_threshold']} above {c['threshold']}, "
+            f"mean {c['mean']:.3f}, {c['exact_in_train']} exact copies. Highest: {ex}.",
+        ]
     p = a["phi"]
     out += ["", "## Protected health information", ""]
     if p["total"]:

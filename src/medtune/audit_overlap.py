@@ -1,6 +1,7 @@
 """Overlap measures for the data audit (medtune.audit): near duplicates by MinHash with LSH banding over word
 shingles, and containment of evaluation records' word n-grams in the training split (contamination). Hashes are
 stable across processes (blake2b), so results do not depend on PYTHONHASHSEED."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ _WORDS = re.compile(r"\w+")
 
 
 # ---------------------------------------------------------------- hashing helpers
+
 
 class _WordHasher:
     """Stable 64-bit hashes of words (blake2b, so the same in every process), cached."""
@@ -64,6 +66,7 @@ def _content_key(r: dict) -> str:
 
 
 # ---------------------------------------------------------------- near duplicates (MinHash + LSH)
+
 
 def _minhash(shingle_sets: list[np.ndarray], seed: int = 1) -> np.ndarray:
     """MinHash signatures (one row per set, NUM_PERM columns) with multiply-shift hashes h -> (a*h + b) >> 32."""
@@ -114,7 +117,7 @@ def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_THRESHOLD) ->
     candidates: set[tuple[int, int]] = set()
     for band in range(BANDS):
         buckets: dict[bytes, list[int]] = defaultdict(list)
-        block = np.ascontiguousarray(sigs[:, band * rows:(band + 1) * rows])
+        block = np.ascontiguousarray(sigs[:, band * rows : (band + 1) * rows])
         for i in range(len(texts)):
             if len(sets[i]):
                 buckets[block[i].tobytes()].append(i)
@@ -124,8 +127,9 @@ def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_THRESHOLD) ->
             if len(members) > 50:  # a crowded bucket: compare with its first member only (keeps it linear)
                 candidates.update((members[0], m) for m in members[1:])
             else:
-                candidates.update((members[x], members[y]) for x in range(len(members))
-                                  for y in range(x + 1, len(members)))
+                candidates.update(
+                    (members[x], members[y]) for x in range(len(members)) for y in range(x + 1, len(members))
+                )
     pairs = []
     for i, j in sorted(candidates):
         est = float(np.mean(sigs[i] == sigs[j]))
@@ -135,6 +139,7 @@ def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_THRESHOLD) ->
 
 
 # ---------------------------------------------------------------- contamination
+
 
 def containment(eval_records: list[dict], train_records: list[dict], n: int = NGRAM) -> dict:
     """Share of each eval record's word n-grams that also occur in the train records. N-grams found in more than 1%

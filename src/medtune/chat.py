@@ -22,14 +22,14 @@ without one) medtune's plain template, the alpaca style extended to turns:
     ### User:
     ...
 """
+
 from __future__ import annotations
 
 from medtune.errors import MedtuneError
 
 COLUMNS = ("messages", "conversations")  # detected when the data has no instruction/input/output columns
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
-PREAMBLE = ("Below is a conversation between a user and an assistant. "
-            "Write the assistant's next response.\n\n")
+PREAMBLE = "Below is a conversation between a user and an assistant. Write the assistant's next response.\n\n"
 HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
 _MARK = "MEDTUNEANSWER{}TEXT"  # stands in for an assistant turn while a chat template is rendered
 
@@ -95,7 +95,7 @@ def training_turns(turns: list[dict], system_prompt: str | None) -> list[dict]:
     """The turns as trained: `system_prompt` first when the record has no system turn of its own; nothing after
     the last assistant turn (no answer to learn there)."""
     last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
-    turns = turns[:last + 1]
+    turns = turns[: last + 1]
     if system_prompt and not any(t["role"] == "system" for t in turns):
         turns = [{"role": "system", "content": system_prompt}] + turns
     return turns
@@ -120,21 +120,26 @@ def plain_segments(turns: list[dict], generation_prompt: bool = False) -> list[t
 def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
     """The tokenizer's chat template applied to `messages`, as text; a failure is one clear error."""
     if not getattr(tokenizer, "chat_template", None):
-        raise MedtuneError("data.prompt_format=chat, but the tokenizer has no chat template; "
-                           "use data.prompt_format=template")
+        raise MedtuneError(
+            "data.prompt_format=chat, but the tokenizer has no chat template; use data.prompt_format=template"
+        )
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as e:
-        raise MedtuneError(f"the tokenizer's chat template failed: {(str(e).splitlines() or [type(e).__name__])[0]}"
-                           " (use data.prompt_format=template)") from None
+        raise MedtuneError(
+            f"the tokenizer's chat template failed: {(str(e).splitlines() or [type(e).__name__])[0]}"
+            " (use data.prompt_format=template)"
+        ) from None
 
 
 def template_segments(turns: list[dict], tokenizer) -> list[tuple[str, bool]]:
     """The tokenizer's chat template as (text, is_answer) segments, the turns ending with an assistant turn. The
     template is rendered once with a marker in place of each answer; the text that follows an answer loses its
     leading end-of-turn token, which the encoder puts after the answer itself (as EOS: see setup_prompt_format)."""
-    messages = [{"role": t["role"], "content": _MARK.format(i) if t["role"] == "assistant" else t["content"]}
-                for i, t in enumerate(turns)]
+    messages = [
+        {"role": t["role"], "content": _MARK.format(i) if t["role"] == "assistant" else t["content"]}
+        for i, t in enumerate(turns)
+    ]
     rest = render(tokenizer, messages, generation_prompt=False)
     segments: list[tuple[str, bool]] = []
     for i, t in enumerate(turns):
@@ -142,9 +147,11 @@ def template_segments(turns: list[dict], tokenizer) -> list[tuple[str, bool]]:
             continue
         before, found, rest = rest.partition(_MARK.format(i))
         if not found:
-            raise MedtuneError("the tokenizer's chat template does not show an assistant's message verbatim; "
-                               "use data.prompt_format=template")
+            raise MedtuneError(
+                "the tokenizer's chat template does not show an assistant's message verbatim; "
+                "use data.prompt_format=template"
+            )
         if segments and tokenizer.eos_token and before.startswith(tokenizer.eos_token):
-            before = before[len(tokenizer.eos_token):]
+            before = before[len(tokenizer.eos_token) :]
         segments += [(before, False), (t["content"].strip(), True)]
     return segments

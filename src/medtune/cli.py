@@ -1,6 +1,7 @@
 """The `medtune` command: a thin layer over the stage modules. User errors: one line on stderr, exit 2. A signal
 (SIGTERM, SIGINT, SIGUSR1): one line, exit 128 + its number (medtune.stopping). Nothing heavy is imported before
 the checks that need no model have passed, so that a refusal takes about a second."""
+
 from __future__ import annotations
 
 import argparse
@@ -112,8 +113,11 @@ def _eval_at_end(cfg) -> None:
 
     signum = stopping.requested()
     if signum:  # the signal came as the run wrote its files: they are complete; stop before the evaluation
-        raise stopping.Stopped(signum, f"training finished; eval skipped on {stopping.name(signum)} (run it with: "
-                                       f"medtune eval {cfg.output_dir})", resumable=False)
+        raise stopping.Stopped(
+            signum,
+            f"training finished; eval skipped on {stopping.name(signum)} (run it with: medtune eval {cfg.output_dir})",
+            resumable=False,
+        )
     evaluate.run(cfg.output_dir)
 
 
@@ -187,8 +191,15 @@ def cmd_generate(a):
         print(f"wrote {len(rows)} answers to {a.output}\n{NOTICE}")
         return
     print(f"Q: {a.question}\nA: ", end="", flush=True)
-    result = answer(model, tok, a.question, cfg.data, cfg.generate, context=ctx,
-                    on_text=lambda text: print(text, end="", flush=True))
+    result = answer(
+        model,
+        tok,
+        a.question,
+        cfg.data,
+        cfg.generate,
+        context=ctx,
+        on_text=lambda text: print(text, end="", flush=True),
+    )
     if result["stop_reason"] == "length":
         print(f"\n[stopped at max_new_tokens={cfg.generate.max_new_tokens}]")
     elif result["stop_reason"] == "loop":
@@ -204,8 +215,14 @@ def cmd_eval(a):
         _quiet_ml()
         from medtune import evaluate
 
-        evaluate.run(a.run_dir, data=a.data, split=a.split, num_samples=a.num_samples,
-                     greedy=True if a.greedy else False if a.sample else None, benchmarks=a.benchmark)
+        evaluate.run(
+            a.run_dir,
+            data=a.data,
+            split=a.split,
+            num_samples=a.num_samples,
+            greedy=True if a.greedy else False if a.sample else None,
+            benchmarks=a.benchmark,
+        )
 
 
 def cmd_audit(a):
@@ -228,8 +245,10 @@ def cmd_audit(a):
     findings = rundir.read_json(out / "phi_review.json", required=True)["findings"]
     reviewed = data.reviewed_findings(cfg.data.phi_reviewed)
     blocking = [f for f in findings if f["key"] not in reviewed]
-    print(f"PHI guard (data.phi={cfg.data.phi}): {len(findings) - len(blocking)} findings already reviewed; "
-          + (f"`train` would act on {len(blocking)}" if blocking else "`train` passes"))
+    print(
+        f"PHI guard (data.phi={cfg.data.phi}): {len(findings) - len(blocking)} findings already reviewed; "
+        + (f"`train` would act on {len(blocking)}" if blocking else "`train` passes")
+    )
     print(f"audit: {out / 'audit.md'}, {out / 'audit.json'}, {out / 'phi_review.json'}")
 
 
@@ -287,21 +306,33 @@ def cmd_serve(a):
     from medtune.serving import server
 
     quiet = not logging.getLogger("medtune").isEnabledFor(logging.INFO)
-    server.serve(a.model_dir, host=a.host, port=a.port, log_level="warning" if quiet else "info",
-                 max_tokens=a.max_tokens,
-                 max_prompt_tokens=a.max_prompt_tokens, queue_size=a.queue_size, max_batch_size=a.max_batch_size,
-                 api_key=a.api_key or os.environ.get("MEDTUNE_API_KEY") or None, insecure=a.insecure)
+    server.serve(
+        a.model_dir,
+        host=a.host,
+        port=a.port,
+        log_level="warning" if quiet else "info",
+        max_tokens=a.max_tokens,
+        max_prompt_tokens=a.max_prompt_tokens,
+        queue_size=a.queue_size,
+        max_batch_size=a.max_batch_size,
+        api_key=a.api_key or os.environ.get("MEDTUNE_API_KEY") or None,
+        insecure=a.insecure,
+    )
 
 
 def _train_parser(sub):
     t = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter")
     t.add_argument("--config", help="YAML preset, e.g. configs/gpt2-lora.yaml")
     t.add_argument("--output-dir", help="where the adapter and run files go (config key output_dir)")
-    t.add_argument("--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> "
-                                   "(config key model.name)")
+    t.add_argument(
+        "--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> (config key model.name)"
+    )
     t.add_argument("--data", help="hub dataset id or a .json/.jsonl/.csv/.parquet file (config key data.source)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the output "
-                                                         "dir (none complete: start over)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in the output dir (none complete: start over)",
+    )
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
     t.add_argument("--help-config", action="store_true", help="list every config key with its type, default and help")
     t.set_defaults(func=cmd_train)
@@ -321,8 +352,12 @@ def _generate_parser(sub):
     g.add_argument("--repetition-penalty", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--greedy", action="store_true")
-    g.add_argument("--system", metavar="TEXT", help="system message (config key data.system_prompt) for runs trained "
-                                                    "in chat format or on chat records; '' for none")
+    g.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="system message (config key data.system_prompt) for runs trained "
+        "in chat format or on chat records; '' for none",
+    )
     g.set_defaults(func=cmd_generate)
 
 
@@ -334,24 +369,41 @@ def _other_parsers(sub):
     e.add_argument("run_dir")
     e.add_argument("--data", help="hub dataset id or local file (default: the split saved by training)")
     e.add_argument("--split", help="which saved split: test or validation (default: config key eval.split)")
-    e.add_argument("--num-samples", type=int, help="questions to generate answers for (default: config key "
-                   "eval.num_samples, 300)")
-    e.add_argument("--greedy", action="store_true", help="greedy decoding without repetition penalty instead of the "
-                                                          "run's generate settings (config key eval.greedy)")
+    e.add_argument(
+        "--num-samples", type=int, help="questions to generate answers for (default: config key eval.num_samples, 300)"
+    )
+    e.add_argument(
+        "--greedy",
+        action="store_true",
+        help="greedy decoding without repetition penalty instead of the "
+        "run's generate settings (config key eval.greedy)",
+    )
     e.add_argument("--sample", action="store_true", help="the run's generate settings, seeded (the default)")
-    e.add_argument("--benchmark", metavar="NAME[=FILE],...", help="multiple-choice benchmarks: medmcqa, medqa, "
-                   "pubmedqa, mmlu_medical (or mmlu_anatomy, ...); NAME=FILE reads a local copy instead of the hub, in "
-                   "the hub's columns or the original release's layout (MedMCQA dev.json, MMLU's header-less CSVs "
-                   "or their data/test folder, PubMedQA ori_pqal.json)")
+    e.add_argument(
+        "--benchmark",
+        metavar="NAME[=FILE],...",
+        help="multiple-choice benchmarks: medmcqa, medqa, "
+        "pubmedqa, mmlu_medical (or mmlu_anatomy, ...); NAME=FILE reads a local copy instead of the hub, in "
+        "the hub's columns or the original release's layout (MedMCQA dev.json, MMLU's header-less CSVs "
+        "or their data/test folder, PubMedQA ori_pqal.json)",
+    )
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
-    au = d.add_parser("audit", help="records, duplicates, lengths, contamination and protected health information of "
-                                    "a data source; writes audit.json, audit.md, lengths.png")
+    au = d.add_parser(
+        "audit",
+        help="records, duplicates, lengths, contamination and protected health information of "
+        "a data source; writes audit.json, audit.md, lengths.png",
+    )
     au.add_argument("source", help="hub dataset id or a .json/.jsonl/.csv/.parquet file (as `train --data`)")
     au.add_argument("--out", help="folder for the audit (default: audit-<name>)")
-    au.add_argument("--against", action="append", default=[], metavar="FILE",
-                    help="an evaluation set to check the train split against (n-gram overlap); repeatable")
+    au.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an evaluation set to check the train split against (n-gram overlap); repeatable",
+    )
     au.add_argument("--config", help="YAML preset: column mapping, split, tokenizer (model.tokenizer / model.name)")
     au.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
     au.set_defaults(func=cmd_audit)
@@ -372,22 +424,33 @@ def _other_parsers(sub):
     s.add_argument("model_dir", help="a training output dir or a merged model dir")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
-    s.add_argument("--max-tokens", type=int, help=f"largest max_tokens a request may ask for (default "
-                                                  f"{SERVE_DEFAULTS.max_tokens})")
+    s.add_argument(
+        "--max-tokens", type=int, help=f"largest max_tokens a request may ask for (default {SERVE_DEFAULTS.max_tokens})"
+    )
     s.add_argument("--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the model's context)")
-    s.add_argument("--queue-size", type=int, help=f"requests queued or running before 429 busy (default "
-                                                  f"{SERVE_DEFAULTS.queue_size})")
-    s.add_argument("--max-batch-size", type=int, help=f"requests decoded together, continuously batched (default "
-                                                      f"{SERVE_DEFAULTS.max_batch_size}; 1: one at a time)")
-    s.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health "
-                                     "(default: env MEDTUNE_API_KEY)")
+    s.add_argument(
+        "--queue-size",
+        type=int,
+        help=f"requests queued or running before 429 busy (default {SERVE_DEFAULTS.queue_size})",
+    )
+    s.add_argument(
+        "--max-batch-size",
+        type=int,
+        help=f"requests decoded together, continuously batched (default "
+        f"{SERVE_DEFAULTS.max_batch_size}; 1: one at a time)",
+    )
+    s.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on every route but /health (default: env MEDTUNE_API_KEY)",
+    )
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
     s.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medtune",
-                                description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA.")
+    p = argparse.ArgumentParser(
+        prog="medtune", description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA."
+    )
     talk = p.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     talk.add_argument("-v", "--verbose", action="store_true", help="debug lines too, and the ML libraries' warnings")

@@ -1,4 +1,5 @@
 """Run configuration: dataclasses loaded from YAML, overridable with `section.key=value`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,27 +51,60 @@ def opt(default, help: str, **kw):
 
 
 Quantization = Literal["none", "8bit", "4bit"]
-Optimizer = Literal["auto", "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
-                    "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit",
-                    "paged_lion_8bit", "lion_32bit"]
-Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                    "inverse_sqrt"]
+Optimizer = Literal[
+    "auto",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adafactor",
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "lion_8bit",
+    "paged_lion_8bit",
+    "lion_32bit",
+]
+Scheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+]
 Speedup = Literal["gelu", "norms", "varlen", "chunked_loss"]
 # transformers' reporting integrations (medtune.training.trackers knows their packages); kubeflow (a server, not a
 # package) is left out
-Tracker = Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "trackio", "clearml", "dvclive", "neptune",
-                  "swanlab", "codecarbon", "azure_ml", "dagshub", "flyte"]
+Tracker = Literal[
+    "none",
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "comet_ml",
+    "trackio",
+    "clearml",
+    "dvclive",
+    "neptune",
+    "swanlab",
+    "codecarbon",
+    "azure_ml",
+    "dagshub",
+    "flyte",
+]
 
 
 @dataclass
 class ModelConfig:
-    name: str = opt("gpt2", "hub id, local folder, a .gguf file, or random:<tiny|distilgpt2|gpt2|gpt2-medium|"
-                            "gpt2-large|gpt2-xl> (random weights, built offline)")
-    tokenizer: str | None = opt(None, "tokenizer folder or hub id (default: the model's own); builtin:tiny is "
-                                      "medtune's offline one")
+    name: str = opt(
+        "gpt2",
+        "hub id, local folder, a .gguf file, or random:<tiny|distilgpt2|gpt2|gpt2-medium|"
+        "gpt2-large|gpt2-xl> (random weights, built offline)",
+    )
+    tokenizer: str | None = opt(
+        None, "tokenizer folder or hub id (default: the model's own); builtin:tiny is medtune's offline one"
+    )
     quantization: Quantization = opt("none", "none, 8bit (CUDA), or 4bit: QLoRA's NF4 with double quantization")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "weights of a non-quantized base (auto: bf16 on a capable GPU, else float32)")
+        "auto", "weights of a non-quantized base (auto: bf16 on a capable GPU, else float32)"
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = opt("sdpa", "attention kernel")
     lora_r: int = opt(16, "LoRA rank", min=1)
     lora_alpha: float = opt(32, "LoRA scaling numerator (scale = alpha / r)", gt=0)
@@ -87,15 +121,20 @@ class DataConfig:
     instruction_column: str = opt("instruction", "column holding the instruction")
     input_column: str = opt("input", "column holding the question / input (may be empty)")
     output_column: str = opt("output", "column holding the answer")
-    chat_column: str | None = opt(None, "column of chat records (turns {role, content} or ShareGPT {from, value}); "
-                                        "unset: a messages or conversations column when the data has no "
-                                        "instruction/input/output columns (training saves the one found)")
-    prompt_format: Literal["template", "chat"] = opt("template", "template: the prompt templates below; chat: the "
-                                                                 "tokenizer's chat template")
+    chat_column: str | None = opt(
+        None,
+        "column of chat records (turns {role, content} or ShareGPT {from, value}); "
+        "unset: a messages or conversations column when the data has no "
+        "instruction/input/output columns (training saves the one found)",
+    )
+    prompt_format: Literal["template", "chat"] = opt(
+        "template", "template: the prompt templates below; chat: the tokenizer's chat template"
+    )
     prompt_template: str = opt(ALPACA_TEMPLATE, "prompt for records with an input ({instruction}, {input})")
     prompt_template_no_input: str = opt(ALPACA_NO_INPUT_TEMPLATE, "prompt for records without an input")
-    system_prompt: str | None = opt(None, "a system message: in chat format, and for chat records that have none "
-                                          "of their own")
+    system_prompt: str | None = opt(
+        None, "a system message: in chat format, and for chat records that have none of their own"
+    )
     chat_prompt: str | None = opt(None, "chat format: the chat template rendered around {user} (set by training)")
     default_instruction: str = opt("Answer this question truthfully", "instruction used for a bare question")
     max_length: int = opt(512, "tokens per example (prompt + answer + EOS); at most the model's context", min=8)
@@ -105,10 +144,12 @@ class DataConfig:
     test_fraction: float = opt(0.05, "share of questions held out for testing", min=0, lt=1)
     max_records: int | None = opt(None, "use only the first N records (quick runs)", min=1)
     seed: int = opt(42, "seed of the split")
-    phi: Literal["error", "warn", "redact", "off"] = opt("error", "protected health information found in the data: "
-                                                                  "stop, warn, replace with [TYPE], or do not check")
-    phi_reviewed: str | None = opt(None, "a JSON file of reviewed findings (`medtune data audit` writes "
-                                         "phi_review.json) that the guard lets pass")
+    phi: Literal["error", "warn", "redact", "off"] = opt(
+        "error", "protected health information found in the data: stop, warn, replace with [TYPE], or do not check"
+    )
+    phi_reviewed: str | None = opt(
+        None, "a JSON file of reviewed findings (`medtune data audit` writes phi_review.json) that the guard lets pass"
+    )
 
 
 @dataclass
@@ -133,14 +174,16 @@ class TrainConfig:
     eval_on_start: bool = opt(False, "validation loss of the untrained adapter at step 0 (the start of the curve)")
     seed: int = opt(42, "seed of the weights' init, dropout and batch order")
     num_workers: int = opt(0, "data loader worker processes", min=0)
-    report_to: list[Tracker] = opt(["tensorboard"], "experiment trackers, one or a list (wandb,mlflow); they get "
-                                                    "the config, the curves and the final metrics; tensorboard "
-                                                    "writes under logs/; none: no tracker")
+    report_to: list[Tracker] = opt(
+        ["tensorboard"],
+        "experiment trackers, one or a list (wandb,mlflow); they get "
+        "the config, the curves and the final metrics; tensorboard "
+        "writes under logs/; none: no tracker",
+    )
     max_memory_gib: float | None = opt(None, "CUDA: choose tokens per batch and checkpointing to fit this peak", gt=0)
     batch_tokens: int | None = opt(None, "with packing: batches of whole examples up to this many tokens", min=1)
     compile: bool = opt(False, "torch.compile the decoder blocks and the loss (CUDA)")
-    neftune_alpha: float | None = opt(None, "NEFTune: noise of this scale on the input embeddings while training",
-                                      gt=0)
+    neftune_alpha: float | None = opt(None, "NEFTune: noise of this scale on the input embeddings while training", gt=0)
     disable: list[Speedup] = opt([], "speed-ups to turn off, for ablations: gelu, norms, varlen, chunked_loss")
 
 
@@ -153,26 +196,36 @@ class GenerateConfig:
     repetition_penalty: float = opt(1.1, "divide the logits of tokens already present (1: off)", gt=0, max=10)
     min_p: float = opt(0.0, "drop tokens less likely than min_p x the most likely one (0: off)", min=0, lt=1)
     no_repeat_ngram: int = opt(0, "never repeat an n-gram of this size within an answer (0: off)", min=0)
-    loop_guard: int = opt(32, "stop an answer once half the 4-grams of its last N tokens repeat earlier ones, and cut "
-                              "the repeats (0: off)", min=0)
+    loop_guard: int = opt(
+        32,
+        "stop an answer once half the 4-grams of its last N tokens repeat earlier ones, and cut the repeats (0: off)",
+        min=0,
+    )
     greedy: bool = opt(False, "greedy decoding instead of sampling")
     seed: int = opt(42, "sampling seed (answers are reproducible)", min=0)
 
 
 @dataclass
 class EvalConfig:
-    num_samples: int = opt(300, "questions to generate answers for (300: a ROUGE-L interval of about +-0.015)",
-                           min=0)
-    max_new_tokens: int | None = opt(None, "most tokens per generated answer (None: 512, or more when the reference "
-                                           "answers are longer; always within the model's context)", min=1,
-                                     max=100_000)
+    num_samples: int = opt(300, "questions to generate answers for (300: a ROUGE-L interval of about +-0.015)", min=0)
+    max_new_tokens: int | None = opt(
+        None,
+        "most tokens per generated answer (None: 512, or more when the reference "
+        "answers are longer; always within the model's context)",
+        min=1,
+        max=100_000,
+    )
     batch_size: int = opt(64, "questions per generation batch (and records per loss batch)", min=1)
     split: Literal["test", "validation"] = opt("test", "saved split to evaluate on")
-    greedy: bool = opt(False, "false: decode like `medtune generate` (the run's generate settings, seeded); "
-                              "true: greedy decoding without repetition penalty")
+    greedy: bool = opt(
+        False,
+        "false: decode like `medtune generate` (the run's generate settings, seeded); "
+        "true: greedy decoding without repetition penalty",
+    )
     bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals", min=0)
-    benchmark_limit: int | None = opt(None, "questions per multiple-choice benchmark (a seeded subset; None: all)",
-                                      min=1)
+    benchmark_limit: int | None = opt(
+        None, "questions per multiple-choice benchmark (a seeded subset; None: all)", min=1
+    )
 
 
 @dataclass
@@ -298,8 +351,12 @@ def _check_bounds(obj, prefix: str) -> None:
             continue
         if value is None or isinstance(value, (bool, str, list)):
             continue
-        for bound, ok, word in (("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
-                                ("gt", lambda v, b: v > b, ">"), ("lt", lambda v, b: v < b, "<")):
+        for bound, ok, word in (
+            ("min", lambda v, b: v >= b, ">="),
+            ("max", lambda v, b: v <= b, "<="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
             if bound in meta and not ok(value, meta[bound]):
                 raise MedtuneError(f"config key '{key}' must be {word} {meta[bound]}, got {value}")
 
@@ -324,11 +381,14 @@ def validate(cfg: Config) -> None:
         try:
             getattr(d, key).format(instruction="", input="")
         except (KeyError, IndexError, ValueError) as e:
-            raise MedtuneError(f"data.{key} is not a valid template ({type(e).__name__}: {e}); only {{instruction}} "
-                               "and {input} may appear in braces (write {{ and }} for literal braces)") from None
+            raise MedtuneError(
+                f"data.{key} is not a valid template ({type(e).__name__}: {e}); only {{instruction}} "
+                "and {input} may appear in braces (write {{ and }} for literal braces)"
+            ) from None
     if d.chat_prompt and "{user}" not in d.chat_prompt:
-        raise MedtuneError("data.chat_prompt must contain {user} "
-                           "(or leave it empty: training renders the chat template)")
+        raise MedtuneError(
+            "data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)"
+        )
     if not cfg.output_dir.strip():
         raise MedtuneError("output_dir must not be empty")
 
@@ -352,8 +412,14 @@ def help_rows(obj=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
         else:
             shown = str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
         default = value if not isinstance(value, str) or len(value) < 40 else value[:37].replace("\n", " ") + "..."
-        rows.append((f"{prefix}{f.name}", shown, repr(default) if isinstance(default, str) else str(default),
-                     f.metadata.get("help", "")))
+        rows.append(
+            (
+                f"{prefix}{f.name}",
+                shown,
+                repr(default) if isinstance(default, str) else str(default),
+                f.metadata.get("help", ""),
+            )
+        )
     return rows
 
 

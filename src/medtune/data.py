@@ -4,6 +4,7 @@ Records are dicts with the keys instruction / input / output, or chat records {"
 (medtune.chat). Labels mask the prompt (completion-only loss) and always keep the EOS token that ends every answer
 (every assistant turn of a chat record); padding is masked by position, never by token id (GPT-2 pads with its EOS id).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ log = logging.getLogger("medtune.data")
 
 
 # ---------------------------------------------------------------- loading
+
 
 def parse_json_lines(text: str, path: str | Path) -> list:
     """The values of JSON Lines text, one a line (blank lines skipped; split on "\\n" only: files.split_lines).
@@ -60,8 +62,12 @@ def read_table(path: Path) -> list[dict]:
             rows = parse_json_lines(read_text(path), path)
         elif suffix in (".csv", ".parquet"):
             import pandas as pd
-            df = pd.read_csv(io.StringIO(read_text(path)), dtype=object, keep_default_na=False) if suffix == ".csv" \
+
+            df = (
+                pd.read_csv(io.StringIO(read_text(path)), dtype=object, keep_default_na=False)
+                if suffix == ".csv"
                 else pd.read_parquet(path)
+            )
             rows = df.to_dict(orient="records")
         else:
             raise MedtuneError(f"{path}: unsupported data file type '{suffix}' (use .json, .jsonl, .csv or .parquet)")
@@ -85,6 +91,7 @@ def load_hub(source: str, name: str | None = None, split: str = "train") -> list
 
     try:
         import datasets
+
         if hub_reachable():
             ds = datasets.load_dataset(source, name, split=split)
         else:  # offline: only the local cache can serve it
@@ -97,8 +104,9 @@ def load_hub(source: str, name: str | None = None, split: str = "train") -> list
         raise
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MedtuneError(f"cannot load dataset '{source}' from the Hugging Face hub "
-                           f"(offline, or no such dataset?): {msg[:200]}") from None
+        raise MedtuneError(
+            f"cannot load dataset '{source}' from the Hugging Face hub (offline, or no such dataset?): {msg[:200]}"
+        ) from None
     return [dict(r) for r in ds]
 
 
@@ -146,13 +154,16 @@ def map_columns(rows: list[dict], cfg: DataConfig, source: str = "data") -> list
         return [{"messages": r.get(column)} for r in rows]
     missing = [f"{k} (column '{v}')" for k, v in names.items() if v not in present]
     if missing:
-        raise MedtuneError(f"{source}: missing column(s) {', '.join(missing)}; found {sorted(present)}; "
-                           "map names with --set data.input_column=... etc. (chat records: a 'messages' or "
-                           "'conversations' column, or data.chat_column)")
+        raise MedtuneError(
+            f"{source}: missing column(s) {', '.join(missing)}; found {sorted(present)}; "
+            "map names with --set data.input_column=... etc. (chat records: a 'messages' or "
+            "'conversations' column, or data.chat_column)"
+        )
     return [{k: r.get(v) for k, v in names.items()} for r in rows]
 
 
 # ---------------------------------------------------------------- validation
+
 
 def _rows_text(rows: list[int]) -> str:
     shown = ", ".join(str(r) for r in rows[:10])
@@ -203,14 +214,21 @@ def drop_duplicates(records: list[dict]) -> tuple[list[dict], int]:
 
 def _refuse(source: str, problems: list[tuple[int, str, str]]) -> None:
     """One error naming the rows of the first kind of problem found."""
-    kinds = [("type:", "non-string values in rows {rows} (first: row {n} field '{k}' is {p})"),
-             ("role:", "unknown role in rows {rows} (first: row {n} {k} has role {p}; roles are system, user or "
-                       "human, assistant or gpt)"),
-             ("empty", "empty or whitespace-only fields in rows {rows} (first: row {n} field '{k}')"),
-             ("no assistant turn", "no assistant turn in rows {rows}: a chat record needs at least one answer to "
-                                   "learn from")]
+    kinds = [
+        ("type:", "non-string values in rows {rows} (first: row {n} field '{k}' is {p})"),
+        (
+            "role:",
+            "unknown role in rows {rows} (first: row {n} {k} has role {p}; roles are system, user or "
+            "human, assistant or gpt)",
+        ),
+        ("empty", "empty or whitespace-only fields in rows {rows} (first: row {n} field '{k}')"),
+        (
+            "no assistant turn",
+            "no assistant turn in rows {rows}: a chat record needs at least one answer to learn from",
+        ),
+    ]
     for prefix, text in kinds:
-        found = [(n, k, p[len(prefix):]) for n, k, p in problems if p.startswith(prefix)]
+        found = [(n, k, p[len(prefix) :]) for n, k, p in problems if p.startswith(prefix)]
         if found:
             n, k, p = found[0]
             raise MedtuneError(f"{source}: " + text.format(rows=_rows_text([f[0] for f in found]), n=n, k=k, p=p))
@@ -225,6 +243,7 @@ def validate_records(records: list[dict], source: str = "data") -> tuple[list[di
 
 
 # ---------------------------------------------------------------- split
+
 
 def question_key(r: dict) -> str:
     """The question a record asks, normalised (case, spacing, stray space before '?'); a chat record's is its first
@@ -249,7 +268,7 @@ def split_records(records: list[dict], val_fraction: float, test_fraction: float
         n_val = max(n_val, 1)
     if n_test + n_val >= n:
         raise MedtuneError(f"only {n} distinct questions: too few for validation and test splits")
-    parts = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    parts = {"test": order[:n_test], "validation": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
     return {name: [r for k in keys for r in groups[k]] for name, keys in parts.items()}
 
 
@@ -276,8 +295,9 @@ def render_chat_prompt(tokenizer, cfg: DataConfig) -> str:
     prompt first) and the opening of the assistant's turn, ready for str.format(user=...)."""
     text = _apply_chat(tokenizer, cfg, _USER_MARK)
     if text.count(_USER_MARK) != 1:
-        raise MedtuneError("the tokenizer's chat template does not show the user's message verbatim; "
-                           "use data.prompt_format=template")
+        raise MedtuneError(
+            "the tokenizer's chat template does not show the user's message verbatim; use data.prompt_format=template"
+        )
     return text.replace("{", "{{").replace("}", "}}").replace(_USER_MARK, "{user}")
 
 
@@ -306,12 +326,15 @@ def setup_prompt_format(cfg: DataConfig, tokenizer) -> None:
         cfg.chat_prompt = render_chat_prompt(tokenizer, cfg)
     end = chat_end_of_turn_id(tokenizer, cfg)
     if end is None:
-        log.info(f"data: the chat template closes a turn with no special token; answers end with EOS "
-            f"{tokenizer.eos_token!r}")
+        log.info(
+            f"data: the chat template closes a turn with no special token; answers end with EOS {tokenizer.eos_token!r}"
+        )
     elif end != tokenizer.eos_token_id:
         token = tokenizer.convert_ids_to_tokens(end)
-        log.info(f"data: chat format; answers end with the template's end-of-turn token {token!r} "
-            f"(EOS was {tokenizer.eos_token!r}), and generation stops there")
+        log.info(
+            f"data: chat format; answers end with the template's end-of-turn token {token!r} "
+            f"(EOS was {tokenizer.eos_token!r}), and generation stops there"
+        )
         tokenizer.eos_token = token
 
 
@@ -352,13 +375,16 @@ def format_prompt(r: dict, cfg: DataConfig, tokenizer=None) -> str:
         template = cfg.chat_prompt
         if not template:
             if tokenizer is None:
-                raise MedtuneError("data.prompt_format=chat: the chat template has not been rendered "
-                                   "(data.chat_prompt is empty and no tokenizer was given)")
+                raise MedtuneError(
+                    "data.prompt_format=chat: the chat template has not been rendered "
+                    "(data.chat_prompt is empty and no tokenizer was given)"
+                )
             template = render_chat_prompt(tokenizer, cfg)
         return template.format(user=user)
     if cfg.chat_column:
-        turns = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + \
-            [{"role": "user", "content": user}]
+        turns = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+            {"role": "user", "content": user}
+        ]
         return "".join(text for text, _ in chat.plain_segments(turns, generation_prompt=True))
     instruction = (r.get("instruction") or cfg.default_instruction).strip()
     inp = (r.get("input") or "").strip()
@@ -372,8 +398,10 @@ def _pieces(r: dict, tokenizer, cfg: DataConfig) -> list[tuple[list[int], bool]]
         segments = _chat_segments(r, cfg, tokenizer)
     else:
         segments = [(format_prompt(r, cfg, tokenizer), False), (r["output"].strip(), True)]
-    return [(tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if answer else []),
-             answer) for text, answer in segments]
+    return [
+        (tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if answer else []), answer)
+        for text, answer in segments
+    ]
 
 
 def encode(r: dict, tokenizer, cfg: DataConfig) -> dict:
@@ -388,6 +416,7 @@ def encode(r: dict, tokenizer, cfg: DataConfig) -> dict:
 
 
 # ---------------------------------------------------------------- evaluation form
+
 
 def encode_prompt(r: dict, tokenizer, cfg: DataConfig) -> list[int]:
     """The prompt of a record's evaluation form as token ids: everything before its (last) answer, exactly as
@@ -423,8 +452,10 @@ def with_system_prompt(cfg: DataConfig, system: str | None, tokenizer=None) -> D
     is cleared for render_chat_prompt); a run trained on chat records with the plain template starts its prompts
     with a System turn. The instruction template has no place for one: refused."""
     if cfg.prompt_format != "chat" and not cfg.chat_column:
-        raise MedtuneError("--system needs a run trained in chat format (data.prompt_format=chat) or on chat "
-                           "records; this run's prompt template has no system message")
+        raise MedtuneError(
+            "--system needs a run trained in chat format (data.prompt_format=chat) or on chat "
+            "records; this run's prompt template has no system message"
+        )
     cfg = dataclasses.replace(cfg, system_prompt=system or None)
     if cfg.prompt_format == "chat":
         cfg.chat_prompt = render_chat_prompt(tokenizer, cfg) if tokenizer is not None else None
@@ -456,8 +487,12 @@ def scan_phi(records: list[dict]) -> list:
     """PHI findings (medtune.phi.Finding) in every text of every record, rows numbered from 1."""
     from medtune import phi
 
-    return [phi.Finding(row, field, t, start, end) for row, r in enumerate(records, 1)
-            for field, text in text_fields(r).items() for t, start, end in phi.scan_text(text)]
+    return [
+        phi.Finding(row, field, t, start, end)
+        for row, r in enumerate(records, 1)
+        for field, text in text_fields(r).items()
+        for t, start, end in phi.scan_text(text)
+    ]
 
 
 def redact_phi(records: list[dict]) -> tuple[list[dict], dict[str, int]]:
@@ -482,7 +517,7 @@ def redact_phi(records: list[dict]) -> tuple[list[dict], dict[str, int]]:
 
 def finding_key(records: list[dict], f) -> str:
     """A finding's identity without its text: sha256 of its type and the matched text."""
-    text = text_fields(records[f.row - 1])[f.field][f.start:f.end]
+    text = text_fields(records[f.row - 1])[f.field][f.start : f.end]
     return hashlib.sha256(f"{f.type}\0{text}".encode()).hexdigest()
 
 
@@ -495,8 +530,9 @@ def reviewed_findings(path: str | None) -> set[str]:
             data = json.loads(read_text(f))
             keys |= {k for k in data["reviewed"] if isinstance(k, str)}
         except (OSError, ValueError, KeyError, TypeError):
-            raise MedtuneError(f"data.phi_reviewed: {f} is not a JSON file with a 'reviewed' list of finding keys") \
-                from None
+            raise MedtuneError(
+                f"data.phi_reviewed: {f} is not a JSON file with a 'reviewed' list of finding keys"
+            ) from None
     return keys
 
 
@@ -513,16 +549,22 @@ def phi_guard(records: list[dict], cfg: DataConfig) -> tuple[list[dict], dict]:
     counts = phi.count_by_type(findings)
     shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
     if cfg.phi == "error":
-        raise MedtuneError(f"{cfg.source}: {len(findings)} possible protected health information findings ({shown}); "
-                           f"see them with `medtune data audit {cfg.source}`, or set data.phi=redact to replace "
-                           "them with [TYPE] placeholders (warn: train anyway)")
+        raise MedtuneError(
+            f"{cfg.source}: {len(findings)} possible protected health information findings ({shown}); "
+            f"see them with `medtune data audit {cfg.source}`, or set data.phi=redact to replace "
+            "them with [TYPE] placeholders (warn: train anyway)"
+        )
     if cfg.phi == "warn":
-        log.warning(f"data: warning: {len(findings)} possible protected health information findings ({shown}); "
-            f"training on them as data.phi=warn says (`medtune data audit {cfg.source}` lists them)")
+        log.warning(
+            f"data: warning: {len(findings)} possible protected health information findings ({shown}); "
+            f"training on them as data.phi=warn says (`medtune data audit {cfg.source}` lists them)"
+        )
         return records, {}
     records, counts = redact_phi(records)
-    log.info(f"data: replaced {sum(counts.values())} possible protected health information findings with placeholders "
-        f"({shown})")
+    log.info(
+        f"data: replaced {sum(counts.values())} possible protected health information findings with placeholders "
+        f"({shown})"
+    )
     return records, {"phi_redacted": counts}
 
 
@@ -530,6 +572,7 @@ def phi_guard(records: list[dict], cfg: DataConfig) -> tuple[list[dict], dict]:
 class Checked:
     """The records read, validated, de-duplicated and PHI-guarded: all that `train` checks about its data without
     a tokenizer (so that `medtune train` refuses a bad file before it imports torch)."""
+
     raw: list[dict]  # as read (the first data.max_records), for row numbers
     records: list[dict]
     duplicates: int
@@ -567,18 +610,23 @@ def prepare(cfg: DataConfig, tokenizer, checked: Checked | None = None) -> Prepa
         if cfg.overlong == "error":
             index = {id(r): n for n, r in enumerate(c.raw, 1)}
             numbers = sorted(index[id(r)] for r in too_long)
-            raise MedtuneError(f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
-                               f"rows {_rows_text(numbers)} (set data.overlong=drop to skip them)")
+            raise MedtuneError(
+                f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
+                f"rows {_rows_text(numbers)} (set data.overlong=drop to skip them)"
+            )
         dropped = len(too_long)
-    log.info(f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
+    log.info(
+        f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
         f"{dropped} longer than {cfg.max_length} tokens dropped; split train/validation/test = "
-        f"{len(encoded['train'])}/{len(encoded['validation'])}/{len(encoded['test'])}")
+        f"{len(encoded['train'])}/{len(encoded['validation'])}/{len(encoded['test'])}"
+    )
     if not encoded["train"]:
         raise MedtuneError("no training records left after validation and length filtering")
     for name, frac in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)):
         if frac > 0 and not encoded[name]:
-            log.warning(f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
+            log.warning(
+                f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
                 f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
-                + ("no validation loss will be computed" if name == "validation"
-                   else "`medtune eval` will need --data"))
+                + ("no validation loss will be computed" if name == "validation" else "`medtune eval` will need --data")
+            )
     return Prepared(splits, encoded, c.duplicates, dropped, c.source_rows, c.extra)

@@ -5,6 +5,7 @@ vLLM loads a Hugging Face folder by itself, without medtune: it picks the model 
 its default sampling settings from generation_config.json, and reads the weights from *.safetensors. Custom model
 code (an `auto_map` entry, .py files) only runs with --trust-remote-code, which a medtune folder must never need.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,15 +46,17 @@ def check_serving_folder(model_dir: str | Path, chat: bool = False) -> list[str]
     else:
         archs = config.get("architectures")
         if not (isinstance(archs, list) and archs and all(isinstance(a, str) and a for a in archs)):
-            problems.append("config.json: architectures (the model class, e.g. [\"GPT2LMHeadModel\"])")
+            problems.append('config.json: architectures (the model class, e.g. ["GPT2LMHeadModel"])')
         if not config.get("model_type"):
             problems.append("config.json: model_type")
         if config.get("auto_map"):
             problems.append("no custom code: config.json has auto_map (needs --trust-remote-code)")
 
-    has_tokenizer = ((folder / "tokenizer.json").is_file()
-                     or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
-                     or (folder / "tokenizer.model").is_file())
+    has_tokenizer = (
+        (folder / "tokenizer.json").is_file()
+        or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+        or (folder / "tokenizer.model").is_file()
+    )
     if not has_tokenizer:
         problems.append(f"tokenizer: {TOKENIZER_FILES}")
     tok_cfg = _json(folder / "tokenizer_config.json")

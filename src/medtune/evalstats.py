@@ -1,4 +1,5 @@
 """Small statistics for `medtune eval`: bootstrap intervals and a gibberish signal."""
+
 from __future__ import annotations
 
 import re

@@ -11,6 +11,7 @@ chunked loss that training uses: only a chunk of logits exists at a time. The ba
 loaded (no LoRA layers in its forward), then the run's adapter is added to it (merged into the weights unless the
 base is quantized) for the tuned numbers. Answers come from the one decoding path (medtune.generate.complete).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,24 +51,30 @@ log = logging.getLogger("medtune.evaluate")
 
 # ---------------------------------------------------------------- inputs
 
+
 def load_eval_records(run: rundir.RunFolder, data: str | None, split: str) -> tuple[list[dict], str]:
     """Records to evaluate on: `data` (a file or hub id with the run's column names) or a split saved by training."""
     if data:
         data_cfg, source = dataclasses.replace(run.config.data, source=str(data)), str(data)
     else:
         if split not in rundir.SPLIT_NAMES:
-            raise MedtuneError(f"--split must be one of {', '.join(rundir.SPLIT_NAMES)} (the splits training saves), "
-                               f"got {split!r}")
+            raise MedtuneError(
+                f"--split must be one of {', '.join(rundir.SPLIT_NAMES)} (the splits training saves), got {split!r}"
+            )
         path = run.split_file(split)
         if not path.is_file():
-            raise MedtuneError(f"{path} not found: this run saved no {split} split; "
-                               "pass --data FILE (or a hub dataset id) to evaluate on")
+            raise MedtuneError(
+                f"{path} not found: this run saved no {split} split; "
+                "pass --data FILE (or a hub dataset id) to evaluate on"
+            )
         data_cfg, source = DataConfig(source=str(path)), str(path)  # saved splits hold instruction / input / output
         if not path.read_text(encoding="utf-8").strip():
             frac = "test_fraction" if split == "test" else "val_fraction"
             other = "validation" if split == "test" else "test"
-            raise MedtuneError(f"the {split} split of this run is empty (data.{frac}="
-                               f"{getattr(run.config.data, frac)}); use --split {other} or --data FILE")
+            raise MedtuneError(
+                f"the {split} split of this run is empty (data.{frac}="
+                f"{getattr(run.config.data, frac)}); use --split {other} or --data FILE"
+            )
     records, _ = validate_records(load_records(data_cfg), source)
     return records, source
 
@@ -101,8 +108,14 @@ def length_batches(lengths: list[int], max_tokens: int, max_rows: int | None = N
 
 
 @torch.no_grad()
-def answer_token_loss(model, encoded: list[dict], pad_token_id: int, max_tokens: int = LOSS_BATCH_TOKENS,
-                      chunk_tokens: int = 1024, use_chunks: bool = True) -> dict:
+def answer_token_loss(
+    model,
+    encoded: list[dict],
+    pad_token_id: int,
+    max_tokens: int = LOSS_BATCH_TOKENS,
+    chunk_tokens: int = 1024,
+    use_chunks: bool = True,
+) -> dict:
     """Sum of cross-entropy over answer tokens (labels != -100, EOS included) and their count, streamed batch by
     batch (batched by length). Returns loss (mean per answer token), perplexity = exp(loss), tokens, records."""
     parts = decoder_and_head(model) if use_chunks else None
@@ -134,12 +147,13 @@ def answer_token_loss(model, encoded: list[dict], pad_token_id: int, max_tokens:
 
 # ---------------------------------------------------------------- generation metrics
 
+
 def repeated_ngrams(sequences: list[list], n: int = 4) -> tuple[int, int]:
     """(repeated, total) n-grams over all sequences; an n-gram is repeated when it already occurred earlier
     in the same sequence."""
     repeated = total = 0
     for seq in sequences:
-        grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+        grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
         total += len(grams)
         repeated += len(grams) - len(set(grams))
     return repeated, total
@@ -193,19 +207,24 @@ def resolve_max_new_tokens(cfg: Config, ref_lengths: list[int], prompt_lengths: 
     return max(n, 1)
 
 
-def generation_metrics(completions: list, references: list[str], bootstrap: int = 0, seed: int = 0) -> tuple[dict,
-                                                                                                        list[float]]:
+def generation_metrics(
+    completions: list, references: list[str], bootstrap: int = 0, seed: int = 0
+) -> tuple[dict, list[float]]:
     """Aggregate metrics of generated answers against references (with 95% bootstrap intervals for ROUGE-L and the
     EOS rate when bootstrap > 0), and the ROUGE-L of each answer."""
     scores = rouge_l([c.text for c in completions], references)
     stopped = [float(c.stopped_at_eos) for c in completions]
     n = len(completions)
-    out = {"rouge_l": sum(scores) / n, "eos_rate": sum(stopped) / n,
-           "mean_answer_tokens": sum(len(c.token_ids) for c in completions) / n,
-           "repeated_4gram_share": repeated_4gram_share([c.token_ids for c in completions]),
-           "looping_answers": looping_share([c.token_ids for c in completions]),
-           "loop_guard_stops": sum(c.stop_reason == "loop" for c in completions) / n,
-           "gibberish_share": gibberish_share([c.text for c in completions]), "generated": n}
+    out = {
+        "rouge_l": sum(scores) / n,
+        "eos_rate": sum(stopped) / n,
+        "mean_answer_tokens": sum(len(c.token_ids) for c in completions) / n,
+        "repeated_4gram_share": repeated_4gram_share([c.token_ids for c in completions]),
+        "looping_answers": looping_share([c.token_ids for c in completions]),
+        "loop_guard_stops": sum(c.stop_reason == "loop" for c in completions) / n,
+        "gibberish_share": gibberish_share([c.text for c in completions]),
+        "generated": n,
+    }
     if bootstrap:
         out["rouge_l_ci"] = list(bootstrap_ci(scores, bootstrap, seed))
         out["eos_rate_ci"] = list(bootstrap_ci(stopped, bootstrap, seed))
@@ -213,6 +232,7 @@ def generation_metrics(completions: list, references: list[str], bootstrap: int 
 
 
 # ---------------------------------------------------------------- main entry
+
 
 @dataclasses.dataclass
 class EvalInputs:
@@ -225,28 +245,40 @@ class EvalInputs:
     source: str
 
 
-def prepare_inputs(run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy) -> tuple[EvalInputs,
-                                                                                                       GenerateConfig]:
+def prepare_inputs(
+    run: rundir.RunFolder, model, tok, data, split, num_samples: int, greedy
+) -> tuple[EvalInputs, GenerateConfig]:
     records, source = load_eval_records(run, data, split)
     # answer tokens only, whatever training did
     data_cfg = dataclasses.replace(run.config.data, completion_only_loss=True)
     kept, encoded = encode_within_length(records, tok, data_cfg)
     if not kept:
-        raise MedtuneError(f"all {len(records)} records from {source} are longer than data.max_length="
-                           f"{data_cfg.max_length} tokens; nothing to evaluate")
+        raise MedtuneError(
+            f"all {len(records)} records from {source} are longer than data.max_length="
+            f"{data_cfg.max_length} tokens; nothing to evaluate"
+        )
     limit = context_length(model)
     ids = [encode_prompt(r, tok, data_cfg) for r in kept]
     ref_lengths = [len(e["input_ids"]) - len(p) - 1 for e, p in zip(encoded, ids)]
-    g = eval_generate_config(run.config, greedy, resolve_max_new_tokens(run.config, ref_lengths,
-                                                                        list(map(len, ids)), limit))
+    g = eval_generate_config(
+        run.config, greedy, resolve_max_new_tokens(run.config, ref_lengths, list(map(len, ids)), limit)
+    )
     candidates = [i for i, p in enumerate(ids) if limit is None or len(p) + g.max_new_tokens <= limit]
     chosen = random.Random(g.seed).sample(candidates, min(num_samples, len(candidates)))
-    return EvalInputs(kept, encoded, [ids[i] for i in chosen], chosen, [reference_answer(kept[i]) for i in chosen],
-                   len(records) - len(kept), source), g
+    return EvalInputs(
+        kept,
+        encoded,
+        [ids[i] for i in chosen],
+        chosen,
+        [reference_answer(kept[i]) for i in chosen],
+        len(records) - len(kept),
+        source,
+    ), g
 
 
-def _evaluate_pass(name: str, model, tok, inp: EvalInputs, g: GenerateConfig, batch_size: int,
-                   bootstrap: int = 0) -> tuple[dict, dict, list]:
+def _evaluate_pass(
+    name: str, model, tok, inp: EvalInputs, g: GenerateConfig, batch_size: int, bootstrap: int = 0
+) -> tuple[dict, dict, list]:
     """Loss and (when questions were chosen) generated answers of one model: (metrics, seconds, answers)."""
     result: dict = {}
     seconds: dict = {}
@@ -254,23 +286,34 @@ def _evaluate_pass(name: str, model, tok, inp: EvalInputs, g: GenerateConfig, ba
     loss = answer_token_loss(model, inp.encoded, tok.pad_token_id)
     seconds[f"{name} loss"] = time.perf_counter() - t0
     perplexity = format_number(loss["perplexity"], ".2f")
-    log.info(f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {perplexity} "
-             f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)")
+    log.info(
+        f"eval: {name:5s} answer-token loss {loss['loss']:.4f}, perplexity {perplexity} "
+        f"({loss['answer_tokens']:,} tokens, {seconds[f'{name} loss']:.1f} s)"
+    )
     result.update(loss=loss["loss"], perplexity=loss["perplexity"], answer_tokens=loss["answer_tokens"])
     if not inp.chosen:
-        result.update(rouge_l=None, eos_rate=None, mean_answer_tokens=None, repeated_4gram_share=None,
-                      looping_answers=None, loop_guard_stops=None, gibberish_share=None, generated=0)
+        result.update(
+            rouge_l=None,
+            eos_rate=None,
+            mean_answer_tokens=None,
+            repeated_4gram_share=None,
+            looping_answers=None,
+            loop_guard_stops=None,
+            gibberish_share=None,
+            generated=0,
+        )
         return result, seconds, []
     t0 = time.perf_counter()
-    engine = make_engine(model, tok, min(batch_size, len(inp.prompts)),
-                         max(map(len, inp.prompts)) + g.max_new_tokens)
+    engine = make_engine(model, tok, min(batch_size, len(inp.prompts)), max(map(len, inp.prompts)) + g.max_new_tokens)
     answers = complete(model, tok, inp.prompts, g, engine=engine)
     del engine
     seconds[f"{name} generation"] = time.perf_counter() - t0
     agg, scores = generation_metrics(answers, inp.refs, bootstrap, g.seed)
     result.update(agg, rouge_l_each=scores)
-    log.info(f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f}, looping "
-        f"{agg['looping_answers']:.0%} ({seconds[f'{name} generation']:.1f} s)")
+    log.info(
+        f"eval: {name:5s} generated {len(inp.chosen)} answers, ROUGE-L {agg['rouge_l']:.4f}, looping "
+        f"{agg['looping_answers']:.0%} ({seconds[f'{name} generation']:.1f} s)"
+    )
     return result, seconds, answers
 
 
@@ -281,8 +324,15 @@ def _samples(inp: EvalInputs, answers: dict, result: dict) -> list[dict]:
         s: dict[str, object] = dict(eval_fields(r))
         for name in MODELS:
             c = answers[name][j]
-            s.update({name: c.text, f"{name}_tokens": len(c.token_ids), f"{name}_stopped_at_eos": c.stopped_at_eos,
-                      f"{name}_stop_reason": c.stop_reason, f"{name}_rouge_l": result[name]["rouge_l_each"][j]})
+            s.update(
+                {
+                    name: c.text,
+                    f"{name}_tokens": len(c.token_ids),
+                    f"{name}_stopped_at_eos": c.stopped_at_eos,
+                    f"{name}_stop_reason": c.stop_reason,
+                    f"{name}_rouge_l": result[name]["rouge_l_each"][j],
+                }
+            )
         samples.append(s)
     return samples
 
@@ -317,8 +367,10 @@ def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str) -> dict:
         scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
         out[name] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
         out[name]["seconds"] = round(time.perf_counter() - t0, 2)
-        log.info(f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
-            f"{out[name]['seconds']:.1f} s)")
+        log.info(
+            f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
+            f"{out[name]['seconds']:.1f} s)"
+        )
     return out
 
 
@@ -330,14 +382,25 @@ def _benchmark_results(tasks: list, scores: dict) -> dict:
     out = {}
     for name, source, _items in tasks:
         base, tuned = scores["base"][name], scores["tuned"][name]
-        out[name] = {"source": source or medbench.TASKS[name].hub, "chance": 1 / medbench.TASKS[name].n_choices,
-                     "base": base, "tuned": tuned, "forgetting": medbench.forgetting(base, tuned),
-                     "seconds": base["seconds"] + tuned["seconds"]}
+        out[name] = {
+            "source": source or medbench.TASKS[name].hub,
+            "chance": 1 / medbench.TASKS[name].n_choices,
+            "base": base,
+            "tuned": tuned,
+            "forgetting": medbench.forgetting(base, tuned),
+            "seconds": base["seconds"] + tuned["seconds"],
+        }
     return out
 
 
-def run(run_dir: str | Path, data: str | None = None, split: str | None = None, num_samples: int | None = None,
-        greedy: bool | None = None, benchmarks: str | None = None) -> dict:
+def run(
+    run_dir: str | Path,
+    data: str | None = None,
+    split: str | None = None,
+    num_samples: int | None = None,
+    greedy: bool | None = None,
+    benchmarks: str | None = None,
+) -> dict:
     """Evaluate a training output dir: base vs tuned. Writes RUN_DIR/eval/{metrics.json,report.md,...},
     prints the table, and returns the metrics."""
     t_start = time.perf_counter()
@@ -352,16 +415,19 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     model, tok = rundir.load_model(run, adapter=False)
     seconds = {"load": time.perf_counter() - t_start}
     inp, g = prepare_inputs(run, model, tok, data, split, num_samples, greedy)
-    log.info(f"eval: {len(inp.kept)} records from {inp.source}"
-        + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else ""))
+    log.info(
+        f"eval: {len(inp.kept)} records from {inp.source}"
+        + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else "")
+    )
     result, answers, bench = {}, {}, {}
     for name in MODELS:
         if name == "tuned":
             t0 = time.perf_counter()
             model = rundir.add_adapter(run, model, merge=True)
             seconds["adapter"] = time.perf_counter() - t0
-        result[name], took, answers[name] = _evaluate_pass(name, model, tok, inp, g, cfg.eval.batch_size,
-                                                           cfg.eval.bootstrap)
+        result[name], took, answers[name] = _evaluate_pass(
+            name, model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap
+        )
         seconds.update(took)
         if tasks:
             t0 = time.perf_counter()
@@ -370,24 +436,41 @@ def run(run_dir: str | Path, data: str | None = None, split: str | None = None, 
     reference = {}
     if inp.chosen:
         ref_ids = [tok(r, add_special_tokens=False)["input_ids"] for r in inp.refs]
-        reference = {"mean_answer_tokens": sum(map(len, ref_ids)) / len(ref_ids),
-                     "repeated_4gram_share": repeated_4gram_share(ref_ids), "looping_answers": looping_share(ref_ids),
-                     "gibberish_share": gibberish_share(inp.refs)}
+        reference = {
+            "mean_answer_tokens": sum(map(len, ref_ids)) / len(ref_ids),
+            "repeated_4gram_share": repeated_4gram_share(ref_ids),
+            "looping_answers": looping_share(ref_ids),
+            "gibberish_share": gibberish_share(inp.refs),
+        }
     seconds["total"] = time.perf_counter() - t_start
     samples = _samples(inp, answers, result)
     for name in MODELS:
         result[name].pop("rouge_l_each", None)
     metrics = {
         "base": {k: v for k, v in result["base"].items() if k != "answer_tokens"},
-        "tuned": {k: v for k, v in result["tuned"].items() if k != "answer_tokens"}, "reference": reference,
-        "data": {"source": inp.source, "split": None if data else split, "records": len(inp.kept),
-                 "dropped_overlong": inp.dropped, "answer_tokens": result["tuned"]["answer_tokens"]},
-        "generation": {"generated": len(inp.chosen), "greedy": g.greedy, "max_new_tokens": g.max_new_tokens,
-                       "repetition_penalty": g.repetition_penalty, "loop_guard": g.loop_guard, "seed": g.seed,
-                       "batch_size": cfg.eval.batch_size},
+        "tuned": {k: v for k, v in result["tuned"].items() if k != "answer_tokens"},
+        "reference": reference,
+        "data": {
+            "source": inp.source,
+            "split": None if data else split,
+            "records": len(inp.kept),
+            "dropped_overlong": inp.dropped,
+            "answer_tokens": result["tuned"]["answer_tokens"],
+        },
+        "generation": {
+            "generated": len(inp.chosen),
+            "greedy": g.greedy,
+            "max_new_tokens": g.max_new_tokens,
+            "repetition_penalty": g.repetition_penalty,
+            "loop_guard": g.loop_guard,
+            "seed": g.seed,
+            "batch_size": cfg.eval.batch_size,
+        },
         "benchmarks": _benchmark_results(tasks, bench) if tasks else {},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "run_dir": str(run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notice": NOTICE,
+        "run_dir": str(run.path),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "notice": NOTICE,
     }
     _write_outputs(run, metrics, samples)
     return metrics
@@ -399,5 +482,7 @@ def _benchmark_tasks(spec: str | None, cfg: Config) -> list:
         return []
     from medtune import medbench
 
-    return [(name, source, medbench.load_task(name, source, cfg.eval.benchmark_limit, cfg.generate.seed))
-            for name, source in medbench.parse_benchmarks(spec)]
+    return [
+        (name, source, medbench.load_task(name, source, cfg.eval.benchmark_limit, cfg.generate.seed))
+        for name, source in medbench.parse_benchmarks(spec)
+    ]

@@ -5,6 +5,7 @@ their stop reason.
 feeds the same engine request by request. Seeded sampling or greedy decoding from one GenerateConfig, EOS trimming,
 the loop guard, and a stop reason per answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,13 @@ class Completion:
 def generation_kwargs(g: GenerateConfig, tokenizer) -> dict:
     """A GenerateConfig as `model.generate` keyword arguments: the defaults a merged folder carries, so that
     transformers' pipeline() samples like `medtune generate` (the loop guard is medtune's own)."""
-    kw = dict(max_new_tokens=g.max_new_tokens, repetition_penalty=g.repetition_penalty,
-              no_repeat_ngram_size=g.no_repeat_ngram or None, eos_token_id=tokenizer.eos_token_id,
-              pad_token_id=tokenizer.pad_token_id)
+    kw = dict(
+        max_new_tokens=g.max_new_tokens,
+        repetition_penalty=g.repetition_penalty,
+        no_repeat_ngram_size=g.no_repeat_ngram or None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if g.greedy or g.temperature < MIN_TEMPERATURE:
         kw.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
     else:
@@ -78,6 +83,7 @@ def conversation_record(turns: list[dict], data_cfg: DataConfig) -> dict:
 class Request:
     """One prompt to complete with its own settings (sampling, seed, max_new_tokens, loop guard), cancellation,
     streamed text (on_text) and the finished Completion (on_done, called from the engine's thread)."""
+
     ids: list[int]
     g: GenerateConfig
     cancel: threading.Event | None = None
@@ -95,8 +101,17 @@ def make_engine(model, tokenizer, slots: int, max_len: int | None = None):
 
 
 @torch.no_grad()
-def complete(model, tokenizer, prompts: list[list[int]], g: GenerateConfig, batch_size: int = 8, on_text=None,
-             cancel=None, progress: bool = False, engine=None) -> list[Completion]:
+def complete(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    g: GenerateConfig,
+    batch_size: int = 8,
+    on_text=None,
+    cancel=None,
+    progress: bool = False,
+    engine=None,
+) -> list[Completion]:
     """Answers for prompts given as token ids, in the order given, through the decoding engine (up to batch_size
     rows at once; a row that ends makes room for the next prompt). Each answer is seeded with g.seed and depends on
     its prompt and seed alone. `on_text` (one prompt only) receives the text as it is generated; `cancel` (a
@@ -106,11 +121,11 @@ def complete(model, tokenizer, prompts: list[list[int]], g: GenerateConfig, batc
     if not prompts:
         return []
     if engine is None:
-        engine = make_engine(model, tokenizer, min(batch_size, len(prompts)),
-                             max(map(len, prompts)) + g.max_new_tokens)
+        engine = make_engine(model, tokenizer, min(batch_size, len(prompts)), max(map(len, prompts)) + g.max_new_tokens)
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=len(prompts), desc="generating", unit="answer", file=sys.stderr)
 
     def tick(c: Completion) -> None:
@@ -124,8 +139,9 @@ def complete(model, tokenizer, prompts: list[list[int]], g: GenerateConfig, batc
             bar.close()
 
 
-def encode_questions(tokenizer, questions: list[str], data_cfg: DataConfig, context: int | None,
-                     max_new_tokens: int) -> list[list[int]]:
+def encode_questions(
+    tokenizer, questions: list[str], data_cfg: DataConfig, context: int | None, max_new_tokens: int
+) -> list[list[int]]:
     """Prompt token ids for each question; a question that does not fit the context with max_new_tokens is refused."""
     rows = []
     for n, q in enumerate(questions, 1):
@@ -133,8 +149,10 @@ def encode_questions(tokenizer, questions: list[str], data_cfg: DataConfig, cont
             raise MedtuneError(f"question {n} is {len(q):,} characters long; the limit is {MAX_QUESTION_CHARS:,}")
         ids = tokenizer(prompt_for(q, data_cfg), add_special_tokens=False)["input_ids"]
         if context is not None and len(ids) + max_new_tokens > context:
-            raise MedtuneError(f"question {n}: its prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) "
-                               f"exceeds the model's context of {context} tokens; shorten it or lower --max-new-tokens")
+            raise MedtuneError(
+                f"question {n}: its prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) "
+                f"exceeds the model's context of {context} tokens; shorten it or lower --max-new-tokens"
+            )
         rows.append(ids)
     return rows
 
@@ -174,22 +192,44 @@ def check_output_file(path: str | Path) -> Path:
     return path
 
 
-def generate_file(model, tokenizer, questions: list[str], out_path, data_cfg: DataConfig, g: GenerateConfig,
-                  batch_size: int = 8, context: int | None = None) -> list[dict]:
+def generate_file(
+    model,
+    tokenizer,
+    questions: list[str],
+    out_path,
+    data_cfg: DataConfig,
+    g: GenerateConfig,
+    batch_size: int = 8,
+    context: int | None = None,
+) -> list[dict]:
     """Answer questions (see read_questions); write the answers (with the notice) to a .jsonl atomically."""
     out_path = check_output_file(out_path)
     prompts = encode_questions(tokenizer, questions, data_cfg, context, g.max_new_tokens)
     answers = complete(model, tokenizer, prompts, g, batch_size, progress=True)
-    rows = [{"question": q, "answer": c.text, "tokens": len(c.token_ids), "stopped_at_eos": c.stopped_at_eos,
-             "notice": NOTICE} for q, c in zip(questions, answers)]
+    rows = [
+        {
+            "question": q,
+            "answer": c.text,
+            "tokens": len(c.token_ids),
+            "stopped_at_eos": c.stopped_at_eos,
+            "notice": NOTICE,
+        }
+        for q, c in zip(questions, answers)
+    ]
     atomic_write_jsonl(out_path, rows)
     return rows
 
 
-def answer(model, tokenizer, question: str, data_cfg: DataConfig, g: GenerateConfig, on_text=None,
-           context: int | None = None) -> dict:
+def answer(
+    model, tokenizer, question: str, data_cfg: DataConfig, g: GenerateConfig, on_text=None, context: int | None = None
+) -> dict:
     """One answer (streamed to on_text when given). Returns question, answer, tokens, stopped_at_eos, stop_reason."""
     (ids,) = encode_questions(tokenizer, [question], data_cfg, context, g.max_new_tokens)
     (c,) = complete(model, tokenizer, [ids], g, on_text=on_text)
-    return {"question": question, "answer": c.text, "tokens": len(c.token_ids), "stopped_at_eos": c.stopped_at_eos,
-            "stop_reason": c.stop_reason}
+    return {
+        "question": question,
+        "answer": c.text,
+        "tokens": len(c.token_ids),
+        "stopped_at_eos": c.stopped_at_eos,
+        "stop_reason": c.stop_reason,
+    }

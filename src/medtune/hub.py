@@ -1,4 +1,5 @@
 """Fail fast, in one line, when a hub id is needed and the Hugging Face hub cannot be reached."""
+
 from __future__ import annotations
 
 import functools
@@ -24,5 +25,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def require_hub(name: str, what: str) -> None:
     """Raise a clear error if `name` (a hub id, not a local path) cannot be fetched."""
     if not hub_reachable():
-        raise MedtuneError(f"cannot download {what} '{name}': the Hugging Face hub is unreachable (offline?) "
-                           "and it is not in the local cache; pass a local path instead")
+        raise MedtuneError(
+            f"cannot download {what} '{name}': the Hugging Face hub is unreachable (offline?) "
+            "and it is not in the local cache; pass a local path instead"
+        )

@@ -1,5 +1,6 @@
 """What this machine can do: the choices and refusals that need torch (CUDA, bf16) but no model. Kept apart from the
 training modules so that `medtune train` refuses a run the machine cannot do after importing torch alone."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def use_bf16(cfg: Config) -> bool:
 def optimizer_name(cfg: Config) -> str:
     if cfg.train.optim != "auto":
         if ("8bit" in cfg.train.optim or "paged" in cfg.train.optim) and not cuda():
-            raise MedtuneError(f"train.optim={cfg.train.optim} needs a CUDA GPU (bitsandbytes); "
-                               "use auto or adamw_torch")
+            raise MedtuneError(
+                f"train.optim={cfg.train.optim} needs a CUDA GPU (bitsandbytes); use auto or adamw_torch"
+            )
         return cfg.train.optim
     if cfg.model.quantization != "none" and cuda():
         return "paged_adamw_8bit"
@@ -39,8 +41,10 @@ def optimizer_name(cfg: Config) -> str:
 def check(cfg: Config) -> None:
     """Every check of the config against this machine and launcher (before any model loads)."""
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # set by accelerate launch for FSDP
-        raise MedtuneError("FSDP is not supported (untested; on CPU accelerate runs DDP instead, and 4-bit bases are "
-                           "not sharded): launch with torchrun or accelerate launch --multi_gpu (DDP)")
+        raise MedtuneError(
+            "FSDP is not supported (untested; on CPU accelerate runs DDP instead, and 4-bit bases are "
+            "not sharded): launch with torchrun or accelerate launch --multi_gpu (DDP)"
+        )
     use_bf16(cfg)
     optimizer_name(cfg)
     if cfg.model.quantization == "8bit" and not cuda():

@@ -13,6 +13,7 @@ A 4bit (QLoRA) run is merged on the base reloaded *unquantized* (the usual PEFT 
 folded into 4-bit weights). The adapter was trained against the NF4-rounded weights, so the merged model is
 close to, not bit-identical with, what the run evaluated; the card says so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,9 @@ def check(run_dir: str | Path, out: str | Path) -> RunFolder:
     run = open_run(run_dir, want="run")
     _check_out(run.path, Path(out).expanduser())
     if run.config.model.name.startswith("random:") and run.base_model is None:
-        raise MedtuneError(f"{run.path} was trained on a random base ({run.config.model.name}) but has no "
-                           "base_model/ folder")
+        raise MedtuneError(
+            f"{run.path} was trained on a random base ({run.config.model.name}) but has no base_model/ folder"
+        )
     return run
 
 
@@ -75,12 +77,15 @@ def _merge(run: RunFolder, out: Path) -> None:
     tok = load_tokenizer(str(run_dir))
     local_base = str(run.base_model) if run.base_model else None
     quantized = cfg.model.quantization != "none"
-    log.info(f"merge: loading base {local_base or cfg.model.name}" + (" unquantized (the run used "
-                                                                  f"{cfg.model.quantization})" if quantized else ""))
+    log.info(
+        f"merge: loading base {local_base or cfg.model.name}"
+        + (f" unquantized (the run used {cfg.model.quantization})" if quantized else "")
+    )
     # merged and checked in float32 (bf16 rounding of the sum alone moved logits by up to 2.5 on SmolLM2), then
     # saved in the run's weight dtype
-    base = load_base_model(dataclasses.replace(cfg.model, dtype="float32"), tok, local_path=local_base,
-                           quantize=False).float()
+    base = load_base_model(
+        dataclasses.replace(cfg.model, dtype="float32"), tok, local_path=local_base, quantize=False
+    ).float()
     model = PeftModel.from_pretrained(base, str(run_dir))
     model.eval()
 
@@ -101,12 +106,17 @@ def _merge(run: RunFolder, out: Path) -> None:
     try:
         merged.save_pretrained(stage)
         tok.save_pretrained(stage)
-        for src, name in (("config.yaml", "config.yaml"), ("manifest.json", "manifest.json"),
-                          ("metrics.json", "metrics.json"), ("eval/metrics.json", "eval_metrics.json")):
+        for src, name in (
+            ("config.yaml", "config.yaml"),
+            ("manifest.json", "manifest.json"),
+            ("metrics.json", "metrics.json"),
+            ("eval/metrics.json", "eval_metrics.json"),
+        ):
             if (run_dir / src).is_file():
                 shutil.copyfile(run_dir / src, stage / name)
         if not (stage / "config.yaml").exists():
             from medtune.config import dump_yaml
+
             atomic_write_text(stage / "config.yaml", dump_yaml(cfg))
         atomic_write_text(stage / "README.md", model_card(run_dir, cfg, diff, out_name=out.name))
         publish_dir(stage, out)

@@ -1,5 +1,6 @@
 """Model: tokenizer, base model (hub id, local dir, a .gguf file, or random weights from a GPT-2 config), quantization,
 LoRA."""
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,9 @@ def tokenizer_path(cfg: ModelConfig) -> str:
     if name in BUILTIN_TOKENIZERS:
         return str(BUILTIN_TOKENIZERS[name])
     if name.startswith("random:"):
-        raise MedtuneError("model.tokenizer must be set for random:<model> names "
-                           "(e.g. builtin:tiny or a local tokenizer folder)")
+        raise MedtuneError(
+            "model.tokenizer must be set for random:<model> names (e.g. builtin:tiny or a local tokenizer folder)"
+        )
     return name
 
 
@@ -43,6 +45,7 @@ def _from_hub_or_cache(load, name: str, what: str, **kwargs):
         return load(name, local_files_only=True, **kwargs)
     except Exception:
         from medtune.hub import require_hub
+
         require_hub(name, what)
         return load(name, **kwargs)
 
@@ -61,8 +64,9 @@ def _require_gguf() -> None:
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise MedtuneError("loading a .gguf file needs the `gguf` package: pip install gguf "
-                           "(or pip install 'medtune[gguf]')") from None
+        raise MedtuneError(
+            "loading a .gguf file needs the `gguf` package: pip install gguf (or pip install 'medtune[gguf]')"
+        ) from None
 
 
 def load_tokenizer(path_or_id: str):
@@ -77,15 +81,19 @@ def load_tokenizer(path_or_id: str):
             try:
                 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             except Exception as e:
-                raise MedtuneError(f"cannot read a tokenizer from GGUF file {gguf} (set model.tokenizer to a "
-                                   f"tokenizer folder instead): {_first_line(e)}") from None
+                raise MedtuneError(
+                    f"cannot read a tokenizer from GGUF file {gguf} (set model.tokenizer to a "
+                    f"tokenizer folder instead): {_first_line(e)}"
+                ) from None
         else:
             tok = _from_hub_or_cache(AutoTokenizer.from_pretrained, path_or_id, "tokenizer")
     except MedtuneError:
         raise
     except Exception as e:
-        raise MedtuneError(f"cannot load tokenizer '{path_or_id}' (not a local tokenizer folder, "
-                           f"and the hub is unreachable or has no such model): {_first_line(e)}") from None
+        raise MedtuneError(
+            f"cannot load tokenizer '{path_or_id}' (not a local tokenizer folder, "
+            f"and the hub is unreachable or has no such model): {_first_line(e)}"
+        ) from None
     if tok.eos_token_id is None:
         raise MedtuneError(f"tokenizer '{path_or_id}' has no EOS token; set one in its tokenizer_config.json")
     if tok.pad_token_id is None:
@@ -104,8 +112,13 @@ def build_random(name: str, tokenizer, seed: int = 0):
 
     check_random_name(name)
     shape = name.split(":", 1)[1]
-    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **GPT2_SHAPES[shape])
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **GPT2_SHAPES[shape],
+    )
     with torch.random.fork_rng(devices=[]):  # same base weights every time, without touching the run's RNG
         torch.manual_seed(seed)
         return GPT2LMHeadModel(config)
@@ -136,14 +149,27 @@ def check_against_model(cfg, model) -> None:
     """The config checks that need the loaded model: run before training starts and before any file is written."""
     ctx = context_length(model)
     if ctx is not None and cfg.data.max_length > ctx:
-        raise MedtuneError(f"data.max_length={cfg.data.max_length} is longer than the model's context of {ctx} "
-                           f"tokens; set data.max_length <= {ctx}")
+        raise MedtuneError(
+            f"data.max_length={cfg.data.max_length} is longer than the model's context of {ctx} "
+            f"tokens; set data.max_length <= {ctx}"
+        )
 
 
 # architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: a bias-free linear head with no
 # scaling or soft-capping in between, so the loss can be computed from the decoder's output in chunks
-PLAIN_HEAD_MODELS = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3", "gpt_neox",
-                     "opt"}
+PLAIN_HEAD_MODELS = {
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "smollm3",
+    "gpt_neox",
+    "opt",
+}
 
 
 def decoder_and_head(model):
@@ -157,8 +183,10 @@ def decoder_and_head(model):
         return None
     if head.bias is not None or getattr(config, "model_type", "") not in PLAIN_HEAD_MODELS:
         return None
-    if any(getattr(config, k, None) not in (None, 1.0) for k in
-           ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")):
+    if any(
+        getattr(config, k, None) not in (None, 1.0)
+        for k in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+    ):
         return None
     return decoder, head.weight
 
@@ -181,8 +209,12 @@ def quantization_config(cfg: ModelConfig):
     from transformers import BitsAndBytesConfig
 
     if cfg.quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype())
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype(),
+        )
     if cfg.quantization == "8bit":
         if not torch.cuda.is_available():
             raise MedtuneError("model.quantization=8bit needs a CUDA GPU; use 4bit (which also runs on CPU) or none")
@@ -235,13 +267,15 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_impleme
     kwargs = {}
     try:  # transformers >= 5.2x can keep GGUF blocks packed (kernels package); we need plain, trainable weights
         from transformers import GgufConfig
+
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:
         pass
     try:
         kwargs.update(_gguf_context_config(path))
-        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                      **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, **kwargs
+        )
     except Exception as e:
         raise MedtuneError(f"cannot load GGUF file {path}: {_first_line(e)}") from None
     config = copy.deepcopy(loaded.config)
@@ -252,8 +286,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_impleme
     try:
         model.load_state_dict(loaded.state_dict(), strict=True)
     except RuntimeError as e:
-        raise MedtuneError(f"GGUF file {path}: its weights do not fit the architecture read from it: "
-                           f"{_first_line(e)}") from None
+        raise MedtuneError(
+            f"GGUF file {path}: its weights do not fit the architecture read from it: {_first_line(e)}"
+        ) from None
     model.generation_config = copy.deepcopy(loaded.generation_config)
     model.config.name_or_path = model.name_or_path = str(path)
     del loaded
@@ -288,8 +323,10 @@ def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, 
             return load_base_model(cfg, tokenizer, local_path=d)
     kwargs = dict(dtype=weights_dtype(cfg), attn_implementation=cfg.attn_implementation)
     if qcfg is not None:
-        kwargs.update(quantization_config=qcfg,
-                      device_map={"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"})
+        kwargs.update(
+            quantization_config=qcfg,
+            device_map={"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"},
+        )
         kwargs["dtype"] = compute_dtype()
     try:
         model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, name, "model", **kwargs)
@@ -339,22 +376,35 @@ def add_lora(model, cfg: ModelConfig):
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
     elif cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif cfg.gradient_checkpointing:
         enable_checkpointing(model)
         model.enable_input_require_grads()
     targets = lora_targets(model, cfg)
     is_conv1d = getattr(model.config, "model_type", "") == "gpt2" or _has_conv1d(model)
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
-                      lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM",
-                      fan_in_fan_out=is_conv1d, use_rslora=cfg.lora_rslora, use_dora=cfg.lora_dora)
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=is_conv1d,
+        use_rslora=cfg.lora_rslora,
+        use_dora=cfg.lora_dora,
+    )
     try:
         model = get_peft_model(model, lcfg)
     except ValueError as e:
         raise MedtuneError(f"LoRA targets {targets} do not fit this model: {_first_line(e)}") from None
     trainable, total = model.get_nb_trainable_parameters()
-    log.info(f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
-             f"LoRA r={cfg.lora_r}{' rsLoRA' * cfg.lora_rslora}{' DoRA' * cfg.lora_dora} on {targets}, "
-             f"quantization={cfg.quantization}")
+    log.info(
+        f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "
+        f"LoRA r={cfg.lora_r}{' rsLoRA' * cfg.lora_rslora}{' DoRA' * cfg.lora_dora} on {targets}, "
+        f"quantization={cfg.quantization}"
+    )
     return model

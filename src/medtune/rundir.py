@@ -16,6 +16,7 @@ Every command that reads a run or merged folder goes through `open_run`; a missi
 the same one-line MedtuneError everywhere. Every command that writes into one holds its lock (`locked`,
 .medtune.lock in the folder) while it does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -127,11 +128,15 @@ def open_run(path: str | Path, want: str = "any") -> RunFolder:
     elif (path / MODEL_CONFIG).exists():
         kind = "merged"
     else:
-        raise MedtuneError(f"{path} holds neither an adapter ({ADAPTER_CONFIG}) nor a model ({MODEL_CONFIG}); "
-                           "give a `medtune train` output folder or a merged model folder")
+        raise MedtuneError(
+            f"{path} holds neither an adapter ({ADAPTER_CONFIG}) nor a model ({MODEL_CONFIG}); "
+            "give a `medtune train` output folder or a merged model folder"
+        )
     if want == "run" and kind != "run":
-        raise MedtuneError(f"{path} is a full model (config.json, no adapter): this command needs a "
-                           "`medtune train` output folder (base + adapter)")
+        raise MedtuneError(
+            f"{path} is a full model (config.json, no adapter): this command needs a "
+            "`medtune train` output folder (base + adapter)"
+        )
     if want == "merged" and kind != "merged":
         raise MedtuneError(f"{path} is a training run (adapter): this command needs a merged model folder")
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if kind == "run" else (MODEL_CONFIG,):
@@ -170,8 +175,9 @@ def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, 
         else:
             from transformers import AutoModelForCausalLM
 
-            merged: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(run.path),
-                                                                           dtype=weights_dtype(cfg.model))
+            merged: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+                str(run.path), dtype=weights_dtype(cfg.model)
+            )
             model = merged.to(device)  # (typed as a Module: PreTrainedModel.to's @wraps misleads type checkers)
     model.eval()
     return model, tok
@@ -196,8 +202,10 @@ def _load_errors(run: RunFolder):
     except MedtuneError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise MedtuneError(f"cannot load the model in {run.path} (a corrupt or incomplete file?): "
-                           f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
+        raise MedtuneError(
+            f"cannot load the model in {run.path} (a corrupt or incomplete file?): "
+            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
+        ) from None
 
 
 # ---------------------------------------------------------------- checkpoints (--resume)
@@ -221,11 +229,13 @@ def _unreadable(f: Path) -> bool:
     try:
         if f.suffix == ".safetensors":
             from safetensors import safe_open
+
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
                     st.get_tensor(key)
         elif f.suffix in (".pt", ".pth"):
             import torch
+
             torch.load(f, map_location="cpu", weights_only=False)
         else:
             state = json.loads(f.read_text(encoding="utf-8"))
@@ -281,8 +291,10 @@ def check_output(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise MedtuneError(f"output dir {out} exists and is not a folder")
     if not resume and out.exists() and holds_run(out):
-        raise MedtuneError(f"output dir {out} already holds a run; pass --resume to continue it, "
-                           "or choose another --output-dir (nothing was overwritten)")
+        raise MedtuneError(
+            f"output dir {out} already holds a run; pass --resume to continue it, "
+            "or choose another --output-dir (nothing was overwritten)"
+        )
     if resume and not out.is_dir():
         raise MedtuneError(f"--resume: output dir {out} not found")
 
@@ -377,8 +389,13 @@ def _take(file: Path, command: str) -> tuple[int | None, dict]:
             pass
         os.close(fd)  # its holder removed it as we opened it: take the new one
     before = lock_info(file)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-          "command": command[:300], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _process_start(os.getpid()),
+        "command": command[:300],
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
     os.fsync(fd)

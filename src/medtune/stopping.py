@@ -7,6 +7,7 @@ returns, and the command raises `Stopped`. Outside such a section, or on a secon
 `Interrupted` at once (a KeyboardInterrupt: `finally` blocks and atomic writes still clean up). Either way the CLI
 prints one line and exits with 128 + the signal number: 130 (SIGINT), 143 (SIGTERM), 138 (SIGUSR1).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,8 +72,10 @@ def _handler(signum, frame) -> None:
         raise Interrupted(signum)
     if not _state.signum:
         _state.signum, _state.at = signum, time.monotonic()
-        _say(f"{name(signum)} received: finishing the current step and saving a checkpoint of it "
-             "(Ctrl+C again to stop at once)")
+        _say(
+            f"{name(signum)} received: finishing the current step and saving a checkpoint of it "
+            "(Ctrl+C again to stop at once)"
+        )
     elif signum == signal.SIGINT and time.monotonic() - _state.at > REPEAT_S:
         raise Interrupted(signum)
     # else: SIGTERM / SIGUSR1 again, or the same Ctrl+C twice: already stopping

@@ -1,6 +1,7 @@
 """The decoding engine (medtune.decoding): the same tokens as transformers' model.generate, answers that depend on
 their prompt and seed alone, continuous batching (more prompts than rows, rows joining and leaving), the loop guard
 and streamed text."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,24 +24,48 @@ def _llama(tok):  # grouped-query attention (4 query heads, 2 key/value heads), 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=256)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
+    ).eval()
 
 
 def _gemma2(tok):  # attention logit soft-capping, and a sliding window shorter than prompt + answer
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(0)
-    return Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                          head_dim=16, sliding_window=8, max_position_embeddings=256,
-                                          attn_logit_softcapping=5.0, final_logit_softcapping=None,
-                                          attn_implementation="eager")).eval()
+    return Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=8,
+            max_position_embeddings=256,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=None,
+            attn_implementation="eager",
+        )
+    ).eval()
 
 
-QUESTIONS = ["What is asthma and how is it treated?", "Fever?",
-             "How long does a cold last in adults and in children, usually?", "Gout?", "What causes migraines?"]
+QUESTIONS = [
+    "What is asthma and how is it treated?",
+    "Fever?",
+    "How long does a cold last in adults and in children, usually?",
+    "Gout?",
+    "What causes migraines?",
+]
 
 
 def _prompts(tok):
@@ -50,9 +75,15 @@ def _prompts(tok):
 def _hf(model, tok, prompt, n, **kw):
     if model.config.model_type == "gemma2":
         model.set_attn_implementation("eager")  # transformers' reference path for soft-capping
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **kw)[0, len(prompt):].tolist()
-    return out[:out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+    out = model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **kw,
+    )[0, len(prompt) :].tolist()
+    return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
 
 
 @pytest.mark.parametrize("arch", [_gpt2, _llama, _gemma2])
@@ -63,9 +94,13 @@ def test_greedy_tokens_equal_model_generate(tok, arch, penalties):
     from medtune.generate import complete
 
     model = arch(tok)
-    g = GenerateConfig(max_new_tokens=20, greedy=True, loop_guard=0,
-                       repetition_penalty=penalties.get("repetition_penalty", 1.0),
-                       no_repeat_ngram=penalties.get("no_repeat_ngram_size", 0))
+    g = GenerateConfig(
+        max_new_tokens=20,
+        greedy=True,
+        loop_guard=0,
+        repetition_penalty=penalties.get("repetition_penalty", 1.0),
+        no_repeat_ngram=penalties.get("no_repeat_ngram_size", 0),
+    )
     prompts = _prompts(tok)
     got = complete(model, tok, prompts, dataclasses.replace(g), batch_size=2)
     for p, c in zip(prompts, got):
@@ -110,9 +145,19 @@ def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
 
     model = _llama(tok)
     prompts = _prompts(tok)
-    gs = [GenerateConfig(max_new_tokens=6 + 3 * i, temperature=0.7 + 0.2 * i, top_p=0.9, top_k=5 * i, seed=i,
-                         loop_guard=0, repetition_penalty=1.0 + 0.1 * (i % 2), no_repeat_ngram=2 * (i == 3))
-          for i in range(len(prompts))]
+    gs = [
+        GenerateConfig(
+            max_new_tokens=6 + 3 * i,
+            temperature=0.7 + 0.2 * i,
+            top_p=0.9,
+            top_k=5 * i,
+            seed=i,
+            loop_guard=0,
+            repetition_penalty=1.0 + 0.1 * (i % 2),
+            no_repeat_ngram=2 * (i == 3),
+        )
+        for i in range(len(prompts))
+    ]
 
     def answers(engine):
         first = engine.run([Request(p, g) for p, g in list(zip(prompts, gs))[:3]])  # 3 rows in a 4-row bucket
@@ -125,8 +170,11 @@ def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
         with scalars:
             fn()
 
-    monkeypatch.setattr(engine_module.Engine, "_capture",
-                        lambda self, fn: (type("G", (), {"replay": staticmethod(lambda: replay(fn))}), None))
+    monkeypatch.setattr(
+        engine_module.Engine,
+        "_capture",
+        lambda self, fn: (type("G", (), {"replay": staticmethod(lambda: replay(fn))}), None),
+    )
     graphed = make_engine(model, tok, 4, 64)
     graphed.use_graphs = True
     assert answers(graphed) == plain
@@ -142,8 +190,9 @@ def test_sampling_limits(tok):
 
     model = _gpt2(tok)
     prompts = _prompts(tok)[:3]
-    base = GenerateConfig(max_new_tokens=10, temperature=1.5, top_k=0, top_p=1.0, seed=1, loop_guard=0,
-                          repetition_penalty=1.0)
+    base = GenerateConfig(
+        max_new_tokens=10, temperature=1.5, top_k=0, top_p=1.0, seed=1, loop_guard=0, repetition_penalty=1.0
+    )
     greedy = [c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(base, greedy=True))]
     for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 0.999}):
         assert [c.token_ids for c in complete(model, tok, prompts, dataclasses.replace(base, **kw))] == greedy
@@ -178,7 +227,7 @@ def test_loop_guard_cuts_the_repetition():
     for i in range(40):
         tokens.extend([1, 2, 3, 4, 5, 6, 7, 100 + i])
         for j in range(len(tokens) - 8, len(tokens)):
-            cut = guard.add(tokens[:j + 1]) if cut is None else cut
+            cut = guard.add(tokens[: j + 1]) if cut is None else cut
     assert cut == 8 and len(tokens) >= 8
     plain = LoopGuard(16)
     assert all(plain.add(list(range(n))) is None for n in range(1, 200))
@@ -203,12 +252,17 @@ def test_engine_stops_a_looping_answer_and_streams_what_it_keeps(tok):
     hook = head.register_forward_hook(force)
     pieces = []
     try:
-        (c,) = complete(model, tok, [_prompts(tok)[0]], GenerateConfig(max_new_tokens=200, greedy=True, loop_guard=24),
-                        on_text=pieces.append)
+        (c,) = complete(
+            model,
+            tok,
+            [_prompts(tok)[0]],
+            GenerateConfig(max_new_tokens=200, greedy=True, loop_guard=24),
+            on_text=pieces.append,
+        )
     finally:
         hook.remove()
     n = len(c.token_ids)
-    assert c.stop_reason == "loop" and any(c.token_ids == (cycle * 3)[i:i + n] for i in range(len(cycle)))
+    assert c.stop_reason == "loop" and any(c.token_ids == (cycle * 3)[i : i + n] for i in range(len(cycle)))
     assert len(cycle) <= len(c.token_ids) <= len(cycle) + 3 and state["n"] < 40
     assert "".join(pieces).strip() == c.text
 
@@ -237,8 +291,17 @@ def test_fused_modules_only_while_decoding(tok):
     assert fuse_for_decoding(model) == 5  # 2 layers x 2 norms + the final norm
     assert type(model.model.norm).__name__ == "FusedLlamaRMSNorm"
     assert torch.equal(model(ids).logits, before)
-    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    gemma = GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+        )
+    )
     assert fuse_for_decoding(gemma) == 0  # its norm scales by 1 + weight: not the fused kernel's form
     assert fuse_for_decoding(_gpt2(tok)) == 2  # one gelu_new a layer
 

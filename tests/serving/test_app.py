@@ -1,5 +1,6 @@
 """medtune serve (medtune.serving.app): the OpenAI-style API, streaming, limits, the queue, and a 4xx JSON answer to
 every bad request."""
+
 import json
 import threading
 import time
@@ -41,7 +42,7 @@ def sse_data(text: str) -> list[str]:
     events = [e for e in text.split("\n\n") if e]
     events = [e for e in events if not all(line.startswith(":") for line in e.split("\n"))]
     assert all(e.startswith("data: ") and "\n" not in e for e in events), events
-    return [e[len("data: "):] for e in events]
+    return [e[len("data: ") :] for e in events]
 
 
 def complete(client, **body):
@@ -51,6 +52,7 @@ def complete(client, **body):
 
 
 # ---------------------------------------------------------------- basics
+
 
 def test_health_models_page(client):
     h = client.get("/health").json()
@@ -80,7 +82,8 @@ def test_completion_shape_and_limits(client, engine):
     # the question was wrapped in the run's prompt template; raw sends it as-is
     raw = complete(client, prompt="What is asthma?", max_tokens=1, raw=True)
     assert raw["usage"]["prompt_tokens"] < u["prompt_tokens"] and u["prompt_tokens"] == len(
-        engine.prompt_ids("What is asthma?", False))
+        engine.prompt_ids("What is asthma?", False)
+    )
     # a seed makes sampling repeatable; temperature 0 is greedy
     assert complete(client, prompt="What is asthma?", max_tokens=12, seed=1)["choices"][0]["text"] == choice["text"]
     g1 = complete(client, prompt=["What is flu?"], max_tokens=8, temperature=0)
@@ -97,8 +100,12 @@ def test_a_greedy_run_answers_greedily_unless_asked_to_sample(client, engine, mo
     monkeypatch.setattr(engine.cfg.generate, "greedy", True)
     for seed in (1, 2):
         assert complete(client, prompt="What is gout?", max_tokens=10, seed=seed)["choices"][0]["text"] == greedy
-    assert [complete(client, prompt="What is gout?", max_tokens=10, seed=s, temperature=engine.cfg.generate.temperature)
-            ["choices"][0]["text"] for s in (1, 2)] == sampled
+    assert [
+        complete(client, prompt="What is gout?", max_tokens=10, seed=s, temperature=engine.cfg.generate.temperature)[
+            "choices"
+        ][0]["text"]
+        for s in (1, 2)
+    ] == sampled
     assert 'value="0.0"' in client.get("/").text  # the page's temperature field
 
 
@@ -184,10 +191,16 @@ CHAT_BAD_BODIES = {  # the body's JSON is read as for /v1/completions (the cases
     "content null": (chat_body({"role": "user", "content": None}), 400, "'messages[0].content' must be a string"),
     "content number": (chat_body({"role": "user", "content": 5}), 400, "'messages[0].content' must be a string"),
     "content blank": (chat_body({"role": "user", "content": " \n"}), 400, "must not be empty"),
-    "image part": (chat_body({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}), 400,
-                   "only text parts"),
-    "unknown message field": (chat_body({**USER, "tool_calls": []}), 400,
-                              "unknown field 'tool_calls' in 'messages[0]'"),
+    "image part": (
+        chat_body({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}),
+        400,
+        "only text parts",
+    ),
+    "unknown message field": (
+        chat_body({**USER, "tool_calls": []}),
+        400,
+        "unknown field 'tool_calls' in 'messages[0]'",
+    ),
     "name number": (chat_body({**USER, "name": 3}), 400, "'messages[0].name' must be a string"),
     "ends with assistant": (chat_body(USER, {"role": "assistant", "content": "x"}), 400, "must be a user message"),
     "prompt field": (chat_body(prompt="x"), 400, "unknown field 'prompt'"),
@@ -202,19 +215,27 @@ CHAT_BAD_BODIES = {  # the body's JSON is read as for /v1/completions (the cases
     "stop five": (chat_body(stop=list("abcde")), 400, "at most 4"),
     "stop list of ints": (chat_body(stop=[1]), 400, "'stop' must be a string or a list of strings"),
     "stream_options string": (chat_body(stream_options="yes"), 400, "'stream_options' must be an object"),
-    "include_usage string": (chat_body(stream_options={"include_usage": "yes"}), 400,
-                             "'stream_options.include_usage' must be true or false"),
+    "include_usage string": (
+        chat_body(stream_options={"include_usage": "yes"}),
+        400,
+        "'stream_options.include_usage' must be true or false",
+    ),
     "stream_options unknown": (chat_body(stream_options={"usage": True}), 400, "unknown field 'usage' in"),
     "temperature high": (chat_body(temperature=3), 400, "temperature"),
-    "too long": (chat_body({"role": "system", "content": "word " * 350}, {"role": "user", "content": "word " * 350}),
-                 400, "at most"),
+    "too long": (
+        chat_body({"role": "system", "content": "word " * 350}, {"role": "user", "content": "word " * 350}),
+        400,
+        "at most",
+    ),
     "context overflow": (chat_body({"role": "user", "content": "word " * 210}, max_tokens=64), 400, "context"),
     "too large body": (chat_body({"role": "user", "content": "x" * 5000}), 413, "larger than 4096 bytes"),
 }
 
 
-@pytest.mark.parametrize(("path", "case"), [("/v1/completions", c) for c in BAD_BODIES]
-                         + [("/v1/chat/completions", c) for c in CHAT_BAD_BODIES])
+@pytest.mark.parametrize(
+    ("path", "case"),
+    [("/v1/completions", c) for c in BAD_BODIES] + [("/v1/chat/completions", c) for c in CHAT_BAD_BODIES],
+)
 def test_bad_request_bodies_get_4xx_json(client, path, case):
     body, status, needle = (BAD_BODIES if path == "/v1/completions" else CHAT_BAD_BODIES)[case]
     r = client.post(path, content=body, headers={"Content-Type": "application/json"})
@@ -230,16 +251,19 @@ def test_deeply_nested_json_within_size_limit(client):
     assert 400 <= r.status_code < 500 and "error" in r.json()
 
 
-@pytest.mark.parametrize("method, path, headers, status", [
-    ("POST", "/v1/completions", {"Content-Type": "text/plain"}, 415),
-    ("POST", "/v1/completions", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
-    ("POST", "/v1/completions", {}, 415),
-    ("POST", "/v1/chat/completions", {"Content-Type": "text/plain"}, 415),
-    ("GET", "/v1/completions", {}, 405),
-    ("PUT", "/health", {}, 405),
-    ("GET", "/v1/chat/completions", {}, 405),
-    ("POST", "/v1/chat/completion", {}, 404),
-])
+@pytest.mark.parametrize(
+    "method, path, headers, status",
+    [
+        ("POST", "/v1/completions", {"Content-Type": "text/plain"}, 415),
+        ("POST", "/v1/completions", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ("POST", "/v1/completions", {}, 415),
+        ("POST", "/v1/chat/completions", {"Content-Type": "text/plain"}, 415),
+        ("GET", "/v1/completions", {}, 405),
+        ("PUT", "/health", {}, 405),
+        ("GET", "/v1/chat/completions", {}, 405),
+        ("POST", "/v1/chat/completion", {}, 404),
+    ],
+)
 def test_wrong_method_type_or_path_get_4xx_json(client, method, path, headers, status):
     r = client.request(method, path, content=b'{"prompt": "x"}', headers=headers)
     assert r.status_code == status, r.text
@@ -277,6 +301,7 @@ def test_serve_defaults_to_loopback_and_reports_busy_port():
 
 
 # ---------------------------------------------------------------- the queue
+
 
 class GatedDecoder:
     """Stands in for the decoding engine: every request streams "first ", then waits for the gate (or its

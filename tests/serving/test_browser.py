@@ -1,4 +1,5 @@
 """End to end in a real browser: medtune's page in headless Chromium, a question typed, the answer streaming in."""
+
 import os
 import shutil
 import tempfile
@@ -8,8 +9,10 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                                reason="needs the Debian packages chromium and chromium-driver")
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason="needs the Debian packages chromium and chromium-driver",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +35,19 @@ def browser():
     profile = tempfile.mkdtemp(prefix="medtune-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1000,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1000,900",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
@@ -65,10 +78,12 @@ def test_question_answer_streams_into_the_page(server, browser):
         box.send_keys(f"What are the symptoms of asthma? ({attempt})")
         browser.find_element(By.ID, "ask").click()
         WebDriverWait(browser, 10).until(
-            lambda d, attempt=attempt: len(d.find_elements(By.CSS_SELECTOR, ".answer")) == attempt)
+            lambda d, attempt=attempt: len(d.find_elements(By.CSS_SELECTOR, ".answer")) == attempt
+        )
         answer = browser.find_elements(By.CSS_SELECTOR, ".answer")[0]  # newest first
         WebDriverWait(browser, 60).until(
-            lambda _, answer=answer: answer.get_attribute("data-state") in ("done", "error"))
+            lambda _, answer=answer: answer.get_attribute("data-state") in ("done", "error")
+        )
         assert answer.get_attribute("data-state") == "done", answer.text
         assert answer.find_element(By.CSS_SELECTOR, ".answer-question").text.endswith(f"({attempt})")
         assert answer.find_element(By.CSS_SELECTOR, ".answer-notice").text == NOTICE  # every answer carries it
@@ -92,8 +107,7 @@ def test_error_from_the_api_is_shown_not_swallowed(server, browser):
     box = browser.find_element(By.ID, "question")
     browser.execute_script("arguments[0].value = arguments[1]", box, "word " * 700)  # over the prompt limit
     browser.find_element(By.ID, "ask").click()
-    WebDriverWait(browser, 20).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, '.answer[data-state="error"]'))
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.answer[data-state="error"]'))
     answer = browser.find_element(By.CSS_SELECTOR, ".answer")
     assert "at most 511" in answer.find_element(By.CSS_SELECTOR, ".answer-text").text
     assert answer.find_element(By.CSS_SELECTOR, ".answer-notice").text.startswith("Not medical advice")

@@ -1,5 +1,6 @@
 """POST /v1/chat/completions through the real `openai` client against uvicorn on loopback: replies and their usage,
 streamed chunks in the chat delta format, the system prompt, stop strings, OpenAI error objects, the API key."""
+
 import json
 
 import httpx
@@ -68,8 +69,14 @@ def test_system_prompt_is_the_instruction_of_a_template_run(client, engine):
     r = ask(client, system=system, max_tokens=2)
     assert r.usage.prompt_tokens == prompt_tokens(engine, QUESTION, instruction=system)
     assert r.usage.prompt_tokens != prompt_tokens(engine, QUESTION)
-    developer = client.chat.completions.create(model="m", max_tokens=2, messages=[  # OpenAI's newer name for system
-        {"role": "developer", "content": system}, {"role": "user", "content": QUESTION}])
+    developer = client.chat.completions.create(
+        model="m",
+        max_tokens=2,
+        messages=[  # OpenAI's newer name for system
+            {"role": "developer", "content": system},
+            {"role": "user", "content": QUESTION},
+        ],
+    )
     assert developer.usage.prompt_tokens == r.usage.prompt_tokens
 
 
@@ -103,7 +110,7 @@ def test_stream_is_sse_ending_with_done(server):
 def first_unique_piece(text: str, start: int, size: int = 4) -> tuple[str, int]:
     """A piece of `text` at or after `start` that does not occur earlier, and where it begins."""
     for i in range(start, len(text) - size):
-        piece = text[i:i + size]
+        piece = text[i : i + size]
         if piece.strip() and text.find(piece) == i:
             return piece, i
     raise AssertionError(f"no usable stop string in {text!r}")
@@ -112,8 +119,9 @@ def first_unique_piece(text: str, start: int, size: int = 4) -> tuple[str, int]:
 def test_stop_strings_cut_the_answer_before_them(client, server):
     """A seeded answer, then the same request with a piece of that answer as a stop string: the answer up to it."""
     kw = dict(max_tokens=40, temperature=1.0)
-    seed, full = next((s, r) for s in range(20)
-                      if len((r := ask(client, seed=s, **kw)).choices[0].message.content) > 20)
+    seed, full = next(
+        (s, r) for s in range(20) if len((r := ask(client, seed=s, **kw)).choices[0].message.content) > 20
+    )
     text = full.choices[0].message.content
     stop, at = first_unique_piece(text, 8)
     want = text[:at].rstrip()
@@ -131,18 +139,30 @@ def test_stop_strings_cut_the_answer_before_them(client, server):
 
 
 BAD = [  # (request keywords, status, phrase of the message, param)
-    (dict(messages=[{"role": "doctor", "content": "Hi"}]), 400, "roles are system, user and assistant",
-     "messages[0].role"),
+    (
+        dict(messages=[{"role": "doctor", "content": "Hi"}]),
+        400,
+        "roles are system, user and assistant",
+        "messages[0].role",
+    ),
     (dict(messages=[]), 400, "'messages' must not be empty", "messages"),
     (dict(messages=[{"role": "user", "content": "Hi"}], n=2), 400, "only n=1", "n"),
     (dict(messages=[{"role": "user", "content": "word " * 700}]), 400, "at most 511", "messages"),
     (dict(messages=[{"role": "user", "content": "Hi"}], max_tokens=65), 400, "at most 64", "max_tokens"),
-    (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]), 400,
-     "the last message must be a user message", "messages[1].role"),
+    (
+        dict(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]),
+        400,
+        "the last message must be a user message",
+        "messages[1].role",
+    ),
     (dict(messages=[{"role": "user", "content": "Hi"}], stop=["a", "b", "c", "d", "e"]), 400, "at most 4", "stop"),
     (dict(messages=[{"role": "user"}]), 400, "'messages[0].content' is required", "messages[0].content"),
-    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), 400,
-     "only text parts", "messages[0].content"),
+    (
+        dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+        400,
+        "only text parts",
+        "messages[0].content",
+    ),
 ]
 
 
@@ -159,8 +179,11 @@ def test_text_parts_and_an_earlier_conversation_are_accepted(client, engine):
     parts = [{"type": "text", "text": "What are the symptoms"}, {"type": "text", "text": "of asthma?"}]
     r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": parts}], max_tokens=1)
     assert r.usage.prompt_tokens == prompt_tokens(engine, "What are the symptoms\nof asthma?")
-    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-               {"role": "user", "content": QUESTION}]
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": QUESTION},
+    ]
     r = client.chat.completions.create(model="m", messages=history, max_tokens=1)
     assert r.usage.prompt_tokens == prompt_tokens(engine, f"User: Hi\nAssistant: Hello.\nUser: {QUESTION}")
 
@@ -170,8 +193,12 @@ def test_api_key_and_metrics(engine, server_thread):
 
     with server_thread(create_app(engine=engine, api_key="chat-key")) as srv:
         with openai.OpenAI(base_url=srv.url + "/v1", api_key="chat-key", max_retries=0) as ok:
-            assert ok.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}],
-                                              max_tokens=2).choices[0].message.role == "assistant"
+            assert (
+                ok.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+                .choices[0]
+                .message.role
+                == "assistant"
+            )
         with openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0) as bad:
             with pytest.raises(openai.AuthenticationError) as info:
                 bad.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}])

@@ -1,4 +1,5 @@
 """Batched serving: requests that wait together are decoded together, each with its own settings; API key; metrics."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +18,19 @@ def run_dir(tmp_path_factory):
     from medtune.config import load_config
 
     out = tmp_path_factory.mktemp("engine") / "run"
-    training.run(load_config(ROOT / "configs" / "tiny-cpu.yaml", ["train.max_steps=3", "train.save_steps=100",
-                                                                  "train.eval_steps=100", "train.report_to=none",
-                                                                  "data.max_records=40"], output_dir=str(out)))
+    training.run(
+        load_config(
+            ROOT / "configs" / "tiny-cpu.yaml",
+            [
+                "train.max_steps=3",
+                "train.save_steps=100",
+                "train.eval_steps=100",
+                "train.report_to=none",
+                "data.max_records=40",
+            ],
+            output_dir=str(out),
+        )
+    )
     return out
 
 
@@ -140,15 +151,20 @@ def keyed(run_dir):
 
 def test_api_key_required_everywhere_but_health(keyed):
     assert keyed.get("/health").status_code == 200
-    for method, path in (("get", "/"), ("get", "/v1/models"), ("get", "/metrics"), ("post", "/v1/completions"),
-                         ("get", "/static/app.js")):
+    for method, path in (
+        ("get", "/"),
+        ("get", "/v1/models"),
+        ("get", "/metrics"),
+        ("post", "/v1/completions"),
+        ("get", "/static/app.js"),
+    ):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k3y"}):
             r = getattr(keyed, method)(path, headers=headers)
             assert r.status_code == 401, (path, headers)
-            assert r.json() == {"error": {"message": "unauthorized", "type": "authentication_error", "param": None,
-                                          "code": None}}
-    ok = keyed.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2},
-                    headers={"Authorization": "Bearer k3y"})
+            assert r.json() == {
+                "error": {"message": "unauthorized", "type": "authentication_error", "param": None, "code": None}
+            }
+    ok = keyed.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}, headers={"Authorization": "Bearer k3y"})
     assert ok.status_code == 200 and "choices" in ok.json()
 
 
@@ -191,14 +207,22 @@ def test_non_loopback_needs_a_key(run_dir):
         serve(run_dir, port=0, max_batch_size=0)
 
 
-@pytest.mark.parametrize("pieces, stops, sent, answer", [
-    (["Rest ", "and flu", "ids.\n\n#", "## User: more"], ("###",), ["Rest", " and flu", "ids."], "Rest and fluids."),
-    (["a #", "# b ##", "#c"], ("###",), ["a", " ## b"], "a ## b"),  # a prefix held, then let go
-    (["one two", " three"], ("two", "e t"), ["on"], "on"),  # the earliest of several stops
-    (["Yes.  ", "  \n", "More"], ("\n\n",), ["Yes.", "    \nMore"], None),  # whitespace waits for what follows
-    (["Yes.\n", "\nMore"], ("\n\n",), ["Yes."], "Yes."),  # a whitespace stop string
-    (["end  "], (), ["end"], None),  # no stops: only trailing whitespace is held (the answer is stripped)
-])
+@pytest.mark.parametrize(
+    "pieces, stops, sent, answer",
+    [
+        (
+            ["Rest ", "and flu", "ids.\n\n#", "## User: more"],
+            ("###",),
+            ["Rest", " and flu", "ids."],
+            "Rest and fluids.",
+        ),
+        (["a #", "# b ##", "#c"], ("###",), ["a", " ## b"], "a ## b"),  # a prefix held, then let go
+        (["one two", " three"], ("two", "e t"), ["on"], "on"),  # the earliest of several stops
+        (["Yes.  ", "  \n", "More"], ("\n\n",), ["Yes.", "    \nMore"], None),  # whitespace waits for what follows
+        (["Yes.\n", "\nMore"], ("\n\n",), ["Yes."], "Yes."),  # a whitespace stop string
+        (["end  "], (), ["end"], None),  # no stops: only trailing whitespace is held (the answer is stripped)
+    ],
+)
 def test_stop_text_cuts_before_the_first_stop_string(pieces, stops, sent, answer):
     from medtune.serving.engine import StopText
 

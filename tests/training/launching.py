@@ -5,6 +5,7 @@ LOCAL_RANK) and records, per rank, every file medtune writes into the run folder
 step, a hash of the trainable weights, the tokens that rank trained on and its working directory. With
 MEDTUNE_TEST_COUNT_OPS set it also counts, per value of the global step, the collectives (DDP's included) and the
 host reads of tensor values (`.item()`, `int(t)`, `bool(t)`) with the code that issued them."""
+
 import json
 import os
 from pathlib import Path
@@ -117,16 +118,27 @@ def worker_env(tmp: Path, extra: dict | None = None) -> tuple[dict, Path]:
     rec = tmp / f"records-{len(list(tmp.glob('records-*')))}"
     rec.mkdir()
     paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), *paths]),  # absolute: workers may run elsewhere
-           "MEDTUNE_TEST_RECORD": str(rec), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(extra or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hooks), *paths]),  # absolute: workers may run elsewhere
+        "MEDTUNE_TEST_RECORD": str(rec),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        **(extra or {}),
+    }
     return env, rec
 
 
 def read_records(rec: Path, nproc: int) -> dict[int, list[dict]]:
     """What each rank recorded, by rank."""
-    return {r: [json.loads(line) for line in (rec / f"rank{r}.jsonl").read_text().splitlines()]
-            if (rec / f"rank{r}.jsonl").exists() else [] for r in range(nproc)}
+    return {
+        r: [json.loads(line) for line in (rec / f"rank{r}.jsonl").read_text().splitlines()]
+        if (rec / f"rank{r}.jsonl").exists()
+        else []
+        for r in range(nproc)
+    }
 
 
 def written(records: list[dict], out: Path) -> list[str]:

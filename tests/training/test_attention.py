@@ -1,4 +1,5 @@
 """Packed varlen flash attention (medtune.training.attention, CUDA only) computes what padded SDPA computes."""
+
 import pytest
 import torch
 

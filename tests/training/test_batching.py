@@ -1,13 +1,17 @@
 """Batches (medtune.training.batching): padding by position, packing that keeps examples apart (the same loss packed
 or padded), and token-budget batches that are whole, bounded and reproducible."""
+
 import torch
 
 from medtune.config import DataConfig
 from medtune.data import IGNORE_INDEX, encode
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
 
-REC = {"instruction": "Answer this question truthfully", "input": "What causes a fever?",
-       "output": "A fever is usually the body fighting an infection."}
+REC = {
+    "instruction": "Answer this question truthfully",
+    "input": "What causes a fever?",
+    "output": "A fever is usually the body fighting an infection.",
+}
 
 
 def test_collator_pads_by_position_not_by_eos_id(tok):
@@ -52,7 +56,7 @@ def test_packing_collator_layout(tok, examples):
     b = col(ex)
     assert col.tokens_seen == sum(len(e["input_ids"]) for e in ex)
     assert b["input_ids"].shape[1] <= 256
-    starts = (b["position_ids"] == 0)
+    starts = b["position_ids"] == 0
     assert (b["labels"][starts] == IGNORE_INDEX).all()  # no example is predicted from the one before it
     flat = PackingCollator(tok.pad_token_id, flat=True)(ex)
     cu = flat["cu_seq_lens_q"]

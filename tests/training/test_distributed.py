@@ -4,6 +4,7 @@ Each launch runs the real command line. Hooks in the workers (launching.py) reco
 writes into the run folder and, after training, the global step, a hash of the trainable weights and the tokens that
 rank trained on. So the tests can tell that rank 0 alone wrote the run's files, each once, and that both ranks
 trained the same synchronized weights."""
+
 import json
 import re
 import shutil
@@ -16,16 +17,35 @@ import torch
 from launching import check_clean, read_records, trained, worker_env, written
 
 # QLoRA: every process quantizes its own copy of the random base (a round trip through disk) and trains on it
-QUICK = ["model.quantization=4bit", "train.report_to=none", "train.logging_steps=1", "train.eval_steps=2",
-         "train.save_steps=2"]
+QUICK = [
+    "model.quantization=4bit",
+    "train.report_to=none",
+    "train.logging_steps=1",
+    "train.eval_steps=2",
+    "train.save_steps=2",
+]
 
 
 def launch(tiny: Path, tmp: Path, out: Path, *args: str, steps: int, nproc: int = 2, env: dict | None = None):
     """torchrun -m medtune train on the tiny preset; returns (completed process, records per rank)."""
     env, rec = worker_env(tmp, env)
     sets = [a for s in QUICK + [f"train.max_steps={steps}"] for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "medtune", "train", "--config", str(tiny), "--output-dir", str(out), *sets, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "medtune",
+        "train",
+        "--config",
+        str(tiny),
+        "--output-dir",
+        str(out),
+        *sets,
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     return proc, read_records(rec, nproc)
 
@@ -55,9 +75,18 @@ def test_two_processes_train_one_run_written_by_rank_0(ddp_run):
     assert written(records[1], out) == []
     files = written(records[0], out)
     assert len(files) == len(set(files)), files
-    for f in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "manifest.json",
-              "metrics.json", "loss_curve.png", "splits/validation.jsonl", "splits/test.jsonl",
-              "base_model/model.safetensors"):
+    for f in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "config.yaml",
+        "manifest.json",
+        "metrics.json",
+        "loss_curve.png",
+        "splits/validation.jsonl",
+        "splits/test.jsonl",
+        "base_model/model.safetensors",
+    ):
         assert f in files and (out / f).is_file(), f
     check_clean(out)
 
@@ -119,8 +148,10 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(ddp_run, tiny
     assert t0["step"] == t1["step"] == 3 and t0["weights"] == t1["weights"]
     ckpt = out / "checkpoints" / "checkpoint-3"
     said = [ln for ln in proc.stderr.splitlines() if ln.startswith("medtune: stopped")]
-    assert said == [f"medtune: stopped by SIGTERM after step 3 of 4; checkpoint {ckpt}; resume with: medtune train "
-                    f"{said[0].split(' medtune train ', 1)[1]}"], proc.stderr[-3000:]
+    assert said == [
+        f"medtune: stopped by SIGTERM after step 3 of 4; checkpoint {ckpt}; resume with: medtune train "
+        f"{said[0].split(' medtune train ', 1)[1]}"
+    ], proc.stderr[-3000:]
     assert said[0].endswith("--resume (under the same launcher)")
     assert rundir.checkpoint_problem(ckpt) is None
     assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()

@@ -1,5 +1,6 @@
 """The chunked loss (medtune.training.loss) is exact: it equals the model's own loss and gradients, keeps bf16 with
 the dtype-keeping layer norms (medtune.training.patches), and the Trainer's chunked loss equals its default one."""
+
 import torch
 
 from medtune.data import IGNORE_INDEX
@@ -18,8 +19,9 @@ def test_chunked_loss_and_gradients_equal_plain(tok, examples, small_gpt2, model
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     decoder, weight = decoder_and_head(model)
-    hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                     use_cache=False).last_hidden_state
+    hidden = decoder(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    ).last_hidden_state
     total, n = linear_cross_entropy(hidden, weight, batch["labels"], chunk=37)
     loss = total / n
     loss.backward()
@@ -39,8 +41,9 @@ def test_norms_keep_bf16_under_autocast(tok, examples, small_gpt2, model_loss):
         assert keep_dtype_norms(model) == 2 * 2 + 1
         assert model.transformer.ln_f(torch.randn(3, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
         decoder, weight = decoder_and_head(model)
-        hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                         use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).last_hidden_state
         assert hidden.dtype == torch.bfloat16
         total, n = linear_cross_entropy(hidden, weight, batch["labels"])
     assert abs((total / n).item() - ref.item()) < 2e-2 * ref.item()

@@ -1,4 +1,5 @@
 """The max_memory_gib planner (medtune.training.memory) is sane."""
+
 import pytest
 
 from medtune.training import memory

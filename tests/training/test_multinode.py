@@ -4,6 +4,7 @@ rendezvous on 127.0.0.1), each in its own working directory with its own output 
 The base is the tiny GPT-2 without dropout, saved as a local folder that both nodes load, so the 2-process run can
 be compared with one process on the same global batch. Hooks in the workers (launching.py) record each rank's
 writes, weights and working directory, and count the collectives and host reads of each training step."""
+
 import json
 import os
 import re
@@ -19,8 +20,14 @@ import torch
 from launching import read_records, trained, worker_env, written
 
 # logged after steps 1 and 3, one checkpoint (step 4); step 2 is a plain step (neither logged nor saved)
-STEPS = ["train.max_steps=4", "train.logging_steps=3", "train.save_steps=4", "train.eval_steps=100",
-         "train.eval_on_start=false", "train.report_to=none"]
+STEPS = [
+    "train.max_steps=4",
+    "train.logging_steps=3",
+    "train.save_steps=4",
+    "train.eval_steps=100",
+    "train.eval_on_start=false",
+    "train.report_to=none",
+]
 
 
 def free_port() -> int:
@@ -39,12 +46,33 @@ def launch_nodes(tiny: Path, tmp: Path, base: Path, *args: str, timeout: int = 3
     for rank in (0, 1):
         cwd = tmp / f"node{rank}"
         cwd.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-               f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=medtune-test",
-               "-m", "medtune", "train", "--config", str(tiny), "--model", str(base), "--output-dir", "run",
-               *sets, *args]
-        agents.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, start_new_session=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            f"--node-rank={rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            "--rdzv-id=medtune-test",
+            "-m",
+            "medtune",
+            "train",
+            "--config",
+            str(tiny),
+            "--model",
+            str(base),
+            "--output-dir",
+            "run",
+            *sets,
+            *args,
+        ]
+        agents.append(
+            subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+        )
     results = []
     try:
         for p in agents:
@@ -94,13 +122,21 @@ def test_two_machines_train_one_run_on_rank_0s_machine(two_nodes):
 
     assert written(records[1], helper / "run") == []  # medtune's writers ran on rank 0 alone
     files = {str(f.relative_to(main / "run")) for f in (main / "run").rglob("*") if f.is_file()}
-    for f in ("adapter_model.safetensors", "config.yaml", "metrics.json", "manifest.json", "splits/test.jsonl",
-              "checkpoints/checkpoint-4/adapter_model.safetensors", "checkpoints/checkpoint-4/rng_state_0.pth"):
+    for f in (
+        "adapter_model.safetensors",
+        "config.yaml",
+        "metrics.json",
+        "manifest.json",
+        "splits/test.jsonl",
+        "checkpoints/checkpoint-4/adapter_model.safetensors",
+        "checkpoints/checkpoint-4/rng_state_0.pth",
+    ):
         assert f in files, f
     assert not any("rng_state_1" in f for f in files)
     # the other machine keeps only its process's RNG state of each checkpoint (the Trainer's, for --resume)
     assert [str(f.relative_to(helper)) for f in helper.rglob("*") if f.is_file()] == [
-        "run/checkpoints/checkpoint-4/rng_state_1.pth"]
+        "run/checkpoints/checkpoint-4/rng_state_1.pth"
+    ]
     final = json.loads((main / "run" / "metrics.json").read_text())["final"]
     assert final["train_tokens"] == t0["tokens"] + t1["tokens"]
     assert json.loads((main / "run" / "manifest.json").read_text())["processes"] == 2
@@ -123,8 +159,10 @@ def test_two_machines_equal_one_process_with_the_same_global_batch(two_nodes, ti
     assert two.keys() == one.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5)
-    losses = [[h["loss"] for h in json.loads((run / "metrics.json").read_text())["log_history"] if "loss" in h]
-              for run in (main, single)]
+    losses = [
+        [h["loss"] for h in json.loads((run / "metrics.json").read_text())["log_history"] if "loss" in h]
+        for run in (main, single)
+    ]
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
@@ -152,9 +190,11 @@ def test_collectives_and_host_reads_per_training_step(two_nodes):
         assert sorted((k[1], k[3], n) for k, n in plain.items() if k[0] == "collective") == [
             ("allgather_", "transformers/trainer.py:_get_num_items_in_batch", 1),
             ("allreduce_", "medtune/training/trainer.py:on_step_end", 1),
-            ("allreduce_", "transformers/trainer.py:training_step", 1)], plain  # DDP's, in the backward
+            ("allreduce_", "transformers/trainer.py:training_step", 1),
+        ], plain  # DDP's, in the backward
         assert {k[2]: n for k, n in plain.items() if k[0] == "host_read" and k[2].startswith("medtune/")} == {
-            "medtune/training/trainer.py:on_step_end": 1}, plain
+            "medtune/training/trainer.py:on_step_end": 1
+        }, plain
         # the Trainer's loop no longer reads every step's loss (its nan/inf filter is off); on this CPU AdamW reads
         # its step counters (CPU tensors on a GPU too), and an unpacked batch's attention mask is checked
         assert not [k for k in plain if k[0] == "host_read" and k[2] == "transformers/trainer.py:_run_epoch"], plain
@@ -162,7 +202,8 @@ def test_collectives_and_host_reads_per_training_step(two_nodes):
         assert sorted((k[1], k[3]) for k in extra) == [
             ("allgather_", "transformers/trainer.py:_maybe_log_save_evaluate"),  # the loss of the logging interval
             ("allgather_", "transformers/trainer.py:store_flos"),
-            ("allreduce_", "medtune/training/trainer.py:log")], extra  # tokens/s over all processes
+            ("allreduce_", "medtune/training/trainer.py:log"),
+        ], extra  # tokens/s over all processes
 
 
 def test_resume_without_a_shared_folder_is_refused_on_every_machine(two_nodes, tiny_preset, base, tmp_path):
@@ -176,7 +217,10 @@ def test_resume_without_a_shared_folder_is_refused_on_every_machine(two_nodes, t
     agents, rec = launch_nodes(tiny_preset, tmp_path, base, "--resume")
     for rc, _, err in agents:
         assert rc != 0
-        assert re.search(r"medtune: error: --resume: the processes of this run see different checkpoints in run "
-                         r"\(from step 0 to 4; 0: none\): every machine must see the same output folder", err), err
+        assert re.search(
+            r"medtune: error: --resume: the processes of this run see different checkpoints in run "
+            r"\(from step 0 to 4; 0: none\): every machine must see the same output folder",
+            err,
+        ), err
     assert not [r for rank in (0, 1) for r in rec[rank] if r["event"] in ("write", "trained")]
     assert {f: f.read_bytes() for f in main.rglob("*") if f.is_file()} == before

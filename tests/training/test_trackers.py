@@ -1,6 +1,7 @@
 """train.report_to: an MLflow file-store run (offline) holds the config, the curves and the final metrics, in one run;
 TensorBoard gets the config as text; an unknown tracker, 'none' with others, a missing package or a store that cannot
 open is one clear error before anything is written."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -59,8 +60,9 @@ def test_report_to_takes_one_tracker_or_a_list(tmp_path):
     assert cfg("wandb,mlflow").train.report_to == ["wandb", "mlflow"]
     assert cfg("[tensorboard, trackio]").train.report_to == ["tensorboard", "trackio"]
     assert trackers.trackers(cfg("none")) == []
-    with pytest.raises(MedtuneError,
-                       match=r"'train.report_to' must be one of none, tensorboard, wandb, .*got 'wandbb'"):
+    with pytest.raises(
+        MedtuneError, match=r"'train.report_to' must be one of none, tensorboard, wandb, .*got 'wandbb'"
+    ):
         cfg("wandbb")
     with pytest.raises(MedtuneError, match="'none' cannot be combined"):
         cfg("none,mlflow")
@@ -78,8 +80,11 @@ def test_a_missing_package_is_named(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "comet_ml" else real(name, *a))
     cfg = load_config(None, ["train.report_to=tensorboard,comet_ml"], output_dir=str(tmp_path))
-    with pytest.raises(MedtuneError, match=r"train.report_to=comet_ml needs the 'comet-ml' package: pip install "
-                                           r"comet-ml"):
+    with pytest.raises(
+        MedtuneError,
+        match=r"train.report_to=comet_ml needs the 'comet-ml' package: pip install "
+        r"comet-ml",
+    ):
         trackers.check(cfg)
 
 

@@ -1,4 +1,5 @@
 """medtune.training.run: the run folder, reloading the adapter, refusing to overwrite, --resume, 4-bit on CPU."""
+
 import json
 import logging
 
@@ -20,8 +21,17 @@ def run_dir(tmp_path_factory, tiny_config):
 
 def test_run_writes_everything(run_dir):
     out, metrics = run_dir
-    for f in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "manifest.json",
-              "metrics.json", "loss_curve.png", "splits/test.jsonl", "splits/validation.jsonl"):
+    for f in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "config.yaml",
+        "manifest.json",
+        "metrics.json",
+        "loss_curve.png",
+        "splits/test.jsonl",
+        "splits/validation.jsonl",
+    ):
         assert (out / f).is_file(), f
     assert not list(out.glob(".staging-*")) and not list(out.glob("*.tmp"))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -120,9 +130,16 @@ def test_train_tokens_are_the_tokens_trained_on(tmp_path, tiny_config, packing):
     from medtune import training
     from medtune.model import load_tokenizer
 
-    cfg = tiny_config(tmp_path / "out", "train.max_steps=-1", "train.epochs=1", "train.eval_steps=2",
-                      "train.eval_on_start=true", "data.max_records=60", f"train.packing={str(packing).lower()}",
-                      *(["train.batch_tokens=512"] if packing else []))
+    cfg = tiny_config(
+        tmp_path / "out",
+        "train.max_steps=-1",
+        "train.epochs=1",
+        "train.eval_steps=2",
+        "train.eval_on_start=true",
+        "data.max_records=60",
+        f"train.packing={str(packing).lower()}",
+        *(["train.batch_tokens=512"] if packing else []),
+    )
     metrics = training.run(cfg)
     prepared = data_mod.prepare(cfg.data, load_tokenizer("builtin:tiny"))
     assert metrics["train_tokens"] == sum(len(e["input_ids"]) for e in prepared.encoded["train"])

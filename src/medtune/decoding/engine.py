@@ -16,6 +16,7 @@ Why our own and not transformers' ContinuousBatchingManager: it draws every requ
 (torch.multinomial), so an answer changes with its batch-mates, drops the repetition penalty, and measured 8-65x
 slower on one H200 (benchmarks/decode.py, docs/decoding.md).
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medtune.decoding")
 
-WIDTH_STEP = 128          # decode attends over a multiple of this many positions (fewer graphs, little waste)
-PREFILL_TOKENS = 16_384   # prompt tokens prefilled per step at most (running rows wait for one prefill only)
-PREFILL_GRAPH_ROWS = 16   # prefills of up to this many prompts ...
+WIDTH_STEP = 128  # decode attends over a multiple of this many positions (fewer graphs, little waste)
+PREFILL_TOKENS = 16_384  # prompt tokens prefilled per step at most (running rows wait for one prefill only)
+PREFILL_GRAPH_ROWS = 16  # prefills of up to this many prompts ...
 PREFILL_GRAPH_WIDTH = 512  # ... of up to this many tokens run as CUDA graphs (bucketed); larger ones eagerly
 
 
@@ -71,7 +72,8 @@ class Engine:
         # per slot: the token to feed next, its position, the slot's length, tokens generated, live (1) or padding (0),
         # the token of the last decode step and of the last prefill
         self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out, self.first = (
-            z(self.slots) for _ in range(7))
+            z(self.slots) for _ in range(7)
+        )
         self.index = torch.arange(self.slots, device=self.device)
         self.settings = RowSettings.empty(self.slots, self.device)
         pw, pr = min(PREFILL_GRAPH_WIDTH, self.max_len), PREFILL_GRAPH_ROWS
@@ -104,8 +106,9 @@ class Engine:
         free, _ = torch.cuda.mem_get_info(self.device)
         fit = max(1, int(0.4 * free // max(per_slot, 1)))
         if fit < slots:
-            log.warning("decoding: %d rows at once fit in GPU memory (of %d asked), %d tokens each", fit, slots,
-                        self.max_len)
+            log.warning(
+                "decoding: %d rows at once fit in GPU memory (of %d asked), %d tokens each", fit, slots, self.max_len
+            )
         return min(slots, fit)
 
     # ------------------------------------------------------------ requests in and out
@@ -134,9 +137,13 @@ class Engine:
         """Decode a list of requests to the end; their Completions in the order given."""
         out: dict[int, object] = {}
         for i, r in enumerate(requests):
-            done = r.on_done
-            r.on_done = (lambda c, i=i, done=done:  # (the tuple is discarded)
-                         (out.__setitem__(i, c), done and done(c)))  # type: ignore[func-returns-value]
+
+            def finished(c, i=i, done=r.on_done):
+                out[i] = c
+                if done is not None:
+                    done(c)
+
+            r.on_done = finished
             self.add(r)
         while len(out) < len(requests):
             self.step()
@@ -221,10 +228,16 @@ class Engine:
         bb, wb = (bb, wb) if graph else (b, max(lens))
         ids = torch.full((bb, wb), self.pad, dtype=torch.long)
         for i, r in enumerate(requests):
-            ids[i, :lens[i]] = torch.tensor(r.ids, dtype=torch.long)
+            ids[i, : lens[i]] = torch.tensor(r.ids, dtype=torch.long)
         pad = [0] * (bb - b)
-        inputs = upload(ids, *(torch.tensor(v) for v in ([n - 1 for n in lens] + pad, list(range(n0, n0 + bb)),
-                                                         lens + pad, [1] * b + pad)), device=self.device)
+        inputs = upload(
+            ids,
+            *(
+                torch.tensor(v)
+                for v in ([n - 1 for n in lens] + pad, list(range(n0, n0 + bb)), lens + pad, [1] * b + pad)
+            ),
+            device=self.device,
+        )
         if not graph:
             self._prefill_step(*inputs)
             return
@@ -257,23 +270,25 @@ class Engine:
         j = 0
         if joined is not None:
             n0, j = joined
-            host[n:n + j].copy_(self.first[n0:n0 + j], non_blocking=not blocking)
+            host[n : n + j].copy_(self.first[n0 : n0 + j], non_blocking=not blocking)
         event = None
         if not blocking:
             event = torch.cuda.Event()
             event.record()
-        return list(self.rows), joined, host[:n + j], event
+        return list(self.rows), joined, host[: n + j], event
 
     def _decode_step(self, b: int, width: int) -> torch.Tensor:
         """One token for rows 0..b-1: forward, sampling and state update, all on the device (capturable)."""
         c = self.cache
         c.mode, c.width, c.pos = "decode", width, self.pos
         col = torch.arange(width, device=self.device)
-        c.bias = torch.zeros(b, width, device=self.device).masked_fill_(col[None, :] > self.pos[:b, None],
-                                                                        float("-inf"))
+        c.bias = torch.zeros(b, width, device=self.device).masked_fill_(
+            col[None, :] > self.pos[:b, None], float("-inf")
+        )
         out = self.model(input_ids=self.tok_in[:b, None], position_ids=self.pos[:b, None], use_cache=False)
-        tokens = sample(out.logits[:, -1].float(), self.settings.view(b), self.steps[:b], self.hist[:b, :width],
-                        self.lengths[:b])
+        tokens = sample(
+            out.logits[:, -1].float(), self.settings.view(b), self.steps[:b], self.hist[:b, :width], self.lengths[:b]
+        )
         self._advance(self.index[:b], tokens)
         self.out[:b].copy_(tokens)
         return self.out[:b]
@@ -298,8 +313,11 @@ class Engine:
             try:
                 self.graphs[key] = self._capture(fn)
             except Exception as e:  # an architecture whose forward cannot be captured: decode eagerly
-                log.warning("CUDA graph capture failed (%s: %s); decoding without CUDA graphs",
-                            type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                log.warning(
+                    "CUDA graph capture failed (%s: %s); decoding without CUDA graphs",
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "",
+                )
                 self.use_graphs = False
                 self.graphs.clear()
                 raise _CaptureFailed() from e
@@ -411,7 +429,7 @@ def upload(*parts: torch.Tensor, device) -> list[torch.Tensor]:
         flat = flat.to(device)
     out, at = [], 0
     for p in parts:
-        out.append(flat[at:at + p.numel()].view(p.shape))
+        out.append(flat[at : at + p.numel()].view(p.shape))
         at += p.numel()
     return out
 

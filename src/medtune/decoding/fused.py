@@ -4,6 +4,7 @@ together in five kernels (eager: ten), and on a GPU the query/key/value projecti
 gate/up projections of a gated MLP) run as one matrix product each. A CUDA-graph step of a small model is a chain of
 tiny kernels, so their count is its time (SmolLM2-135M: 30 layers, about 45 kernels each). Outside the engine the
 modules compute exactly as before, so losses do not move."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,7 +41,7 @@ def _rope(q, k, cos, sin, unsqueeze_dim: int = 1):
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     out = torch.addcmul(x * cos, rotated, sin)
-    return out[:, :q.shape[1]], out[:, q.shape[1]:]
+    return out[:, : q.shape[1]], out[:, q.shape[1] :]
 
 
 def _rope_matches(original) -> bool:
@@ -127,8 +128,10 @@ def fuse_projections(model, headroom: float = 0.25) -> int:
     for module in model.modules():
         for names in PROJECTION_GROUPS:
             linears: list[Any] = [getattr(module, n, None) for n in names]
-            if all(type(m) in _LINEARS for m in linears) and \
-                    len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in linears}) == 1:
+            if (
+                all(type(m) in _LINEARS for m in linears)
+                and len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in linears}) == 1
+            ):
                 groups.append(linears)
     for group in groups:  # back to plain projections; the old copies are freed
         for m in group:
@@ -139,8 +142,9 @@ def fuse_projections(model, headroom: float = 0.25) -> int:
         return 0
     device = groups[0][0].weight.device
     size = sum(m.weight.numel() * m.weight.element_size() for g in groups for m in g)
-    if device.type not in FUSE_DEVICES or (device.type == "cuda" and size > headroom * torch.cuda.mem_get_info(
-            device)[0]):
+    if device.type not in FUSE_DEVICES or (
+        device.type == "cuda" and size > headroom * torch.cuda.mem_get_info(device)[0]
+    ):
         return 0
     for first, *others in groups:
         with torch.no_grad():
@@ -167,8 +171,13 @@ def fuse_for_decoding(model) -> int:
         cls = type(module)
         if cls.__name__.startswith("Fused"):
             continue
-        if cls.__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon") and \
-                getattr(module, "weight", None) is not None and module.weight.dim() == 1 and hasattr(F, "rms_norm"):
+        if (
+            cls.__name__.endswith("RMSNorm")
+            and hasattr(module, "variance_epsilon")
+            and getattr(module, "weight", None) is not None
+            and module.weight.dim() == 1
+            and hasattr(F, "rms_norm")
+        ):
             forward = _rms_forward
             if cls not in checked:
                 checked[cls] = _rms_matches(cls, module)

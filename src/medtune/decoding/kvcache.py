@@ -8,6 +8,7 @@ first `width` positions of each slot with a per-row length mask, in the shapes a
 cache active it is plain SDPA (the eval loss, training-style calls). One path for every architecture whose attention
 goes through transformers' attention interface (GPT-2, the Llama family, ...): no per-model decoding code.
 """
+
 from __future__ import annotations
 
 import threading
@@ -53,10 +54,11 @@ class SlotCache:
         that moving a slot is two kernels, not four a layer."""
         shapes = {(t.shape[1], t.shape[3], t.dtype) for t in probe.k.values()}
         if len(shapes) == 1:
-            (heads, dim, dtype), = shapes
+            ((heads, dim, dtype),) = shapes
             layers = sorted(probe.k)
-            self.stacked = torch.zeros((2, len(layers), self.slots, heads, self.max_len, dim), device=self.device,
-                                       dtype=dtype)
+            self.stacked = torch.zeros(
+                (2, len(layers), self.slots, heads, self.max_len, dim), device=self.device, dtype=dtype
+            )
             for i, idx in enumerate(layers):
                 self.k[idx], self.v[idx] = self.stacked[0, i], self.stacked[1, i]
             return
@@ -103,15 +105,18 @@ def _attend(query, key, value, bias, scaling: float, softcap: float | None):
     return torch.matmul(probs, value).view(b, hq, t, d)
 
 
-def slot_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
-                   **kwargs):
+def slot_attention(
+    module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0, **kwargs
+):
     """transformers' attention interface: query [B, Hq, T, D], key/value [B, Hkv, T, D] (this step's tokens only);
     returns [B, T, Hq, D]."""
     cache = active()
     if cache is None or cache.mode is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError("attention sinks are not supported by medtune's decoding engine")
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
@@ -130,8 +135,9 @@ def slot_attention(module, query, key, value, attention_mask, scaling: float | N
             bias = torch.zeros(keep.shape, device=query.device).masked_fill_(~keep, float("-inf"))
             out = _attend(query, key, value, bias, scaling, softcap)
         else:
-            out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
-                                                 enable_gqa=query.shape[1] != key.shape[1])
+            out = F.scaled_dot_product_attention(
+                query, key, value, is_causal=True, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+            )
         return out.transpose(1, 2), None
     # decode: one token a row; rows are slots 0..b-1
     assert cache.pos is not None and cache.bias is not None  # set by the engine for a decode pass
@@ -142,7 +148,7 @@ def slot_attention(module, query, key, value, attention_mask, scaling: float | N
     if window and cache.width > window:
         col = torch.arange(cache.width, device=query.device)
         bias = bias.masked_fill((col[None, :] <= cache.pos[:b, None] - window)[:, None, None, None, :], float("-inf"))
-    out = _attend(query, kbuf[:b, :, :cache.width], vbuf[:b, :, :cache.width], bias, scaling, softcap)
+    out = _attend(query, kbuf[:b, :, : cache.width], vbuf[:b, :, : cache.width], bias, scaling, softcap)
     return out.transpose(1, 2), None
 
 
@@ -152,6 +158,7 @@ def _mask(*args, **kwargs):
     if cache is not None and cache.mode is not None:
         return None
     from transformers.masking_utils import sdpa_mask
+
     return sdpa_mask(*args, **kwargs)
 
 
@@ -164,4 +171,3 @@ def use_slots(model) -> None:
     AttentionMaskInterface.register(SLOTS, _mask)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(SLOTS)
-

@@ -1,4 +1,5 @@
 """What the engine keeps on the host for each running answer: its tokens, the loop guard, the streamed text."""
+
 from __future__ import annotations
 
 import collections
@@ -17,6 +18,7 @@ class LoopGuard:
     A looping answer ("A B C D E A B C D E ...", or the same phrase with small variations) fills the window with
     repeated 4-grams; ordinary text has a few percent (reference answers: 1.3%). The cut keeps the first occurrence
     of the repeated text and drops its copies."""
+
     window: int  # 0: off
     seen: set = field(default_factory=set)
     repeats: collections.deque = field(default_factory=collections.deque)  # starts of repeated 4-grams in the window
@@ -54,30 +56,31 @@ class TextStream:
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.prefix = 0  # window start
-        self.read = 0    # tokens whose text was already sent
+        self.read = 0  # tokens whose text was already sent
         self.sent = ""
 
     def feed(self, tokens: list[int], upto: int) -> str:
         if upto <= self.read:
             return ""
-        before = self.tok.decode(tokens[self.prefix:self.read], skip_special_tokens=True)
-        text = self.tok.decode(tokens[self.prefix:upto], skip_special_tokens=True)
+        before = self.tok.decode(tokens[self.prefix : self.read], skip_special_tokens=True)
+        text = self.tok.decode(tokens[self.prefix : upto], skip_special_tokens=True)
         if len(text) <= len(before) or text.endswith("\ufffd"):
             return ""
         self.prefix, self.read = self.read, upto
-        return text[len(before):]
+        return text[len(before) :]
 
 
 @dataclass
 class Row:
     """One running request: what it asked for and what it has so far."""
+
     request: Request
     seed: int
     guard: LoopGuard
     stream: TextStream | None
     tokens: list[int] = field(default_factory=list)  # the answer's tokens (EOS excluded)
     reason: str | None = None  # set when it stops: eos, length, loop, cancelled
-    shown: str = ""            # text streamed so far
+    shown: str = ""  # text streamed so far
 
     @property
     def prompt_len(self) -> int:

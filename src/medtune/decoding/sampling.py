@@ -6,6 +6,7 @@ depends on its prompt and seed, never on which requests share its batch or how m
 an answer would change with its batch-mates.) The order of the steps follows `model.generate`: repetition penalty,
 no-repeat n-grams, then temperature, top-k, top-p and min-p.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,9 +39,10 @@ class RowSettings:
     writing a batch of new rows is two copies and moving rows is two kernels), and what the host must know to lay out
     the work (the largest top-k, whether any row has a penalty or bans n-grams). The engine keeps one set for all its
     slots and updates it in place as rows join and leave, so a captured CUDA graph keeps reading current values."""
-    floats: torch.Tensor      # [4, rows]: temperature, top_p, min_p, repetition penalty (1: off)
-    ints: torch.Tensor        # [4, rows]: greedy (0/1), top_k (0: no limit), seed, no-repeat n-gram size (0: off)
-    max_top_k: int = 0        # host: the largest top_k of the rows, rounded up to a power of 2 (0: some row has none)
+
+    floats: torch.Tensor  # [4, rows]: temperature, top_p, min_p, repetition penalty (1: off)
+    ints: torch.Tensor  # [4, rows]: greedy (0/1), top_k (0: no limit), seed, no-repeat n-gram size (0: off)
+    max_top_k: int = 0  # host: the largest top_k of the rows, rounded up to a power of 2 (0: some row has none)
     any_penalty: bool = False
     ngram_sizes: tuple[int, ...] = ()
 
@@ -69,10 +71,22 @@ class RowSettings:
     def write(self, start: int, settings: list, seeds: list[int]) -> None:
         """Rows start.. take these settings (GenerateConfigs) and seeds."""
         span = slice(start, start + len(settings))
-        floats = torch.tensor([[max(g.temperature, MIN_TEMPERATURE) for g in settings], [g.top_p for g in settings],
-                               [g.min_p for g in settings], [g.repetition_penalty for g in settings]])
-        ints = torch.tensor([[int(g.greedy or g.temperature < MIN_TEMPERATURE) for g in settings],
-                             [g.top_k for g in settings], list(seeds), [g.no_repeat_ngram for g in settings]])
+        floats = torch.tensor(
+            [
+                [max(g.temperature, MIN_TEMPERATURE) for g in settings],
+                [g.top_p for g in settings],
+                [g.min_p for g in settings],
+                [g.repetition_penalty for g in settings],
+            ]
+        )
+        ints = torch.tensor(
+            [
+                [int(g.greedy or g.temperature < MIN_TEMPERATURE) for g in settings],
+                [g.top_k for g in settings],
+                list(seeds),
+                [g.no_repeat_ngram for g in settings],
+            ]
+        )
         cuda = self.floats.device.type == "cuda"
         for dst, src in ((self.floats, floats), (self.ints, ints)):  # pinned + asynchronous: no wait for the device
             dst[:, span].copy_(src.pin_memory() if cuda else src, non_blocking=cuda)
@@ -101,8 +115,9 @@ class RowSettings:
         return RowSettings(self.floats.index_select(1, rows), self.ints.index_select(1, rows), *self.key())
 
 
-def repetition_penalty(logits: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor,
-                       penalty: torch.Tensor) -> torch.Tensor:
+def repetition_penalty(
+    logits: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor, penalty: torch.Tensor
+) -> torch.Tensor:
     """model.generate's repetition penalty over each row's tokens so far (prompt and answer): a present token's
     logit is divided by the penalty (multiplied, when negative). history [B, W]: token ids, valid below lengths."""
     col = torch.arange(history.shape[1], device=history.device)
@@ -112,8 +127,9 @@ def repetition_penalty(logits: torch.Tensor, history: torch.Tensor, lengths: tor
     return logits.scatter(1, ids, torch.where(present < 0, present * p, present / p))
 
 
-def ban_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor,
-                        sizes: torch.Tensor, distinct: tuple[int, ...]) -> torch.Tensor:
+def ban_repeated_ngrams(
+    logits: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor, sizes: torch.Tensor, distinct: tuple[int, ...]
+) -> torch.Tensor:
     """model.generate's no_repeat_ngram_size per row (sizes, [B]; distinct: its nonzero values): a token that
     would complete an n-gram already present in the row's tokens gets -inf."""
     for n in distinct:
@@ -126,14 +142,19 @@ def ban_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, lengths: to
         starts = torch.arange(w - n + 1, device=logits.device)
         match = (starts[None, :] + n <= lengths[:, None]) & rows[:, None] & (lengths[:, None] >= n)
         for j in range(n - 1):
-            match &= history[:, j:j + w - n + 1] == tail[:, j:j + 1]
-        hits = torch.zeros_like(logits).scatter_add_(1, history[:, n - 1:], match.float())
+            match &= history[:, j : j + w - n + 1] == tail[:, j : j + 1]
+        hits = torch.zeros_like(logits).scatter_add_(1, history[:, n - 1 :], match.float())
         logits = logits.masked_fill(hits > 0, float("-inf"))  # the token that followed a matching (n-1)-gram
     return logits
 
 
-def sample(logits: torch.Tensor, s: RowSettings, steps: torch.Tensor, history: torch.Tensor | None = None,
-           lengths: torch.Tensor | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor,
+    s: RowSettings,
+    steps: torch.Tensor,
+    history: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The next token of each row ([B] int64) from logits [B, V] (float32). steps: each row's count of generated
     tokens so far (the position of this draw in its stream)."""
     if history is not None and s.any_penalty:

@@ -16,6 +16,7 @@ beside the destination that replaces it only once complete: `out_file` is either
 dtype: f16 (2-D weights float16, norms and biases float32), q8_0 (2-D weights whose rows are a multiple of 32 in
 llama.cpp's 8-bit blocks, the others as f16), f32. The position embedding of GPT-2 stays float32, as in llama.cpp.
 """
+
 from medtune.gguf_export.common import LLAMA3_SPLIT, QWEN2_SPLIT
 from medtune.gguf_export.ollama import ollama_modelfile, read_gguf_metadata
 from medtune.gguf_export.writer import export_gguf

@@ -101,9 +101,7 @@ class _Arch:
             seen[name] = hf_name
             shape = self.weights.shape(hf_name)
             shape = tuple(reversed(shape)) if self.transposed(hf_name) else shape
-            out.append(
-                Tensor(hf_name, name, shape, "weight" if len(shape) == 2 and not self.keep_f32(name) else "f32")
-            )
+            out.append(Tensor(hf_name, name, shape, "weight" if len(shape) == 2 and not self.keep_f32(name) else "f32"))
         if "token_embd.weight" not in seen:
             raise MedtuneError(f"no token embedding among the weights: not a complete {self.name} checkpoint")
         if not self.tied and "output.weight" not in seen:

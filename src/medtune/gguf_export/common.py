@@ -1,4 +1,5 @@
 """GGUF export: constants, reading the model folder (see medtune.gguf_export)."""
+
 from __future__ import annotations
 
 import re
@@ -15,10 +16,14 @@ Q8_BLOCK = 32
 
 # Byte-level BPE pre-tokenizers, named as llama.cpp knows them (tokenizer.ggml.pre). llama.cpp picks the split
 # regex from this name, so a wrong name silently tokenizes differently: an unrecognized one is refused.
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SPLIT_NAMES = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 
 # medtune's own metadata keys (GGUF keys outside llama.cpp's namespaces are kept and ignored by the runtimes)
@@ -35,8 +40,9 @@ def require_gguf():
     try:
         import gguf
     except ImportError:
-        raise MedtuneError("GGUF export needs the `gguf` package: pip install gguf (or pip install 'medtune[gguf]')"
-                           ) from None
+        raise MedtuneError(
+            "GGUF export needs the `gguf` package: pip install gguf (or pip install 'medtune[gguf]')"
+        ) from None
     return gguf
 
 
@@ -45,6 +51,7 @@ def first_line(e: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- reading the folder
+
 
 def read_json(path: Path) -> dict:
     """A JSON file of the model folder that must be there (rundir.read_json's one-line errors)."""
@@ -126,5 +133,3 @@ def read_medtune_config(model_dir: Path) -> dict:
 
 def natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-

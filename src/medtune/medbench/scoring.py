@@ -1,4 +1,5 @@
 """Scoring multiple-choice items by log-likelihood (see medtune.medbench)."""
+
 from __future__ import annotations
 
 import inspect
@@ -13,6 +14,7 @@ log = logging.getLogger("medtune.medbench")
 
 # ---------------------------------------------------------------- scoring
 
+
 def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """lm-eval's split: trailing spaces of the context move to the continuation; the continuation's tokens are
     the tail of the whole text's tokens after the context's own tokens."""
@@ -21,7 +23,7 @@ def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int],
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     ctx = tokenizer(context)["input_ids"]
     whole = tokenizer(context + continuation)["input_ids"]
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     if not cont:
         raise MedtuneError(f"the continuation {continuation!r} encodes to no tokens after its context")
     return ctx, cont
@@ -42,15 +44,17 @@ def _rows(tokenizer, items: list[Item], max_len: int | None) -> list[_Row]:
         if all(len(cont) == 1 and c == ctx for c, cont in pairs):
             # one forward pass over the context predicts every one-token continuation
             ids = ctx[-max_len:] if max_len else ctx
-            rows.append(_Row(ids, [(i, j, len(ids) - 1, cont) for j, (_, cont) in enumerate(pairs)],
-                             len(ids) < len(ctx)))
+            rows.append(
+                _Row(ids, [(i, j, len(ids) - 1, cont) for j, (_, cont) in enumerate(pairs)], len(ids) < len(ctx))
+            )
             continue
         for j, (c, cont) in enumerate(pairs):
             full = c + cont
-            ids = (full[-(max_len + 1):] if max_len else full)[:-1]
+            ids = (full[-(max_len + 1) :] if max_len else full)[:-1]
             if len(cont) > len(ids):
-                raise MedtuneError(f"{item.task} {item.id}: choice {item.choices[j]!r} is longer than the model's "
-                                   "context")
+                raise MedtuneError(
+                    f"{item.task} {item.id}: choice {item.choices[j]!r} is longer than the model's context"
+                )
             rows.append(_Row(ids, [(i, j, len(ids) - len(cont), cont)], len(ids) < len(full) - 1))
     return rows
 
@@ -83,17 +87,18 @@ def choice_logliks(model, tokenizer, items: list[Item], batch_size: int = 16) ->
     try:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                batch = [rows[k] for k in order[start:start + batch_size]]
+                batch = [rows[k] for k in order[start : start + batch_size]]
                 width = max(len(r.ids) for r in batch)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for b, r in enumerate(batch):
-                    ids[b, :len(r.ids)] = torch.tensor(r.ids)
-                    mask[b, :len(r.ids)] = 1
+                    ids[b, : len(r.ids)] = torch.tensor(r.ids)
+                    mask[b, : len(r.ids)] = 1
                 positions = sorted({p + k for r in batch for _, _, p, toks in r.targets for k in range(len(toks))})
                 extra = {"logits_to_keep": torch.tensor(positions, device=device)} if keep else {}
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                               **extra).logits
+                logits = model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra
+                ).logits
                 column = {p: c for c, p in enumerate(positions)} if logits.shape[1] == len(positions) else None
                 for b, r in enumerate(batch):  # log-softmax over the vocabulary only where a row needs it
                     for i, j, p, toks in r.targets:
@@ -131,9 +136,14 @@ def _summary(per_item: list[dict], chances: list[float], bootstrap: int, seed: i
     n = len(per_item)
     correct = [float(p["pred"] == p["gold"]) for p in per_item]
     correct_norm = [float(p["pred_norm"] == p["gold"]) for p in per_item]
-    return {"n": n, "acc": sum(correct) / n, "acc_ci": list(bootstrap_ci(correct, bootstrap, seed)),
-            "acc_norm": sum(correct_norm) / n, "acc_norm_ci": list(bootstrap_ci(correct_norm, bootstrap, seed)),
-            "chance": sum(chances) / n}
+    return {
+        "n": n,
+        "acc": sum(correct) / n,
+        "acc_ci": list(bootstrap_ci(correct, bootstrap, seed)),
+        "acc_norm": sum(correct_norm) / n,
+        "acc_norm_ci": list(bootstrap_ci(correct_norm, bootstrap, seed)),
+        "chance": sum(chances) / n,
+    }
 
 
 def score(model, tokenizer, items: list[Item], batch_size: int = 16, bootstrap: int = 1000, seed: int = 0) -> dict:
@@ -145,18 +155,30 @@ def score(model, tokenizer, items: list[Item], batch_size: int = 16, bootstrap: 
     t0 = time.perf_counter()
     lls = choice_logliks(model, tokenizer, items, batch_size)
     truncated = truncated_count(model, tokenizer, items)
-    per_item = [{"id": it.id, "gold": it.gold, "pred": _argmax(ll),
-                 "pred_norm": _argmax([v / max(len(c), 1) for v, c in zip(ll, it.choices)]), "logliks": ll}
-                for it, ll in zip(items, lls)]
+    per_item = [
+        {
+            "id": it.id,
+            "gold": it.gold,
+            "pred": _argmax(ll),
+            "pred_norm": _argmax([v / max(len(c), 1) for v, c in zip(ll, it.choices)]),
+            "logliks": ll,
+        }
+        for it, ll in zip(items, lls)
+    ]
     tasks = sorted({it.task for it in items})
-    result = {"task": tasks[0] if len(tasks) == 1 else "+".join(tasks),
-              **_summary(per_item, [1 / len(it.choices) for it in items], bootstrap, seed),
-              "truncated": truncated, "seconds": round(time.perf_counter() - t0, 3), "per_item": per_item}
+    result = {
+        "task": tasks[0] if len(tasks) == 1 else "+".join(tasks),
+        **_summary(per_item, [1 / len(it.choices) for it in items], bootstrap, seed),
+        "truncated": truncated,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "per_item": per_item,
+    }
     return result
 
 
-def score_tasks(model, tokenizer, tasks: dict[str, list[Item]], batch_size: int = 16, bootstrap: int = 1000,
-                seed: int = 0) -> dict[str, dict]:
+def score_tasks(
+    model, tokenizer, tasks: dict[str, list[Item]], batch_size: int = 16, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, dict]:
     """score() for every task, plus one row per complete group (mmlu_medical: all six subjects pooled, so weighted
     by their sizes), with the group's bootstrap interval drawn over the pooled questions."""
     results = {}
@@ -164,16 +186,21 @@ def score_tasks(model, tokenizer, tasks: dict[str, list[Item]], batch_size: int 
         results[name] = score(model, tokenizer, items, batch_size, bootstrap, seed)
         r = results[name]
         ci = f" [{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}]" if r["acc_ci"][0] is not None else ""
-        log.info(f"benchmark {name}: acc {r['acc']:.3f}{ci} acc_norm {r['acc_norm']:.3f} n={r['n']} "
-                 f"chance {r['chance']:.3f} ({r['seconds']:.1f}s)")
+        log.info(
+            f"benchmark {name}: acc {r['acc']:.3f}{ci} acc_norm {r['acc_norm']:.3f} n={r['n']} "
+            f"chance {r['chance']:.3f} ({r['seconds']:.1f}s)"
+        )
     for group, members in GROUPS.items():
         if all(m in results for m in members):
             per_item = [p for m in members for p in results[m]["per_item"]]
             chances = [results[m]["chance"] for m in members for _ in results[m]["per_item"]]
-            results[group] = {"task": group, "members": list(members),
-                              **_summary(per_item, chances, bootstrap, seed),
-                              "truncated": sum(results[m]["truncated"] for m in members),
-                              "seconds": round(sum(results[m]["seconds"] for m in members), 3)}
+            results[group] = {
+                "task": group,
+                "members": list(members),
+                **_summary(per_item, chances, bootstrap, seed),
+                "truncated": sum(results[m]["truncated"] for m in members),
+                "seconds": round(sum(results[m]["seconds"] for m in members), 3),
+            }
     return results
 
 
@@ -187,9 +214,13 @@ def compare(base: dict, tuned: dict, bootstrap: int = 1000, seed: int = 0) -> di
     if not b or not t or [p["id"] for p in b] != [p["id"] for p in t]:
         raise MedtuneError("compare() needs two score() results over the same questions (with per_item)")
     diff = [float(y["pred"] == y["gold"]) - float(x["pred"] == x["gold"]) for x, y in zip(b, t)]
-    return {"n": len(diff), "delta_acc": sum(diff) / len(diff),
-            "delta_acc_ci": list(bootstrap_ci(diff, bootstrap, seed)),
-            "only_tuned_right": sum(d > 0 for d in diff), "only_base_right": sum(d < 0 for d in diff)}
+    return {
+        "n": len(diff),
+        "delta_acc": sum(diff) / len(diff),
+        "delta_acc_ci": list(bootstrap_ci(diff, bootstrap, seed)),
+        "only_tuned_right": sum(d > 0 for d in diff),
+        "only_base_right": sum(d < 0 for d in diff),
+    }
 
 
 def forgetting(base: dict, tuned: dict) -> bool | None:

@@ -1,4 +1,5 @@
 """Benchmark tasks: lm-evaluation-harness prompt formats, parsing of --benchmark, loading (see medtune.medbench)."""
+
 from __future__ import annotations
 
 import ast
@@ -17,8 +18,14 @@ from medtune.files import read_text
 LETTERS = ("A", "B", "C", "D")
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
-MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
-                "professional_medicine")
+MMLU_MEDICAL = (
+    "anatomy",
+    "clinical_knowledge",
+    "college_biology",
+    "college_medicine",
+    "medical_genetics",
+    "professional_medicine",
+)
 
 
 class _BadRecord(ValueError):
@@ -28,6 +35,7 @@ class _BadRecord(ValueError):
 @dataclass(frozen=True)
 class Item:
     """One question: the prompt (context), its choices (scored as " " + choice), the index of the right one."""
+
     task: str
     id: str
     prompt: str
@@ -54,11 +62,13 @@ class TaskSpec:
 
 class Benchmark(NamedTuple):
     """A task to run and where its data comes from: a local file, or None for the hub id in TASKS."""
+
     name: str
     source: str | None = None
 
 
 # ---------------------------------------------------------------- record -> (prompt, choices, gold)
+
 
 def _field(r: dict, *keys: str):
     for k in keys:
@@ -159,19 +169,49 @@ def mmlu_item(subject: str) -> Callable[[dict], tuple[str, list[str], int]]:
 
 
 TASKS: dict[str, TaskSpec] = {
-    "medmcqa": TaskSpec("medmcqa", "openlifescienceai/medmcqa", None, "validation", medmcqa_item, 4,
-                        "question, opa, opb, opc, opd, cop (0-3, or 1-4 as in the original dev.json, which is "
-                        "JSON Lines under a .json name)"),
-    "medqa": TaskSpec("medqa", "GBaker/MedQA-USMLE-4-options", None, "test", medqa_item, 4,
-                      "question, options {A..D}, answer_idx; or sent1, ending0-3, label"),
-    "pubmedqa": TaskSpec("pubmedqa", "qiaojin/PubMedQA", "pqa_labeled", "train", pubmedqa_item, 3,
-                         "question, context {contexts}, final_decision; or QUESTION, CONTEXTS, final_decision, "
-                         "also as the original ori_pqal.json (a dict keyed by PMID)"),
-    **{f"mmlu_{s}": TaskSpec(f"mmlu_{s}", "cais/mmlu", s, "test", mmlu_item(s), 4,
-                             "question, choices [4], answer (0-3), optional subject; or the original header-less "
-                             "CSV (question, A, B, C, D, answer letter) or its folder of <subject>_test.csv files",
-                             subject=s)
-       for s in MMLU_MEDICAL},
+    "medmcqa": TaskSpec(
+        "medmcqa",
+        "openlifescienceai/medmcqa",
+        None,
+        "validation",
+        medmcqa_item,
+        4,
+        "question, opa, opb, opc, opd, cop (0-3, or 1-4 as in the original dev.json, which is "
+        "JSON Lines under a .json name)",
+    ),
+    "medqa": TaskSpec(
+        "medqa",
+        "GBaker/MedQA-USMLE-4-options",
+        None,
+        "test",
+        medqa_item,
+        4,
+        "question, options {A..D}, answer_idx; or sent1, ending0-3, label",
+    ),
+    "pubmedqa": TaskSpec(
+        "pubmedqa",
+        "qiaojin/PubMedQA",
+        "pqa_labeled",
+        "train",
+        pubmedqa_item,
+        3,
+        "question, context {contexts}, final_decision; or QUESTION, CONTEXTS, final_decision, "
+        "also as the original ori_pqal.json (a dict keyed by PMID)",
+    ),
+    **{
+        f"mmlu_{s}": TaskSpec(
+            f"mmlu_{s}",
+            "cais/mmlu",
+            s,
+            "test",
+            mmlu_item(s),
+            4,
+            "question, choices [4], answer (0-3), optional subject; or the original header-less "
+            "CSV (question, A, B, C, D, answer letter) or its folder of <subject>_test.csv files",
+            subject=s,
+        )
+        for s in MMLU_MEDICAL
+    },
 }
 GROUPS: dict[str, tuple[str, ...]] = {"mmlu_medical": tuple(f"mmlu_{s}" for s in MMLU_MEDICAL)}
 ALIASES = {"medqa_4options": "medqa"}  # lm-eval's name for it
@@ -184,6 +224,7 @@ def valid_names() -> str:
 
 # ---------------------------------------------------------------- --benchmark NAME[=FILE][,NAME[=FILE]...]
 
+
 def _check_file(source: str, name: str) -> Path:
     """The file to read for task `name`; for MMLU tasks a folder (the original release's data/test) gives its
     <subject>_test.csv."""
@@ -191,11 +232,15 @@ def _check_file(source: str, name: str) -> Path:
     if path.is_dir() and spec.subject:
         path = path / f"{spec.subject}_test.csv"
         if not path.is_file():
-            raise MedtuneError(f"benchmark {name}: folder {source} has no {path.name} (MMLU's data/test folder "
-                               f"holds one <subject>_test.csv per subject)")
+            raise MedtuneError(
+                f"benchmark {name}: folder {source} has no {path.name} (MMLU's data/test folder "
+                f"holds one <subject>_test.csv per subject)"
+            )
     if path.suffix.lower() not in SUFFIXES:
-        raise MedtuneError(f"benchmark {name}: '{source}' is not a .json, .jsonl, .csv or .parquet file; expected "
-                           f"the layout of the hub dataset {spec.hub} or its original release: {spec.columns}")
+        raise MedtuneError(
+            f"benchmark {name}: '{source}' is not a .json, .jsonl, .csv or .parquet file; expected "
+            f"the layout of the hub dataset {spec.hub} or its original release: {spec.columns}"
+        )
     if not path.is_file():
         raise MedtuneError(f"benchmark {name}: file not found: {source}")
     return path
@@ -222,13 +267,15 @@ def parse_benchmarks(text: str) -> list[Benchmark]:
             raise MedtuneError(f"--benchmark {entry!r}: no file after '='")
         for n in names:
             if n in chosen and chosen[n] != source:
-                raise MedtuneError(f"benchmark {n} is given twice with different data ({chosen[n] or 'hub'} and "
-                                   f"{source or 'hub'})")
+                raise MedtuneError(
+                    f"benchmark {n} is given twice with different data ({chosen[n] or 'hub'} and {source or 'hub'})"
+                )
             chosen[n] = source
     return [Benchmark(n, s) for n, s in chosen.items()]
 
 
 # ---------------------------------------------------------------- loading
+
 
 def _load_hub_rows(spec: TaskSpec) -> list[dict]:
     from medtune.data import load_hub
@@ -267,8 +314,10 @@ def _mmlu_headerless_csv(path: Path) -> list[dict] | None:
         return None
     named = re.fullmatch(r"(.+)_(test|dev|val)", path.stem)
     subject = {"subject": named.group(1)} if named else {}
-    return [{"question": q, "choices": [a, b, c, d], "answer": answer, **subject}
-            for q, a, b, c, d, answer in df.itertuples(index=False)]
+    return [
+        {"question": q, "choices": [a, b, c, d], "answer": answer, **subject}
+        for q, a, b, c, d, answer in df.itertuples(index=False)
+    ]
 
 
 def read_rows(path: Path, name: str) -> list[dict]:
@@ -283,8 +332,9 @@ def read_rows(path: Path, name: str) -> list[dict]:
             rows = _mmlu_headerless_csv(path)
         rows = read_table(path) if rows is None else rows
     except MedtuneError as e:
-        raise MedtuneError(f"benchmark {name}: {e}; expected the layout of {spec.hub} or its original release: "
-                           f"{spec.columns}") from None
+        raise MedtuneError(
+            f"benchmark {name}: {e}; expected the layout of {spec.hub} or its original release: {spec.columns}"
+        ) from None
     if not all(isinstance(r, dict) for r in rows):
         raise MedtuneError(f"benchmark {name}: {path} holds values that are not records; expected {spec.columns}")
     return rows
@@ -309,8 +359,10 @@ def load_task(name: str, source: str | None = None, limit: int | None = None, se
     name = ALIASES.get(name.strip().lower(), name.strip().lower())
     if name not in TASKS:
         if name in GROUPS:
-            raise MedtuneError(f"{name} is a group of tasks ({', '.join(GROUPS[name])}); load them one by one "
-                               "(parse_benchmarks expands it)")
+            raise MedtuneError(
+                f"{name} is a group of tasks ({', '.join(GROUPS[name])}); load them one by one "
+                "(parse_benchmarks expands it)"
+            )
         raise MedtuneError(f"unknown benchmark '{name}'; choose from {valid_names()}")
     spec = TASKS[name]
     if limit is not None and limit < 1:
@@ -327,8 +379,9 @@ def load_task(name: str, source: str | None = None, limit: int | None = None, se
         numbered = [(i, r) for i, r in numbered if str(r.get("subject", "")).strip() == spec.subject]
         if not numbered:
             found = sorted({str(r.get("subject")) for r in rows})[:8]
-            raise MedtuneError(f"benchmark {name}: {where} has no rows with subject '{spec.subject}' "
-                               f"(found: {', '.join(found)})")
+            raise MedtuneError(
+                f"benchmark {name}: {where} has no rows with subject '{spec.subject}' (found: {', '.join(found)})"
+            )
     shift = name == "medmcqa" and _medmcqa_one_based(rows)
     if limit is not None and limit < len(numbered):
         keep = sorted(random.Random(seed).sample(range(len(numbered)), limit))
@@ -340,15 +393,15 @@ def load_task(name: str, source: str | None = None, limit: int | None = None, se
         try:
             prompt, choices, gold = spec.to_item(r)
         except _BadRecord as e:
-            raise MedtuneError(f"benchmark {name}: {where} row {i + 1} does not have the columns of {spec.hub} "
-                               f"({spec.columns}): {e}") from None
+            raise MedtuneError(
+                f"benchmark {name}: {where} row {i + 1} does not have the columns of {spec.hub} ({spec.columns}): {e}"
+            ) from None
         items.append(Item(name, str(r.get("id", r.get("pubid", i))), prompt, list(choices), gold))
     return items
 
 
-def load_benchmarks(benchmarks: list[Benchmark] | list[tuple[str, str | None]], limit: int | None = None,
-                    seed: int = 0) -> dict[str, list[Item]]:
+def load_benchmarks(
+    benchmarks: list[Benchmark] | list[tuple[str, str | None]], limit: int | None = None, seed: int = 0
+) -> dict[str, list[Item]]:
     """Every task's questions, loaded once so that the base and the tuned model score the same ones."""
     return {name: load_task(name, source, limit, seed) for name, source in benchmarks}
-
-

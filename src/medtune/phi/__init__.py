@@ -30,18 +30,32 @@ and text in other languages. Left out on purpose: a year alone, toll-free number
 links to public reference hosts (.gov, .int, .mil, nhs.uk, doi.org, wikipedia.org, wikidoc.org). Names of people
 who are not patients (authors, historical physicians, editors) are found as NAME like any other name.
 """
+
 from medtune.phi.detect import (
-                                FIELDS,
-                                TYPES,
-                                Finding,
-                                count_by_type,
-                                redact_records,
-                                redact_text,
-                                scan_records,
-                                scan_text,
+    FIELDS,
+    TYPES,
+    Finding,
+    count_by_type,
+    redact_records,
+    redact_text,
+    scan_records,
+    scan_text,
 )
 from medtune.phi.names import FIRST_NAMES
 from medtune.phi.patterns import iban_ok, luhn_ok, vin_check_digit, vin_ok
 
-__all__ = ["TYPES", "FIELDS", "Finding", "scan_text", "scan_records", "redact_text", "redact_records", "count_by_type",
-           "luhn_ok", "iban_ok", "vin_ok", "vin_check_digit", "FIRST_NAMES"]
+__all__ = [
+    "TYPES",
+    "FIELDS",
+    "Finding",
+    "scan_text",
+    "scan_records",
+    "redact_text",
+    "redact_records",
+    "count_by_type",
+    "luhn_ok",
+    "iban_ok",
+    "vin_ok",
+    "vin_check_digit",
+    "FIRST_NAMES",
+]

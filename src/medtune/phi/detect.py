@@ -1,5 +1,6 @@
 """PHI detection: candidate finders for dates, phones, labelled values, places and network ids, the resolution of
 overlapping candidates, and the public scan / redact functions."""
+
 from __future__ import annotations
 
 import bisect
@@ -54,8 +55,23 @@ from medtune.phi.patterns import (
     word_set,
 )
 
-TYPES = ("NAME", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "HEALTH_PLAN", "ACCOUNT", "DATE", "ADDRESS", "ZIP", "URL",
-         "IP", "VEHICLE", "DEVICE")
+TYPES = (
+    "NAME",
+    "PHONE",
+    "FAX",
+    "EMAIL",
+    "SSN",
+    "MRN",
+    "HEALTH_PLAN",
+    "ACCOUNT",
+    "DATE",
+    "ADDRESS",
+    "ZIP",
+    "URL",
+    "IP",
+    "VEHICLE",
+    "DEVICE",
+)
 FIELDS = ("instruction", "input", "output")
 
 
@@ -63,6 +79,7 @@ FIELDS = ("instruction", "input", "output")
 class Finding:
     """One identifier found: row (numbered from 1, like medtune.data.record_problems), field, type and the
     character span [start, end) in that field. The matched text is deliberately not kept."""
+
     row: int
     field: str
     type: str
@@ -74,21 +91,38 @@ class Finding:
 
 
 # Priorities: when two candidates overlap, the lower number wins (then the longer span).
-_PRIORITY = {"EMAIL": 0, "URL": 1, "SSN": 2, "MRN": 2, "HEALTH_PLAN": 2, "ACCOUNT": 2, "DEVICE": 2, "VEHICLE": 2,
-             "IP": 3, "FAX": 4, "PHONE": 4, "DATE": 5, "ADDRESS": 6, "ZIP": 6, "NAME": 7}
+_PRIORITY = {
+    "EMAIL": 0,
+    "URL": 1,
+    "SSN": 2,
+    "MRN": 2,
+    "HEALTH_PLAN": 2,
+    "ACCOUNT": 2,
+    "DEVICE": 2,
+    "VEHICLE": 2,
+    "IP": 3,
+    "FAX": 4,
+    "PHONE": 4,
+    "DATE": 5,
+    "ADDRESS": 6,
+    "ZIP": 6,
+    "NAME": 7,
+}
 
 
 # ---------------------------------------------------------------- rules
 
 _SENTENCE_END = re.compile(r"[.?!;]\s+(?=[A-Z])|\n")
-_ABBREVIATIONS = frozenset("St Dr Mr Mrs Ms Mx Prof No Nos Vol Fig Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec "
-                           "vs Inc Ltd Co Jr Sr Ave Rd Blvd Apt Dept approx Pt pt".split())
+_ABBREVIATIONS = frozenset(
+    "St Dr Mr Mrs Ms Mx Prof No Nos Vol Fig Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec "
+    "vs Inc Ltd Co Jr Sr Ave Rd Blvd Apt Dept approx Pt pt".split()
+)
 
 
 def _is_sentence_end(text: str, m: re.Match) -> bool:
     if text[m.start()] != ".":
         return True
-    word = re.search(r"(\w+)$", text[max(0, m.start() - 12):m.start()])
+    word = re.search(r"(\w+)$", text[max(0, m.start() - 12) : m.start()])
     return not (word and (word.group(1) in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", word.group(1))))
 
 
@@ -108,8 +142,10 @@ def _sentence_bounds(text: str, pos: int) -> tuple[int, int]:
     return start, end
 
 
-_MONTH_WORDS = word_set("jan january feb february mar march apr april may jun june jul july aug august sep sept "
-                        "september oct october nov november dec december")
+_MONTH_WORDS = word_set(
+    "jan january feb february mar march apr april may jun june jul july aug august sep sept "
+    "september oct october nov november dec december"
+)
 
 
 def _date_candidates(text: str, out: list, words: frozenset | set) -> None:
@@ -123,7 +159,7 @@ def _date_candidates(text: str, out: list, words: frozenset | set) -> None:
             if any(a <= s < b or a < e <= b for a, b in seen):  # a longer form (with the year) already took it
                 continue
             s0, e0 = _sentence_bounds(text, s)
-            before = text[max(s0, s - 70):s]
+            before = text[max(s0, s - 70) : s]
             sentence = text[s0:e0]
             general = bool(DATE_BLOCK.search(sentence))
             if DATE_CUE.search(before) or re.search(r"(?i:\b(?:DOB|date|D\.O\.B\.?)\s*[:\-]\s*$)", before):
@@ -140,8 +176,10 @@ def _date_candidates(text: str, out: list, words: frozenset | set) -> None:
                 out.append(("DATE", s, e))
 
 
-_PHONE_WORDS = word_set("phone ph tel telephone cell cellphone mobile mob pager beeper call text contact reached "
-                        "number home work whatsapp fax facsimile")
+_PHONE_WORDS = word_set(
+    "phone ph tel telephone cell cellphone mobile mob pager beeper call text contact reached "
+    "number home work whatsapp fax facsimile"
+)
 
 
 def _phone_candidates(text: str, out: list, words: frozenset | set) -> None:
@@ -155,15 +193,18 @@ def _phone_candidates(text: str, out: list, words: frozenset | set) -> None:
                 if not 8 <= digits <= 15:
                     continue
             found.append(m.span())
-    for cue in (PHONE_CUE.finditer(text) if words & _PHONE_WORDS else ()):  # looser formats right after a cue
+    for cue in PHONE_CUE.finditer(text) if words & _PHONE_WORDS else ():  # looser formats right after a cue
         window_end = min(len(text), cue.end() + 40)
         loose = PHONE_LOOSE.search(text, cue.end(), window_end)
-        if (loose and not re.search(r"[A-Za-z]{3,}", text[cue.end():loose.start()])
-                and loose.group("a") not in TOLL_FREE):
+        if (
+            loose
+            and not re.search(r"[A-Za-z]{3,}", text[cue.end() : loose.start()])
+            and loose.group("a") not in TOLL_FREE
+        ):
             found.append(loose.span())
     for s, e in found:
-        before = text[max(0, _sentence_bounds(text, s)[0], s - 60):s]
-        after = text[e:e + 12]
+        before = text[max(0, _sentence_bounds(text, s)[0], s - 60) : s]
+        after = text[e : e + 12]
         fax = FAX_CUE.search(before)
         voice = list(VOICE_CUE.finditer(before))
         is_fax = (fax and (not voice or voice[-1].start() < fax.start())) or re.match(r"\s*\(?(?i:fax)\b", after)
@@ -173,10 +214,23 @@ def _phone_candidates(text: str, out: list, words: frozenset | set) -> None:
 # (type, labelled pattern, fewest digits in the value, words one of which the label needs)
 _LABELED_RULES = (
     ("MRN", MRN, 4, word_set("mrn mr medical med chart hospital patient pt unit encounter visit accession")),
-    ("HEALTH_PLAN", HEALTH_PLAN, 4, word_set("member membership subscriber policy insurance health beneficiary "
-                                             "medicaid medicare mbi hicn group plan bin")),
-    ("HEALTH_PLAN", PLAN_ID, 5, word_set("insurance insurer health coverage medicaid medicare bcbs blue aetna cigna "
-                                         "humana unitedhealthcare united kaiser anthem tricare")),
+    (
+        "HEALTH_PLAN",
+        HEALTH_PLAN,
+        4,
+        word_set(
+            "member membership subscriber policy insurance health beneficiary medicaid medicare mbi hicn group plan bin"
+        ),
+    ),
+    (
+        "HEALTH_PLAN",
+        PLAN_ID,
+        5,
+        word_set(
+            "insurance insurer health coverage medicaid medicare bcbs blue aetna cigna "
+            "humana unitedhealthcare united kaiser anthem tricare"
+        ),
+    ),
     ("HEALTH_PLAN", POLICY, 6, word_set("policy")),
     ("ACCOUNT", ACCOUNT, 4, word_set("account acct billing invoice bank iban card credit debit routing guarantor")),
     ("DEVICE", DEVICE, 3, word_set("serial s sn device udi implant pump model")),
@@ -220,8 +274,10 @@ def _value_candidates(text: str, out: list, words: frozenset | set) -> None:
                 out.append(("VEHICLE", m.start("v"), m.start("v") + len(v)))
 
 
-_STREET_WORDS = word_set("street st avenue ave road rd boulevard blvd lane ln drive dr court ct place pl terrace ter "
-                         "way circle cir parkway pkwy highway hwy square sq trail trl plaza alley crescent loop pike")
+_STREET_WORDS = word_set(
+    "street st avenue ave road rd boulevard blvd lane ln drive dr court ct place pl terrace ter "
+    "way circle cir parkway pkwy highway hwy square sq trail trl plaza alley crescent loop pike"
+)
 
 
 def _place_candidates(text: str, out: list, words: frozenset | set) -> None:
@@ -273,6 +329,7 @@ def _resolve(cands: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------- public API
+
 
 def scan_text(text: str) -> list[tuple[str, int, int]]:
     """Every identifier in `text` as (type, start, end), sorted by position, spans not overlapping."""

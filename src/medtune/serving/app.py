@@ -15,6 +15,7 @@ streamed (medtune.serving.replies). Requests wait in a bounded FIFO queue served
 queue answers 429). A streaming request whose client goes away is cancelled, queued or running. Every error is JSON
 in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`; a malformed request gets a 4xx, never a 5xx.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,7 +54,7 @@ STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -72,11 +73,16 @@ def _engine(request: Request) -> Engine:
 
 # ---------------------------------------------------------------- pages and metadata
 
+
 def _page(engine: Engine) -> str:
     text = (STATIC / "index.html").read_text(encoding="utf-8")
-    subs = {"{{MODEL}}": engine.name, "{{NOTICE}}": NOTICE, "{{MAX_TOKENS}}": str(engine.max_tokens),
-            "{{DEFAULT_MAX_TOKENS}}": str(engine.default_max_tokens),
-            "{{TEMPERATURE}}": str(engine.default_temperature)}
+    subs = {
+        "{{MODEL}}": engine.name,
+        "{{NOTICE}}": NOTICE,
+        "{{MAX_TOKENS}}": str(engine.max_tokens),
+        "{{DEFAULT_MAX_TOKENS}}": str(engine.default_max_tokens),
+        "{{TEMPERATURE}}": str(engine.default_temperature),
+    }
     for k, v in subs.items():
         text = text.replace(k, html.escape(v, quote=True))
     return text
@@ -90,24 +96,41 @@ async def static_file(name: str):
     path = STATIC / name
     if path.suffix not in STATIC_TYPES or path.name != name or not path.is_file():
         raise ApiError(404, f"no such file: {name}", "not_found_error")
-    return Response(path.read_bytes(), media_type=STATIC_TYPES[path.suffix],
-                    headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+    return Response(
+        path.read_bytes(),
+        media_type=STATIC_TYPES[path.suffix],
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+    )
 
 
 async def health(request: Request):
     e = _engine(request)
-    return {"status": "ok", "model": e.name, "base_model": e.cfg.model.name, "busy": e.busy, "queued": e.pending,
-            "limits": {"max_tokens": e.max_tokens, "max_prompt_tokens": e.max_prompt_tokens, "context": e.context,
-                       "queue_size": e.limits.queue_size, "max_body_bytes": e.limits.max_body_bytes},
-            "notice": NOTICE}
+    return {
+        "status": "ok",
+        "model": e.name,
+        "base_model": e.cfg.model.name,
+        "busy": e.busy,
+        "queued": e.pending,
+        "limits": {
+            "max_tokens": e.max_tokens,
+            "max_prompt_tokens": e.max_prompt_tokens,
+            "context": e.context,
+            "queue_size": e.limits.queue_size,
+            "max_body_bytes": e.limits.max_body_bytes,
+        },
+        "notice": NOTICE,
+    }
 
 
 async def models(request: Request):
-    return {"object": "list", "data": [{"id": _engine(request).name, "object": "model", "created": 0,
-                                        "owned_by": "medtune"}]}
+    return {
+        "object": "list",
+        "data": [{"id": _engine(request).name, "object": "model", "created": 0, "owned_by": "medtune"}],
+    }
 
 
 # ---------------------------------------------------------------- completions and chat completions: one path
+
 
 async def _read_body(request: Request, limit: int) -> dict:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -150,11 +173,19 @@ def _too_many_chars(engine: Engine, chars: int, what: str, param: str) -> None:
 
 def _fits(engine: Engine, ids: list[int], max_tokens: int, what: str, param: str, templated: bool = True) -> list[int]:
     if len(ids) > engine.max_prompt_tokens:
-        raise ApiError(400, f"{what} {len(ids)} tokens{' with the prompt template' if templated else ''}; this server "
-                            f"allows at most {engine.max_prompt_tokens}", param=param)
+        raise ApiError(
+            400,
+            f"{what} {len(ids)} tokens{' with the prompt template' if templated else ''}; this server "
+            f"allows at most {engine.max_prompt_tokens}",
+            param=param,
+        )
     if len(ids) + max_tokens > engine.context:
-        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
-                            f"of {engine.context} tokens; lower max_tokens", param="max_tokens")
+        raise ApiError(
+            400,
+            f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+            f"of {engine.context} tokens; lower max_tokens",
+            param="max_tokens",
+        )
     return ids
 
 
@@ -188,8 +219,11 @@ def _chat_ids(engine: Engine, req: ChatRequest, max_tokens: int) -> list[int]:
 
 def _usage(job: Job, done: dict) -> dict:
     n = len(job.input_ids)
-    return {"prompt_tokens": n, "completion_tokens": done["completion_tokens"],
-            "total_tokens": n + done["completion_tokens"]}
+    return {
+        "prompt_tokens": n,
+        "completion_tokens": done["completion_tokens"],
+        "total_tokens": n + done["completion_tokens"],
+    }
 
 
 async def _next_event(job: Job, held: list) -> tuple[str, Any]:
@@ -256,12 +290,23 @@ async def _answer(request: Request, req: GenerationRequest, ids: list[int], max_
     """Queue the generation (429 when the queue is full) and send its reply, whole or streamed."""
     engine = _engine(request)
     g = engine.cfg.generate
-    job = Job(input_ids=ids, max_tokens=max_tokens, temperature=engine.default_temperature if req.temperature is None
-              else req.temperature, top_p=g.top_p if req.top_p is None else req.top_p, seed=req.seed,
-              stream=req.stream, loop=asyncio.get_running_loop(), stop=req.stops)
+    job = Job(
+        input_ids=ids,
+        max_tokens=max_tokens,
+        temperature=engine.default_temperature if req.temperature is None else req.temperature,
+        top_p=g.top_p if req.top_p is None else req.top_p,
+        seed=req.seed,
+        stream=req.stream,
+        loop=asyncio.get_running_loop(),
+        stop=req.stops,
+    )
     if not engine.submit(job):
-        raise ApiError(429, f"server busy: {engine.pending} requests queued; retry shortly", "server_busy",
-                       headers={"Retry-After": "1"})
+        raise ApiError(
+            429,
+            f"server busy: {engine.pending} requests queued; retry shortly",
+            "server_busy",
+            headers={"Retry-After": "1"},
+        )
     if job.stream:
         return _stream(reply, job)
     result = await _wait(request, job)
@@ -291,6 +336,7 @@ async def chat_completions(request: Request):
 
 
 # ---------------------------------------------------------------- the app
+
 
 async def _api_error(request, exc: ApiError):
     return _err(exc.status, exc.message, exc.type, exc.param, exc.headers)
@@ -324,16 +370,27 @@ class HostCheck:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-            name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0] \
-                if host.count(":") == 1 else host
+            name = (
+                host[1 : host.index("]")]
+                if host.startswith("[") and "]" in host
+                else host.rsplit(":", 1)[0]
+                if host.count(":") == 1
+                else host
+            )
             if name not in self.allowed:
                 await _err(400, f"host '{host}' is not served here")(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = None, limits: Limits | None = None,
-               allowed_hosts: set[str] | None = None, api_key: str | None = None):
+def create_app(
+    model_dir: str | Path | None = None,
+    *,
+    engine: Engine | None = None,
+    limits: Limits | None = None,
+    allowed_hosts: set[str] | None = None,
+    api_key: str | None = None,
+):
     """The FastAPI app. Pass a model folder (the app owns and closes its engine) or a ready Engine. With api_key,
     every route but /health needs it; /metrics serves Prometheus metrics."""
     from medtune.serving.middleware import ApiKeyAuth, Metrics
@@ -353,8 +410,11 @@ def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = N
     app = FastAPI(title="medtune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine = engine
     handlers: list[tuple[type[Exception], Callable[[Request, Any], Awaitable[Response]]]] = [
-        (ApiError, _api_error), (RequestValidationError, _validation_error), (StarletteHTTPException, _http_error),
-        (Exception, _server_error)]
+        (ApiError, _api_error),
+        (RequestValidationError, _validation_error),
+        (StarletteHTTPException, _http_error),
+        (Exception, _server_error),
+    ]
     for exc, handler in handlers:
         app.add_exception_handler(exc, handler)
     app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)

@@ -3,6 +3,7 @@ medtune.decoding.Engine as they arrive (continuous batching: a request joins the
 leaves it when it ends; each keeps its own sampling settings, seed, max_tokens, streaming and cancellation). A full
 queue refuses new jobs (the app answers 429). Stop strings are the serving layer's: a job's text is watched as it
 is generated (StopText), and the job is cancelled once a stop string appears."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,10 +64,11 @@ class StopText:
     """An answer's text as it is generated, cut before the first stop string. `feed` returns the text that is safe to
     send: it holds back an end that may be the start of a stop string, and trailing whitespace (the final answer is
     stripped), until what follows decides."""
+
     stops: tuple[str, ...] = ()
     text: str = ""
-    sent: int = 0              # characters of text already returned
-    cut: int | None = None     # where the first stop string begins, once one has appeared
+    sent: int = 0  # characters of text already returned
+    cut: int | None = None  # where the first stop string begins, once one has appeared
 
     def feed(self, piece: str) -> str:
         if self.cut is not None:
@@ -85,10 +87,10 @@ class StopText:
 
     @property
     def answer(self) -> str:
-        return self.text[:self.cut].strip()
+        return self.text[: self.cut].strip()
 
     def _release(self, upto: int) -> str:
-        piece = self.text[self.sent:upto].rstrip()
+        piece = self.text[self.sent : upto].rstrip()
         self.sent += len(piece)
         return piece
 
@@ -107,8 +109,9 @@ class Engine:
         self.max_tokens = max(1, min(self.limits.max_tokens, self.context - 1))
         self.max_prompt_tokens = min(self.limits.max_prompt_tokens or self.context - 1, self.context - 1)
         self.default_max_tokens = max(1, min(cfg.generate.max_new_tokens, self.max_tokens))
-        self.decoder = make_engine(model, tok, self.limits.max_batch_size,
-                                   min(self.context, self.max_prompt_tokens + self.max_tokens))
+        self.decoder = make_engine(
+            model, tok, self.limits.max_batch_size, min(self.context, self.max_prompt_tokens + self.max_tokens)
+        )
         self._jobs: queue.Queue = queue.Queue()
         self._outbox: list = []  # (job, kind, value) of the current step
         self._count = 0
@@ -207,9 +210,14 @@ class Engine:
     def request(self, job: Job) -> Request:
         """The decoding request of a job: its settings over the run's generate settings; its text (cut at a stop
         string) and result go back to the job's event loop."""
-        g = dataclasses.replace(self.cfg.generate, max_new_tokens=job.max_tokens, temperature=job.temperature,
-                                top_p=job.top_p, greedy=job.temperature <= 0,
-                                seed=job.seed)  # type: ignore[arg-type]  # None: unseeded (the engine draws a seed)
+        g = dataclasses.replace(
+            self.cfg.generate,
+            max_new_tokens=job.max_tokens,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            greedy=job.temperature <= 0,
+            seed=job.seed,  # type: ignore[arg-type]  # None: unseeded (the engine draws a seed)
+        )
         watch = StopText(job.stop) if job.stop or job.stream else None
 
         def on_text(text):
@@ -230,7 +238,8 @@ class Engine:
                     self._outbox.append((job, "text", rest))
                 if watch.cut is not None:
                     text, reason = watch.answer, "stop"
-            self._outbox.append((job, "done", {"text": text, "completion_tokens": len(c.token_ids),
-                                               "finish_reason": reason}))
+            self._outbox.append(
+                (job, "done", {"text": text, "completion_tokens": len(c.token_ids), "finish_reason": reason})
+            )
 
         return Request(job.input_ids, g, job.cancel, on_text if watch is not None else None, on_done, job)

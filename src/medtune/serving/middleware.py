@@ -1,4 +1,5 @@
 """ASGI middleware around the app: API-key auth and Prometheus metrics (pure ASGI, so streaming passes through)."""
+
 from __future__ import annotations
 
 import hmac
@@ -48,8 +49,11 @@ class ApiKeyAuth:
                 response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
                 return await response(scope, receive, send)
         if not self._ok(self._presented(scope)):
-            response = JSONResponse(error_body("unauthorized", "authentication_error"), status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
+            response = JSONResponse(
+                error_body("unauthorized", "authentication_error"),
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -64,17 +68,25 @@ class Metrics:
 
         self.app, self.registry = app, CollectorRegistry()
         self.requests = Counter("medtune_requests", "HTTP requests", ["path", "status"], registry=self.registry)
-        self.latency = Histogram("medtune_request_seconds", "time to the last byte of a completion",
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64), registry=self.registry)
-        self.rejected = Counter("medtune_rejected", "requests refused because the queue was full",
-                                registry=self.registry)
+        self.latency = Histogram(
+            "medtune_request_seconds",
+            "time to the last byte of a completion",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "medtune_rejected", "requests refused because the queue was full", registry=self.registry
+        )
         Gauge("medtune_queue_depth", "requests queued or running", registry=self.registry).set_function(
-            lambda: engine.pending)
+            lambda: engine.pending
+        )
         Gauge("medtune_running_requests", "requests in the running batch", registry=self.registry).set_function(
-            lambda: len(engine.decoder.rows))
-        for name, doc, attr in (("medtune_generated_tokens_total", "completion tokens generated", "generated_tokens"),
-                                ("medtune_decode_steps_total", "decoding steps (one token for every running request)",
-                                 "decode_steps")):
+            lambda: len(engine.decoder.rows)
+        )
+        for name, doc, attr in (
+            ("medtune_generated_tokens_total", "completion tokens generated", "generated_tokens"),
+            ("medtune_decode_steps_total", "decoding steps (one token for every running request)", "decode_steps"),
+        ):
             self._engine_counter(name, doc, engine, attr)
 
     def __getattr__(self, name):

@@ -1,6 +1,7 @@
 """The JSON objects of a reply in OpenAI's two shapes, a text completion (/v1/completions) and a chat completion
 (/v1/chat/completions), whole or as the chunks of a stream. Every reply carries medtune's `notice`: a whole one, and
 the first and the last chunk of a stream."""
+
 from __future__ import annotations
 
 import time
@@ -21,7 +22,7 @@ class Reply:
     usage_chunk: bool = False  # chat stream: usage in a chunk of its own, before [DONE] (stream_options.include_usage)
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
-    noticed: bool = False      # a chunk with the notice went out
+    noticed: bool = False  # a chunk with the notice went out
 
     def __post_init__(self):
         self.id = self.id or _new_id(self.chat)
@@ -39,12 +40,17 @@ class Reply:
             return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
         if stream:
             return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": finish}
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
 
     def whole(self, text: str, finish: str, usage: dict) -> dict:
-        return self._obj("chat.completion" if self.chat else "text_completion", [self._choice(text, finish, False)],
-                         usage)
+        return self._obj(
+            "chat.completion" if self.chat else "text_completion", [self._choice(text, finish, False)], usage
+        )
 
     def _chunk(self, choices: list, usage=None, last: bool = False) -> dict:
         notice, self.noticed = last or not self.noticed, True
@@ -54,8 +60,11 @@ class Reply:
         """Chunks before the answer's text: a chat stream's first says who speaks."""
         if not self.chat:
             return []
-        return [self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                              "finish_reason": None}])]
+        return [
+            self._chunk(
+                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+            )
+        ]
 
     def piece(self, text: str) -> dict:
         return self._chunk([self._choice(text, None, True)])

@@ -1,6 +1,7 @@
 """Request and error shapes of the HTTP API: OpenAI's completions and chat completions (plus medtune's `raw`).
 Both requests share their sampling fields and are checked by one path: pydantic for types and ranges, then
 `chat_turns` for the messages of a chat request."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
-MAX_STOPS = 4              # stop strings per request (as OpenAI)
-MAX_STOP_CHARS = 256       # characters per stop string (each streamed piece is checked against every prefix)
+MAX_STOPS = 4  # stop strings per request (as OpenAI)
+MAX_STOP_CHARS = 256  # characters per stop string (each streamed piece is checked against every prefix)
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}  # developer: OpenAI's
-MESSAGE_FIELDS = ("role", "content", "name")                                                  # newer name for system
+MESSAGE_FIELDS = ("role", "content", "name")  # newer name for system
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers
 
@@ -31,6 +38,7 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 
 class GenerationRequest(BaseModel):
     """The fields every generation request shares."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
@@ -78,20 +86,35 @@ class ChatRequest(GenerationRequest):
     def new_tokens(self) -> int | None:
         a, b = self.max_tokens, self.max_completion_tokens
         if a is not None and b is not None and a != b:
-            raise ApiError(400, f"'max_tokens' ({a}) and 'max_completion_tokens' ({b}) differ; send one of them",
-                           param="max_completion_tokens")
+            raise ApiError(
+                400,
+                f"'max_tokens' ({a}) and 'max_completion_tokens' ({b}) differ; send one of them",
+                param="max_completion_tokens",
+            )
         return b if b is not None else a
 
 
-FIELD_TYPES = {"prompt": "a string", "messages": "a list of messages, each {\"role\", \"content\"}",
-               "max_tokens": "an integer", "max_completion_tokens": "an integer", "temperature": "a number",
-               "top_p": "a number", "stream": "true or false", "seed": "an integer",
-               "stop": "a string or a list of strings", "raw": "true or false", "model": "a string",
-               "n": "an integer", "user": "a string", "stream_options": "an object such as {\"include_usage\": true}"}
+FIELD_TYPES = {
+    "prompt": "a string",
+    "messages": 'a list of messages, each {"role", "content"}',
+    "max_tokens": "an integer",
+    "max_completion_tokens": "an integer",
+    "temperature": "a number",
+    "top_p": "a number",
+    "stream": "true or false",
+    "seed": "an integer",
+    "stop": "a string or a list of strings",
+    "raw": "true or false",
+    "model": "a string",
+    "n": "an integer",
+    "user": "a string",
+    "stream_options": 'an object such as {"include_usage": true}',
+}
 
 
-def validation_message(errors: Sequence[ErrorDetails],
-                       schema: type[BaseModel] = CompletionRequest) -> tuple[str, str | None]:
+def validation_message(
+    errors: Sequence[ErrorDetails], schema: type[BaseModel] = CompletionRequest
+) -> tuple[str, str | None]:
     """One readable line (and the field) for the first of pydantic's validation errors."""
     e = errors[0]
     loc: tuple[int | str, ...] = e.get("loc") or ()
@@ -128,8 +151,9 @@ def _content(value, where: str) -> str:
     if isinstance(value, list) and all(isinstance(p, dict) for p in value):
         if all(p.get("type") == "text" and isinstance(p.get("text"), str) and len(p) == 2 for p in value):
             return "\n".join(p["text"] for p in value)
-        raise ApiError(400, f"'{where}': only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported",
-                       param=where)
+        raise ApiError(
+            400, f'\'{where}\': only text parts ({{"type": "text", "text": ...}}) are supported', param=where
+        )
     raise ApiError(400, f"'{where}' must be a string (or a list of text parts)", param=where)
 
 
@@ -143,13 +167,17 @@ def chat_turns(messages: list[dict]) -> list[dict]:
         where = f"messages[{i}]"
         extra = [k for k in m if k not in MESSAGE_FIELDS]
         if extra:
-            raise ApiError(400, f"unknown field '{extra[0]}' in '{where}' (accepted: {', '.join(MESSAGE_FIELDS)})",
-                           param=where)
+            raise ApiError(
+                400, f"unknown field '{extra[0]}' in '{where}' (accepted: {', '.join(MESSAGE_FIELDS)})", param=where
+            )
         if "role" not in m:
             raise ApiError(400, f"'{where}.role' is required", param=f"{where}.role")
         if not isinstance(m["role"], str) or m["role"] not in ROLES:
-            raise ApiError(400, f"'{where}.role' is {_shown(m['role'])}; the roles are system, user and assistant",
-                           param=f"{where}.role")
+            raise ApiError(
+                400,
+                f"'{where}.role' is {_shown(m['role'])}; the roles are system, user and assistant",
+                param=f"{where}.role",
+            )
         if "content" not in m:
             raise ApiError(400, f"'{where}.content' is required", param=f"{where}.content")
         if m.get("name") is not None and not isinstance(m["name"], str):
@@ -157,8 +185,11 @@ def chat_turns(messages: list[dict]) -> list[dict]:
         turns.append({"role": ROLES[m["role"]], "content": _content(m["content"], f"{where}.content")})
     last = f"messages[{len(turns) - 1}]"
     if turns[-1]["role"] != "user":
-        raise ApiError(400, f"the last message must be a user message, not {turns[-1]['role']}: the reply is the "
-                            "assistant's next turn", param=f"{last}.role")
+        raise ApiError(
+            400,
+            f"the last message must be a user message, not {turns[-1]['role']}: the reply is the assistant's next turn",
+            param=f"{last}.role",
+        )
     if not turns[-1]["content"].strip():
         raise ApiError(400, f"'{last}.content' must not be empty", param=f"{last}.content")
     return turns

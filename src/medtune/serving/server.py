@@ -1,4 +1,5 @@
 """`medtune serve`: bind the socket first (a busy port fails before the model loads), then run uvicorn."""
+
 from __future__ import annotations
 
 import socket
@@ -31,14 +32,25 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def check_limits(lim: Limits) -> None:
-    for flag, value in (("--queue-size", lim.queue_size), ("--max-tokens", lim.max_tokens),
-                        ("--max-prompt-tokens", lim.max_prompt_tokens), ("--max-batch-size", lim.max_batch_size)):
+    for flag, value in (
+        ("--queue-size", lim.queue_size),
+        ("--max-tokens", lim.max_tokens),
+        ("--max-prompt-tokens", lim.max_prompt_tokens),
+        ("--max-batch-size", lim.max_batch_size),
+    ):
         if value is not None and value < 1:
             raise MedtuneError(f"{flag} must be >= 1, got {value}")
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          api_key: str | None = None, insecure: bool = False, **limits) -> None:
+def serve(
+    model_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    api_key: str | None = None,
+    insecure: bool = False,
+    **limits,
+) -> None:
     """Load the model, bind host:port (127.0.0.1 by default), and serve until Ctrl+C. A non-loopback address needs
     an API key (or insecure=True)."""
     import uvicorn
@@ -47,8 +59,10 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_
     check_limits(lim)
     loopback = host in LOOPBACK or host.startswith("127.")
     if not loopback and not api_key and not insecure:
-        raise MedtuneError(f"--host {host} is reachable from other machines: set an API key (--api-key or "
-                           "MEDTUNE_API_KEY), or pass --insecure to serve without one")
+        raise MedtuneError(
+            f"--host {host} is reachable from other machines: set an API key (--api-key or "
+            "MEDTUNE_API_KEY), or pass --insecure to serve without one"
+        )
     sock = listen(host, port)  # first: a busy port fails at once, before the model loads
     try:
         engine = Engine(model_dir, lim)
@@ -58,17 +72,24 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_
     app = create_app(engine=engine, allowed_hosts=(LOOPBACK | {host}) if loopback else {"*"}, api_key=api_key)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    print(f"medtune: serving {engine.name} at http://{shown}:{bound}/  (API: POST /v1/chat/completions and "
-          "/v1/completions; Ctrl+C stops)", flush=True)
+    print(
+        f"medtune: serving {engine.name} at http://{shown}:{bound}/  (API: POST /v1/chat/completions and "
+        "/v1/completions; Ctrl+C stops)",
+        flush=True,
+    )
     if not loopback and not api_key:
-        print(f"medtune: warning: listening on {host} without an API key (--insecure): anyone who can reach this "
-              "port can use it", flush=True)
+        print(
+            f"medtune: warning: listening on {host} without an API key (--insecure): anyone who can reach this "
+            "port can use it",
+            flush=True,
+        )
     if api_key:
-        print(f"medtune: API key required (Authorization: Bearer ...); web page: http://{shown}:{bound}/?key=KEY",
-              flush=True)
+        print(
+            f"medtune: API key required (Authorization: Bearer ...); web page: http://{shown}:{bound}/?key=KEY",
+            flush=True,
+        )
     print(NOTICE, flush=True)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3,
-                            timeout_keep_alive=lim.keep_alive_s)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, timeout_keep_alive=lim.keep_alive_s)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

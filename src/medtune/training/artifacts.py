@@ -1,4 +1,5 @@
 """What a finished run records besides its adapter: the manifest, the loss curve, the whole run's train loss."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,12 @@ PACKAGES = ("medtune", "torch", "transformers", "peft", "accelerate", "datasets"
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         return None
 
@@ -54,9 +59,15 @@ def manifest(cfg: Config, prepared: data_mod.Prepared, extra: dict | None = None
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
         "processes": world_size(),
         "git_commit": _git_commit(),
-        "data": {"source": cfg.data.source, "sha256": source_sha256(cfg, prepared), "source_rows": prepared.source_rows,
-                 "duplicates_removed": prepared.duplicates, "overlong_dropped": prepared.dropped,
-                 "splits": {k: len(v) for k, v in prepared.encoded.items()}, **(extra or {})},
+        "data": {
+            "source": cfg.data.source,
+            "sha256": source_sha256(cfg, prepared),
+            "source_rows": prepared.source_rows,
+            "duplicates_removed": prepared.duplicates,
+            "overlong_dropped": prepared.dropped,
+            "splits": {k: len(v) for k, v in prepared.encoded.items()},
+            **(extra or {}),
+        },
         "model": cfg.model.name,
     }
 
@@ -78,6 +89,7 @@ def whole_run_train_loss(log_history: list[dict]) -> float | None:
 def plot_losses(log_history: list[dict], path: Path) -> None:
     """Training and validation loss against step, as a PNG (written atomically)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

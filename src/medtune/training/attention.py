@@ -7,6 +7,7 @@ Packed batches lay several examples end to end in one row with position ids that
   (attention_mask None, use_cache False), over rows of at most data.max_length tokens.
 transformers' own flash-attention-2 path does the same on CUDA but needs the flash-attn package; this needs only torch.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -22,8 +23,9 @@ def _varlen_fn():
     except Exception:  # torch < 2.9: no variable-length attention
         return None, {}
     params = inspect.signature(varlen_attn).parameters
-    causal = ({"window_size": (-1, 0)} if "window_size" in params
-              else {"is_causal": True} if "is_causal" in params else None)
+    causal = (
+        {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True} if "is_causal" in params else None
+    )
     if causal is None:
         return None, {}
     return varlen_attn, dict(causal=causal, has_scale="scale" in params)
@@ -33,19 +35,29 @@ def varlen_available() -> bool:
     return torch.cuda.is_available() and _varlen_fn()[0] is not None
 
 
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                             scaling: float | None = None, **kwargs):
+def varlen_attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs
+):
     """transformers attention interface: query/key/value are [batch, heads, tokens, head_dim]; returns
     [batch, tokens, heads, head_dim]. Packed batches carry `cu_seq_lens_q` and `max_length_q`; others
     (generation, unpacked evaluation) fall back to causal SDPA. Attention-probability dropout is not applied."""
     cu = kwargs.get("cu_seq_lens_q")
     fn, info = _varlen_fn()
     head_dim = query.shape[-1]
-    scale_ok = info.get("has_scale") or scaling is None or abs(scaling - head_dim ** -0.5) < 1e-9
+    scale_ok = info.get("has_scale") or scaling is None or abs(scaling - head_dim**-0.5) < 1e-9
     if cu is None or fn is None or not query.is_cuda or not scale_ok:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling,
-                                      is_causal=attention_mask is None and query.shape[2] > 1)
+
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0,
+            scaling=scaling,
+            is_causal=attention_mask is None and query.shape[2] > 1,
+        )
     b, h, t, d = query.shape
     q, k, v = (x.transpose(1, 2).reshape(b * t, x.shape[1], d) for x in (query, key, value))
     extra = dict(info["causal"])

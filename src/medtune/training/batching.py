@@ -3,6 +3,7 @@
 transformers' DataCollatorWithFlattening does padding-free packing too, but for one flat row only; this one also
 packs into rows of at most data.max_length for SDPA (CPU), and keeps label masking by position (GPT-2 pads with EOS).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,6 +15,7 @@ from medtune.data import IGNORE_INDEX
 # forward and counts it when the batch is trained on (a collator's own count runs ahead: the data loader prefetches,
 # and evaluation batches go through it too)
 NUM_TOKENS = "num_tokens"
+
 
 class Collator:
     """Pads a batch on the right. Padding positions get attention 0 and label -100 by position, so an EOS
@@ -84,9 +86,9 @@ class PackingCollator:
             at = 0
             for f in row:
                 k = len(f["input_ids"])
-                ids[i, at:at + k] = torch.as_tensor(f["input_ids"])
-                labels[i, at + 1:at + k] = torch.as_tensor(f["labels"][1:])
-                pos[i, at:at + k] = torch.arange(k)
+                ids[i, at : at + k] = torch.as_tensor(f["input_ids"])
+                labels[i, at + 1 : at + k] = torch.as_tensor(f["labels"][1:])
+                pos[i, at : at + k] = torch.arange(k)
                 lengths.append(k)
                 at += k
             if at < width:  # tail padding: its own segment, never a target

@@ -1,4 +1,5 @@
 """Several processes (torchrun / accelerate launch): who speaks, who writes, and sums over processes."""
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 Used by training (with gradients) and by evaluation (answer-token loss and perplexity).
 transformers has no fused linear + cross-entropy for these models, and computing full logits for a 16k-token batch
 of GPT-2 takes 3 GiB in bf16; this keeps one chunk (measured in benchmarks/throughput.py)."""
+
 from __future__ import annotations
 
 import torch
@@ -51,15 +52,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 w = torch.cat([w, w.new_zeros(padded - vocab, w.shape[1])])
             ce = _ce_impl(compiled)
             grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = (torch.zeros((padded, weight.shape[1]), dtype=torch.float32, device=weight.device)
-                      if need_w else None)
+            grad_w = (
+                torch.zeros((padded, weight.shape[1]), dtype=torch.float32, device=weight.device) if need_w else None
+            )
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for s in range(0, hidden.shape[0], chunk):
-                h = hidden[s:s + chunk]
-                loss, g = ce(h @ w.t(), targets[s:s + chunk], need_h or need_w, vocab)
+                h = hidden[s : s + chunk]
+                loss, g = ce(h @ w.t(), targets[s : s + chunk], need_h or need_w, vocab)
                 total += loss
                 if grad_h is not None:  # need_h
-                    torch.mm(g, w, out=grad_h[s:s + chunk])
+                    torch.mm(g, w, out=grad_h[s : s + chunk])
                 if grad_w is not None:  # need_w
                     grad_w.addmm_(g.t().float(), h.float())
             if grad_w is not None:
@@ -82,8 +84,9 @@ def default_chunk(vocab_size: int, budget_bytes: float = 1 << 30) -> int:
     return max(256, min(8192, rows // 256 * 256))
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int | None = None,
-                         compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int | None = None, compiled: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal-LM loss from the last hidden states [B, T, H], the output embedding [V, H] and labels [B, T]
     (shifted here: position t predicts labels[t + 1]; -100 is ignored). Only labelled positions go through
     the output layer. Returns (sum of token losses, number of labelled tokens)."""
@@ -101,7 +104,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     count = torch.tensor(n, device=hidden.device)
     if not torch.is_grad_enabled():  # evaluation: the same sums, no gradient buffers
         w = weight.to(h.dtype)
-        total = sum(_ce_chunk(h[s:s + chunk] @ w.t(), t[s:s + chunk], False, w.shape[0])[0]
-                    for s in range(0, n, chunk))
+        total = sum(
+            _ce_chunk(h[s : s + chunk] @ w.t(), t[s : s + chunk], False, w.shape[0])[0] for s in range(0, n, chunk)
+        )
         return total, count
     return _LinearCrossEntropy.apply(h, weight, t, chunk, compiled), count

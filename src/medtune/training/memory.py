@@ -1,4 +1,5 @@
 """The planner behind `train.max_memory_gib`: tokens per batch, gradient checkpointing and the loss chunk."""
+
 from __future__ import annotations
 
 from medtune.training.loss import default_chunk
@@ -39,8 +40,15 @@ def activation_bytes_per_token(config, checkpointing: bool, dtype_bytes: int = 2
     return layers * one_layer
 
 
-def plan(config, budget_gib: float, static_bytes: int, max_length: int, wanted_tokens: int | None,
-         vocab_size: int, allow_checkpointing: bool = True) -> dict:
+def plan(
+    config,
+    budget_gib: float,
+    static_bytes: int,
+    max_length: int,
+    wanted_tokens: int | None,
+    vocab_size: int,
+    allow_checkpointing: bool = True,
+) -> dict:
     """Pick tokens per batch, gradient checkpointing and the loss chunk so that the peak stays within the budget.
     Prefers no checkpointing with at least `min(wanted, 8192)` tokens per batch; else checkpointing with as many
     tokens as fit (up to `wanted`). Raises ValueError when not even one example of `max_length` tokens fits."""
@@ -63,9 +71,11 @@ def plan(config, budget_gib: float, static_bytes: int, max_length: int, wanted_t
         tokens = int(min(free / (activation_bytes_per_token(config, True) + per_tok_loss), wanted))
         out.update(checkpointing=True, batch_tokens=tokens)
     if out["batch_tokens"] < max_length:
-        raise ValueError(f"max_memory_gib={budget_gib} leaves room for {max(out['batch_tokens'], 0)} tokens per batch, "
-                         f"fewer than one example of data.max_length={max_length} (weights and optimizer take "
-                         f"{static_bytes / GIB:.2f} GiB)")
+        raise ValueError(
+            f"max_memory_gib={budget_gib} leaves room for {max(out['batch_tokens'], 0)} tokens per batch, "
+            f"fewer than one example of data.max_length={max_length} (weights and optimizer take "
+            f"{static_bytes / GIB:.2f} GiB)"
+        )
     out["batch_tokens"] = out["batch_tokens"] // 64 * 64 if out["batch_tokens"] >= 128 else out["batch_tokens"]
     out["batch_tokens"] = max(out["batch_tokens"], max_length)
     return out

@@ -1,4 +1,5 @@
 """In-place module swaps that make GPT-2 training cheaper without changing what it computes."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@ and the Trainer's arguments; medtune adds its own config when training starts an
 numbers, as final/<name>) when it ends, and checks before anything is written that each tracker's package is
 installed. MLflow's run is opened and closed here, not by transformers' callback: that one ends the run when training
 ends, and the evaluation after it would then open a second run."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,8 +42,10 @@ def check(cfg: Config, main_process: bool = True) -> None:
     for name in trackers(cfg):
         for module, package in PACKAGES[name]:
             if importlib.util.find_spec(module) is None:
-                raise MedtuneError(f"train.report_to={name} needs the '{package}' package: pip install {package} "
-                                   "(or leave it out of train.report_to)")
+                raise MedtuneError(
+                    f"train.report_to={name} needs the '{package}' package: pip install {package} "
+                    "(or leave it out of train.report_to)"
+                )
     if "mlflow" in trackers(cfg) and main_process:
         _check_mlflow_store()
 
@@ -59,10 +62,15 @@ def _check_mlflow_store() -> None:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
-        hint = ("set MLFLOW_ALLOW_FILE_STORE=true to use it, or a database URI" if "MLFLOW_ALLOW_FILE_STORE" in msg
-                else "set MLFLOW_TRACKING_URI (e.g. file:./mlruns with MLFLOW_ALLOW_FILE_STORE=true)")
-        raise MedtuneError(f"train.report_to=mlflow: cannot open the MLflow tracking store {uri} "
-                           f"({type(e).__name__}: {msg[:100]}); {hint}") from None
+        hint = (
+            "set MLFLOW_ALLOW_FILE_STORE=true to use it, or a database URI"
+            if "MLFLOW_ALLOW_FILE_STORE" in msg
+            else "set MLFLOW_TRACKING_URI (e.g. file:./mlruns with MLFLOW_ALLOW_FILE_STORE=true)"
+        )
+        raise MedtuneError(
+            f"train.report_to=mlflow: cannot open the MLflow tracking store {uri} "
+            f"({type(e).__name__}: {msg[:100]}); {hint}"
+        ) from None
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, object]:
@@ -86,15 +94,16 @@ def start(cfg: Config, out: Path) -> None:
     params = {f"medtune.{k}": str(v)[:6000] for k, v in _flat(to_dict(cfg)).items()}
     items = list(params.items())
     for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per call
-        mlflow.log_params(dict(items[i:i + 100]))
+        mlflow.log_params(dict(items[i : i + 100]))
     mlflow.log_text(dump_yaml(cfg), "config.yaml")
 
 
 def finish(cfg: Config, metrics: dict) -> None:
     """After training, on the main process: the final metrics as final/<name> into MLflow's and wandb's runs, which
     are then closed."""
-    numbers = {f"final/{k}": float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {
+        f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     names = trackers(cfg)
     if "mlflow" in names:
         import mlflow

@@ -1,4 +1,5 @@
 """Training: config -> data -> model -> Trainer -> the run folder (layout: medtune.rundir)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,14 +51,23 @@ def _memory_plan(cfg: Config, model, base) -> dict | None:
     static = memory.param_bytes(base) + memory.trainable_state_bytes(model, "8bit" in optimizer_name(cfg))
     wanted = t.batch_tokens if t.packing else t.batch_size * cfg.data.max_length
     try:
-        plan = memory.plan(base.config, t.max_memory_gib, static, cfg.data.max_length, wanted,
-                           base.config.vocab_size, allow_checkpointing=True)
+        plan = memory.plan(
+            base.config,
+            t.max_memory_gib,
+            static,
+            cfg.data.max_length,
+            wanted,
+            base.config.vocab_size,
+            allow_checkpointing=True,
+        )
     except ValueError as e:
         raise MedtuneError(str(e)) from None
     if not t.packing and plan["batch_tokens"] < wanted:
-        raise MedtuneError(f"train.max_memory_gib={t.max_memory_gib} fits about {plan['batch_tokens']} tokens per "
-                           f"batch, fewer than batch_size x max_length = {wanted}; lower train.batch_size or set "
-                           "train.packing=true (then the batch size is chosen for you)")
+        raise MedtuneError(
+            f"train.max_memory_gib={t.max_memory_gib} fits about {plan['batch_tokens']} tokens per "
+            f"batch, fewer than batch_size x max_length = {wanted}; lower train.batch_size or set "
+            "train.packing=true (then the batch size is chosen for you)"
+        )
     return plan
 
 
@@ -66,10 +76,17 @@ def apply_speedups(cfg: Config, model) -> dict:
     torch.compile; train.disable turns pieces off. Returns what was chosen."""
     t, off = cfg.train, set(cfg.train.disable)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    info: dict = {"gelu_fused": 0 if "gelu" in off else patches.fuse_gelu(model),
-                  "norms_keep_dtype": 0 if "norms" in off else patches.keep_dtype_norms(model)}
-    varlen = bool(t.packing and torch.cuda.is_available() and "varlen" not in off
-                  and cfg.model.attn_implementation in ("sdpa", attention.VARLEN) and attention.use_varlen(model))
+    info: dict = {
+        "gelu_fused": 0 if "gelu" in off else patches.fuse_gelu(model),
+        "norms_keep_dtype": 0 if "norms" in off else patches.keep_dtype_norms(model),
+    }
+    varlen = bool(
+        t.packing
+        and torch.cuda.is_available()
+        and "varlen" not in off
+        and cfg.model.attn_implementation in ("sdpa", attention.VARLEN)
+        and attention.use_varlen(model)
+    )
     info["attention"] = attention.VARLEN if varlen else cfg.model.attn_implementation
     info["varlen"] = varlen
     info["fast_loss"] = None if "chunked_loss" in off else model_mod.decoder_and_head(model)
@@ -98,27 +115,43 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
     t, enc = cfg.train, prepared.encoded
     info = apply_speedups(cfg, model)
     batch_tokens = info["batch_tokens"]
-    collator = PackingCollator(tok.pad_token_id, row_length=cfg.data.max_length, flat=info["varlen"]) if t.packing \
+    collator = (
+        PackingCollator(tok.pad_token_id, row_length=cfg.data.max_length, flat=info["varlen"])
+        if t.packing
         else Collator(tok.pad_token_id)
+    )
     sampler = None
     if t.packing and batch_tokens:
         sampler = TokenBudgetBatchSampler([len(e["input_ids"]) for e in enc["train"]], batch_tokens, seed=t.seed)
     args = training_arguments(cfg, out, has_eval=bool(enc["validation"]))
-    trainer = MedtuneTrainer(model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"] or None,
-                             data_collator=collator, fast_loss=info["fast_loss"], loss_chunk=info["chunk"],
-                             compile_loss=bool(t.compile), batch_sampler=sampler)
+    trainer = MedtuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=enc["train"],
+        eval_dataset=enc["validation"] or None,
+        data_collator=collator,
+        fast_loss=info["fast_loss"],
+        loss_chunk=info["chunk"],
+        compile_loss=bool(t.compile),
+        batch_sampler=sampler,
+    )
     trackers.attach(trainer, cfg, out / rundir.LOGS)
     world = world_size()
     per_step = f"up to {batch_tokens} tokens" if sampler else f"{t.batch_size} examples"
-    effective = (f"up to {batch_tokens * t.grad_accum * world} tokens" if sampler
-                 else f"{t.batch_size * t.grad_accum * world} examples")
-    log.info(f"train: {len(enc['train'])} examples, {per_step} per batch x {t.grad_accum} accumulation x {world} "
-             f"processes = effective batch size {effective}"
-             f"{f' ({len(sampler)} batches per epoch)' if sampler else ''}; "
-             f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer "
-             f"{getattr(args.optim, 'value', args.optim)}, attention {info['attention']}, loss {info['loss']}, "
-             f"packing {t.packing}, gradient checkpointing {info['gradient_checkpointing']}"
-             + (f", memory plan {info['plan']}" if "plan" in info else ""))
+    effective = (
+        f"up to {batch_tokens * t.grad_accum * world} tokens"
+        if sampler
+        else f"{t.batch_size * t.grad_accum * world} examples"
+    )
+    log.info(
+        f"train: {len(enc['train'])} examples, {per_step} per batch x {t.grad_accum} accumulation x {world} "
+        f"processes = effective batch size {effective}"
+        f"{f' ({len(sampler)} batches per epoch)' if sampler else ''}; "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer "
+        f"{getattr(args.optim, 'value', args.optim)}, attention {info['attention']}, loss {info['loss']}, "
+        f"packing {t.packing}, gradient checkpointing {info['gradient_checkpointing']}"
+        + (f", memory plan {info['plan']}" if "plan" in info else "")
+    )
     return trainer, collator, info
 
 
@@ -147,8 +180,9 @@ def _final_metrics(trainer, result, info: dict, seconds: float, resumed: bool) -
             metrics.update({k: v for k, v in last[-1].items() if k.startswith("eval_")})
         else:
             metrics.update(trainer.evaluate())
-    metrics.update(train_seconds=round(seconds, 2), train_tokens=tokens,
-                   tokens_per_second=round(tokens / max(seconds, 1e-9), 1))
+    metrics.update(
+        train_seconds=round(seconds, 2), train_tokens=tokens, tokens_per_second=round(tokens / max(seconds, 1e-9), 1)
+    )
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
     metrics.update({k: info[k] for k in ("attention", "loss", "gradient_checkpointing", "batch_tokens")})
@@ -174,8 +208,11 @@ def run(cfg: Config, resume: bool = False, checked: data_mod.Checked | None = No
     that need the model. The output folder is locked meanwhile (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the
     current step ends with a checkpoint of it, and stopping.Stopped says where it is (medtune.stopping)."""
     out = Path(cfg.output_dir).expanduser()
-    with rundir.locked(out, f"medtune train --output-dir {out}", create=not resume), stopping.handlers(), \
-            _main_process_speaks():
+    with (
+        rundir.locked(out, f"medtune train --output-dir {out}", create=not resume),
+        stopping.handlers(),
+        _main_process_speaks(),
+    ):
         return _run(cfg, out, resume, checked)
 
 
@@ -234,8 +271,10 @@ def _same_resume_point(out: Path, resume_from: Path | None) -> None:
     step = int(match[1]) if match else 0
     low, high = -max_over_processes(-step), max_over_processes(step)
     if low != high:
-        raise MedtuneError(f"--resume: the processes of this run see different checkpoints in {out} (from step {low} "
-                           f"to {high}; 0: none): every machine must see the same output folder (a shared filesystem)")
+        raise MedtuneError(
+            f"--resume: the processes of this run see different checkpoints in {out} (from step {low} "
+            f"to {high}; 0: none): every machine must see the same output folder (a shared filesystem)"
+        )
 
 
 def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_from: Path | None) -> dict:
@@ -253,8 +292,10 @@ def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_fr
     if is_main_process():
         _write_results(cfg, trainer, tok, prepared, metrics, out, prepared.extra)
         trackers.finish(cfg, metrics)
-        log.info(f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
-            + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")"))
+        log.info(
+            f"done: adapter and run files in {out} ({seconds:.1f}s, {metrics['tokens_per_second']:.0f} tokens/s"
+            + (f", validation loss {metrics['eval_loss']:.4f})" if "eval_loss" in metrics else ")")
+        )
     return metrics
 
 
@@ -266,6 +307,9 @@ def _stopped(signum: int, trainer, out: Path) -> stopping.Stopped:
         return stopping.Stopped(signum, None)
     ckpt = out / rundir.CHECKPOINTS / f"checkpoint-{step}"
     problem = rundir.checkpoint_problem(ckpt)
-    where = f"checkpoint {ckpt}" if problem is None else \
-        f"its checkpoint {ckpt} is incomplete ({problem}): --resume continues from the newest complete one"
+    where = (
+        f"checkpoint {ckpt}"
+        if problem is None
+        else f"its checkpoint {ckpt} is incomplete ({problem}): --resume continues from the newest complete one"
+    )
     return stopping.Stopped(signum, f"stopped by {stopping.name(signum)} after step {step} of {last}; {where}")

@@ -1,6 +1,7 @@
 """The transformers Trainer with medtune's additions: tokens/s in the logs, the chunked loss over labelled positions,
 and token-budget batches. TRL's SFTTrainer would add its own data pipeline on top of the one in medtune.data; the
 plain Trainer is all this needs."""
+
 from __future__ import annotations
 
 import time
@@ -23,8 +24,15 @@ class MedtuneTrainer(Trainer):
     the labelled positions (None: the model's own loss); loss_chunk: rows per chunk (None: chosen from the
     vocabulary); compile_loss: torch.compile the chunk; batch_sampler: batches of whole examples by token budget."""
 
-    def __init__(self, *args, fast_loss=None, loss_chunk: int | None = None, compile_loss: bool = False,
-                 batch_sampler=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        fast_loss=None,
+        loss_chunk: int | None = None,
+        compile_loss: bool = False,
+        batch_sampler=None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.fast_loss, self.loss_chunk, self.compile_loss = fast_loss, loss_chunk, compile_loss
         self.train_batch_sampler = batch_sampler
@@ -65,15 +73,25 @@ class MedtuneTrainer(Trainer):
 
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        loader = DataLoader(self.train_dataset, batch_sampler=self.train_batch_sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=self.train_batch_sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
         return self.accelerator.prepare(loader)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if (self.fast_loss is None or "labels" not in inputs or self.label_smoother is not None
-                or self.compute_loss_func is not None):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+        if (
+            self.fast_loss is None
+            or "labels" not in inputs
+            or self.label_smoother is not None
+            or self.compute_loss_func is not None
+        ):
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         decoder, weight = self.fast_loss
         inputs = dict(inputs)
         labels = inputs.pop("labels")
@@ -109,16 +127,32 @@ class StopOnSignal(TrainerCallback):
 def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArguments:
     t = cfg.train
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        weight_decay=t.weight_decay, neftune_noise_alpha=t.neftune_alpha, max_grad_norm=t.max_grad_norm,
-        optim=optimizer_name(cfg), bf16=use_bf16(cfg),
-        eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps,
-        eval_on_start=t.eval_on_start and has_eval, logging_steps=t.logging_steps, logging_first_step=True,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        seed=t.seed, data_seed=t.seed, dataloader_num_workers=t.num_workers, remove_unused_columns=False,
+        weight_decay=t.weight_decay,
+        neftune_noise_alpha=t.neftune_alpha,
+        max_grad_norm=t.max_grad_norm,
+        optim=optimizer_name(cfg),
+        bf16=use_bf16(cfg),
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps,
+        eval_on_start=t.eval_on_start and has_eval,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.num_workers,
+        remove_unused_columns=False,
         report_to=[r for r in t.report_to if r != "none"],
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
