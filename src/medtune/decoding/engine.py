@@ -41,6 +41,10 @@ WIDTH_STEP = 128  # decode attends over a multiple of this many positions (fewer
 PREFILL_TOKENS = 16_384  # prompt tokens prefilled per step at most (running rows wait for one prefill only)
 PREFILL_GRAPH_ROWS = 16  # prefills of up to this many prompts ...
 PREFILL_GRAPH_WIDTH = 512  # ... of up to this many tokens run as CUDA graphs (bucketed); larger ones eagerly
+# Requests join (prefill) and ended rows leave (slot compaction) every this many steps, not every step: on the
+# H200 a step that admits costs about twice a plain one (SmolLM2-135M, 128 rows: 7.1 against 3.4 ms), so a server
+# under load would spend half its time admitting one request a step. A request waits at most this many steps.
+ADMIT_EVERY = 4
 
 
 def _pow2(n: int) -> int:
@@ -81,6 +85,7 @@ class Engine:
         pinned = self.device.type == "cuda"
         self.host = [torch.zeros(2 * self.slots, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
         self.flip = 0
+        self.since_admission = 0
         self.inflight: tuple | None = None  # the step queued on the device whose tokens the host has not read yet
         self.rows: list[Row] = []
         self.waiting: collections.deque = collections.deque()
@@ -127,7 +132,7 @@ class Engine:
     def abort(self) -> list:
         """Drop every running and waiting request (after a failed step) and return them; the engine stays usable."""
         with self.lock:
-            dropped = [row.request for row in self.rows] + list(self.waiting)
+            dropped = [row.request for row in self.rows if not row.done] + list(self.waiting)
             self.waiting.clear()
         self.rows, self.inflight = [], None
         self._reset_free_rows()
@@ -151,15 +156,29 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Retire the rows that ended, admit waiting requests into free slots (prefill), queue one decode step for
-        every running row, then read the tokens of the step before."""
+        """Every ADMIT_EVERY steps (at once when nothing runs): retire the rows that ended and admit waiting
+        requests into free slots (prefill). Then queue one decode step for every running row, and read the tokens
+        of the step before."""
         with self.cache:
-            self._retire()
-            joined = self._admit()
-            launched = self._launch(joined) if self.rows else None
+            joined = None
+            if self._admission_due():
+                self._retire()
+                joined = self._admit()
+                self.since_admission = 0
+            self.since_admission += 1
+            running = any(not row.reason for row in self.rows)
+            launched = self._launch(joined) if running else None
             if self.inflight is not None:
                 self._collect(*self.inflight)
             self.inflight = launched
+
+    def _admission_due(self) -> bool:
+        live = sum(not row.reason for row in self.rows)
+        if live == 0:
+            return bool(self.rows or self.waiting)
+        if live == len(self.rows) and not self.waiting:
+            return False
+        return self.since_admission >= ADMIT_EVERY
 
     # ------------------------------------------------------------ prefill
 
@@ -360,6 +379,12 @@ class Engine:
                 self._take(row, tokens[n + i - n0])
             if not row.reason:
                 self._take(row, tokens[i])
+        ended = [i for i, row in enumerate(self.rows) if row.reason and not row.done]
+        if ended:  # answered now; their slots stop advancing and are freed at the next admission
+            for i in ended:
+                self._finish(self.rows[i])
+            (index,) = upload(torch.tensor(ended), device=self.device)
+            self.live.index_fill_(0, index, 0)
 
     def _take(self, row: Row, token: int) -> None:
         r = row.request
@@ -379,13 +404,11 @@ class Engine:
         row.emit_text(final=row.reason is not None)
 
     def _retire(self) -> None:
-        """Finish the rows that stopped, move the survivors into slots 0..n-1 (state, settings and cache)."""
+        """Drop the rows that ended (already answered), move the survivors into slots 0..n-1 (state, settings and
+        cache)."""
         if not any(row.reason for row in self.rows):
             return
         n = sum(not row.reason for row in self.rows)
-        for row in self.rows:
-            if row.reason:
-                self._finish(row)
         holes = [i for i in range(n) if self.rows[i].reason]  # each filled by a live row from beyond n
         tail = [i for i in range(n, len(self.rows)) if not self.rows[i].reason]
         if holes:
@@ -412,6 +435,7 @@ class Engine:
 
         r = row.request
         assert row.reason is not None  # every row that finishes has its reason
+        row.done = True
         text = self.tok.decode(row.tokens, skip_special_tokens=True).strip()
         if row.stream is not None and row.reason != "cancelled":
             row.emit_text(final=True)

@@ -80,6 +80,7 @@ class Row:
     stream: TextStream | None
     tokens: list[int] = field(default_factory=list)  # the answer's tokens (EOS excluded)
     reason: str | None = None  # set when it stops: eos, length, loop, cancelled
+    done: bool = False  # answered (on_done called); its slot is freed at the next admission
     shown: str = ""  # text streamed so far
 
     @property
