@@ -101,6 +101,10 @@ def churn_row(model, tok, prompts, n):
     return lambda: engine.run(requests()), sum(lengths)
 
 
+# the reference rows sample as the engine rows do (GenerateConfig's defaults)
+SAMPLING = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1)
+
+
 def generate_row(model, tok, prompts, n):
     import torch
 
@@ -108,11 +112,7 @@ def generate_row(model, tok, prompts, n):
     kw = dict(
         max_new_tokens=n,
         min_new_tokens=n,
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.9,
-        top_k=50,
-        repetition_penalty=1.1,
+        **SAMPLING,
         pad_token_id=tok.pad_token_id,
         attention_mask=torch.ones_like(ids),
     )
@@ -126,11 +126,7 @@ def generate_batch_row(model, tok, prompts, n):
         return None
     gc = GenerationConfig(
         max_new_tokens=n,
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.9,
-        top_k=50,
-        repetition_penalty=1.1,
+        **SAMPLING,
         eos_token_id=-1,
         pad_token_id=tok.pad_token_id,
     )
