@@ -14,6 +14,33 @@ def test_memory_plan():
     assert roomy["checkpointing"] is False and roomy["batch_tokens"] == 16384
     lean = memory.plan(xl, 4, int(1.3 * memory.GIB), 512, 16384, 50257)
     assert lean["checkpointing"] is True and 512 <= lean["batch_tokens"] < 16384
+    assert lean["checkpoint_layers"] == 48  # every layer, and still fewer tokens than wanted
     assert lean["chunk"] * 50257 * 10 <= 0.06 * 4 * memory.GIB
     with pytest.raises(ValueError):
         memory.plan(xl, 1.2, int(1.3 * memory.GIB), 512, 16384, 50257)
+
+
+def test_the_plan_fills_the_budget_with_as_few_checkpointed_layers_as_fit():
+    """gpt2-xl, 24 GiB: more tokens than fit without checkpointing, fewer than need every layer checkpointed; the
+    plan checkpoints only some layers, and more budget means fewer of them, each plan within 0.95 of its budget."""
+    from transformers import GPT2Config
+
+    xl = GPT2Config(n_layer=48, n_head=25, n_embd=1600)
+    static = int(3 * memory.GIB)
+    plans = {gib: memory.plan(xl, gib, static, 512, 16384, 50257) for gib in (16, 24, 32, 48)}
+    ks = [p["checkpoint_layers"] for p in plans.values()]
+    assert 0 < ks[1] < 48 and ks == sorted(ks, reverse=True) and len(set(ks)) == 4
+    for gib, p in plans.items():
+        assert 8192 <= p["batch_tokens"] < 16384 and 0.75 * gib <= p["planned_peak_gib"] <= 0.95 * gib
+    assert memory.plan(xl, 80, static, 512, 16384, 50257)["checkpoint_layers"] == 0
+
+
+def test_checkpoint_only_switches_the_last_layers():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from medtune.model import enable_checkpointing
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=64))
+    enable_checkpointing(model)
+    assert memory.checkpoint_only(list(model.transformer.h), 1) == 1
+    assert [layer.gradient_checkpointing for layer in model.transformer.h] == [False, False, False, True]

@@ -31,13 +31,19 @@ def trainable_state_bytes(model, eight_bit_optimizer: bool) -> int:
     return n * (4 + (2 if eight_bit_optimizer else 8))
 
 
-def activation_bytes_per_token(config, checkpointing: bool, dtype_bytes: int = 2) -> float:
+def _per_layer(config, dtype_bytes: int = 2) -> tuple[int, float, float]:
+    """(layers, saved bytes per token of a layer as is, of a checkpointed layer)."""
     layers = getattr(config, "n_layer", None) or config.num_hidden_layers
     hidden = getattr(config, "n_embd", None) or config.hidden_size
-    one_layer = ACT_UNITS_FULL * hidden * dtype_bytes
-    if checkpointing:  # every block's input, plus one block's activations while it is recomputed
-        return layers * ACT_UNITS_CKPT * hidden * dtype_bytes + one_layer
-    return layers * one_layer
+    return layers, ACT_UNITS_FULL * hidden * dtype_bytes, ACT_UNITS_CKPT * hidden * dtype_bytes
+
+
+def activation_bytes_per_token(config, checkpointed: int | bool, dtype_bytes: int = 2) -> float:
+    """Saved activations per token with `checkpointed` of the layers checkpointed (True: all of them): each keeps its
+    input, and one at a time is recomputed in full during the backward pass."""
+    layers, full, ckpt = _per_layer(config, dtype_bytes)
+    k = layers if checkpointed is True else int(checkpointed)
+    return (layers - k) * full + k * ckpt + (full if k else 0)
 
 
 def plan(
@@ -49,9 +55,11 @@ def plan(
     vocab_size: int,
     allow_checkpointing: bool = True,
 ) -> dict:
-    """Pick tokens per batch, gradient checkpointing and the loss chunk so that the peak stays within the budget.
-    Prefers no checkpointing with at least `min(wanted, 8192)` tokens per batch; else checkpointing with as many
-    tokens as fit (up to `wanted`). Raises ValueError when not even one example of `max_length` tokens fits."""
+    """Pick tokens per batch, how many layers to checkpoint and the loss chunk so that the peak fills the budget.
+    Without checkpointing when at least `min(wanted, 8192)` tokens per batch fit (beyond that a larger batch adds
+    little speed); else as few checkpointed layers as let that many tokens fit (each checkpointed layer costs a
+    recomputed forward), all of them if need be. Raises ValueError when not even one example of `max_length` tokens
+    fits."""
     budget = budget_gib * GIB
     wanted = wanted_tokens or 16384
     ce_budget = min(GIB, max(0.05 * budget, 64 * 2**20))
@@ -61,21 +69,31 @@ def plan(
     free = budget - static_bytes - ce_bytes - margin
     # the selected hidden states and their gradient for the loss: 2 x tokens x hidden x 2 bytes
     hidden = getattr(config, "n_embd", None) or config.hidden_size
-    per_tok_loss = 4 * hidden
-    out = dict(chunk=chunk, static_gib=round(static_bytes / GIB, 3))
-    full = free / (activation_bytes_per_token(config, False) + per_tok_loss)
-    if full >= max(max_length, min(wanted, 8192)) or not allow_checkpointing:
-        tokens = int(min(full, wanted))
-        out.update(checkpointing=False, batch_tokens=tokens)
-    else:
-        tokens = int(min(free / (activation_bytes_per_token(config, True) + per_tok_loss), wanted))
-        out.update(checkpointing=True, batch_tokens=tokens)
-    if out["batch_tokens"] < max_length:
+    per_tok = lambda k: activation_bytes_per_token(config, k) + 4 * hidden  # noqa: E731
+    layers = _per_layer(config)[0]
+    target = max(max_length, min(wanted, 8192))
+    k = 0
+    if allow_checkpointing and free / per_tok(0) < target:
+        k = next((k for k in range(1, layers + 1) if target * per_tok(k) <= free), layers)
+    tokens = int(min(free / per_tok(k), wanted))
+    out = dict(chunk=chunk, static_gib=round(static_bytes / GIB, 3), checkpointing=k > 0, checkpoint_layers=k)
+    if tokens < max_length:
         raise ValueError(
-            f"max_memory_gib={budget_gib} leaves room for {max(out['batch_tokens'], 0)} tokens per batch, "
+            f"max_memory_gib={budget_gib} leaves room for {max(tokens, 0)} tokens per batch, "
             f"fewer than one example of data.max_length={max_length} (weights and optimizer take "
             f"{static_bytes / GIB:.2f} GiB)"
         )
-    out["batch_tokens"] = out["batch_tokens"] // 64 * 64 if out["batch_tokens"] >= 128 else out["batch_tokens"]
-    out["batch_tokens"] = max(out["batch_tokens"], max_length)
+    tokens = tokens // 64 * 64 if tokens >= 128 else tokens
+    out["batch_tokens"] = max(tokens, max_length)
+    out["planned_peak_gib"] = round((static_bytes + ce_bytes + out["batch_tokens"] * per_tok(k)) / GIB, 2)
     return out
+
+
+def checkpoint_only(layers: list, k: int) -> int:
+    """With checkpointing on for every layer (model.enable_checkpointing), keep it for the last k layers alone.
+    Returns how many layers are checkpointed (all of them when the layers cannot be switched one by one)."""
+    if not all(hasattr(layer, "gradient_checkpointing") for layer in layers):
+        return len(layers)
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i >= len(layers) - k
+    return k
