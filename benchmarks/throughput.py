@@ -12,7 +12,8 @@ GPU (CUDA; needs bitsandbytes, trl and datasets), the table of docs/performance.
     with train.max_memory_gib=4) on random:<size>: non-padding tokens/s after warm-up, peak
     torch.cuda.max_memory_allocated over the whole run, and the time of one wikidoc epoch (measured with --epoch,
     else tokens per epoch / tokens/s). In the same run on the same card, the TRL reference recipe from
-    anchor_baselines.py (subprocess) and the ratio medtune / TRL. Prints a markdown table.
+    anchor_baselines.py (subprocess), TRL set up for speed (benchmarks/trl_tuned.py, --trl-tuned qlora lora: rows of
+    their own), and the ratio medtune / the faster TRL row at equal or lower peak memory. Prints a markdown table.
 CPU:
   python benchmarks/throughput.py --cpu
     a small GPT-2 (4 layers x 256, real tokenizer): the tutorial recipe (4-bit fp4, batch 4 padded to 512) and
@@ -246,6 +247,34 @@ def run_medtune(
 # ---------------------------------------------------------------- reference recipes
 
 
+def run_trl_tuned(args, recipe: str, size: str) -> dict:
+    """trl_tuned.py (TRL set up for speed) in a subprocess: without gradient checkpointing, and again with it when
+    that runs out of memory."""
+    for ckpt in ([], ["--checkpointing"]):
+        cmd = [
+            sys.executable,
+            str(Path(__file__).with_name("trl_tuned.py")),
+            recipe,
+            size,
+            "--steps",
+            str(args.trl_steps),
+            "--tokenizer",
+            args.tokenizer,
+            "--data",
+            args.data,
+            *ckpt,
+        ]
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), timeout=args.anchor_timeout
+        )
+        for line in p.stdout.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[7:])
+        if "out of memory" not in (p.stderr + p.stdout).lower():
+            break
+    raise RuntimeError(f"trl_tuned {recipe} {size} failed (rc {p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
+
+
 def run_anchor(args, mode: str, size: str, steps: int) -> dict:
     """anchor_baselines.py in a subprocess (its own process: its memory peak is its own)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -339,19 +368,31 @@ def markdown(rows: list[dict], card: str) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
-        trl = r.get("trl") or {}
+        trl = faster_trl(r)
         ratio = f"{r['tok_s'] / trl['tok_s']:.1f}x" if trl.get("tok_s") else "-"
+        ckpt = r.get("gradient_checkpointing", r.get("checkpointing"))
         settings = (
-            f"{r.get('batch_tokens') or '-'} tok/batch, {r.get('attention')}, "
-            f"ckpt {'on' if r.get('gradient_checkpointing') else 'off'}"
+            f"{r.get('batch_tokens') or '-'} tok/batch, {r.get('attention') or 'padding-free bfd'}, "
+            f"ckpt {'on' if ckpt else 'off'}"
         )
-        epoch = fmt_time(r["epoch_s"]) + ("" if r.get("epoch_measured") else " (est.)")
+        epoch = fmt_time(r["epoch_s"]) + ("" if r.get("epoch_measured") else " (est.)") if "epoch_s" in r else "-"
         lines.append(
             f"| {r['size']} | {r['recipe']} | {r['tok_s']:,} | {r.get('peak_gib', '-')} | {epoch} | "
-            f"{trl.get('tok_s', '-') if not trl.get('tok_s') else format(trl['tok_s'], ',')} | "
+            f"{trl.get('tok_s', '-') if not trl.get('tok_s') else format(trl['tok_s'], ',') + ' (' + trl['which'] + ')'} | "
             f"{trl.get('peak_gib', '-')} | {ratio} | {settings} |"
         )
     return "\n".join(lines)
+
+
+def faster_trl(row: dict) -> dict:
+    """The faster of the TRL rows (recommended, tuned for speed) whose peak is at most this row's peak; when none
+    is that small, the one with the smallest peak. Labelled with which it is."""
+    peak = row.get("peak_gib")
+    candidates = [dict(t, which=w) for w, t in (("recommended", row.get("trl")), ("tuned", row.get("trl_tuned"))) if t]
+    fits = [t for t in candidates if peak is None or t.get("peak_gib") is None or t["peak_gib"] <= peak]
+    if not fits:
+        return min(candidates, key=lambda t: t["peak_gib"], default={})
+    return max(fits, key=lambda t: t.get("tok_s") or 0)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -383,6 +424,14 @@ def gpu_main(args):
                 log(f"TRL {size}: {refs[size]}")
             except Exception as e:  # keep going: the medtune rows are still worth having
                 log(f"TRL {size} failed: {e}")
+        tuned = {}
+        for recipe in args.trl_tuned if args.trl else []:
+            try:
+                tuned[recipe] = run_trl_tuned(args, recipe, size)
+                log(f"TRL tuned {size} {recipe}: {tuned[recipe]}")
+                rows.append(dict(size=size, recipe=f"TRL tuned ({recipe})", **tuned[recipe]))
+            except Exception as e:
+                log(f"TRL tuned {size} {recipe} failed: {e}")
         for name, extra in variants:
             if "/" in name:  # SIZE/NAME: this size only
                 only, name = name.split("/", 1)
@@ -407,7 +456,7 @@ def gpu_main(args):
                 traceback.print_exc()
                 log(f"{size} {name} failed: {type(e).__name__}: {e}")
                 continue
-            r.update(size=size, recipe=name, trl=refs.get(size))
+            r.update(size=size, recipe=name, trl=refs.get(size), trl_tuned=tuned.get(recipe.split("+")[0]))
             log(f"medtune {size} {name}: " + json.dumps({k: v for k, v in r.items() if k != "trl"}))
             rows.append(r)
             prefix.with_suffix(".json").write_text(json.dumps(dict(card=card, rows=rows), indent=1))
@@ -488,6 +537,13 @@ def main(argv=None):
     ap.add_argument("--epoch", action="store_true", help="GPU: train one whole epoch (measured epoch time)")
     ap.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True, help="GPU: run the TRL reference")
     ap.add_argument("--trl-steps", type=int, default=15)
+    ap.add_argument(
+        "--trl-tuned",
+        nargs="*",
+        default=["qlora", "lora"],
+        choices=["qlora", "lora"],
+        help="GPU: the TRL rows set up for speed (benchmarks/trl_tuned.py); none: --trl-tuned",
+    )
     ap.add_argument("--anchor-timeout", type=int, default=600)
     ap.add_argument("--profile", type=int, default=0, help="profile the last N warm-up steps of --profile-variants")
     ap.add_argument("--profile-variants", nargs="*", default=["lora", "qlora"])

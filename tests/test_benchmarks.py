@@ -18,6 +18,7 @@ TINY_TOKENIZER = ROOT / "src" / "medtune" / "assets" / "tiny_tokenizer"
 SAMPLE = ROOT / "src" / "medtune" / "sample_data" / "medical_qa.jsonl"
 COVERED = {
     "throughput.py",
+    "trl_tuned.py",
     "load.py",
     "eval_speed.py",
     "decoding_sweep.py",
@@ -63,6 +64,31 @@ def number(cell: str) -> float:
 
 def test_every_benchmark_script_has_a_smoke_test():
     assert {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")} == COVERED
+
+
+def test_trl_tuned(tmp_path):
+    data = tmp_path / "sample.json"
+    data.write_text(json.dumps([json.loads(ln) for ln in SAMPLE.read_text().splitlines()[:32]]))
+    out = script(
+        "trl_tuned.py",
+        "lora",
+        "tiny",
+        "--cpu",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--tokens",
+        "2048",
+        "--tokenizer",
+        TINY_TOKENIZER,
+        "--data",
+        data,
+        tmp_path=tmp_path,
+    )
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT ") :])
+    assert result["steps"] == 2 and result["tok_s"] > 0 and result["checkpointing"] is False
 
 
 def test_throughput_cpu_mode(tmp_path):
