@@ -378,7 +378,7 @@ def markdown(rows: list[dict], card: str) -> str:
         epoch = fmt_time(r["epoch_s"]) + ("" if r.get("epoch_measured") else " (est.)") if "epoch_s" in r else "-"
         lines.append(
             f"| {r['size']} | {r['recipe']} | {r['tok_s']:,} | {r.get('peak_gib', '-')} | {epoch} | "
-            f"{trl.get('tok_s', '-') if not trl.get('tok_s') else format(trl['tok_s'], ',') + ' (' + trl['which'] + ')'} | "
+            f"{f'{trl["tok_s"]:,} ({trl["which"]})' if trl.get('tok_s') else '-'} | "
             f"{trl.get('peak_gib', '-')} | {ratio} | {settings} |"
         )
     return "\n".join(lines)
