@@ -376,9 +376,10 @@ def markdown(rows: list[dict], card: str) -> str:
             f"ckpt {'on' if ckpt else 'off'}"
         )
         epoch = fmt_time(r["epoch_s"]) + ("" if r.get("epoch_measured") else " (est.)") if "epoch_s" in r else "-"
+        trl_cell = f"{trl['tok_s']:,} ({trl['which']})" if trl.get("tok_s") else "-"
         lines.append(
             f"| {r['size']} | {r['recipe']} | {r['tok_s']:,} | {r.get('peak_gib', '-')} | {epoch} | "
-            f"{f'{trl["tok_s"]:,} ({trl["which"]})' if trl.get('tok_s') else '-'} | "
+            f"{trl_cell} | "
             f"{trl.get('peak_gib', '-')} | {ratio} | {settings} |"
         )
     return "\n".join(lines)
