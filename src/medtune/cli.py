@@ -100,11 +100,12 @@ def _train_checked(a, cfg):
     validated), then the machine (torch alone). Returns the checked records."""
     from pathlib import Path
 
-    from medtune import data, machine, rundir
+    from medtune import data, rundir
+    from medtune.validate import validate_machine
 
     rundir.check_output(Path(cfg.output_dir).expanduser(), a.resume)
     checked = data.load_checked(cfg.data)  # under torchrun, rank 0 alone speaks (setup_logging)
-    machine.check(cfg)
+    validate_machine(cfg)
     return checked
 
 
@@ -156,16 +157,10 @@ GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition
 
 
 def cmd_generate(a):
-    from medtune.errors import MedtuneError
-
-    if a.batch_size < 1:
-        raise MedtuneError(f"--batch-size must be >= 1, got {a.batch_size}")
-    if a.input and not a.output:
-        raise MedtuneError("--input needs --output FILE.jsonl for the answers")
-    if not a.input and not a.question:
-        raise MedtuneError("give a question, or --input FILE")
     from medtune import rundir
+    from medtune.validate import validate_generate_flags
 
+    validate_generate_flags(a.batch_size, a.question, a.input, a.output)
     run = rundir.open_run(a.run_dir)  # a missing or wrong folder is refused before the ML stack loads
     _quiet_ml()
 

@@ -43,6 +43,7 @@ from medtune.model import context_length, decoder_and_head, decoder_output
 from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import linear_cross_entropy
+from medtune.validate import validate_eval_flags
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -408,8 +409,7 @@ def run(
     cfg = run.config
     split = split or cfg.eval.split
     num_samples = cfg.eval.num_samples if num_samples is None else num_samples
-    if num_samples < 0:
-        raise MedtuneError(f"--num-samples must be 0 or more, got {num_samples}")
+    validate_eval_flags(num_samples)
     load_eval_records(run, data, split)  # bad --data / --split fail before the model loads
     tasks = _benchmark_tasks(benchmarks, cfg)
     model, tok = rundir.load_model(run, adapter=False)

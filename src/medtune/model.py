@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from medtune.config import GPT2_SHAPES, ModelConfig, check_random_name
+from medtune.config import GPT2_SHAPES, ModelConfig
 from medtune.errors import MedtuneError
+from medtune.validate import check_quantization, check_random_name
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TOKENIZERS = {"builtin:tiny": ASSETS / "tiny_tokenizer"}
@@ -145,16 +146,6 @@ def context_length(model) -> int | None:
     return None
 
 
-def check_against_model(cfg, model) -> None:
-    """The config checks that need the loaded model: run before training starts and before any file is written."""
-    ctx = context_length(model)
-    if ctx is not None and cfg.data.max_length > ctx:
-        raise MedtuneError(
-            f"data.max_length={cfg.data.max_length} is longer than the model's context of {ctx} "
-            f"tokens; set data.max_length <= {ctx}"
-        )
-
-
 # architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: a bias-free linear head with no
 # scaling or soft-capping in between, so the loss can be computed from the decoder's output in chunks
 PLAIN_HEAD_MODELS = {
@@ -216,8 +207,7 @@ def quantization_config(cfg: ModelConfig):
             bnb_4bit_compute_dtype=compute_dtype(),
         )
     if cfg.quantization == "8bit":
-        if not torch.cuda.is_available():
-            raise MedtuneError("model.quantization=8bit needs a CUDA GPU; use 4bit (which also runs on CPU) or none")
+        check_quantization(cfg)  # a run trained in 8 bits, loaded again on a machine without CUDA
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from medtune import data as data_mod
-from medtune import machine, rundir, stopping
 from medtune import model as model_mod
+from medtune import rundir, stopping
 from medtune.config import Config, dump_yaml
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
+from medtune.machine import optimizer_name
 from medtune.training import attention, memory, patches, trackers
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
@@ -27,7 +28,8 @@ from medtune.training.distributed import (
     use_local_gpu,
     world_size,
 )
-from medtune.training.trainer import MedtuneTrainer, StopOnSignal, optimizer_name, training_arguments
+from medtune.training.trainer import MedtuneTrainer, StopOnSignal, training_arguments
+from medtune.validate import validate_against_model, validate_machine
 
 log = logging.getLogger("medtune.training")
 
@@ -204,9 +206,10 @@ def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, extra:
 
 def run(cfg: Config, resume: bool = False, checked: data_mod.Checked | None = None) -> dict:
     """Train a LoRA adapter as configured; returns the final metrics. Every check runs before the first file is
-    written: the config's (config.validate), the output folder's, the data's (`checked`: done already), and those
-    that need the model. The output folder is locked meanwhile (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the
-    current step ends with a checkpoint of it, and stopping.Stopped says where it is (medtune.stopping)."""
+    written: the config's (medtune.validate: validate, validate_machine, validate_against_model once the model is
+    loaded), the output folder's and the data's (`checked`: done already). The output folder is locked meanwhile
+    (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the current step ends with a checkpoint of it, and
+    stopping.Stopped says where it is (medtune.stopping)."""
     out = Path(cfg.output_dir).expanduser()
     with (
         rundir.locked(out, f"medtune train --output-dir {out}", create=not resume),
@@ -238,9 +241,9 @@ def _run(cfg: Config, out: Path, resume: bool, checked) -> dict:
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
     prepared = data_mod.prepare(cfg.data, tok, checked=checked)
-    machine.check(cfg)
+    validate_machine(cfg)
     model = model_mod.load_base_model(cfg.model, tok)
-    model_mod.check_against_model(cfg, model)
+    validate_against_model(cfg, model)
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model)
     trainer, _, info = make_trainer(cfg, model, tok, prepared, out)

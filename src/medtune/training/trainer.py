@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from medtune import stopping
 from medtune.config import Config
-from medtune.machine import optimizer_name, use_bf16  # noqa: F401  (here for callers that import them from trainer)
+from medtune.machine import optimizer_name, use_bf16
 from medtune.model import decoder_output
 from medtune.training.batching import NUM_TOKENS
 from medtune.training.distributed import max_over_processes, sum_over_processes, world_size
