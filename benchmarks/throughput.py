@@ -162,6 +162,7 @@ def _free():
 
 # ---------------------------------------------------------------- medtune's recipe
 
+_CHECKED: dict = {}
 _PREPARED: dict = {}
 _BASES: dict = {}
 
@@ -208,8 +209,11 @@ def run_medtune(
     cfg = load_config(ROOT / cfg_file if cfg_file else None, sets, output_dir=str(out))
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
     key = (args.tokenizer, cfg.data.max_length, cfg.data.max_records)
+    if key not in _CHECKED:
+        _CHECKED[key] = data_mod.load_checked(cfg.data)
+    training.train.record_data_choices(cfg, tok, _CHECKED[key])  # as `medtune train` does (chat format: EOS)
     if key not in _PREPARED:
-        _PREPARED[key] = data_mod.prepare(cfg.data, tok)
+        _PREPARED[key] = data_mod.prepare(cfg.data, tok, _CHECKED[key])
     prepared = _PREPARED[key]
     epoch_tokens = sum(len(e["input_ids"]) for e in prepared.encoded["train"])
     if cfg.model.name.startswith("random:"):  # build and save each random base once (gpt2-xl takes a while)

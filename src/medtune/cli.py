@@ -165,7 +165,7 @@ def cmd_generate(a):
     _quiet_ml()
 
     from medtune.config import override
-    from medtune.data import render_chat_prompt, with_system_prompt
+    from medtune.data import chat_prompt, with_system_prompt
     from medtune.files import NOTICE
     from medtune.generate import answer, check_output_file, generate_file, read_questions
     from medtune.model import context_length
@@ -178,8 +178,8 @@ def cmd_generate(a):
     if a.system is not None:  # data.system_prompt (refused for the instruction template before the model loads)
         cfg.data = with_system_prompt(cfg.data, a.system)
     model, tok = rundir.load_model(run, merge=True)  # the adapter folded into the weights: same answers, faster
-    if cfg.data.prompt_format == "chat" and not cfg.data.chat_prompt:  # the chat template around the new system
-        cfg.data.chat_prompt = render_chat_prompt(tok, cfg.data)
+    if cfg.data.prompt_format == "chat":  # the run's chat turn, or the chat template around the new system prompt
+        cfg.data.chat_prompt = chat_prompt(cfg.data, tok)
     ctx = context_length(model)
     if a.input:
         rows = generate_file(model, tok, questions, a.output, cfg.data, cfg.generate, a.batch_size, context=ctx)

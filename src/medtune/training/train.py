@@ -112,6 +112,16 @@ def apply_speedups(cfg: Config, model) -> dict:
     return info
 
 
+def record_data_choices(cfg: Config, tok, checked: data_mod.Checked) -> None:
+    """Record for the run what the data layer found: the chat column and the rendered chat turn go into the config
+    (config.yaml: generate and serve prompt with them), the chat template's end-of-turn token becomes the EOS of the
+    tokenizer the run saves (answers are trained to end there, and generation stops there)."""
+    fmt = data_mod.prompt_format(cfg.data, tok)
+    cfg.data.chat_column, cfg.data.chat_prompt = checked.chat_column, fmt.chat_prompt
+    if fmt.eos_token is not None:
+        tok.eos_token = fmt.eos_token
+
+
 def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path):
     """The Trainer for a LoRA model with medtune's speed-ups. Returns (trainer, collator, info)."""
     t, enc = cfg.train, prepared.encoded
@@ -240,6 +250,8 @@ def _run(cfg: Config, out: Path, resume: bool, checked) -> dict:
     trackers.check(cfg, main_process=is_main_process())  # each tracker's package installed, MLflow's store opens
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
+    checked = checked or data_mod.load_checked(cfg.data)
+    record_data_choices(cfg, tok, checked)
     prepared = data_mod.prepare(cfg.data, tok, checked=checked)
     validate_machine(cfg)
     model = model_mod.load_base_model(cfg.model, tok)
