@@ -34,7 +34,7 @@ def test_rslora_and_dora_reach_peft_and_merge(tok):
     cfg = ModelConfig(
         name="random:tiny", tokenizer="builtin:tiny", lora_rslora=True, lora_dora=True, lora_r=4, lora_alpha=8
     )
-    model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
+    model = add_lora(load_base_model(cfg, tok), cfg)
     pc = model.peft_config["default"]
     assert pc.use_rslora and pc.use_dora
     layer = model.base_model.model.transformer.h[0].attn.c_attn
