@@ -57,8 +57,6 @@ def _level(name: str, level: int):
 KNOWN_NOISE = [
     # peft wraps a model (get_peft_model, PeftModel.from_pretrained) reading transformers 5's deprecated alias
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed in v6"),
-    # peft's prepare_model_for_kbit_training (4-bit on CPU) enables checkpointing through the deprecated alias
-    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated and will be removed in v6"),
     # peft, saving an adapter offline: it cannot ask the hub whether the base's vocabulary was resized (medtune never
     # resizes it), e.g. for a random 4-bit base that was loaded from a temporary folder
     (UserWarning, r"Could not find a config file in .* - will assume that the vocabulary was not modified"),

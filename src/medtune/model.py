@@ -346,13 +346,17 @@ def _has_conv1d(model) -> bool:
 
 
 def enable_checkpointing(model) -> None:
-    """Activation (gradient) checkpointing, non-reentrant: through activation_checkpointing_enable where transformers
-    has it (it deprecates the old name, gradient_checkpointing_enable, with a FutureWarning), else the old name."""
-    enable = getattr(model, "activation_checkpointing_enable", None)
+    """Activation (gradient) checkpointing, non-reentrant, on a model or the base inside a PEFT model: the one place
+    that turns it on, for model.gradient_checkpointing (add_lora) and for the memory plan of train.max_memory_gib
+    (training.train.apply_speedups); the Trainer's own switch stays off (training.trainer.training_arguments).
+    Through activation_checkpointing_enable where transformers has it (it deprecates the old name,
+    gradient_checkpointing_enable, with a FutureWarning), else the old name."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enable = getattr(base, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def add_lora(model, cfg: ModelConfig):
@@ -363,17 +367,12 @@ def add_lora(model, cfg: ModelConfig):
         # prepare_model_for_kbit_training's float32 copies, so the residual stream and its saved activations stay bf16
         for p in model.parameters():
             p.requires_grad_(False)
-        if cfg.gradient_checkpointing:
-            enable_checkpointing(model)
-    elif cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif cfg.gradient_checkpointing:
+    elif cfg.quantization != "none":  # its checkpointing (non-reentrant) is enable_checkpointing's below
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-        model.enable_input_require_grads()
+        if cfg.quantization == "none":
+            model.enable_input_require_grads()
     targets = lora_targets(model, cfg)
     is_conv1d = getattr(model.config, "model_type", "") == "gpt2" or _has_conv1d(model)
     lcfg = LoraConfig(

@@ -101,8 +101,8 @@ def apply_speedups(cfg: Config, model) -> dict:
         info["plan"], info["chunk"] = plan, plan["chunk"]
         info["batch_tokens"] = plan["batch_tokens"] if t.packing else info["batch_tokens"]
         checkpointing = checkpointing or plan["checkpointing"]
-    if checkpointing and not cfg.model.gradient_checkpointing:
-        model_mod.enable_checkpointing(base)
+    if checkpointing and not cfg.model.gradient_checkpointing:  # else add_lora turned it on already
+        model_mod.enable_checkpointing(model)
     info["gradient_checkpointing"] = checkpointing
     if t.compile:
         layers = _decoder_layers(info["fast_loss"][0]) if info["fast_loss"] is not None else None

@@ -157,7 +157,7 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
-        # activation (gradient) checkpointing stays off here (the default): model.add_lora / make_trainer enable it
+        # activation (gradient) checkpointing stays off here (the default): model.enable_checkpointing turns it on
         # on the model; the old name gradient_checkpointing=False is a deprecated alias (a FutureWarning)
         disable_tqdm=False,
         prediction_loss_only=True,  # evaluation needs the loss only: no logits kept
