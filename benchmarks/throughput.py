@@ -29,6 +29,7 @@ Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baseline
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -235,13 +236,13 @@ def run_medtune(
     if torch.cuda.is_available():
         r["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     r.update(
-        attention=info.get("attention"),
-        loss_kind=info.get("loss"),
-        batch_tokens=info.get("batch_tokens"),
-        gradient_checkpointing=info.get("gradient_checkpointing"),
+        attention=info.attention,
+        loss_kind=info.loss,
+        batch_tokens=info.batch_tokens,
+        gradient_checkpointing=info.gradient_checkpointing,
     )
-    if "plan" in info:
-        r["plan"] = info["plan"]
+    if info.plan is not None:
+        r["plan"] = dataclasses.asdict(info.plan)
     del trainer, model, collator
     _free()
     return r

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from medtune.training.loss import default_chunk
 
 GIB = 1 << 30
@@ -40,6 +42,16 @@ def activation_bytes_per_token(config, checkpointing: bool, dtype_bytes: int = 2
     return layers * one_layer
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What fits train.max_memory_gib (plan)."""
+
+    chunk: int  # rows of logits per chunk of the loss
+    static_gib: float  # weights, LoRA gradients and optimizer state
+    checkpointing: bool  # gradient checkpointing needed
+    batch_tokens: int  # tokens per batch
+
+
 def plan(
     config,
     budget_gib: float,
@@ -48,7 +60,7 @@ def plan(
     wanted_tokens: int | None,
     vocab_size: int,
     allow_checkpointing: bool = True,
-) -> dict:
+) -> MemoryPlan:
     """Pick tokens per batch, gradient checkpointing and the loss chunk so that the peak stays within the budget.
     Prefers no checkpointing with at least `min(wanted, 8192)` tokens per batch; else checkpointing with as many
     tokens as fit (up to `wanted`). Raises ValueError when not even one example of `max_length` tokens fits."""
@@ -62,20 +74,17 @@ def plan(
     # the selected hidden states and their gradient for the loss: 2 x tokens x hidden x 2 bytes
     hidden = getattr(config, "n_embd", None) or config.hidden_size
     per_tok_loss = 4 * hidden
-    out = dict(chunk=chunk, static_gib=round(static_bytes / GIB, 3))
     full = free / (activation_bytes_per_token(config, False) + per_tok_loss)
-    if full >= max(max_length, min(wanted, 8192)) or not allow_checkpointing:
-        tokens = int(min(full, wanted))
-        out.update(checkpointing=False, batch_tokens=tokens)
-    else:
+    checkpointing = allow_checkpointing and full < max(max_length, min(wanted, 8192))
+    if checkpointing:
         tokens = int(min(free / (activation_bytes_per_token(config, True) + per_tok_loss), wanted))
-        out.update(checkpointing=True, batch_tokens=tokens)
-    if out["batch_tokens"] < max_length:
+    else:
+        tokens = int(min(full, wanted))
+    if tokens < max_length:
         raise ValueError(
-            f"max_memory_gib={budget_gib} leaves room for {max(out['batch_tokens'], 0)} tokens per batch, "
+            f"max_memory_gib={budget_gib} leaves room for {max(tokens, 0)} tokens per batch, "
             f"fewer than one example of data.max_length={max_length} (weights and optimizer take "
             f"{static_bytes / GIB:.2f} GiB)"
         )
-    out["batch_tokens"] = out["batch_tokens"] // 64 * 64 if out["batch_tokens"] >= 128 else out["batch_tokens"]
-    out["batch_tokens"] = max(out["batch_tokens"], max_length)
-    return out
+    tokens = tokens // 64 * 64 if tokens >= 128 else tokens
+    return MemoryPlan(chunk, round(static_bytes / GIB, 3), checkpointing, max(tokens, max_length))
