@@ -25,6 +25,7 @@ from medtune import data as data_mod  # noqa: E402
 from medtune.config import load_config  # noqa: E402
 from medtune.model import load_tokenizer  # noqa: E402
 from medtune.training.batching import TokenBudgetBatchSampler  # noqa: E402
+from medtune.training.train import record_data_choices  # noqa: E402
 
 
 def fixed_examples(lengths: list[int], per_gpu: int, gpus: int, seed: int) -> list[list[list[int]]]:
@@ -68,7 +69,9 @@ def main() -> None:
     a = ap.parse_args()
     data = a.data or str(Path(a.tokenizer).parent / "wikidoc_patient_information" / "wikidoc_patient_information.json")
     cfg = load_config(a.config, ["train.report_to=none"], data__source=data, model__tokenizer=a.tokenizer)
-    enc = data_mod.prepare(cfg.data, load_tokenizer(a.tokenizer)).encoded["train"]
+    tok, checked = load_tokenizer(a.tokenizer), data_mod.load_checked(cfg.data)
+    record_data_choices(cfg, tok, checked)  # as `medtune train` does (chat format: EOS)
+    enc = data_mod.prepare(cfg.data, tok, checked).encoded["train"]
     lengths = [len(e["input_ids"]) for e in enc]
     n = a.gpus
     print(

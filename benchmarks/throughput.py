@@ -30,6 +30,7 @@ Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baseline
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -163,6 +164,7 @@ def _free():
 
 # ---------------------------------------------------------------- medtune's recipe
 
+_CHECKED: dict = {}
 _PREPARED: dict = {}
 _BASES: dict = {}
 
@@ -209,8 +211,11 @@ def run_medtune(
     cfg = load_config(ROOT / cfg_file if cfg_file else None, sets, output_dir=str(out))
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
     key = (args.tokenizer, cfg.data.max_length, cfg.data.max_records)
+    if key not in _CHECKED:
+        _CHECKED[key] = data_mod.load_checked(cfg.data)
+    training.train.record_data_choices(cfg, tok, _CHECKED[key])  # as `medtune train` does (chat format: EOS)
     if key not in _PREPARED:
-        _PREPARED[key] = data_mod.prepare(cfg.data, tok)
+        _PREPARED[key] = data_mod.prepare(cfg.data, tok, _CHECKED[key])
     prepared = _PREPARED[key]
     epoch_tokens = sum(len(e["input_ids"]) for e in prepared.encoded["train"])
     if cfg.model.name.startswith("random:"):  # build and save each random base once (gpt2-xl takes a while)
@@ -232,13 +237,13 @@ def run_medtune(
     if torch.cuda.is_available():
         r["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     r.update(
-        attention=info.get("attention"),
-        loss_kind=info.get("loss"),
-        batch_tokens=info.get("batch_tokens"),
-        gradient_checkpointing=info.get("gradient_checkpointing"),
+        attention=info.attention,
+        loss_kind=info.loss,
+        batch_tokens=info.batch_tokens,
+        gradient_checkpointing=info.gradient_checkpointing,
     )
-    if "plan" in info:
-        r["plan"] = info["plan"]
+    if info.plan is not None:
+        r["plan"] = dataclasses.asdict(info.plan)
     del trainer, model, collator
     _free()
     return r

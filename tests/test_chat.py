@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_llama import chat_tokenizer
+from tiny_llama import chat_tokenizer, use_prompt_format
 
 from medtune import data
 from medtune.config import DataConfig
@@ -66,10 +66,10 @@ def test_plain_template_labels_every_assistant_turn_and_its_eos(tok):
 
 def test_chat_template_labels_every_assistant_turn_and_its_end_of_turn_token():
     """data.prompt_format=chat: the input is exactly the tokenizer's chat template rendering; each answer ends with the
-    template's end-of-turn token (<|im_end|>, made EOS by setup_prompt_format), which is labelled."""
+    template's end-of-turn token (<|im_end|>, which training makes EOS: prompt_format), which is labelled."""
     tok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat")
-    data.setup_prompt_format(cfg, tok)
+    use_prompt_format(cfg, tok)
     msgs = conversation(2)
     e = data.encode({"messages": msgs}, tok, cfg)
     rendered = tok.apply_chat_template(msgs, tokenize=False)
@@ -97,10 +97,12 @@ def test_openai_and_sharegpt_files_load_alike(tmp_path, write_jsonl):
     a = write_jsonl(tmp_path / "a.jsonl", [{"messages": c} for c in convs])
     b = write_jsonl(tmp_path / "b.jsonl", [{"conversations": sharegpt(c), "id": i} for i, c in enumerate(convs)])
     cfg_a, cfg_b = DataConfig(source=str(a)), DataConfig(source=str(b))
-    ra, _ = data.validate_records(data.load_records(cfg_a))
-    rb, _ = data.validate_records(data.load_records(cfg_b))
+    (ra, column_a), (rb, column_b) = data.read_records(cfg_a), data.read_records(cfg_b)
+    ra, _ = data.validate_records(ra)
+    rb, _ = data.validate_records(rb)
     assert ra == rb == [{"messages": c} for c in convs]
-    assert (cfg_a.chat_column, cfg_b.chat_column) == ("messages", "conversations")  # saved with the run
+    assert (column_a, column_b) == ("messages", "conversations")  # training saves it with the run
+    assert cfg_a.chat_column is None and cfg_b.chat_column is None  # the data layer leaves the config alone
 
 
 def test_a_parquet_chat_file_loads(tmp_path):
@@ -221,7 +223,7 @@ def test_collators_keep_the_assistant_labels(tok, packing):
 def test_eval_form_is_the_last_answer_after_everything_before_it(tok, fmt):
     tok = chat_tokenizer() if fmt == "chat" else tok
     cfg = DataConfig(prompt_format=fmt)
-    data.setup_prompt_format(cfg, tok)
+    use_prompt_format(cfg, tok)
     msgs = conversation(5)
     r = {"messages": msgs}
     e, prompt = data.encode(r, tok, cfg), data.encode_prompt(r, tok, cfg)
@@ -260,7 +262,7 @@ def test_a_chat_run_prompts_questions_as_a_user_turn_with_the_system_prompt(tok)
 def test_system_prompt_rerenders_the_chat_template():
     tok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat")
-    data.setup_prompt_format(cfg, tok)
+    use_prompt_format(cfg, tok)
     assert "system" not in cfg.chat_prompt
     new = data.with_system_prompt(cfg, "Be brief.", tok)
     ask = {"instruction": "Answer", "input": "Why?"}

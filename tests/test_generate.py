@@ -230,14 +230,14 @@ def test_chat_prompt_of_an_instruction_template_run(tok):
 def test_chat_prompt_of_a_chat_template_run_is_training_s_rendering():
     """data.prompt_format=chat: the tokenizer's chat template, with the tokens training gave the same conversation
     (an earlier answer ends with the end-of-turn token); data.system_prompt fills in when no system turn is sent."""
-    from tiny_llama import chat_tokenizer
+    from tiny_llama import chat_tokenizer, use_prompt_format
 
     from medtune.config import DataConfig
-    from medtune.data import encode, setup_prompt_format
+    from medtune.data import encode
 
     tok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat", system_prompt="You are a careful assistant.")
-    setup_prompt_format(cfg, tok)
+    use_prompt_format(cfg, tok)
     text, ids = _prompt(HISTORY, cfg, tok)
     assert text == tok.apply_chat_template(HISTORY, tokenize=False, add_generation_prompt=True)
     trained = encode({"messages": HISTORY + [{"role": "assistant", "content": "Inhalers."}]}, tok, cfg)["input_ids"]

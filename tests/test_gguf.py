@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_llama import chat_tokenizer, make_llama, write_gguf
+from tiny_llama import chat_tokenizer, make_llama, use_prompt_format, write_gguf
 
 from medtune import cli, training
 from medtune.config import ModelConfig
@@ -169,10 +169,10 @@ def test_gguf_qlora_requantizes(files, tmp_path, tiny_config, load_run):
 
 def test_chat_format_needs_a_chat_template(tok, tmp_path):
     from medtune.config import DataConfig, load_config
-    from medtune.data import format_prompt, setup_prompt_format
+    from medtune.data import format_prompt, prompt_format
 
     with pytest.raises(MedtuneError, match="no chat template"):  # builtin:tiny (like GPT-2) has none
-        setup_prompt_format(DataConfig(prompt_format="chat"), tok)
+        prompt_format(DataConfig(prompt_format="chat"), tok)
     with pytest.raises(MedtuneError, match="not been rendered"):
         format_prompt({"instruction": "A", "input": "B", "output": "C"}, DataConfig(prompt_format="chat"))
     with pytest.raises(MedtuneError, match="prompt_format"):
@@ -181,7 +181,7 @@ def test_chat_format_needs_a_chat_template(tok, tmp_path):
         load_config(overrides=["data.chat_prompt=<s>no field</s>"])
     ctok = chat_tokenizer()
     cfg = DataConfig(prompt_format="chat", system_prompt="Be brief.")
-    setup_prompt_format(cfg, ctok)
+    use_prompt_format(cfg, ctok)
     assert cfg.chat_prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{user}")
     assert format_prompt({"instruction": "Answer", "input": "", "output": "x"}, cfg).endswith(
         "user\nAnswer<|im_end|>\n<|im_start|>assistant\n"

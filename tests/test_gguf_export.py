@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_llama import chat_tokenizer, make_llama
+from tiny_llama import chat_tokenizer, make_llama, use_prompt_format
 
 from medtune.errors import MedtuneError
 
@@ -72,11 +72,10 @@ def tiny_gpt2(tok, seed=0, vocab=None, n_embd=128, n_positions=1024):
 def merged_folder(tiny_config, model, tok, folder: Path, *overrides, setup_chat=False) -> Path:
     """A folder like `medtune merge` writes: weights, tokenizer, generation_config.json and medtune's config.yaml."""
     from medtune.config import dump_yaml
-    from medtune.data import setup_prompt_format
 
     cfg = tiny_config(folder.parent / f"{folder.name}-run", *overrides)
     if setup_chat:  # as training does in chat format: render the chat turn, EOS := the end-of-turn token
-        setup_prompt_format(cfg.data, tok)
+        use_prompt_format(cfg.data, tok)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     (folder / "config.yaml").write_text(dump_yaml(cfg))

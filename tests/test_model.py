@@ -34,7 +34,7 @@ def test_rslora_and_dora_reach_peft_and_merge(tok):
     cfg = ModelConfig(
         name="random:tiny", tokenizer="builtin:tiny", lora_rslora=True, lora_dora=True, lora_r=4, lora_alpha=8
     )
-    model = add_lora(load_base_model(cfg, tok), cfg, log=lambda *a: None)
+    model = add_lora(load_base_model(cfg, tok), cfg)
     pc = model.peft_config["default"]
     assert pc.use_rslora and pc.use_dora
     layer = model.base_model.model.transformer.h[0].attn.c_attn
@@ -71,8 +71,8 @@ def test_4bit_base_on_cpu(tok):
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_gradient_checkpointing_same_gradients_no_deprecation(tok, quantization):
-    """model.gradient_checkpointing=true: activation checkpointing is on (through transformers' current name: no
-    deprecation warning from medtune's own call) and the LoRA gradients are those without it."""
+    """model.gradient_checkpointing=true: activation checkpointing is on (through transformers' current name, 4-bit
+    too: no deprecation warning) and the LoRA gradients are those without it."""
     import warnings
 
     import torch
@@ -87,8 +87,7 @@ def test_gradient_checkpointing_same_gradients_no_deprecation(tok, quantization)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = add_lora(base, cfg)
-        if quantization == "none":  # (4-bit: peft's prepare_model_for_kbit_training still uses the old name)
-            assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)]
+        assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)]
         assert model.get_base_model().is_activation_checkpointing == on
         model.train()
         ids = torch.tensor([tok("Rest and fluids help a cold.")["input_ids"]])

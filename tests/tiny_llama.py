@@ -29,6 +29,17 @@ def chat_tokenizer():
     return tok
 
 
+def use_prompt_format(cfg, tok) -> None:
+    """Store what medtune.data.prompt_format works out, as the training command does (training.train.
+    record_data_choices): the rendered chat turn in the data config, the end-of-turn token as the tokenizer's EOS."""
+    from medtune.data import prompt_format
+
+    fmt = prompt_format(cfg, tok)
+    cfg.chat_prompt = fmt.chat_prompt
+    if fmt.eos_token is not None:
+        tok.eos_token = fmt.eos_token
+
+
 def make_llama(tok, seed: int = 0, tie: bool = True, **shape):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -36,13 +36,14 @@ from medtune.audit_overlap import (  # noqa: F401
 from medtune.config import DataConfig
 from medtune.data import (
     answer_texts,
+    chat_prompt,
     drop_duplicates,
     encode,
     load_records,
     question_key,
+    read_records,
     record_key,
     record_problems,
-    render_chat_prompt,
     scan_phi,
     split_records,
     text_fields,
@@ -103,8 +104,8 @@ def _histogram_png(lengths: list[int], max_length: int, title: str) -> bytes:
 def _encode_cfg(cfg: DataConfig, tokenizer) -> DataConfig:
     """The config to tokenize with: in chat format, the chat template rendered once (as `train` does), on a copy
     so that neither the caller's config nor the tokenizer changes."""
-    if cfg.prompt_format == "chat" and not cfg.chat_prompt:
-        return dataclasses.replace(cfg, chat_prompt=render_chat_prompt(tokenizer, cfg))
+    if cfg.prompt_format == "chat":
+        return dataclasses.replace(cfg, chat_prompt=chat_prompt(cfg, tokenizer))
     return cfg
 
 
@@ -227,7 +228,8 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
     `against`: evaluation files (same column mapping) checked for overlap with the training split."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    records = load_records(cfg)
+    records, column = read_records(cfg)
+    cfg = dataclasses.replace(cfg, chat_column=column)  # the column found, for the report and the --against files
     source_rows = len(records)
     if cfg.max_records:
         records = records[: cfg.max_records]

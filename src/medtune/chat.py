@@ -135,7 +135,7 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
 def template_segments(turns: list[dict], tokenizer) -> list[tuple[str, bool]]:
     """The tokenizer's chat template as (text, is_answer) segments, the turns ending with an assistant turn. The
     template is rendered once with a marker in place of each answer; the text that follows an answer loses its
-    leading end-of-turn token, which the encoder puts after the answer itself (as EOS: see setup_prompt_format)."""
+    leading end-of-turn token, which the encoder puts after the answer itself (as EOS: see data.prompt_format)."""
     messages = [
         {"role": t["role"], "content": _MARK.format(i) if t["role"] == "assistant" else t["content"]}
         for i, t in enumerate(turns)

@@ -57,8 +57,6 @@ def _level(name: str, level: int):
 KNOWN_NOISE = [
     # peft wraps a model (get_peft_model, PeftModel.from_pretrained) reading transformers 5's deprecated alias
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed in v6"),
-    # peft's prepare_model_for_kbit_training (4-bit on CPU) enables checkpointing through the deprecated alias
-    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated and will be removed in v6"),
     # peft, saving an adapter offline: it cannot ask the hub whether the base's vocabulary was resized (medtune never
     # resizes it), e.g. for a random 4-bit base that was loaded from a temporary folder
     (UserWarning, r"Could not find a config file in .* - will assume that the vocabulary was not modified"),
@@ -100,11 +98,12 @@ def _train_checked(a, cfg):
     validated), then the machine (torch alone). Returns the checked records."""
     from pathlib import Path
 
-    from medtune import data, machine, rundir
+    from medtune import data, rundir
+    from medtune.validate import validate_machine
 
     rundir.check_output(Path(cfg.output_dir).expanduser(), a.resume)
     checked = data.load_checked(cfg.data)  # under torchrun, rank 0 alone speaks (setup_logging)
-    machine.check(cfg)
+    validate_machine(cfg)
     return checked
 
 
@@ -156,21 +155,15 @@ GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition
 
 
 def cmd_generate(a):
-    from medtune.errors import MedtuneError
-
-    if a.batch_size < 1:
-        raise MedtuneError(f"--batch-size must be >= 1, got {a.batch_size}")
-    if a.input and not a.output:
-        raise MedtuneError("--input needs --output FILE.jsonl for the answers")
-    if not a.input and not a.question:
-        raise MedtuneError("give a question, or --input FILE")
     from medtune import rundir
+    from medtune.validate import validate_generate_flags
 
+    validate_generate_flags(a.batch_size, a.question, a.input, a.output)
     run = rundir.open_run(a.run_dir)  # a missing or wrong folder is refused before the ML stack loads
     _quiet_ml()
 
     from medtune.config import override
-    from medtune.data import render_chat_prompt, with_system_prompt
+    from medtune.data import chat_prompt, with_system_prompt
     from medtune.files import NOTICE
     from medtune.generate import answer, check_output_file, generate_file, read_questions
     from medtune.model import context_length
@@ -183,8 +176,8 @@ def cmd_generate(a):
     if a.system is not None:  # data.system_prompt (refused for the instruction template before the model loads)
         cfg.data = with_system_prompt(cfg.data, a.system)
     model, tok = rundir.load_model(run, merge=True)  # the adapter folded into the weights: same answers, faster
-    if cfg.data.prompt_format == "chat" and not cfg.data.chat_prompt:  # the chat template around the new system
-        cfg.data.chat_prompt = render_chat_prompt(tok, cfg.data)
+    if cfg.data.prompt_format == "chat":  # the run's chat turn, or the chat template around the new system prompt
+        cfg.data.chat_prompt = chat_prompt(cfg.data, tok)
     ctx = context_length(model)
     if a.input:
         rows = generate_file(model, tok, questions, a.output, cfg.data, cfg.generate, a.batch_size, context=ctx)

@@ -38,11 +38,6 @@ GPT2_SHAPES: dict[str, dict[str, Any]] = {  # GPT2Config keyword arguments
 }
 
 
-def check_random_name(name: str) -> None:
-    if name.startswith("random:") and name.split(":", 1)[1] not in GPT2_SHAPES:
-        raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(GPT2_SHAPES)}")
-
-
 def opt(default, help: str, **kw):
     """A config field with its one-line help (`medtune train --help-config`, docs/configuration.md)."""
     if isinstance(default, (list, dict)):
@@ -328,7 +323,9 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), **top) -> Config:
     """Build a Config from an optional YAML file, then `section.key=value` overrides, then keyword values
-    (e.g. output_dir=..., model__name=...) given by the CLI's dedicated flags; then validate it."""
+    (e.g. output_dir=..., model__name=...) given by the CLI's dedicated flags; then validate it (medtune.validate)."""
+    from medtune.validate import validate
+
     cfg = Config()
     if path is not None:
         _apply(cfg, "", read_yaml_mapping(Path(path), "config file"))
@@ -340,57 +337,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
             _apply(cfg, "", _nested(key.replace("__", "."), value))
     validate(cfg)
     return cfg
-
-
-def _check_bounds(obj, prefix: str) -> None:
-    """The numeric bounds declared with the fields (min, max, gt, lt)."""
-    for f in dataclasses.fields(obj):
-        value, meta, key = getattr(obj, f.name), f.metadata, f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            _check_bounds(value, key + ".")
-            continue
-        if value is None or isinstance(value, (bool, str, list)):
-            continue
-        for bound, ok, word in (
-            ("min", lambda v, b: v >= b, ">="),
-            ("max", lambda v, b: v <= b, "<="),
-            ("gt", lambda v, b: v > b, ">"),
-            ("lt", lambda v, b: v < b, "<"),
-        ):
-            if bound in meta and not ok(value, meta[bound]):
-                raise MedtuneError(f"config key '{key}' must be {word} {meta[bound]}, got {value}")
-
-
-def validate(cfg: Config) -> None:
-    """Every check that needs only the config. It runs before any file is written; checks that need the model
-    (data.max_length against its context) are in medtune.model.check_against_model."""
-    _check_bounds(cfg, "")
-    check_random_name(cfg.model.name)
-    d, t = cfg.data, cfg.train
-    if d.val_fraction + d.test_fraction >= 1:
-        raise MedtuneError("data.val_fraction + data.test_fraction must be less than 1")
-    if t.max_steps == 0 or t.max_steps < -1:
-        raise MedtuneError(f"config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got {t.max_steps}")
-    if t.batch_tokens is not None and t.batch_tokens < d.max_length:
-        raise MedtuneError(f"train.batch_tokens ({t.batch_tokens}) must be at least data.max_length ({d.max_length})")
-    if "none" in t.report_to and len(t.report_to) > 1:
-        raise MedtuneError(f"train.report_to: 'none' cannot be combined with trackers, got {','.join(t.report_to)}")
-    if "{instruction}" not in d.prompt_template and "{input}" not in d.prompt_template:
-        raise MedtuneError("data.prompt_template must contain {instruction} or {input}")
-    for key in ("prompt_template", "prompt_template_no_input"):
-        try:
-            getattr(d, key).format(instruction="", input="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise MedtuneError(
-                f"data.{key} is not a valid template ({type(e).__name__}: {e}); only {{instruction}} "
-                "and {input} may appear in braces (write {{ and }} for literal braces)"
-            ) from None
-    if d.chat_prompt and "{user}" not in d.chat_prompt:
-        raise MedtuneError(
-            "data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)"
-        )
-    if not cfg.output_dir.strip():
-        raise MedtuneError("output_dir must not be empty")
 
 
 def help_rows(obj=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -444,7 +390,9 @@ def from_dict(values: dict) -> Config:
 
 
 def override(cfg: Config, values: dict) -> Config:
-    """`cfg` with dotted keys set (e.g. {"generate.top_p": 0.8}; None values skipped), validated."""
+    """`cfg` with dotted keys set (e.g. {"generate.top_p": 0.8}; None values skipped), validated (medtune.validate)."""
+    from medtune.validate import validate
+
     for key, value in values.items():
         if value is not None:
             _apply(cfg, "", _nested(key, value))

@@ -110,8 +110,9 @@ def load_hub(source: str, name: str | None = None, split: str = "train") -> list
     return [dict(r) for r in ds]
 
 
-def load_records(cfg: DataConfig) -> list[dict]:
-    """Load raw records from a local file or a hub id and map their columns to instruction/input/output."""
+def read_records(cfg: DataConfig) -> tuple[list[dict], str | None]:
+    """Raw records from a local file or a hub id, their columns mapped to instruction/input/output or to chat records
+    (map_columns), and the chat column they came from (None: instruction columns)."""
     source = cfg.source
     if source == "builtin:sample":
         path = SAMPLE
@@ -129,6 +130,11 @@ def load_records(cfg: DataConfig) -> list[dict]:
     return map_columns(rows, cfg, source)
 
 
+def load_records(cfg: DataConfig) -> list[dict]:
+    """read_records' records alone."""
+    return read_records(cfg)[0]
+
+
 def chat_column(present: set, cfg: DataConfig) -> str | None:
     """The column of chat turns: data.chat_column, else `messages` or `conversations` when the data lacks the
     instruction/input/output columns (instruction data loads as it always did)."""
@@ -139,9 +145,10 @@ def chat_column(present: set, cfg: DataConfig) -> str | None:
     return next((c for c in chat.COLUMNS if c in present), None)
 
 
-def map_columns(rows: list[dict], cfg: DataConfig, source: str = "data") -> list[dict]:
-    """Records from rows: instruction/input/output by the configured columns, or chat records {"messages": turns}.
-    A chat column found on its own is recorded in cfg.chat_column (a run saves it: generate then prompts in turns)."""
+def map_columns(rows: list[dict], cfg: DataConfig, source: str = "data") -> tuple[list[dict], str | None]:
+    """Records from rows: instruction/input/output by the configured columns, or chat records {"messages": turns};
+    and the chat column used (data.chat_column, or the one found on its own: training saves it in the run's config,
+    so that generate prompts in turns), None for instruction records."""
     names = {"instruction": cfg.instruction_column, "input": cfg.input_column, "output": cfg.output_column}
     if not rows:
         raise MedtuneError(f"{source}: no records")
@@ -150,8 +157,7 @@ def map_columns(rows: list[dict], cfg: DataConfig, source: str = "data") -> list
     if column is not None:
         if column not in present:
             raise MedtuneError(f"{source}: missing chat column '{column}' (data.chat_column); found {sorted(present)}")
-        cfg.chat_column = column
-        return [{"messages": r.get(column)} for r in rows]
+        return [{"messages": r.get(column)} for r in rows], column
     missing = [f"{k} (column '{v}')" for k, v in names.items() if v not in present]
     if missing:
         raise MedtuneError(
@@ -159,7 +165,7 @@ def map_columns(rows: list[dict], cfg: DataConfig, source: str = "data") -> list
             "map names with --set data.input_column=... etc. (chat records: a 'messages' or "
             "'conversations' column, or data.chat_column)"
         )
-    return [{k: r.get(v) for k, v in names.items()} for r in rows]
+    return [{k: r.get(v) for k, v in names.items()} for r in rows], None
 
 
 # ---------------------------------------------------------------- validation
@@ -315,15 +321,36 @@ def chat_end_of_turn_id(tokenizer, cfg: DataConfig) -> int | None:
     return None
 
 
-def setup_prompt_format(cfg: DataConfig, tokenizer) -> None:
-    """For data.prompt_format=chat: render the chat template into cfg.chat_prompt (unless pinned there already) and
-    make the tokenizer's EOS the template's end-of-turn token, so that every answer is trained to end with it and
-    generation (which stops at tokenizer.eos_token_id) stops there. The run saves both: config.yaml and the
-    tokenizer. Nothing to do for the plain template format."""
+def chat_prompt(cfg: DataConfig, tokenizer=None) -> str:
+    """The chat turn around `{user}` that data.prompt_format=chat prompts with: data.chat_prompt when it is set
+    (pinned, or saved by training), else the tokenizer's chat template rendered around the config's system prompt."""
+    if cfg.chat_prompt:
+        return cfg.chat_prompt
+    if tokenizer is None:
+        raise MedtuneError(
+            "data.prompt_format=chat: the chat template has not been rendered "
+            "(data.chat_prompt is empty and no tokenizer was given)"
+        )
+    return render_chat_prompt(tokenizer, cfg)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a run prompts, worked out from its data config and its tokenizer (prompt_format). The training command
+    stores both: chat_prompt in the run's config (data.chat_prompt), eos_token in the tokenizer it saves."""
+
+    chat_prompt: str | None  # the chat turn around {user} (chat format); the template format: data.chat_prompt as is
+    eos_token: str | None = None  # the token every answer ends with, when it is not the tokenizer's EOS already
+
+
+def prompt_format(cfg: DataConfig, tokenizer) -> PromptFormat:
+    """For data.prompt_format=chat: the chat template rendered (chat_prompt) and its end-of-turn token, which must be
+    the tokenizer's EOS so that every answer is trained to end with it and generation (which stops at
+    tokenizer.eos_token_id) stops there. Nothing to change for the plain template format. Changes neither `cfg`
+    nor the tokenizer."""
     if cfg.prompt_format != "chat":
-        return
-    if not cfg.chat_prompt:
-        cfg.chat_prompt = render_chat_prompt(tokenizer, cfg)
+        return PromptFormat(cfg.chat_prompt)
+    prompt = chat_prompt(cfg, tokenizer)
     end = chat_end_of_turn_id(tokenizer, cfg)
     if end is None:
         log.info(
@@ -335,7 +362,8 @@ def setup_prompt_format(cfg: DataConfig, tokenizer) -> None:
             f"data: chat format; answers end with the template's end-of-turn token {token!r} "
             f"(EOS was {tokenizer.eos_token!r}), and generation stops there"
         )
-        tokenizer.eos_token = token
+        return PromptFormat(prompt, token)
+    return PromptFormat(prompt)
 
 
 def _user_text(r: dict, cfg: DataConfig) -> str:
@@ -372,15 +400,7 @@ def format_prompt(r: dict, cfg: DataConfig, tokenizer=None) -> str:
         return "".join(text + (tokenizer.eos_token if answer else "") for text, answer in before)
     user = _user_text(r, cfg)
     if cfg.prompt_format == "chat":
-        template = cfg.chat_prompt
-        if not template:
-            if tokenizer is None:
-                raise MedtuneError(
-                    "data.prompt_format=chat: the chat template has not been rendered "
-                    "(data.chat_prompt is empty and no tokenizer was given)"
-                )
-            template = render_chat_prompt(tokenizer, cfg)
-        return template.format(user=user)
+        return chat_prompt(cfg, tokenizer).format(user=user)
     if cfg.chat_column:
         turns = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
             {"role": "user", "content": user}
@@ -407,7 +427,7 @@ def _pieces(r: dict, tokenizer, cfg: DataConfig) -> list[tuple[list[int], bool]]
 def encode(r: dict, tokenizer, cfg: DataConfig) -> dict:
     """input_ids = prompt + answer + EOS; labels = -100 over the prompt (if completion-only) then answer + EOS.
     Chat records: every assistant turn + EOS is labelled, every other turn masked.
-    In chat format, run setup_prompt_format first: it makes EOS the chat template's end-of-turn token."""
+    In chat format, the tokenizer's EOS must be the chat template's end-of-turn token first (prompt_format)."""
     ids, labels = [], []
     for piece, answer in _pieces(r, tokenizer, cfg):
         ids += piece
@@ -457,7 +477,7 @@ def with_system_prompt(cfg: DataConfig, system: str | None, tokenizer=None) -> D
             "records; this run's prompt template has no system message"
         )
     cfg = dataclasses.replace(cfg, system_prompt=system or None)
-    if cfg.prompt_format == "chat":
+    if cfg.prompt_format == "chat":  # the chat template rendered again, around the new system prompt
         cfg.chat_prompt = render_chat_prompt(tokenizer, cfg) if tokenizer is not None else None
     return cfg
 
@@ -578,34 +598,45 @@ class Checked:
     duplicates: int
     source_rows: int
     extra: dict = field(default_factory=dict)
+    chat_column: str | None = None  # the column of chat records (map_columns), for the run's config
 
 
 def load_checked(cfg: DataConfig) -> Checked:
-    raw = load_records(cfg)
+    raw, column = read_records(cfg)
     n_rows = len(raw)
     if cfg.max_records:
         raw = raw[: cfg.max_records]
     records, dups = validate_records(raw, cfg.source)
     records, extra = phi_guard(records, cfg)
-    return Checked(raw, records, dups, n_rows, extra)
+    return Checked(raw, records, dups, n_rows, extra, column)
+
+
+def encode_within_length(records: list[dict], tokenizer, cfg: DataConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """The records encoded (encode), and those longer than data.max_length left out: (kept, their encodings,
+    too long)."""
+    kept, encoded, too_long = [], [], []
+    for r in records:
+        e = encode(r, tokenizer, cfg)
+        if len(e["input_ids"]) > cfg.max_length:
+            too_long.append(r)
+            continue
+        kept.append(r)
+        encoded.append(e)
+    return kept, encoded, too_long
 
 
 def prepare(cfg: DataConfig, tokenizer, checked: Checked | None = None) -> Prepared:
-    """Split, prompt-format and tokenize the records (load_checked's, or `checked` when the caller has them)."""
+    """Split, prompt-format and tokenize the records (load_checked's, or `checked` when the caller has them). In chat
+    format the tokenizer's EOS must be the template's end-of-turn token already (prompt_format: the training command
+    sets it, and saves the tokenizer with it)."""
     c = checked or load_checked(cfg)
-    setup_prompt_format(cfg, tokenizer)
+    if cfg.prompt_format == "chat" and chat_end_of_turn_id(tokenizer, cfg) not in (None, tokenizer.eos_token_id):
+        raise ValueError("data.prepare: set the tokenizer's EOS to the chat template's end-of-turn token first")
     splits = split_records(c.records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     encoded, dropped, too_long = {}, 0, []
     for name, rows in splits.items():
-        kept_rows, kept = [], []
-        for r in rows:
-            e = encode(r, tokenizer, cfg)
-            if len(e["input_ids"]) > cfg.max_length:
-                too_long.append(r)
-                continue
-            kept_rows.append(r)
-            kept.append(e)
-        splits[name], encoded[name] = kept_rows, kept
+        splits[name], encoded[name], longer = encode_within_length(rows, tokenizer, cfg)
+        too_long += longer
     if too_long:
         if cfg.overlong == "error":
             index = {id(r): n for n, r in enumerate(c.raw, 1)}

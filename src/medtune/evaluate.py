@@ -28,8 +28,8 @@ from medtune import rundir
 from medtune.config import Config, DataConfig, GenerateConfig
 from medtune.data import (
     IGNORE_INDEX,
-    encode,
     encode_prompt,
+    encode_within_length,
     eval_fields,
     load_records,
     reference_answer,
@@ -43,6 +43,7 @@ from medtune.model import context_length, decoder_and_head, decoder_output
 from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import linear_cross_entropy
+from medtune.validate import validate_eval_flags
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -77,17 +78,6 @@ def load_eval_records(run: rundir.RunFolder, data: str | None, split: str) -> tu
             )
     records, _ = validate_records(load_records(data_cfg), source)
     return records, source
-
-
-def encode_within_length(records: list[dict], tok, data_cfg: DataConfig) -> tuple[list[dict], list[dict]]:
-    """(records, encoded) of the records that fit data.max_length."""
-    kept, encoded = [], []
-    for r in records:
-        e = encode(r, tok, data_cfg)
-        if len(e["input_ids"]) <= data_cfg.max_length:
-            kept.append(r)
-            encoded.append(e)
-    return kept, encoded
 
 
 # ---------------------------------------------------------------- loss and perplexity
@@ -251,7 +241,7 @@ def prepare_inputs(
     records, source = load_eval_records(run, data, split)
     # answer tokens only, whatever training did
     data_cfg = dataclasses.replace(run.config.data, completion_only_loss=True)
-    kept, encoded = encode_within_length(records, tok, data_cfg)
+    kept, encoded, _ = encode_within_length(records, tok, data_cfg)
     if not kept:
         raise MedtuneError(
             f"all {len(records)} records from {source} are longer than data.max_length="
@@ -408,8 +398,7 @@ def run(
     cfg = run.config
     split = split or cfg.eval.split
     num_samples = cfg.eval.num_samples if num_samples is None else num_samples
-    if num_samples < 0:
-        raise MedtuneError(f"--num-samples must be 0 or more, got {num_samples}")
+    validate_eval_flags(num_samples)
     load_eval_records(run, data, split)  # bad --data / --split fail before the model loads
     tasks = _benchmark_tasks(benchmarks, cfg)
     model, tok = rundir.load_model(run, adapter=False)

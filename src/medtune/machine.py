@@ -1,9 +1,8 @@
-"""What this machine can do: the choices and refusals that need torch (CUDA, bf16) but no model. Kept apart from the
-training modules so that `medtune train` refuses a run the machine cannot do after importing torch alone."""
+"""What this machine can do: the choices that need torch (CUDA, bf16) but no model, each refusing what the machine
+cannot do; medtune.validate.validate_machine runs them before any model loads. Kept apart from the training modules
+so that `medtune train` refuses a run the machine cannot do after importing torch alone."""
 
 from __future__ import annotations
-
-import os
 
 from medtune.config import Config
 from medtune.errors import MedtuneError
@@ -36,16 +35,3 @@ def optimizer_name(cfg: Config) -> str:
     if cfg.model.quantization != "none" and cuda():
         return "paged_adamw_8bit"
     return "adamw_torch"
-
-
-def check(cfg: Config) -> None:
-    """Every check of the config against this machine and launcher (before any model loads)."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # set by accelerate launch for FSDP
-        raise MedtuneError(
-            "FSDP is not supported (untested; on CPU accelerate runs DDP instead, and 4-bit bases are "
-            "not sharded): launch with torchrun or accelerate launch --multi_gpu (DDP)"
-        )
-    use_bf16(cfg)
-    optimizer_name(cfg)
-    if cfg.model.quantization == "8bit" and not cuda():
-        raise MedtuneError("model.quantization=8bit needs a CUDA GPU; use 4bit (which also runs on CPU) or none")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from medtune.config import GPT2_SHAPES, ModelConfig, check_random_name
+from medtune.config import GPT2_SHAPES, ModelConfig
 from medtune.errors import MedtuneError
+from medtune.validate import check_quantization, check_random_name
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TOKENIZERS = {"builtin:tiny": ASSETS / "tiny_tokenizer"}
@@ -145,16 +146,6 @@ def context_length(model) -> int | None:
     return None
 
 
-def check_against_model(cfg, model) -> None:
-    """The config checks that need the loaded model: run before training starts and before any file is written."""
-    ctx = context_length(model)
-    if ctx is not None and cfg.data.max_length > ctx:
-        raise MedtuneError(
-            f"data.max_length={cfg.data.max_length} is longer than the model's context of {ctx} "
-            f"tokens; set data.max_length <= {ctx}"
-        )
-
-
 # architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: a bias-free linear head with no
 # scaling or soft-capping in between, so the loss can be computed from the decoder's output in chunks
 PLAIN_HEAD_MODELS = {
@@ -216,8 +207,7 @@ def quantization_config(cfg: ModelConfig):
             bnb_4bit_compute_dtype=compute_dtype(),
         )
     if cfg.quantization == "8bit":
-        if not torch.cuda.is_available():
-            raise MedtuneError("model.quantization=8bit needs a CUDA GPU; use 4bit (which also runs on CPU) or none")
+        check_quantization(cfg)  # a run trained in 8 bits, loaded again on a machine without CUDA
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
 
@@ -356,13 +346,17 @@ def _has_conv1d(model) -> bool:
 
 
 def enable_checkpointing(model) -> None:
-    """Activation (gradient) checkpointing, non-reentrant: through activation_checkpointing_enable where transformers
-    has it (it deprecates the old name, gradient_checkpointing_enable, with a FutureWarning), else the old name."""
-    enable = getattr(model, "activation_checkpointing_enable", None)
+    """Activation (gradient) checkpointing, non-reentrant, on a model or the base inside a PEFT model: the one place
+    that turns it on, for model.gradient_checkpointing (add_lora) and for the memory plan of train.max_memory_gib
+    (training.train.apply_speedups); the Trainer's own switch stays off (training.trainer.training_arguments).
+    Through activation_checkpointing_enable where transformers has it (it deprecates the old name,
+    gradient_checkpointing_enable, with a FutureWarning), else the old name."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enable = getattr(base, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def add_lora(model, cfg: ModelConfig):
@@ -373,17 +367,12 @@ def add_lora(model, cfg: ModelConfig):
         # prepare_model_for_kbit_training's float32 copies, so the residual stream and its saved activations stay bf16
         for p in model.parameters():
             p.requires_grad_(False)
-        if cfg.gradient_checkpointing:
-            enable_checkpointing(model)
-    elif cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif cfg.gradient_checkpointing:
+    elif cfg.quantization != "none":  # its checkpointing (non-reentrant) is enable_checkpointing's below
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-        model.enable_input_require_grads()
+        if cfg.quantization == "none":
+            model.enable_input_require_grads()
     targets = lora_targets(model, cfg)
     is_conv1d = getattr(model.config, "model_type", "") == "gpt2" or _has_conv1d(model)
     lcfg = LoraConfig(

@@ -59,7 +59,7 @@ def test_trainer_fast_loss_matches_model_loss(tok, tmp_path, tiny_config):
     prepared = data_mod.prepare(cfg.data, tok)
     model = model_mod.add_lora(model_mod.load_base_model(cfg.model, tok), cfg.model)
     trainer, collator, info = training.make_trainer(cfg, model, tok, prepared, tmp_path / "out")
-    assert info["loss"] == "chunked" and trainer.train_batch_sampler is not None
+    assert info.loss == "chunked" and trainer.train_batch_sampler is not None
     model.eval()
     batch = collator(prepared.encoded["train"][:10])
     lora = [p for n, p in model.named_parameters() if p.requires_grad]

@@ -11,11 +11,11 @@ def test_memory_plan():
     xl = GPT2Config(n_layer=48, n_head=25, n_embd=1600)
     small = GPT2Config()
     roomy = memory.plan(small, 60, int(0.5 * memory.GIB), 512, 16384, 50257)
-    assert roomy["checkpointing"] is False and roomy["batch_tokens"] == 16384
+    assert roomy.checkpointing is False and roomy.batch_tokens == 16384
     lean = memory.plan(xl, 4, int(1.3 * memory.GIB), 512, 16384, 50257)
-    assert lean["checkpointing"] is True and 512 <= lean["batch_tokens"] < 16384
-    assert lean["checkpoint_layers"] == 48  # every layer, and still fewer tokens than wanted
-    assert lean["chunk"] * 50257 * 10 <= 0.06 * 4 * memory.GIB
+    assert lean.checkpointing is True and 512 <= lean.batch_tokens < 16384
+    assert lean.checkpoint_layers == 48  # every layer, and still fewer tokens than wanted
+    assert lean.chunk * 50257 * 10 <= 0.06 * 4 * memory.GIB
     with pytest.raises(ValueError):
         memory.plan(xl, 1.2, int(1.3 * memory.GIB), 512, 16384, 50257)
 
@@ -28,11 +28,11 @@ def test_the_plan_fills_the_budget_with_as_few_checkpointed_layers_as_fit():
     xl = GPT2Config(n_layer=48, n_head=25, n_embd=1600)
     static = int(3 * memory.GIB)
     plans = {gib: memory.plan(xl, gib, static, 512, 16384, 50257) for gib in (16, 24, 32, 48)}
-    ks = [p["checkpoint_layers"] for p in plans.values()]
+    ks = [p.checkpoint_layers for p in plans.values()]
     assert 0 < ks[1] < 48 and ks == sorted(ks, reverse=True) and len(set(ks)) == 4
     for gib, p in plans.items():
-        assert 8192 <= p["batch_tokens"] < 16384 and 0.75 * gib <= p["planned_peak_gib"] <= 0.95 * gib
-    assert memory.plan(xl, 80, static, 512, 16384, 50257)["checkpoint_layers"] == 0
+        assert 8192 <= p.batch_tokens < 16384 and 0.75 * gib <= p.planned_peak_gib <= 0.95 * gib
+    assert memory.plan(xl, 80, static, 512, 16384, 50257).checkpoint_layers == 0
 
 
 def test_checkpoint_only_switches_the_last_layers():

@@ -163,3 +163,20 @@ def test_batch_tokens_one_entry_per_trained_batch(tmp_path, tiny_config):
     assert len(trainer.batch_tokens) == trainer.state.global_step * cfg.train.grad_accum == 3
     assert all(0 < n <= cfg.train.batch_size * cfg.data.max_length for n in trainer.batch_tokens)
     assert collator.tokens_seen > sum(trainer.batch_tokens)  # evaluations (and prefetching) went through it too
+
+
+def test_a_memory_plan_checkpoints_only_its_layers(tok, monkeypatch):
+    """apply_speedups turns checkpointing on for the plan's last k layers alone (selective checkpointing)."""
+    from medtune.config import Config, ModelConfig
+    from medtune.model import add_lora, load_base_model
+    from medtune.training import memory
+    from medtune.training import train as train_mod
+
+    cfg = Config(model=ModelConfig(name="random:tiny", tokenizer="builtin:tiny"))
+    model = add_lora(load_base_model(cfg.model, tok), cfg.model)
+    plan = memory.MemoryPlan(chunk=256, static_gib=0.1, checkpointing=True, batch_tokens=1024, checkpoint_layers=1)
+    monkeypatch.setattr(train_mod, "_memory_plan", lambda *a: plan)
+    chosen = train_mod.apply_speedups(cfg, model)
+    assert chosen.gradient_checkpointing and chosen.plan.checkpoint_layers == 1
+    blocks = model.get_base_model().transformer.h
+    assert [b.gradient_checkpointing for b in blocks] == [False, True]

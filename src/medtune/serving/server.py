@@ -9,6 +9,7 @@ from medtune.errors import MedtuneError
 from medtune.files import NOTICE
 from medtune.serving.app import create_app
 from medtune.serving.engine import Engine, Limits
+from medtune.validate import validate_serve_limits
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -31,17 +32,6 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_limits(lim: Limits) -> None:
-    for flag, value in (
-        ("--queue-size", lim.queue_size),
-        ("--max-tokens", lim.max_tokens),
-        ("--max-prompt-tokens", lim.max_prompt_tokens),
-        ("--max-batch-size", lim.max_batch_size),
-    ):
-        if value is not None and value < 1:
-            raise MedtuneError(f"{flag} must be >= 1, got {value}")
-
-
 def serve(
     model_dir: str | Path,
     host: str = "127.0.0.1",
@@ -56,7 +46,7 @@ def serve(
     import uvicorn
 
     lim = Limits(**{k: v for k, v in limits.items() if v is not None})
-    check_limits(lim)
+    validate_serve_limits(lim)
     loopback = host in LOOPBACK or host.startswith("127.")
     if not loopback and not api_key and not insecure:
         raise MedtuneError(

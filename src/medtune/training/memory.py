@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from medtune.training.loss import default_chunk
 
 GIB = 1 << 30
@@ -46,6 +48,18 @@ def activation_bytes_per_token(config, checkpointed: int | bool, dtype_bytes: in
     return (layers - k) * full + k * ckpt + (full if k else 0)
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What fits train.max_memory_gib (plan)."""
+
+    chunk: int  # rows of logits per chunk of the loss
+    static_gib: float  # weights, LoRA gradients and optimizer state
+    checkpointing: bool  # gradient checkpointing needed
+    batch_tokens: int  # tokens per batch
+    checkpoint_layers: int = 0  # how many layers are checkpointed (the last ones)
+    planned_peak_gib: float = 0.0  # what the memory model expects the peak to be
+
+
 def plan(
     config,
     budget_gib: float,
@@ -54,7 +68,7 @@ def plan(
     wanted_tokens: int | None,
     vocab_size: int,
     allow_checkpointing: bool = True,
-) -> dict:
+) -> MemoryPlan:
     """Pick tokens per batch, how many layers to checkpoint and the loss chunk so that the peak fills the budget.
     Without checkpointing when at least `min(wanted, 8192)` tokens per batch fit (beyond that a larger batch adds
     little speed); else as few checkpointed layers as let that many tokens fit (each checkpointed layer costs a
@@ -76,7 +90,6 @@ def plan(
     if allow_checkpointing and free / per_tok(0) < target:
         k = next((k for k in range(1, layers + 1) if target * per_tok(k) <= free), layers)
     tokens = int(min(free / per_tok(k), wanted))
-    out = dict(chunk=chunk, static_gib=round(static_bytes / GIB, 3), checkpointing=k > 0, checkpoint_layers=k)
     if tokens < max_length:
         raise ValueError(
             f"max_memory_gib={budget_gib} leaves room for {max(tokens, 0)} tokens per batch, "
@@ -84,9 +97,9 @@ def plan(
             f"{static_bytes / GIB:.2f} GiB)"
         )
     tokens = tokens // 64 * 64 if tokens >= 128 else tokens
-    out["batch_tokens"] = max(tokens, max_length)
-    out["planned_peak_gib"] = round((static_bytes + ce_bytes + out["batch_tokens"] * per_tok(k)) / GIB, 2)
-    return out
+    tokens = max(tokens, max_length)
+    peak = round((static_bytes + ce_bytes + tokens * per_tok(k)) / GIB, 2)
+    return MemoryPlan(chunk, round(static_bytes / GIB, 3), k > 0, tokens, k, peak)
 
 
 def checkpoint_only(layers: list, k: int) -> int:

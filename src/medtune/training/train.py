@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -11,11 +12,12 @@ from pathlib import Path
 import torch
 
 from medtune import data as data_mod
-from medtune import machine, rundir, stopping
 from medtune import model as model_mod
+from medtune import rundir, stopping
 from medtune.config import Config, dump_yaml
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
+from medtune.machine import optimizer_name
 from medtune.training import attention, memory, patches, trackers
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
@@ -27,7 +29,8 @@ from medtune.training.distributed import (
     use_local_gpu,
     world_size,
 )
-from medtune.training.trainer import MedtuneTrainer, StopOnSignal, optimizer_name, training_arguments
+from medtune.training.trainer import MedtuneTrainer, StopOnSignal, training_arguments
+from medtune.validate import validate_against_model, validate_machine
 
 log = logging.getLogger("medtune.training")
 
@@ -40,7 +43,7 @@ def _decoder_layers(decoder):
     return None
 
 
-def _memory_plan(cfg: Config, model, base) -> dict | None:
+def _memory_plan(cfg: Config, model, base) -> memory.MemoryPlan | None:
     """train.max_memory_gib on CUDA: tokens per batch, gradient checkpointing and the loss chunk that fit."""
     t = cfg.train
     if t.max_memory_gib is None:
@@ -49,7 +52,8 @@ def _memory_plan(cfg: Config, model, base) -> dict | None:
         log.warning("train: max_memory_gib applies to CUDA GPUs only; ignored on this machine")
         return None
     static = memory.param_bytes(base) + memory.trainable_state_bytes(model, "8bit" in optimizer_name(cfg))
-    wanted = t.batch_tokens if t.packing else t.batch_size * cfg.data.max_length
+    unpacked = t.batch_size * cfg.data.max_length  # the tokens of a batch without packing
+    wanted = t.batch_tokens if t.packing else unpacked
     try:
         plan = memory.plan(
             base.config,
@@ -62,24 +66,55 @@ def _memory_plan(cfg: Config, model, base) -> dict | None:
         )
     except ValueError as e:
         raise MedtuneError(str(e)) from None
-    if not t.packing and plan["batch_tokens"] < wanted:
+    if not t.packing and plan.batch_tokens < unpacked:
         raise MedtuneError(
-            f"train.max_memory_gib={t.max_memory_gib} fits about {plan['batch_tokens']} tokens per "
-            f"batch, fewer than batch_size x max_length = {wanted}; lower train.batch_size or set "
+            f"train.max_memory_gib={t.max_memory_gib} fits about {plan.batch_tokens} tokens per "
+            f"batch, fewer than batch_size x max_length = {unpacked}; lower train.batch_size or set "
             "train.packing=true (then the batch size is chosen for you)"
         )
     return plan
 
 
-def apply_speedups(cfg: Config, model) -> dict:
+@dataclasses.dataclass
+class SpeedUps:
+    """What apply_speedups chose for a training run (the run's metrics.json keeps the choices: metrics)."""
+
+    gelu_fused: int  # GELU modules made one kernel
+    norms_keep_dtype: int  # layer norms that keep the compute dtype
+    attention: str  # the attention kernel
+    varlen: bool  # packed flash attention over the examples' boundaries
+    fast_loss: tuple[torch.nn.Module, torch.Tensor] | None  # (decoder, output embedding weight): the chunked loss
+    batch_tokens: int | None  # tokens per batch (packing), as configured or planned
+    gradient_checkpointing: bool = False
+    plan: memory.MemoryPlan | None = None  # train.max_memory_gib's
+    compiled: str | None = None  # what torch.compile compiled (train.compile)
+
+    @property
+    def loss(self) -> str:
+        return "chunked" if self.fast_loss is not None else "model"
+
+    @property
+    def chunk(self) -> int | None:
+        """Rows per chunk of the loss: the plan's, else None (chosen from the vocabulary)."""
+        return self.plan.chunk if self.plan is not None else None
+
+    def metrics(self) -> dict:
+        """The choices a run's final metrics record."""
+        return {
+            "attention": self.attention,
+            "loss": self.loss,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "batch_tokens": self.batch_tokens,
+        }
+
+
+def apply_speedups(cfg: Config, model) -> SpeedUps:
     """One-kernel GELU, dtype-keeping layer norms, packed flash attention (CUDA), the chunked loss, the memory plan,
     torch.compile; train.disable turns pieces off. Returns what was chosen."""
     t, off = cfg.train, set(cfg.train.disable)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    info: dict = {
-        "gelu_fused": 0 if "gelu" in off else patches.fuse_gelu(model),
-        "norms_keep_dtype": 0 if "norms" in off else patches.keep_dtype_norms(model),
-    }
+    gelu = 0 if "gelu" in off else patches.fuse_gelu(model)
+    norms = 0 if "norms" in off else patches.keep_dtype_norms(model)
     varlen = bool(
         t.packing
         and torch.cuda.is_available()
@@ -87,36 +122,52 @@ def apply_speedups(cfg: Config, model) -> dict:
         and cfg.model.attn_implementation in ("sdpa", attention.VARLEN)
         and attention.use_varlen(model)
     )
-    info["attention"] = attention.VARLEN if varlen else cfg.model.attn_implementation
-    info["varlen"] = varlen
-    info["fast_loss"] = None if "chunked_loss" in off else model_mod.decoder_and_head(model)
-    info["loss"] = "chunked" if info["fast_loss"] is not None else "model"
-    info["batch_tokens"] = t.batch_tokens if t.packing else None
-    info["chunk"] = None
+    chosen = SpeedUps(
+        gelu_fused=gelu,
+        norms_keep_dtype=norms,
+        attention=attention.VARLEN if varlen else cfg.model.attn_implementation,
+        varlen=varlen,
+        fast_loss=None if "chunked_loss" in off else model_mod.decoder_and_head(model),
+        batch_tokens=t.batch_tokens if t.packing else None,
+    )
     checkpointing = cfg.model.gradient_checkpointing
-    plan = _memory_plan(cfg, model, base)
+    chosen.plan = plan = _memory_plan(cfg, model, base)
     if plan is not None:
-        info["plan"], info["chunk"] = plan, plan["chunk"]
-        info["batch_tokens"] = plan["batch_tokens"] if t.packing else info["batch_tokens"]
-        checkpointing = checkpointing or plan["checkpointing"]
-    if checkpointing and not cfg.model.gradient_checkpointing:
-        model_mod.enable_checkpointing(base)
-    info["gradient_checkpointing"] = checkpointing
+        chosen.batch_tokens = plan.batch_tokens if t.packing else chosen.batch_tokens
+        checkpointing = checkpointing or plan.checkpointing
+    if checkpointing and not cfg.model.gradient_checkpointing:  # else add_lora turned it on already
+        model_mod.enable_checkpointing(model)
+        found = model_mod.decoder_and_head(model)
+        layers = _decoder_layers(found[0]) if found is not None else None
+        if plan is not None and layers is not None:  # the plan's layers only (selective checkpointing)
+            k = memory.checkpoint_only(list(layers), plan.checkpoint_layers)
+            chosen.plan = plan = dataclasses.replace(plan, checkpoint_layers=k)
+    chosen.gradient_checkpointing = checkpointing
     if t.compile:
-        layers = _decoder_layers(info["fast_loss"][0]) if info["fast_loss"] is not None else None
+        layers = _decoder_layers(chosen.fast_loss[0]) if chosen.fast_loss is not None else None
         for layer in layers or []:
             layer.compile(dynamic=True)
-        info["compiled"] = "blocks+loss" if layers is not None else "loss"
-    return info
+        chosen.compiled = "blocks+loss" if layers is not None else "loss"
+    return chosen
+
+
+def record_data_choices(cfg: Config, tok, checked: data_mod.Checked) -> None:
+    """Record for the run what the data layer found: the chat column and the rendered chat turn go into the config
+    (config.yaml: generate and serve prompt with them), the chat template's end-of-turn token becomes the EOS of the
+    tokenizer the run saves (answers are trained to end there, and generation stops there)."""
+    fmt = data_mod.prompt_format(cfg.data, tok)
+    cfg.data.chat_column, cfg.data.chat_prompt = checked.chat_column, fmt.chat_prompt
+    if fmt.eos_token is not None:
+        tok.eos_token = fmt.eos_token
 
 
 def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path):
-    """The Trainer for a LoRA model with medtune's speed-ups. Returns (trainer, collator, info)."""
+    """The Trainer for a LoRA model with medtune's speed-ups. Returns (trainer, collator, the speed-ups chosen)."""
     t, enc = cfg.train, prepared.encoded
     info = apply_speedups(cfg, model)
-    batch_tokens = info["batch_tokens"]
+    batch_tokens = info.batch_tokens
     collator = (
-        PackingCollator(tok.pad_token_id, row_length=cfg.data.max_length, flat=info["varlen"])
+        PackingCollator(tok.pad_token_id, row_length=cfg.data.max_length, flat=info.varlen)
         if t.packing
         else Collator(tok.pad_token_id)
     )
@@ -130,16 +181,16 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
         train_dataset=enc["train"],
         eval_dataset=enc["validation"] or None,
         data_collator=collator,
-        fast_loss=info["fast_loss"],
-        loss_chunk=info["chunk"],
+        fast_loss=info.fast_loss,
+        loss_chunk=info.chunk,
         compile_loss=bool(t.compile),
         batch_sampler=sampler,
     )
     trackers.attach(trainer, cfg, out / rundir.LOGS)
     world = world_size()
-    per_step = f"up to {batch_tokens} tokens" if sampler else f"{t.batch_size} examples"
+    per_step = f"up to {sampler.max_tokens} tokens" if sampler else f"{t.batch_size} examples"
     effective = (
-        f"up to {batch_tokens * t.grad_accum * world} tokens"
+        f"up to {sampler.max_tokens * t.grad_accum * world} tokens"
         if sampler
         else f"{t.batch_size * t.grad_accum * world} examples"
     )
@@ -148,9 +199,9 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
         f"processes = effective batch size {effective}"
         f"{f' ({len(sampler)} batches per epoch)' if sampler else ''}; "
         f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, bf16={args.bf16}, optimizer "
-        f"{getattr(args.optim, 'value', args.optim)}, attention {info['attention']}, loss {info['loss']}, "
-        f"packing {t.packing}, gradient checkpointing {info['gradient_checkpointing']}"
-        + (f", memory plan {info['plan']}" if "plan" in info else "")
+        f"{getattr(args.optim, 'value', args.optim)}, attention {info.attention}, loss {info.loss}, "
+        f"packing {t.packing}, gradient checkpointing {info.gradient_checkpointing}"
+        + (f", memory plan {dataclasses.asdict(info.plan)}" if info.plan is not None else "")
     )
     return trainer, collator, info
 
@@ -168,7 +219,7 @@ def _save_random_base(cfg: Config, tok, out: Path) -> None:
     publish_dir(stage, out)
 
 
-def _final_metrics(trainer, result, info: dict, seconds: float, resumed: bool) -> dict:
+def _final_metrics(trainer, result, info: SpeedUps, seconds: float, resumed: bool) -> dict:
     tokens = sum_over_processes(trainer.tokens_seen)  # all processes' training tokens (evaluation never counts)
     metrics = dict(result.metrics)
     history = trainer.state.log_history
@@ -185,7 +236,7 @@ def _final_metrics(trainer, result, info: dict, seconds: float, resumed: bool) -
     )
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
-    metrics.update({k: info[k] for k in ("attention", "loss", "gradient_checkpointing", "batch_tokens")})
+    metrics.update(info.metrics())
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return metrics
@@ -204,9 +255,10 @@ def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, extra:
 
 def run(cfg: Config, resume: bool = False, checked: data_mod.Checked | None = None) -> dict:
     """Train a LoRA adapter as configured; returns the final metrics. Every check runs before the first file is
-    written: the config's (config.validate), the output folder's, the data's (`checked`: done already), and those
-    that need the model. The output folder is locked meanwhile (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the
-    current step ends with a checkpoint of it, and stopping.Stopped says where it is (medtune.stopping)."""
+    written: the config's (medtune.validate: validate, validate_machine, validate_against_model once the model is
+    loaded), the output folder's and the data's (`checked`: done already). The output folder is locked meanwhile
+    (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the current step ends with a checkpoint of it, and
+    stopping.Stopped says where it is (medtune.stopping)."""
     out = Path(cfg.output_dir).expanduser()
     with (
         rundir.locked(out, f"medtune train --output-dir {out}", create=not resume),
@@ -237,10 +289,12 @@ def _run(cfg: Config, out: Path, resume: bool, checked) -> dict:
     trackers.check(cfg, main_process=is_main_process())  # each tracker's package installed, MLflow's store opens
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
+    checked = checked or data_mod.load_checked(cfg.data)
+    record_data_choices(cfg, tok, checked)
     prepared = data_mod.prepare(cfg.data, tok, checked=checked)
-    machine.check(cfg)
+    validate_machine(cfg)
     model = model_mod.load_base_model(cfg.model, tok)
-    model_mod.check_against_model(cfg, model)
+    validate_against_model(cfg, model)
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model)
     trainer, _, info = make_trainer(cfg, model, tok, prepared, out)
@@ -277,7 +331,7 @@ def _same_resume_point(out: Path, resume_from: Path | None) -> None:
         )
 
 
-def _train(cfg: Config, trainer, tok, prepared, info: dict, out: Path, resume_from: Path | None) -> dict:
+def _train(cfg: Config, trainer, tok, prepared, info: SpeedUps, out: Path, resume_from: Path | None) -> dict:
     """trainer.train, then the final metrics and the run's files; a signal ends it after a step, with Stopped."""
     stop = StopOnSignal()
     trainer.add_callback(stop)

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from medtune import stopping
 from medtune.config import Config
-from medtune.machine import optimizer_name, use_bf16  # noqa: F401  (here for callers that import them from trainer)
+from medtune.machine import optimizer_name, use_bf16
 from medtune.model import decoder_output
 from medtune.training.batching import NUM_TOKENS
 from medtune.training.distributed import max_over_processes, sum_over_processes, world_size
@@ -157,7 +157,7 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=None if torch.cuda.is_available() or world_size() == 1 else "gloo",  # CPU: gloo (never MPI)
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
-        # activation (gradient) checkpointing stays off here (the default): model.add_lora / make_trainer enable it
+        # activation (gradient) checkpointing stays off here (the default): model.enable_checkpointing turns it on
         # on the model; the old name gradient_checkpointing=False is a deprecated alias (a FutureWarning)
         disable_tqdm=False,
         prediction_loss_only=True,  # evaluation needs the loss only: no logits kept

@@ -1,0 +1,150 @@
+"""The one validation step: every refusal of a bad config value or command-line flag, each one line (MedtuneError).
+
+- `validate(cfg)`: every check that needs only the config. config.load_config and config.override run it, so
+  `train`, `generate` and `data audit` refuse a bad value before any file is written or any model loads.
+- `validate_against_model(cfg, model)`: the checks that need the loaded model (data.max_length against its
+  context); `train` runs it once the model is loaded, before the first file of the run is written.
+- `validate_machine(cfg)`: the config against this machine and launcher (CUDA, bf16, FSDP): torch, but no model.
+- `validate_generate_flags`, `validate_eval_flags`, `validate_serve_limits`: the flags of `generate`, `eval` and
+  `serve` that are not config keys.
+
+Only the config's declarations are imported here (no torch), so that these refusals stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from medtune.config import GPT2_SHAPES, Config, ModelConfig
+from medtune.errors import MedtuneError
+
+if TYPE_CHECKING:
+    from medtune.serving.limits import Limits
+
+# the numeric bounds a config field declares (config.opt(..., min=, max=, gt=, lt=)): test, and the word shown
+BOUNDS = {
+    "min": (lambda v, b: v >= b, ">="),
+    "max": (lambda v, b: v <= b, "<="),
+    "gt": (lambda v, b: v > b, ">"),
+    "lt": (lambda v, b: v < b, "<"),
+}
+
+
+def check_bounds(obj, prefix: str = "") -> None:
+    """The numeric bounds declared with the fields of a config section (and of the sections inside it)."""
+    for f in dataclasses.fields(obj):
+        value, meta, key = getattr(obj, f.name), f.metadata, f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_bounds(value, key + ".")
+            continue
+        if value is None or isinstance(value, (bool, str, list)):
+            continue
+        for bound, (ok, word) in BOUNDS.items():
+            if bound in meta and not ok(value, meta[bound]):
+                raise MedtuneError(f"config key '{key}' must be {word} {meta[bound]}, got {value}")
+
+
+def check_random_name(name: str) -> None:
+    """A random:<shape> model name names a known GPT-2 shape."""
+    if name.startswith("random:") and name.split(":", 1)[1] not in GPT2_SHAPES:
+        raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(GPT2_SHAPES)}")
+
+
+def validate(cfg: Config) -> None:
+    """Every check that needs only the config. It runs before any file is written; the checks that need the model are
+    validate_against_model's."""
+    check_bounds(cfg)
+    check_random_name(cfg.model.name)
+    d, t = cfg.data, cfg.train
+    if d.val_fraction + d.test_fraction >= 1:
+        raise MedtuneError("data.val_fraction + data.test_fraction must be less than 1")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise MedtuneError(f"config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got {t.max_steps}")
+    if t.batch_tokens is not None and t.batch_tokens < d.max_length:
+        raise MedtuneError(f"train.batch_tokens ({t.batch_tokens}) must be at least data.max_length ({d.max_length})")
+    if "none" in t.report_to and len(t.report_to) > 1:
+        raise MedtuneError(f"train.report_to: 'none' cannot be combined with trackers, got {','.join(t.report_to)}")
+    if "{instruction}" not in d.prompt_template and "{input}" not in d.prompt_template:
+        raise MedtuneError("data.prompt_template must contain {instruction} or {input}")
+    for key in ("prompt_template", "prompt_template_no_input"):
+        try:
+            getattr(d, key).format(instruction="", input="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise MedtuneError(
+                f"data.{key} is not a valid template ({type(e).__name__}: {e}); only {{instruction}} "
+                "and {input} may appear in braces (write {{ and }} for literal braces)"
+            ) from None
+    if d.chat_prompt and "{user}" not in d.chat_prompt:
+        raise MedtuneError(
+            "data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)"
+        )
+    if not cfg.output_dir.strip():
+        raise MedtuneError("output_dir must not be empty")
+
+
+def validate_against_model(cfg: Config, model) -> None:
+    """The config checks that need the loaded model: run before training starts and before any file is written."""
+    from medtune.model import context_length
+
+    ctx = context_length(model)
+    if ctx is not None and cfg.data.max_length > ctx:
+        raise MedtuneError(
+            f"data.max_length={cfg.data.max_length} is longer than the model's context of {ctx} "
+            f"tokens; set data.max_length <= {ctx}"
+        )
+
+
+def check_quantization(cfg: ModelConfig) -> None:
+    """8-bit weights need CUDA (bitsandbytes' 8-bit kernels); training checks it up front, loading a run again."""
+    from medtune.machine import cuda
+
+    if cfg.quantization == "8bit" and not cuda():
+        raise MedtuneError("model.quantization=8bit needs a CUDA GPU; use 4bit (which also runs on CPU) or none")
+
+
+def validate_machine(cfg: Config) -> None:
+    """Every check of the config against this machine and launcher (torch alone: before any model loads)."""
+    import os
+
+    from medtune.machine import optimizer_name, use_bf16
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # set by accelerate launch for FSDP
+        raise MedtuneError(
+            "FSDP is not supported (untested; on CPU accelerate runs DDP instead, and 4-bit bases are "
+            "not sharded): launch with torchrun or accelerate launch --multi_gpu (DDP)"
+        )
+    use_bf16(cfg)  # each refuses what this machine cannot do (train.bf16=true, a CUDA-only optimizer)
+    optimizer_name(cfg)
+    check_quantization(cfg.model)
+
+
+def _at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise MedtuneError(f"{flag} must be >= 1, got {value}")
+
+
+def validate_generate_flags(batch_size: int, question: str | None, input: str | None, output: str | None) -> None:
+    """`generate`'s own flags (its sampling flags are config keys: config.override checks them)."""
+    _at_least_one("--batch-size", batch_size)
+    if input and not output:
+        raise MedtuneError("--input needs --output FILE.jsonl for the answers")
+    if not input and not question:
+        raise MedtuneError("give a question, or --input FILE")
+
+
+def validate_eval_flags(num_samples: int) -> None:
+    """`eval`'s own flags (--split and --data are checked as they are read: evaluate.load_eval_records)."""
+    if num_samples < 0:
+        raise MedtuneError(f"--num-samples must be 0 or more, got {num_samples}")
+
+
+def validate_serve_limits(lim: Limits) -> None:
+    """`serve`'s limits (--queue-size, --max-tokens, --max-prompt-tokens, --max-batch-size)."""
+    for flag, value in (
+        ("--queue-size", lim.queue_size),
+        ("--max-tokens", lim.max_tokens),
+        ("--max-prompt-tokens", lim.max_prompt_tokens),
+        ("--max-batch-size", lim.max_batch_size),
+    ):
+        _at_least_one(flag, value)
