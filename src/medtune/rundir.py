@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, overload
 
 from medtune.config import Config, from_dict, read_yaml_mapping
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, first_line
 
 log = logging.getLogger("medtune.rundir")
 
@@ -203,8 +203,7 @@ def _load_errors(run: RunFolder):
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise MedtuneError(
-            f"cannot load the model in {run.path} (a corrupt or incomplete file?): "
-            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
+            f"cannot load the model in {run.path} (a corrupt or incomplete file?): {first_line(e)}"
         ) from None
 
 
