@@ -21,6 +21,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from medtune import rundir
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE, atomic_write_text, publish_dir, staging_dir
 from medtune.rundir import LOCK, RunFolder, locked, open_run
@@ -52,7 +53,7 @@ def check(run_dir: str | Path, out: str | Path) -> RunFolder:
     _check_out(run.path, Path(out).expanduser())
     if run.config.model.name.startswith("random:") and run.base_model is None:
         raise MedtuneError(
-            f"{run.path} was trained on a random base ({run.config.model.name}) but has no base_model/ folder"
+            f"{run.path} was trained on a random base ({run.config.model.name}) but has no {rundir.BASE_MODEL}/ folder"
         )
     return run
 
@@ -106,19 +107,14 @@ def _merge(run: RunFolder, out: Path) -> None:
     try:
         merged.save_pretrained(stage)
         tok.save_pretrained(stage)
-        for src, name in (
-            ("config.yaml", "config.yaml"),
-            ("manifest.json", "manifest.json"),
-            ("metrics.json", "metrics.json"),
-            ("eval/metrics.json", "eval_metrics.json"),
-        ):
+        for src, name in rundir.MERGED_COPIES:
             if (run_dir / src).is_file():
                 shutil.copyfile(run_dir / src, stage / name)
-        if not (stage / "config.yaml").exists():
+        if not (stage / rundir.CONFIG).exists():
             from medtune.config import dump_yaml
 
-            atomic_write_text(stage / "config.yaml", dump_yaml(cfg))
-        atomic_write_text(stage / "README.md", model_card(run_dir, cfg, diff, out_name=out.name))
+            atomic_write_text(stage / rundir.CONFIG, dump_yaml(cfg))
+        atomic_write_text(stage / rundir.MODEL_CARD, model_card(run_dir, cfg, diff, out_name=out.name))
         publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

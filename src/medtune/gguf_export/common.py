@@ -121,9 +121,9 @@ def read_medtune_config(model_dir: Path) -> dict:
     """The folder's medtune config.yaml as a dict (the run-folder reader), or {} for a folder without one."""
     import dataclasses
 
-    from medtune.rundir import read_run_config
+    from medtune.rundir import CONFIG, read_run_config
 
-    path = model_dir / "config.yaml"
+    path = model_dir / CONFIG
     return dataclasses.asdict(read_run_config(path)) if path.is_file() else {}
 
 
