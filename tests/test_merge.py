@@ -228,6 +228,30 @@ def test_failed_merge_leaves_no_partial_files(run_dir, tmp_path, monkeypatch):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_merged_folder_not_ready_for_serving_is_one_error_and_nothing_published(run_dir, tmp_path, monkeypatch, capsys):
+    """After the merged folder is saved, what a serving engine (vLLM) reads is checked (medtune.deploy); a gap is one
+    error line, and the folder is not published."""
+    import transformers
+
+    from medtune import rundir
+    from medtune.cli import main
+
+    save = transformers.PreTrainedModel.save_pretrained
+
+    def without_generation_config(self, folder, *a, **k):
+        save(self, folder, *a, **k)
+        (folder / rundir.GENERATION_CONFIG).unlink()
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", without_generation_config)
+    out = tmp_path / "merged"
+    assert main(["merge", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "medtune: error: merge: the merged folder is not ready for a serving engine: " + rundir.GENERATION_CONFIG
+    )
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_merge_4bit_run_reloads_base_unquantized(tmp_path_factory, tiny_run):
     pytest.importorskip("bitsandbytes")
     import yaml

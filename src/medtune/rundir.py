@@ -178,10 +178,15 @@ def open_run(path: str | Path, want: str = "any") -> RunFolder:
     return RunFolder(path, kind, config)
 
 
-def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, merge: bool = False):
+def load_model(
+    run: RunFolder, device: str | None = None, adapter: bool = True, merge: bool = False, float32: bool = False
+):
     """The run's model for inference: base + adapter (a PeftModel; merged into the weights with merge=True, see
     add_adapter), the base alone (adapter=False: no LoRA layers at all), or the merged model. Returns (model,
-    tokenizer)."""
+    tokenizer). float32 (a run): the base unquantized, in float32, whatever the run trained on (what `medtune merge`
+    folds the adapter into)."""
+    import dataclasses
+
     import torch
 
     from medtune.model import load_base_model, load_tokenizer, weights_dtype
@@ -192,8 +197,12 @@ def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, 
     with _load_errors(run):
         if run.is_run:
             base_dir = run.base_model
-            model = load_base_model(cfg.model, tok, local_path=str(base_dir) if base_dir else None)
-            if cfg.model.quantization == "none":
+            model_cfg = dataclasses.replace(cfg.model, dtype="float32") if float32 else cfg.model
+            local = str(base_dir) if base_dir else None
+            model = load_base_model(model_cfg, tok, local_path=local, quantize=not float32)
+            if float32:
+                model = model.float()
+            if float32 or cfg.model.quantization == "none":
                 model.to(device)
             if adapter:
                 model = add_adapter(run, model, merge=merge)
