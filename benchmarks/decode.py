@@ -39,7 +39,7 @@ def load(args):
 
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     path = Path(args.model)
-    if path.is_dir() and (path / "config.yaml").is_file():  # a run or merged folder
+    if path.is_dir() and (path / rundir.CONFIG).is_file():  # a run or merged folder
         model, tok = rundir.load_model(rundir.open_run(path), device=device, merge=True)
         return model, tok, device
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")

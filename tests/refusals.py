@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from medtune.rundir import LOCK
+from medtune.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, CONFIG, LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 T = ["train", "--config", "{tiny}", "--output-dir", "{tmp}/out", "--set", "train.report_to=none"]
@@ -312,9 +312,9 @@ def materialize(tmp: Path, run: Path, merged: Path) -> dict[str, str]:
     bad_run, empty_adapter = tmp / "bad_run", tmp / "empty_adapter"
     for copy in (bad_run, empty_adapter):
         if not copy.exists():
-            shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
-    (bad_run / "config.yaml").write_text("model: [unclosed\n")
-    (empty_adapter / "adapter_model.safetensors").write_bytes(b"")
+            shutil.copytree(run, copy, ignore=shutil.ignore_patterns(CHECKPOINTS))
+    (bad_run / CONFIG).write_text("model: [unclosed\n")
+    (empty_adapter / ADAPTER_WEIGHTS).write_bytes(b"")
     busy, busy_out = tmp / "busy_run", tmp / "busy_out"
     busy.mkdir(exist_ok=True)
     busy_out.mkdir(exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtune import evaluate
+from medtune import evaluate, rundir
 from medtune.cli import main
 from medtune.config import load_config
 from medtune.data import encode
@@ -238,14 +238,14 @@ def test_loss_batches_by_length():
 
 def test_user_errors_are_one_line_exit_2(overfit, tmp_path, capsys):
     fake = tmp_path / "fake"
-    (fake / "splits").mkdir(parents=True)
-    for name in ("config.yaml", "adapter_config.json"):
+    (fake / rundir.SPLITS).mkdir(parents=True)
+    for name in (rundir.CONFIG, rundir.ADAPTER_CONFIG):
         (fake / name).write_bytes((overfit / name).read_bytes())
     assert main(["eval", str(fake)]) == 2  # a run folder holds the adapter's weights too
     err = capsys.readouterr().err.strip()
     assert "has adapter_config.json but no adapter_model.safetensors" in err and len(err.splitlines()) == 1, err
-    (fake / "adapter_model.safetensors").write_bytes((overfit / "adapter_model.safetensors").read_bytes())
-    (fake / "splits" / "test.jsonl").write_text("")
+    (fake / rundir.ADAPTER_WEIGHTS).write_bytes((overfit / rundir.ADAPTER_WEIGHTS).read_bytes())
+    rundir.split_path(fake, "test").write_text("")
     cases = [
         (["eval", str(tmp_path / "nope")], "folder not found"),
         (["eval", str(tmp_path)], "holds neither an adapter"),

@@ -121,8 +121,8 @@ def test_resume_skips_damaged_newest_checkpoint(reference, tmp_path, damage):
     elif damage == "zero-byte-optimizer":
         (newest / "optimizer.pt").write_bytes(b"")
     else:
-        data = (newest / "adapter_model.safetensors").read_bytes()
-        (newest / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+        data = (newest / rundir.ADAPTER_WEIGHTS).read_bytes()
+        (newest / rundir.ADAPTER_WEIGHTS).write_bytes(data[: len(data) // 2])
     (out / ".staging-leftover").mkdir()
     p = _train(out, "--resume")
     assert p.returncode == 0, p.stderr[-2000:]

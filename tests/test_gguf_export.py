@@ -22,6 +22,7 @@ import pytest
 import torch
 from tiny_llama import chat_tokenizer, make_llama, use_prompt_format
 
+from medtune import rundir
 from medtune.errors import MedtuneError
 
 gguf = pytest.importorskip("gguf")
@@ -78,7 +79,7 @@ def merged_folder(tiny_config, model, tok, folder: Path, *overrides, setup_chat=
         use_prompt_format(cfg.data, tok)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    (folder / "config.yaml").write_text(dump_yaml(cfg))
+    (folder / rundir.CONFIG).write_text(dump_yaml(cfg))
     return folder
 
 
@@ -243,7 +244,7 @@ def test_folder_without_medtune_config(models, tmp_path):
     ref, tok, folder = models["llama-untied"]
     plain = tmp_path / "plain"
     shutil.copytree(folder, plain)
-    (plain / "config.yaml").unlink()
+    (plain / rundir.CONFIG).unlink()
     out = export_gguf(plain, tmp_path / "plain.gguf")
     meta = read_gguf_metadata(out)
     assert not any(k.startswith("medtune.prompt") for k in meta) and "general.sampling.temp" not in meta

@@ -4,6 +4,8 @@ import pytest
 import torch
 import yaml
 
+from medtune import rundir
+
 TAGS = ["medtune", "lora", "merged", "medical"]
 
 
@@ -154,8 +156,8 @@ def test_model_card_shows_eval_table_and_4bit_note(tmp_path):
     from medtune.config import Config
     from medtune.modelcard import model_card
 
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(EVAL_METRICS))
+    (tmp_path / rundir.EVAL).mkdir()
+    (tmp_path / rundir.EVAL / rundir.METRICS).write_text(json.dumps(EVAL_METRICS))
     cfg = Config()
     cfg.model.quantization = "4bit"
     card = model_card(tmp_path, cfg)
@@ -177,8 +179,8 @@ def test_model_card_tolerates_eval_metrics_without_some_rows(tmp_path):
         side: {k: v for k, v in EVAL_METRICS[side].items() if k not in ("mean_answer_tokens", "repeated_4gram_share")}
         for side in ("base", "tuned")
     }
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({**EVAL_METRICS, **partial}))
+    (tmp_path / rundir.EVAL).mkdir()
+    (tmp_path / rundir.EVAL / rundir.METRICS).write_text(json.dumps({**EVAL_METRICS, **partial}))
     rows = table_rows(model_card(tmp_path, Config()))
     assert rows["answer-token loss"] == ["8.2500", "6.5000", ""] and rows["EOS rate"] == ["0.0%", "40.0%", ""]
     assert rows["mean answer length (tokens)"][:2] == ["n/a", "n/a"]
@@ -225,6 +227,29 @@ def test_failed_merge_leaves_no_partial_files(run_dir, tmp_path, monkeypatch):
     out = tmp_path / "merged"
     with pytest.raises(OSError, match="disk full"):
         merge(run_dir, out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_merged_folder_not_ready_for_serving_is_one_error_and_nothing_published(run_dir, tmp_path, monkeypatch, capsys):
+    """After the merged folder is saved, what a serving engine (vLLM) reads is checked (medtune.deploy); a gap is one
+    error line, and the folder is not published."""
+    import transformers
+
+    from medtune.cli import main
+
+    save = transformers.PreTrainedModel.save_pretrained
+
+    def without_generation_config(self, folder, *a, **k):
+        save(self, folder, *a, **k)
+        (folder / rundir.GENERATION_CONFIG).unlink()
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", without_generation_config)
+    out = tmp_path / "merged"
+    assert main(["merge", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "medtune: error: merge: the merged folder is not ready for a serving engine: " + rundir.GENERATION_CONFIG
+    )
     assert not out.exists() or not any(out.iterdir())
 
 

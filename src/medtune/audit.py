@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune import phi
+from medtune import phi, rundir
 
 # containment, near_duplicate_pairs and the constants are re-exported: medtune.audit is where they were first
 from medtune.audit_overlap import (  # noqa: F401
@@ -207,7 +207,7 @@ def _phi_findings(records: list[dict], out_dir: Path) -> dict:
     findings = scan_phi(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
-        out_dir / "phi_review.json",
+        out_dir / rundir.PHI_REVIEW,
         {
             "about": "Each finding's key (sha256 of its type and matched text). Copy into 'reviewed' the keys of "
             "findings you judged not to be patient information; pass this file as data.phi_reviewed.",
@@ -269,10 +269,10 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
 
     report["seconds"] = round(time.perf_counter() - t0, 2)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "audit.json", report)
-    atomic_write_text(out_dir / "audit.md", render_markdown(report))
+    atomic_write_json(out_dir / rundir.AUDIT, report)
+    atomic_write_text(out_dir / rundir.AUDIT_REPORT, render_markdown(report))
     png = _histogram_png(lengths, cfg.max_length, f"Token lengths: {Path(cfg.source).name}")
-    atomic_write_bytes(out_dir / "lengths.png", png)
+    atomic_write_bytes(out_dir / rundir.AUDIT_LENGTHS, png)
     return report
 
 
@@ -351,7 +351,7 @@ def render_markdown(a: dict) -> str:
         out += ["| rows | Jaccard |", "|---|---:|"]
         out += [f"| {e['rows'][0]}, {e['rows'][1]} | {e['jaccard']:.2f} |" for e in d["near_examples"]]
     tk = a["tokens"]
-    out += ["", "## Token lengths", "", "![token lengths](lengths.png)", ""]
+    out += ["", "## Token lengths", "", f"![token lengths]({rundir.AUDIT_LENGTHS})", ""]
     if tk.get("count"):
         out += [
             "| min | median | mean | p95 | max | over max_length |",
@@ -383,7 +383,7 @@ def render_markdown(a: dict) -> str:
         out += ["", "First findings (row, field, type, characters):", ""]
         out += [f"- row {f['row']} {f['field']} {f['type']} [{f['start']}:{f['end']}]" for f in p["findings"][:20]]
         if p["total"] > 20:
-            out.append(f"- ... {p['total'] - 20} more in audit.json")
+            out.append(f"- ... {p['total'] - 20} more in {rundir.AUDIT}")
     else:
         out.append("None found.")
     return "\n".join(out) + "\n"

@@ -235,14 +235,14 @@ def cmd_audit(a):
     tok = load_tokenizer(tokenizer_path(cfg.model))
     result = audit.audit(cfg.data, tok, out, against=a.against)  # its progress lines are debug (--verbose)
     print("\n".join(audit.summary_lines(result)))
-    findings = rundir.read_json(out / "phi_review.json", required=True)["findings"]
+    findings = rundir.read_json(out / rundir.PHI_REVIEW, required=True)["findings"]
     reviewed = data.reviewed_findings(cfg.data.phi_reviewed)
     blocking = [f for f in findings if f["key"] not in reviewed]
     print(
         f"PHI guard (data.phi={cfg.data.phi}): {len(findings) - len(blocking)} findings already reviewed; "
         + (f"`train` would act on {len(blocking)}" if blocking else "`train` passes")
     )
-    print(f"audit: {out / 'audit.md'}, {out / 'audit.json'}, {out / 'phi_review.json'}")
+    print(f"audit: {out / rundir.AUDIT_REPORT}, {out / rundir.AUDIT}, {out / rundir.PHI_REVIEW}")
 
 
 def cmd_merge(a):
@@ -269,7 +269,7 @@ def cmd_export(a):
     if not out.parent.is_dir():
         raise MedtuneError(f"--out {out}: folder {out.parent} not found")
     run = rundir.open_run(a.model_dir)
-    with rundir.locked(out, _command_line(a), lock_file=out.with_name(f".{out.name}{rundir.LOCK}")):
+    with rundir.locked(out, _command_line(a), lock_file=rundir.lock_beside(out)):
         _export(run, out, a.dtype)
 
 

@@ -20,8 +20,8 @@ from medtune import chat
 from medtune.config import DataConfig
 from medtune.errors import MedtuneError
 from medtune.files import read_text, split_lines
+from medtune.phi.detect import FIELDS  # the text fields of a record
 
-FIELDS = ("instruction", "input", "output")
 SAMPLE = Path(__file__).parent / "sample_data" / "medical_qa.jsonl"
 IGNORE_INDEX = -100
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medtune.rundir import GENERATION_CONFIG, MODEL_CONFIG, TOKENIZER_CONFIG
+
 TOKENIZER_FILES = "tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)"
 
 
@@ -38,19 +40,19 @@ def check_serving_folder(model_dir: str | Path, chat: bool = False) -> list[str]
         return [f"model folder: {folder} is not a folder"]
     problems = []
 
-    config = _json(folder / "config.json")
-    if not (folder / "config.json").is_file():
-        problems.append("config.json")
+    config = _json(folder / MODEL_CONFIG)
+    if not (folder / MODEL_CONFIG).is_file():
+        problems.append(MODEL_CONFIG)
     elif not isinstance(config, dict):
-        problems.append("config.json: not valid JSON")
+        problems.append(f"{MODEL_CONFIG}: not valid JSON")
     else:
         archs = config.get("architectures")
         if not (isinstance(archs, list) and archs and all(isinstance(a, str) and a for a in archs)):
-            problems.append('config.json: architectures (the model class, e.g. ["GPT2LMHeadModel"])')
+            problems.append(f'{MODEL_CONFIG}: architectures (the model class, e.g. ["GPT2LMHeadModel"])')
         if not config.get("model_type"):
-            problems.append("config.json: model_type")
+            problems.append(f"{MODEL_CONFIG}: model_type")
         if config.get("auto_map"):
-            problems.append("no custom code: config.json has auto_map (needs --trust-remote-code)")
+            problems.append(f"no custom code: {MODEL_CONFIG} has auto_map (needs --trust-remote-code)")
 
     has_tokenizer = (
         (folder / "tokenizer.json").is_file()
@@ -59,20 +61,20 @@ def check_serving_folder(model_dir: str | Path, chat: bool = False) -> list[str]
     )
     if not has_tokenizer:
         problems.append(f"tokenizer: {TOKENIZER_FILES}")
-    tok_cfg = _json(folder / "tokenizer_config.json")
-    if not (folder / "tokenizer_config.json").is_file():
-        problems.append("tokenizer_config.json")
+    tok_cfg = _json(folder / TOKENIZER_CONFIG)
+    if not (folder / TOKENIZER_CONFIG).is_file():
+        problems.append(TOKENIZER_CONFIG)
     elif not isinstance(tok_cfg, dict):
-        problems.append("tokenizer_config.json: not valid JSON")
+        problems.append(f"{TOKENIZER_CONFIG}: not valid JSON")
     elif tok_cfg.get("auto_map"):
-        problems.append("no custom code: tokenizer_config.json has auto_map (needs --trust-remote-code)")
+        problems.append(f"no custom code: {TOKENIZER_CONFIG} has auto_map (needs --trust-remote-code)")
     if chat and not _has_chat_template(folder, tok_cfg):
-        problems.append("chat template (tokenizer_config.json chat_template or chat_template.jinja)")
+        problems.append(f"chat template ({TOKENIZER_CONFIG} chat_template or chat_template.jinja)")
 
-    if not (folder / "generation_config.json").is_file():
-        problems.append("generation_config.json")
-    elif not isinstance(_json(folder / "generation_config.json"), dict):
-        problems.append("generation_config.json: not valid JSON")
+    if not (folder / GENERATION_CONFIG).is_file():
+        problems.append(GENERATION_CONFIG)
+    elif not isinstance(_json(folder / GENERATION_CONFIG), dict):
+        problems.append(f"{GENERATION_CONFIG}: not valid JSON")
 
     shards = sorted(p.name for p in folder.glob("*.safetensors"))
     if not shards:

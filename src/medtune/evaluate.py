@@ -335,16 +335,16 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict]) ->
     history = (run.read_json(rundir.METRICS) or {}).get("log_history") or []
     curve = None
     if any("loss" in h or "eval_loss" in h for h in history):
-        plot_losses(history, out / "loss_curve.png")
-        curve = "loss_curve.png"
-    atomic_write_jsonl(out / "samples.jsonl", [{**s, "notice": NOTICE} for s in samples])
-    atomic_write_text(out / "report.md", render_report(metrics, samples, run.config, run.path, curve))
-    atomic_write_json(out / "metrics.json", metrics)
+        plot_losses(history, out / rundir.LOSS_CURVE)
+        curve = rundir.LOSS_CURVE
+    atomic_write_jsonl(out / rundir.SAMPLES, [{**s, "notice": NOTICE} for s in samples])
+    atomic_write_text(out / rundir.REPORT, render_report(metrics, samples, run.config, run.path, curve))
+    atomic_write_json(out / rundir.METRICS, metrics)
     log.info("")
     log.info(table(metrics))
     for line in forgetting_warnings(metrics.get("benchmarks") or {}):
         log.warning(f"eval: {line}")
-    log.info(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\n{NOTICE}")
+    log.info(f"\nreport: {out / rundir.REPORT}\nmetrics: {out / rundir.METRICS}\n{NOTICE}")
 
 
 def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str) -> dict:

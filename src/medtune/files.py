@@ -71,11 +71,14 @@ def publish_dir(tmp_dir: str | Path, dest: str | Path) -> None:
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+STAGING = ".staging-"  # the name prefix of staging_dir's folders
+
+
 def staging_dir(dest: str | Path) -> Path:
     """A fresh temporary folder beside `dest` (same file system, so publish_dir's renames are atomic)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=dest, prefix=".staging-"))
+    return Path(tempfile.mkdtemp(dir=dest, prefix=STAGING))
 
 
 # ---------------------------------------------------------------- reading what people have

@@ -8,6 +8,8 @@ The merged folder loads with `transformers.pipeline("text-generation", model=DIR
                                                                generation defaults)
   manifest.json, metrics.json, eval_metrics.json               copied from the run when present
   README.md                                                    the model card
+(the names: medtune.rundir). Before it is published, the folder is checked for what a serving engine such as vLLM
+reads (medtune.deploy.check_serving_folder); a gap is one error line and nothing is written.
 
 A 4bit (QLoRA) run is merged on the base reloaded *unquantized* (the usual PEFT path: an adapter can't be
 folded into 4-bit weights). The adapter was trained against the NF4-rounded weights, so the merged model is
@@ -16,11 +18,11 @@ close to, not bit-identical with, what the run evaluated; the card says so.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from pathlib import Path
 
+from medtune import rundir
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE, atomic_write_text, publish_dir, staging_dir
 from medtune.rundir import LOCK, RunFolder, locked, open_run
@@ -52,7 +54,7 @@ def check(run_dir: str | Path, out: str | Path) -> RunFolder:
     _check_out(run.path, Path(out).expanduser())
     if run.config.model.name.startswith("random:") and run.base_model is None:
         raise MedtuneError(
-            f"{run.path} was trained on a random base ({run.config.model.name}) but has no base_model/ folder"
+            f"{run.path} was trained on a random base ({run.config.model.name}) but has no {rundir.BASE_MODEL}/ folder"
         )
     return run
 
@@ -68,26 +70,19 @@ def merge(run_dir: str | Path, out: str | Path, command: str = "medtune merge") 
 
 
 def _merge(run: RunFolder, out: Path) -> None:
-    from peft import PeftModel
-
-    from medtune.model import load_base_model, load_tokenizer, weights_dtype
+    from medtune.deploy import check_serving_folder
+    from medtune.model import weights_dtype
     from medtune.modelcard import model_card
 
     run_dir, cfg = run.path, run.config
-    tok = load_tokenizer(str(run_dir))
-    local_base = str(run.base_model) if run.base_model else None
     quantized = cfg.model.quantization != "none"
     log.info(
-        f"merge: loading base {local_base or cfg.model.name}"
+        f"merge: loading base {run.base_model or cfg.model.name}"
         + (f" unquantized (the run used {cfg.model.quantization})" if quantized else "")
     )
-    # merged and checked in float32 (bf16 rounding of the sum alone moved logits by up to 2.5 on SmolLM2), then
-    # saved in the run's weight dtype
-    base = load_base_model(
-        dataclasses.replace(cfg.model, dtype="float32"), tok, local_path=local_base, quantize=False
-    ).float()
-    model = PeftModel.from_pretrained(base, str(run_dir))
-    model.eval()
+    # merged and checked in float32 (bf16 rounding of the sum alone moved logits by up to 2.5 on SmolLM2), on the
+    # CPU, then saved in the run's weight dtype
+    model, tok = rundir.load_model(run, device="cpu", float32=True)
 
     from medtune.generate import prompt_for
 
@@ -106,19 +101,17 @@ def _merge(run: RunFolder, out: Path) -> None:
     try:
         merged.save_pretrained(stage)
         tok.save_pretrained(stage)
-        for src, name in (
-            ("config.yaml", "config.yaml"),
-            ("manifest.json", "manifest.json"),
-            ("metrics.json", "metrics.json"),
-            ("eval/metrics.json", "eval_metrics.json"),
-        ):
+        for src, name in rundir.MERGED_COPIES:
             if (run_dir / src).is_file():
                 shutil.copyfile(run_dir / src, stage / name)
-        if not (stage / "config.yaml").exists():
+        if not (stage / rundir.CONFIG).exists():
             from medtune.config import dump_yaml
 
-            atomic_write_text(stage / "config.yaml", dump_yaml(cfg))
-        atomic_write_text(stage / "README.md", model_card(run_dir, cfg, diff, out_name=out.name))
+            atomic_write_text(stage / rundir.CONFIG, dump_yaml(cfg))
+        atomic_write_text(stage / rundir.MODEL_CARD, model_card(run_dir, cfg, diff, out_name=out.name))
+        problems = check_serving_folder(stage)  # (a chat template is not asked for: a template-format run has none)
+        if problems:
+            raise MedtuneError(f"merge: the merged folder is not ready for a serving engine: {'; '.join(problems)}")
         publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -12,17 +12,13 @@ from pathlib import Path
 import torch
 
 from medtune.config import GPT2_SHAPES, ModelConfig
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, first_line
 from medtune.validate import check_quantization, check_random_name
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TOKENIZERS = {"builtin:tiny": ASSETS / "tiny_tokenizer"}
 
 log = logging.getLogger("medtune.model")
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def tokenizer_path(cfg: ModelConfig) -> str:
@@ -84,7 +80,7 @@ def load_tokenizer(path_or_id: str):
             except Exception as e:
                 raise MedtuneError(
                     f"cannot read a tokenizer from GGUF file {gguf} (set model.tokenizer to a "
-                    f"tokenizer folder instead): {_first_line(e)}"
+                    f"tokenizer folder instead): {first_line(e)}"
                 ) from None
         else:
             tok = _from_hub_or_cache(AutoTokenizer.from_pretrained, path_or_id, "tokenizer")
@@ -93,7 +89,7 @@ def load_tokenizer(path_or_id: str):
     except Exception as e:
         raise MedtuneError(
             f"cannot load tokenizer '{path_or_id}' (not a local tokenizer folder, "
-            f"and the hub is unreachable or has no such model): {_first_line(e)}"
+            f"and the hub is unreachable or has no such model): {first_line(e)}"
         ) from None
     if tok.eos_token_id is None:
         raise MedtuneError(f"tokenizer '{path_or_id}' has no EOS token; set one in its tokenizer_config.json")
@@ -267,7 +263,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_impleme
             str(path.parent), gguf_file=path.name, dtype=torch.float32, **kwargs
         )
     except Exception as e:
-        raise MedtuneError(f"cannot load GGUF file {path}: {_first_line(e)}") from None
+        raise MedtuneError(f"cannot load GGUF file {path}: {first_line(e)}") from None
     config = copy.deepcopy(loaded.config)
     if "quantization_config" in config.__dict__:
         del config.quantization_config
@@ -277,7 +273,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_impleme
         model.load_state_dict(loaded.state_dict(), strict=True)
     except RuntimeError as e:
         raise MedtuneError(
-            f"GGUF file {path}: its weights do not fit the architecture read from it: {_first_line(e)}"
+            f"GGUF file {path}: its weights do not fit the architecture read from it: {first_line(e)}"
         ) from None
     model.generation_config = copy.deepcopy(loaded.generation_config)
     model.config.name_or_path = model.name_or_path = str(path)
@@ -324,7 +320,7 @@ def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, 
         raise
     except (OSError, ValueError, KeyError) as e:
         where = "local folder" if os.path.isdir(name) else "hub id (the hub may be unreachable)"
-        raise MedtuneError(f"cannot load model '{name}' as a {where}: {_first_line(e)}") from None
+        raise MedtuneError(f"cannot load model '{name}' as a {where}: {first_line(e)}") from None
     if qcfg is not None and cfg.quantization == "4bit":
         fix_cpu_4bit(model)
     return model
@@ -389,7 +385,7 @@ def add_lora(model, cfg: ModelConfig):
     try:
         model = get_peft_model(model, lcfg)
     except ValueError as e:
-        raise MedtuneError(f"LoRA targets {targets} do not fit this model: {_first_line(e)}") from None
+        raise MedtuneError(f"LoRA targets {targets} do not fit this model: {first_line(e)}") from None
     trainable, total = model.get_nb_trainable_parameters()
     log.info(
         f"model: {trainable:,} trainable / {total:,} total parameters ({100 * trainable / total:.2f}%), "

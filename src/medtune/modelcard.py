@@ -131,7 +131,7 @@ def _metrics(run_dir: Path, quantization: str) -> list[str]:
         if shown
         else ["No metrics were recorded for this run."]
     )
-    ev = rundir.read_json(run_dir / rundir.EVAL / "metrics.json")
+    ev = rundir.read_json(run_dir / rundir.EVAL / rundir.METRICS)
     if ev and isinstance(ev.get("base"), dict) and isinstance(ev.get("tuned"), dict) and "reference" in ev:
         data, gen = ev.get("data") or {}, ev.get("generation") or {}
         where = (

@@ -193,7 +193,7 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
     for n, s in enumerate(samples[:REPORT_SAMPLES], 1):
         q = s["question"] if not s.get("instruction") else f"{s['instruction']}\n{s['question']}".strip()
         out += [
-            f"### {n}. {_first_line(s['question'] or s['instruction'])}",
+            f"### {n}. {_headline(s['question'] or s['instruction'])}",
             "",
             "**Question**",
             "",
@@ -224,6 +224,6 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
     return "\n".join(out)
 
 
-def _first_line(text: str, limit: int = 90) -> str:
+def _headline(text: str, limit: int = 90) -> str:
     line = (text.strip().splitlines() or [""])[0]
     return line if len(line) <= limit else line[:limit].rstrip() + "…"

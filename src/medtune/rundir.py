@@ -1,4 +1,5 @@
-"""The run folder: one contract for what `medtune train` writes and every other command reads.
+"""The run folder: one contract for what `medtune train` writes and every other command reads. Every file name of
+it (and of the folders `medtune merge`, `medtune eval` and `medtune data audit` write) is named here, and only here.
 
 A training run folder (every file written atomically):
   adapter_model.safetensors, adapter_config.json   the LoRA adapter (PEFT format)
@@ -8,13 +9,16 @@ A training run folder (every file written atomically):
   splits/{validation,test}.jsonl                    held-out records, for `medtune eval`
   checkpoints/checkpoint-N/                         Trainer checkpoints (keep-limit), for --resume
   logs/                                             TensorBoard
-  eval/                                             what `medtune eval` writes
-A merged model folder (`medtune merge`) holds config.json + model.safetensors + tokenizer files instead of the
-adapter, plus config.yaml, manifest.json, metrics.json and README.md (the model card).
+  eval/                                             what `medtune eval` writes: metrics.json, report.md,
+                                                    loss_curve.png, samples.jsonl
+A merged model folder (`medtune merge`) holds config.json + model.safetensors (+ generation_config.json) + tokenizer
+files instead of the adapter, plus config.yaml, manifest.json, metrics.json, eval_metrics.json (the run's
+eval/metrics.json) and README.md (the model card).
+An audit folder (`medtune data audit`) holds audit.json, audit.md, lengths.png and phi_review.json.
 
 Every command that reads a run or merged folder goes through `open_run`; a missing, empty or corrupt file gives
 the same one-line MedtuneError everywhere. Every command that writes into one holds its lock (`locked`,
-.medtune.lock in the folder) while it does.
+.medtune.lock in the folder, or .NAME.medtune.lock beside a file: `lock_beside`) while it does.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ from pathlib import Path
 from typing import Literal, overload
 
 from medtune.config import Config, from_dict, read_yaml_mapping
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, first_line
+from medtune.files import STAGING
 
 log = logging.getLogger("medtune.rundir")
 
+# a run folder
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MODEL_CONFIG = "config.json"
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
@@ -51,6 +56,26 @@ EVAL = "eval"
 LOGS = "logs"
 RUN_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG, MANIFEST)
 SPLIT_NAMES = ("test", "validation")
+# eval/ (`medtune eval`): METRICS, LOSS_CURVE and
+REPORT = "report.md"
+SAMPLES = "samples.jsonl"
+# a merged model folder (`medtune merge`): what transformers' save_pretrained writes, CONFIG, MANIFEST, METRICS and
+MODEL_CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+MODEL_CARD = "README.md"
+EVAL_METRICS = "eval_metrics.json"  # the run's eval/metrics.json
+MERGED_COPIES = ((CONFIG, CONFIG), (MANIFEST, MANIFEST), (METRICS, METRICS), (f"{EVAL}/{METRICS}", EVAL_METRICS))
+# an audit folder (`medtune data audit`)
+AUDIT = "audit.json"
+AUDIT_REPORT = "audit.md"
+AUDIT_LENGTHS = "lengths.png"
+PHI_REVIEW = "phi_review.json"
+
+
+def split_path(run_path: Path, name: str) -> Path:
+    """The held-out split `name` (test, validation) that training saved in the run folder."""
+    return run_path / SPLITS / f"{name}.jsonl"
 
 
 @dataclass
@@ -74,7 +99,7 @@ class RunFolder:
         return self.path / EVAL
 
     def split_file(self, name: str) -> Path:
-        return self.path / SPLITS / f"{name}.jsonl"
+        return split_path(self.path, name)
 
     @overload
     def read_json(self, name: str, required: Literal[True]) -> dict: ...
@@ -153,10 +178,15 @@ def open_run(path: str | Path, want: str = "any") -> RunFolder:
     return RunFolder(path, kind, config)
 
 
-def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, merge: bool = False):
+def load_model(
+    run: RunFolder, device: str | None = None, adapter: bool = True, merge: bool = False, float32: bool = False
+):
     """The run's model for inference: base + adapter (a PeftModel; merged into the weights with merge=True, see
     add_adapter), the base alone (adapter=False: no LoRA layers at all), or the merged model. Returns (model,
-    tokenizer)."""
+    tokenizer). float32 (a run): the base unquantized, in float32, whatever the run trained on (what `medtune merge`
+    folds the adapter into)."""
+    import dataclasses
+
     import torch
 
     from medtune.model import load_base_model, load_tokenizer, weights_dtype
@@ -167,8 +197,12 @@ def load_model(run: RunFolder, device: str | None = None, adapter: bool = True, 
     with _load_errors(run):
         if run.is_run:
             base_dir = run.base_model
-            model = load_base_model(cfg.model, tok, local_path=str(base_dir) if base_dir else None)
-            if cfg.model.quantization == "none":
+            model_cfg = dataclasses.replace(cfg.model, dtype="float32") if float32 else cfg.model
+            local = str(base_dir) if base_dir else None
+            model = load_base_model(model_cfg, tok, local_path=local, quantize=not float32)
+            if float32:
+                model = model.float()
+            if float32 or cfg.model.quantization == "none":
                 model.to(device)
             if adapter:
                 model = add_adapter(run, model, merge=merge)
@@ -203,8 +237,7 @@ def _load_errors(run: RunFolder):
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise MedtuneError(
-            f"cannot load the model in {run.path} (a corrupt or incomplete file?): "
-            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
+            f"cannot load the model in {run.path} (a corrupt or incomplete file?): {first_line(e)}"
         ) from None
 
 
@@ -213,6 +246,10 @@ def _load_errors(run: RunFolder):
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # what Trainer._save_checkpoint writes and resume needs; trainer_state.json is written last
 CHECKPOINT_FILES = (ADAPTER_WEIGHTS, "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def checkpoint_path(run_path: Path, step: int) -> Path:
+    return run_path / CHECKPOINTS / f"checkpoint-{step}"
 
 
 def checkpoints(run_path: Path) -> list[tuple[int, Path]]:
@@ -278,7 +315,7 @@ def latest_complete_checkpoint(run_path: Path, tidy: bool = True) -> Path | None
 def clean_staging(run_path: Path) -> None:
     """Remove `.staging-*` folders an interrupted write left behind."""
     if run_path.is_dir():
-        for p in run_path.glob(".staging-*"):
+        for p in run_path.glob(f"{STAGING}*"):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -319,6 +356,11 @@ def prepare_output(out: Path, resume: bool, tidy: bool = True) -> Path | None:
 
 LOCK = ".medtune.lock"
 _HELD: dict[str, int] = {}  # lock files this process holds -> their file descriptors
+
+
+def lock_beside(file: Path) -> Path:
+    """The lock file of a file being written (not a folder): .NAME.medtune.lock beside it."""
+    return file.with_name(f".{file.name}{LOCK}")
 
 
 def _process_start(pid: int) -> str | None:

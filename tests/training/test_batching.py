@@ -5,7 +5,7 @@ import torch
 
 from medtune.config import DataConfig
 from medtune.data import IGNORE_INDEX, encode
-from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
+from medtune.training.batching import NUM_TOKENS, Collator, PackingCollator, TokenBudgetBatchSampler
 
 REC = {
     "instruction": "Answer this question truthfully",
@@ -54,13 +54,13 @@ def test_packing_collator_layout(tok, examples):
     ex = examples(10)
     col = PackingCollator(tok.pad_token_id, row_length=256)
     b = col(ex)
-    assert col.tokens_seen == sum(len(e["input_ids"]) for e in ex)
+    assert b[NUM_TOKENS] == sum(len(e["input_ids"]) for e in ex)
     assert b["input_ids"].shape[1] <= 256
     starts = b["position_ids"] == 0
     assert (b["labels"][starts] == IGNORE_INDEX).all()  # no example is predicted from the one before it
     flat = PackingCollator(tok.pad_token_id, flat=True)(ex)
     cu = flat["cu_seq_lens_q"]
-    assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == flat["input_ids"].shape[1] == col.tokens_seen
+    assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == flat["input_ids"].shape[1] == b[NUM_TOKENS]
     assert flat["max_length_q"] == max(len(e["input_ids"]) for e in ex)
     assert (flat["position_ids"][0, cu[:-1].long()] == 0).all()
 

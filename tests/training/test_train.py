@@ -153,16 +153,25 @@ def test_batch_tokens_one_entry_per_trained_batch(tmp_path, tiny_config):
     from medtune import data as data_mod
     from medtune import model as model_mod
     from medtune import training
+    from medtune.training.batching import NUM_TOKENS
 
     cfg = tiny_config(tmp_path / "out", "train.max_steps=3", "train.eval_steps=1", "train.eval_on_start=true")
     tok = model_mod.load_tokenizer("builtin:tiny")
     prepared = data_mod.prepare(cfg.data, tok)
     model = model_mod.add_lora(model_mod.load_base_model(cfg.model, tok), cfg.model)
     trainer, collator, _ = training.make_trainer(cfg, model, tok, prepared, tmp_path / "out")
+    collated: list[int] = []  # the real tokens of every batch the collator made
+
+    def counting(features):
+        batch = collator(features)
+        collated.append(batch[NUM_TOKENS])
+        return batch
+
+    trainer.data_collator = counting
     trainer.train()
     assert len(trainer.batch_tokens) == trainer.state.global_step * cfg.train.grad_accum == 3
     assert all(0 < n <= cfg.train.batch_size * cfg.data.max_length for n in trainer.batch_tokens)
-    assert collator.tokens_seen > sum(trainer.batch_tokens)  # evaluations (and prefetching) went through it too
+    assert sum(collated) > sum(trainer.batch_tokens)  # evaluations (and prefetching) went through it too
 
 
 def test_a_memory_plan_checkpoints_only_its_layers(tok, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, first_line
 
 DTYPES = ("f16", "q8_0", "f32")
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}  # config.json model_type -> class
@@ -44,10 +44,6 @@ def require_gguf():
             "GGUF export needs the `gguf` package: pip install gguf (or pip install 'medtune[gguf]')"
         ) from None
     return gguf
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 # ----------------------------------------------------------------------------------------------- reading the folder
@@ -125,9 +121,9 @@ def read_medtune_config(model_dir: Path) -> dict:
     """The folder's medtune config.yaml as a dict (the run-folder reader), or {} for a folder without one."""
     import dataclasses
 
-    from medtune.rundir import read_run_config
+    from medtune.rundir import CONFIG, read_run_config
 
-    path = model_dir / "config.yaml"
+    path = model_dir / CONFIG
     return dataclasses.asdict(read_run_config(path)) if path.is_file() else {}
 
 

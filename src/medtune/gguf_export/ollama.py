@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, first_line
 from medtune.gguf_export.common import (
     KEY_CHAT_PROMPT,
     KEY_DEFAULT_INSTRUCTION,
     KEY_PROMPT_FORMAT,
     KEY_PROMPT_TEMPLATE,
-    first_line,
     require_gguf,
 )
 

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune.errors import MedtuneError
-from medtune.gguf_export.common import SPLIT_NAMES, first_line
+from medtune.errors import MedtuneError, first_line
+from medtune.gguf_export.common import SPLIT_NAMES
 
 # ---------------------------------------------------------------------------------------------------- tokenizer
 

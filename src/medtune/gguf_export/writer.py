@@ -32,6 +32,7 @@ from medtune.gguf_export.common import (
     weight_files,
 )
 from medtune.gguf_export.vocab import read_tokenizer, write_vocab
+from medtune.rundir import MODEL_CONFIG
 
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType
@@ -151,13 +152,13 @@ def _check_model_dir(model_dir: Path) -> dict:
     if not model_dir.exists():
         raise MedtuneError(f"model folder not found: {model_dir}")
     if not model_dir.is_dir():
-        raise MedtuneError(f"{model_dir} is not a folder (expected a merged model folder with config.json)")
-    if not (model_dir / "config.json").is_file():
+        raise MedtuneError(f"{model_dir} is not a folder (expected a merged model folder with {MODEL_CONFIG})")
+    if not (model_dir / MODEL_CONFIG).is_file():
         raise MedtuneError(
-            f"{model_dir} is not a model folder (no config.json); give a merged model folder "
+            f"{model_dir} is not a model folder (no {MODEL_CONFIG}); give a merged model folder "
             "(`medtune merge RUN --out DIR`)"
         )
-    return read_json(model_dir / "config.json")
+    return read_json(model_dir / MODEL_CONFIG)
 
 
 def _write_tensors(gguf, writer, arch, plan, weights, dtype: str) -> dict[str, int]:

@@ -72,7 +72,7 @@ TYPES = (
     "VEHICLE",
     "DEVICE",
 )
-FIELDS = ("instruction", "input", "output")
+FIELDS = ("instruction", "input", "output")  # the text fields of a record (medtune.data reads them from here)
 
 
 @dataclass(frozen=True)

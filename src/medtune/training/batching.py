@@ -23,7 +23,6 @@ class Collator:
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
-        self.tokens_seen = 0
 
     def __call__(self, features: list[dict]) -> dict:
         n = max(len(f["input_ids"]) for f in features)
@@ -36,7 +35,6 @@ class Collator:
             labels[i, :k] = torch.tensor(f["labels"])
             mask[i, :k] = 1
         n = sum(len(f["input_ids"]) for f in features)
-        self.tokens_seen += n
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, NUM_TOKENS: n}
 
 
@@ -56,7 +54,6 @@ class PackingCollator:
         self.pad_token_id = pad_token_id
         self.row_length = row_length
         self.flat = flat
-        self.tokens_seen = 0
 
     def _rows(self, features: list[dict]) -> list[list[dict]]:
         if self.flat or not self.row_length:
@@ -93,7 +90,6 @@ class PackingCollator:
                 at += k
             if at < width:  # tail padding: its own segment, never a target
                 pos[i, at:] = torch.arange(width - at)
-        self.tokens_seen += sum(lengths)
         batch = {"input_ids": ids, "labels": labels, "position_ids": pos, NUM_TOKENS: sum(lengths)}
         if self.flat:
             cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from medtune import rundir
 from medtune.config import Config, dump_yaml, to_dict
 from medtune.errors import MedtuneError
 
@@ -95,7 +96,7 @@ def start(cfg: Config, out: Path) -> None:
     items = list(params.items())
     for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per call
         mlflow.log_params(dict(items[i : i + 100]))
-    mlflow.log_text(dump_yaml(cfg), "config.yaml")
+    mlflow.log_text(dump_yaml(cfg), rundir.CONFIG)  # named as in the run folder
 
 
 def finish(cfg: Config, metrics: dict) -> None:

@@ -310,7 +310,7 @@ def _run(cfg: Config, out: Path, resume: bool, checked) -> dict:
     if is_main_process():
         atomic_write_text(out / rundir.CONFIG, dump_yaml(cfg))
         for name in rundir.SPLIT_NAMES:
-            atomic_write_jsonl(out / rundir.SPLITS / f"{name}.jsonl", prepared.splits[name])
+            atomic_write_jsonl(rundir.split_path(out, name), prepared.splits[name])
     with stopping.graceful():
         metrics = _train(cfg, trainer, tok, prepared, info, out, resume_from)
     barrier()  # no process returns before rank 0 has written the run's files
@@ -359,7 +359,7 @@ def _stopped(signum: int, trainer, out: Path) -> stopping.Stopped:
     step, last = trainer.state.global_step, trainer.state.max_steps
     if not is_main_process():
         return stopping.Stopped(signum, None)
-    ckpt = out / rundir.CHECKPOINTS / f"checkpoint-{step}"
+    ckpt = rundir.checkpoint_path(out, step)
     problem = rundir.checkpoint_problem(ckpt)
     where = (
         f"checkpoint {ckpt}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from medtune import stopping
+from medtune import rundir, stopping
 from medtune.config import Config
 from medtune.machine import optimizer_name, use_bf16
 from medtune.model import decoder_output
@@ -127,7 +127,7 @@ class StopOnSignal(TrainerCallback):
 def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArguments:
     t = cfg.train
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out / rundir.CHECKPOINTS),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,

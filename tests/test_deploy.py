@@ -1,5 +1,6 @@
 """medtune.deploy.check_serving_folder: what vLLM reads from a merged folder (config.json with architectures, the
-tokenizer files, generation_config.json, safetensors weights, no custom code) is all there, or each gap is named."""
+tokenizer files, generation_config.json, safetensors weights, no custom code) is all there, or each gap is named.
+`medtune merge` runs it on every merged folder before publishing it (tests/test_merge.py)."""
 
 import json
 import shutil
@@ -7,6 +8,7 @@ import shutil
 import pytest
 from tiny_llama import chat_tokenizer, make_llama
 
+from medtune import rundir
 from medtune.deploy import check_serving_folder
 
 
@@ -19,8 +21,8 @@ def ready(tmp_path_factory, tok):
     model = build_random("random:tiny", tok)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    (folder / "config.yaml").write_text("data:\n  prompt_format: template\n")
-    (folder / "README.md").write_text("# merged\n")
+    (folder / rundir.CONFIG).write_text("data:\n  prompt_format: template\n")
+    (folder / rundir.MODEL_CARD).write_text("# merged\n")
     return folder
 
 
