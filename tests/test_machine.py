@@ -1,5 +1,6 @@
-"""medtune.machine: the choices and refusals that depend on this machine (bf16, the optimizer, 8-bit, FSDP), checked
-before any model loads. Runs on CPU: the GPU-only settings are refused in one line."""
+"""medtune.machine and validate.validate_machine: the choices and refusals that depend on this machine (bf16, the
+optimizer, 8-bit, FSDP), checked before any model loads. Runs on CPU: the GPU-only settings are refused in one
+line."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from medtune import machine
 from medtune.config import Config
 from medtune.errors import MedtuneError
+from medtune.validate import validate_machine
 
 CPU_ONLY = not torch.cuda.is_available()
 
@@ -21,7 +23,7 @@ def config(**sections) -> Config:
 
 def test_defaults_pass_and_pick_the_plain_optimizer_on_cpu():
     cfg = Config()
-    machine.check(cfg)
+    validate_machine(cfg)
     assert machine.use_bf16(config(train={"bf16": "false"})) is False
     if CPU_ONLY:
         assert machine.optimizer_name(cfg) == "adamw_torch"
@@ -41,10 +43,10 @@ def test_defaults_pass_and_pick_the_plain_optimizer_on_cpu():
 )
 def test_gpu_only_settings_are_refused_on_cpu(sections, message):
     with pytest.raises(MedtuneError, match=message):
-        machine.check(config(**sections))
+        validate_machine(config(**sections))
 
 
 def test_fsdp_launch_is_refused(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(MedtuneError, match="FSDP is not supported"):
-        machine.check(Config())
+        validate_machine(Config())
