@@ -16,6 +16,8 @@ import random
 import re
 import string
 
+from medtune.phi.detect import TYPES  # the identifier types the detector reports
+
 FIRST = (
     "Maria James Aisha Robert Mei Daniel Fatima Thomas Priya Michael Olga Carlos Hannah Kwame Sofia Ethan Leila "
     "Jonathan Chloe Samuel Ingrid Omar Yuki Patrick Amara Lucas Rosalind Desmond Ifeoma Bartholomew Svetlana "
@@ -552,25 +554,6 @@ def _combined_record(rng) -> dict:
         },
     )
     return b.done()
-
-
-TYPES = (
-    "NAME",
-    "PHONE",
-    "FAX",
-    "EMAIL",
-    "SSN",
-    "MRN",
-    "HEALTH_PLAN",
-    "ACCOUNT",
-    "DATE",
-    "ADDRESS",
-    "ZIP",
-    "URL",
-    "IP",
-    "VEHICLE",
-    "DEVICE",
-)
 
 
 def planted(seed: int = 0, per_type: int = 24, names: int = 60, combined: int = 12) -> list[dict]:
