@@ -65,14 +65,14 @@ def main() -> int:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoTokenizer, BitsAndBytesConfig, GPT2LMHeadModel, TrainerCallback
+    from transformers import AutoTokenizer, BitsAndBytesConfig, GPT2Config, GPT2LMHeadModel, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from medtune.config import GPT2_SHAPES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("recipe", choices=["lora", "qlora"])
-    ap.add_argument("size", choices=[s for s in GPT2_SHAPES if s != "tiny"] + ["tiny"])
+    ap.add_argument("size", choices=list(GPT2_SHAPES))
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=16384, help="tokens per step (sequences of up to 512)")
@@ -97,8 +97,6 @@ def main() -> int:
             "completion": [r["output"] for r in rows],
         }
     )
-    from transformers import GPT2Config
-
     folder = tempfile.mkdtemp()
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), **GPT2_SHAPES[args.size])).save_pretrained(folder)

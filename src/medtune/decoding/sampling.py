@@ -61,13 +61,6 @@ class RowSettings:
         ints = torch.tensor([[1], [0], [0], [0]], dtype=torch.int64, device=device).repeat(1, rows)
         return cls(floats, ints)
 
-    @classmethod
-    def build(cls, settings: list, seeds: list[int], device) -> "RowSettings":
-        s = cls.empty(len(settings), device)
-        s.write(0, settings, seeds)
-        s.note(settings)
-        return s
-
     def write(self, start: int, settings: list, seeds: list[int]) -> None:
         """Rows start.. take these settings (GenerateConfigs) and seeds."""
         span = slice(start, start + len(settings))
