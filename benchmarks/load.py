@@ -64,11 +64,11 @@ def train_tiny(out: Path) -> None:
     )
 
 
-def start_server(model_dir: Path, queue_size: int, max_batch_size: int):
+def start_server(model_dir: Path, queue_size: int, max_batch_size: int, worker: str = "auto"):
     code = (
         "import sys; from medtune.serving.server import serve; "
         f"serve(sys.argv[1], host='127.0.0.1', port=0, log_level='warning', queue_size={queue_size}, "
-        f"max_batch_size={max_batch_size})"
+        f"max_batch_size={max_batch_size}, worker={worker!r})"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(model_dir)],
@@ -130,11 +130,13 @@ async def one(client, i: int, args) -> tuple[bool, float, float | None, int, str
         return False, time.perf_counter() - t0, None, 0, f"{type(e).__name__}: {e}"
 
 
-async def run_load(port: int, args) -> list[tuple]:
+async def run_load(port: int, args, part: int = 0, parts: int = 1) -> list[tuple]:
+    """Requests part, part + parts, ... with args.concurrency // parts clients (one client process's share)."""
     import httpx
 
-    sem = asyncio.Semaphore(args.concurrency)
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    clients = max(1, args.concurrency // parts)
+    sem = asyncio.Semaphore(clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=args.timeout, limits=limits) as client:
         await one(client, 0, argparse.Namespace(**{**vars(args), "max_tokens": (2, 2)}))  # warm-up, not counted
 
@@ -142,7 +144,29 @@ async def run_load(port: int, args) -> list[tuple]:
             async with sem:
                 return await one(client, i, args)
 
-        return await asyncio.gather(*(bounded(i) for i in range(args.requests)))
+        return await asyncio.gather(*(bounded(i) for i in range(part, args.requests, parts)))
+
+
+def _load_part(job) -> list[tuple]:
+    port, args, part, parts, start = job
+    time.sleep(max(0.0, start - time.time()))  # every client process starts at once
+    return asyncio.run(run_load(port, args, part, parts))
+
+
+def load(port: int, args) -> tuple[list[tuple], float]:
+    """Results of every request and the wall time, with the clients spread over args.client_processes processes
+    (one Python process of 128 asyncio clients can itself be what limits a fast server)."""
+    n = min(args.client_processes, args.concurrency)
+    if n <= 1:
+        t0 = time.perf_counter()
+        results = asyncio.run(run_load(port, args))
+        return results, time.perf_counter() - t0
+    import multiprocessing
+
+    start = time.time() + 2.0  # after the processes have imported httpx
+    with multiprocessing.get_context("spawn").Pool(n) as pool:
+        parts = pool.map(_load_part, [(port, args, k, n, start) for k in range(n)])
+    return [r for part in parts for r in part], time.time() - start
 
 
 def summarize(results: list[tuple], wall: float) -> dict:
@@ -170,6 +194,8 @@ def main() -> int:
     ap.add_argument("--max-tokens", default="16-64", help="each request asks for LO-HI new tokens (spread evenly)")
     ap.add_argument("--stream-every", type=int, default=4, help="every Nth request streams (0: none)")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request client timeout, seconds")
+    ap.add_argument("--worker", default="auto", help="server --worker (auto, process, thread); a comma list runs each")
+    ap.add_argument("--client-processes", type=int, default=1, help="spread the clients over this many processes")
     args = ap.parse_args()
     lo, _, hi = args.max_tokens.partition("-")
     args.max_tokens = (int(lo), int(hi or lo))
@@ -184,20 +210,20 @@ def main() -> int:
         f"{args.requests} requests each, max_tokens {lo}-{hi or lo}, every {args.stream_every}th streamed, "
         f"model {model_dir.name}\n"
     )
-    print("| --max-batch-size | clients | requests/s | p50 ms | p95 ms | tokens/s | errors |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --max-batch-size | --worker | clients | requests/s | p50 ms | p95 ms | tokens/s | errors |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     failed = False
+    runs = [(int(b), w) for b in args.max_batch_size.split(",") for w in args.worker.split(",")]
     try:
-        for batch in [int(b) for b in args.max_batch_size.split(",")]:
-            proc, port = start_server(model_dir, queue_size=max(64, args.requests), max_batch_size=batch)
+        for batch, worker in runs:
+            proc, port = start_server(model_dir, queue_size=max(64, args.requests), max_batch_size=batch, worker=worker)
             try:
                 for clients in [int(c) for c in args.concurrency.split(",")]:
-                    t0 = time.perf_counter()
-                    results = asyncio.run(run_load(port, argparse.Namespace(**{**vars(args), "concurrency": clients})))
-                    r = summarize(results, time.perf_counter() - t0)
+                    results, wall = load(port, argparse.Namespace(**{**vars(args), "concurrency": clients}))
+                    r = summarize(results, wall)
                     failed |= bool(r["errors"])
                     print(
-                        f"| {batch} | {clients} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+                        f"| {batch} | {worker} | {clients} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
                         f"{r['tps']:.0f} | {len(r['errors'])} |",
                         flush=True,
                     )

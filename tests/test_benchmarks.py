@@ -150,11 +150,16 @@ def test_load(tiny_run, tmp_path):
         "2-4",
         "--stream-every",
         "2",
+        "--worker",
+        "thread,process",
+        "--client-processes",
+        "2",
         tmp_path=tmp_path,
     )
     table = rows(out, "2")
-    assert [r[1] for r in table] == ["1", "2"] and all(r[-1] == "0" for r in table)  # errors
-    assert all(number(r[2]) > 0 for r in table)  # requests/s
+    assert [r[1:3] for r in table] == [["thread", "1"], ["thread", "2"], ["process", "1"], ["process", "2"]]
+    assert all(r[-1] == "0" for r in table)  # errors
+    assert all(number(r[3]) > 0 for r in table)  # requests/s
 
 
 def test_phi_recall(tmp_path):
@@ -194,14 +199,17 @@ def test_recipe_sweep(tmp_path):
         "eval.num_samples=2,eval.max_new_tokens=4"
     )
     out = run(
-        ["bash", str(sweep), "random:tiny", "builtin:sample", str(tmp_path / "sweep"), variant],
+        ["bash", str(sweep), "random:tiny", "builtin:sample", str(tmp_path / "sweep"), variant, "b" + variant[4:]],
         tmp_path,
         CONFIG=str(ROOT / "configs" / "tiny-cpu.yaml"),
         PYTHON=sys.executable,
+        JOBS="2",  # both at once; the rows come in the order given
     )
-    (row,) = rows(out, "tiny")
-    assert number(row[1]) > 0 and 0 <= number(row[3]) <= 1, row  # validation loss, ROUGE-L
-    assert (tmp_path / "sweep" / "tiny" / "eval" / "metrics.json").is_file()
+    table = [r for r in out.splitlines() if r.startswith("| tiny") or r.startswith("| b ")]
+    assert [r.split("|")[1].strip() for r in table] == ["tiny", "b"], out
+    for row in (r.split("|")[1:-1] for r in table):
+        assert number(row[1]) > 0 and 0 <= number(row[3].split()[0]) <= 1, row  # validation loss, ROUGE-L
+    assert (tmp_path / "sweep" / "b" / "eval" / "metrics.json").is_file()
 
 
 def test_ddp_gpu_syntax_and_dry_run(tmp_path):

@@ -308,6 +308,7 @@ def cmd_serve(a):
         max_prompt_tokens=a.max_prompt_tokens,
         queue_size=a.queue_size,
         max_batch_size=a.max_batch_size,
+        worker=a.worker,
         api_key=a.api_key or os.environ.get("MEDTUNE_API_KEY") or None,
         insecure=a.insecure,
     )
@@ -431,6 +432,12 @@ def _other_parsers(sub):
         type=int,
         help=f"requests decoded together, continuously batched (default "
         f"{SERVE_DEFAULTS.max_batch_size}; 1: one at a time)",
+    )
+    s.add_argument(
+        "--worker",
+        choices=["auto", "process", "thread"],
+        help="where the decoding engine runs: its own process (so HTTP work never delays a GPU step), a thread of "
+        "the server's, or auto (default: a process on CUDA, a thread on CPU)",
     )
     s.add_argument(
         "--api-key",

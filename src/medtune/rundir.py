@@ -231,11 +231,13 @@ def add_adapter(run: RunFolder, base, merge: bool):
 
 @contextlib.contextmanager
 def _load_errors(run: RunFolder):
+    from safetensors import SafetensorError
+
     try:
         yield
     except MedtuneError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise MedtuneError(
             f"cannot load the model in {run.path} (a corrupt or incomplete file?): {first_line(e)}"
         ) from None

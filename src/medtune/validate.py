@@ -139,6 +139,9 @@ def validate_eval_flags(num_samples: int) -> None:
         raise MedtuneError(f"--num-samples must be 0 or more, got {num_samples}")
 
 
+WORKER_MODES = ("auto", "process", "thread")
+
+
 def validate_serve_limits(lim: Limits) -> None:
     """`serve`'s limits (--queue-size, --max-tokens, --max-prompt-tokens, --max-batch-size)."""
     for flag, value in (
@@ -148,3 +151,5 @@ def validate_serve_limits(lim: Limits) -> None:
         ("--max-batch-size", lim.max_batch_size),
     ):
         _at_least_one(flag, value)
+    if lim.worker not in WORKER_MODES:
+        raise MedtuneError(f"--worker must be one of {', '.join(WORKER_MODES)}, got '{lim.worker}'")

@@ -347,7 +347,7 @@ def gated(engine, monkeypatch):
     """Replace the decoding engine with GatedDecoder (while no request is in flight)."""
     state = {"gate": threading.Event(), "cancelled": 0, "started": 0}
     wait_until(lambda: engine.pending == 0)
-    monkeypatch.setattr(engine, "decoder", GatedDecoder(state))
+    monkeypatch.setattr(engine.worker, "decoder", GatedDecoder(state))
     yield state
     state["gate"].set()
     wait_until(lambda: engine.pending == 0)
@@ -411,7 +411,7 @@ def test_real_generation_stops_when_cancelled(engine):
     from medtune.config import GenerateConfig
     from medtune.generate import Request, make_engine
 
-    decoder = make_engine(engine.model, engine.tok, 2)
+    decoder = make_engine(engine.worker.model, engine.tok, 2)
     decoder.eos = -1
     g = GenerateConfig(max_new_tokens=50, greedy=True, loop_guard=0)
     running = Request(engine.prompt_ids("a b c", raw=True), g, th.Event())
@@ -427,7 +427,7 @@ def test_generation_failure_is_reported_and_server_keeps_serving(client, engine,
     def broken():
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine.decoder, "step", broken)
+    monkeypatch.setattr(engine.worker.decoder, "step", broken)
     r = client.post("/v1/completions", json={"prompt": "x"})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     with client.stream("POST", "/v1/completions", json={"prompt": "x", "stream": True}) as s:

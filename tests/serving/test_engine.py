@@ -88,32 +88,33 @@ def test_a_request_joins_the_running_batch(run_dir):
 
     engine = Engine(run_dir, Limits(max_batch_size=4))
     try:
+        decoder = engine.worker.decoder
         widths = []
-        real_step = engine.decoder.step
-        engine.decoder.step = lambda: (widths.append(len(engine.decoder.rows)), real_step())[1]
+        real_step = decoder.step
+        decoder.step = lambda: (widths.append(len(decoder.rows)), real_step())[1]
         finished = []
         long_job = _job(engine, "Question 0?", max_tokens=60, temperature=0.0)
         short_job = _job(engine, "Question 1?", max_tokens=3, temperature=0.0)
-        make_request = engine.request
+        make_request = engine.worker.request
 
-        def request(job):  # records the order in which the engine finishes requests
-            r = make_request(job)
+        def request(key, *args):  # records the order in which the engine finishes requests
+            r = make_request(key, *args)
             done = r.on_done
-            r.on_done = lambda c: (finished.append(job), done(c))
+            r.on_done = lambda c: (finished.append(key), done(c))
             return r
 
-        engine.request = request
-        engine.decoder.eos = -1  # neither may stop early (the tiny model repeats itself: no loop guard either)
+        engine.worker.request = request
+        decoder.eos = -1  # neither may stop early (the tiny model repeats itself: no loop guard either)
         engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
         assert engine.submit(long_job)
         for _ in range(1000):
-            if engine.decoder.steps_run >= 3:
+            if decoder.steps_run >= 3:
                 break
             threading.Event().wait(0.005)
         assert engine.submit(short_job)
         results = _results([long_job, short_job])
         assert [r[1]["completion_tokens"] for r in results] == [60, 3]
-        assert finished == [short_job, long_job] and max(widths) == 2
+        assert finished == [1, 0] and max(widths) == 2  # the short job (id 1) ended first
     finally:
         engine.close()
 
@@ -123,7 +124,7 @@ def test_streamed_text_equals_the_answer_and_cancel_stops(run_dir):
 
     engine = Engine(run_dir, Limits(max_batch_size=4))
     try:
-        engine.decoder.eos = -1
+        engine.worker.decoder.eos = -1
         engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
         streamed = _job(engine, "What is asthma?", stream=True, max_tokens=20)
         cancelled = _job(engine, "What is gout?", stream=True, max_tokens=500)
@@ -224,7 +225,7 @@ def test_non_loopback_needs_a_key(run_dir):
     ],
 )
 def test_stop_text_cuts_before_the_first_stop_string(pieces, stops, sent, answer):
-    from medtune.serving.engine import StopText
+    from medtune.serving.worker import StopText
 
     watch = StopText(stops)
     out = [p for p in map(watch.feed, pieces) if p] + [p for p in [watch.finish()] if p]

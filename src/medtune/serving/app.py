@@ -105,8 +105,8 @@ async def static_file(name: str):
 
 async def health(request: Request):
     e = _engine(request)
-    return {
-        "status": "ok",
+    body = {
+        "status": "failed" if e.failed else "ok",
         "model": e.name,
         "base_model": e.cfg.model.name,
         "busy": e.busy,
@@ -120,6 +120,7 @@ async def health(request: Request):
         },
         "notice": NOTICE,
     }
+    return JSONResponse(body, status_code=503 if e.failed else 200)
 
 
 async def models(request: Request):
@@ -301,6 +302,8 @@ async def _answer(request: Request, req: GenerationRequest, ids: list[int], max_
         stop=req.stops,
     )
     if not engine.submit(job):
+        if engine.failed:
+            raise ApiError(503, f"{engine.failed}; the server needs a restart", "server_error")
         raise ApiError(
             429,
             f"server busy: {engine.pending} requests queued; retry shortly",

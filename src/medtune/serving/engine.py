@@ -1,26 +1,45 @@
-"""The serving side of the decoding engine: the model, its limits, and one worker thread that feeds requests into
-medtune.decoding.Engine as they arrive (continuous batching: a request joins the running batch at the next step and
-leaves it when it ends; each keeps its own sampling settings, seed, max_tokens, streaming and cancellation). A full
-queue refuses new jobs (the app answers 429). Stop strings are the serving layer's: a job's text is watched as it
-is generated (StopText), and the job is cancelled once a stop string appears."""
+"""The server's side of generation: the run's tokenizer and settings, the limits, the queue of jobs, and the
+generation worker (medtune.serving.worker) that runs the decoding engine, in a thread or in a process of its own
+(continuous batching: a request joins the running batch at the next step and leaves it when it ends; each keeps its
+own sampling settings, seed, max_tokens, streaming and cancellation). Prompts are tokenized here, on the server's
+side. A full queue refuses new jobs (the app answers 429); a worker that died fails the jobs it had and every later
+one (the app answers 503)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
-import queue
+import multiprocessing
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune import rundir
 from medtune.data import encode_prompt
-from medtune.generate import Request, conversation_record, make_engine, prompt_for
-from medtune.model import context_length
+from medtune.errors import MedtuneError
+from medtune.generate import conversation_record, prompt_for
+from medtune.serving import worker as worker_side
 from medtune.serving.limits import Limits
+from medtune.serving.worker import StopText  # noqa: F401  (re-exported: part of the serving layer's names)
 
 log = logging.getLogger("medtune.serve")
+
+
+class Cancel(threading.Event):
+    """A job's cancellation: set by its handler when the client leaves (or the reply is complete); the first set
+    tells the worker (notify)."""
+
+    def __init__(self):
+        super().__init__()
+        self.notify = None
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            if self.notify is not None:
+                self.notify()
 
 
 @dataclass
@@ -34,11 +53,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     stop: tuple[str, ...] = ()  # the answer ends before the first of these
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def emit(self, kind: str, value) -> None:
-        """Called from the worker thread: hand one event to the request's event loop."""
-        _post(self.loop, [(self, kind, value)])
+    cancel: Cancel = field(default_factory=lambda: Cancel())
 
     def put(self, kind: str, value) -> None:
         """Called in the request's event loop: the event reaches the request's handler."""
@@ -59,67 +74,74 @@ def _post(loop, items: list) -> None:
             job.cancel.set()
 
 
-@dataclass
-class StopText:
-    """An answer's text as it is generated, cut before the first stop string. `feed` returns the text that is safe to
-    send: it holds back an end that may be the start of a stop string, and trailing whitespace (the final answer is
-    stripped), until what follows decides."""
-
-    stops: tuple[str, ...] = ()
-    text: str = ""
-    sent: int = 0  # characters of text already returned
-    cut: int | None = None  # where the first stop string begins, once one has appeared
-
-    def feed(self, piece: str) -> str:
-        if self.cut is not None:
-            return ""
-        self.text += piece
-        hits = [i for s in self.stops if (i := self.text.find(s, self.sent)) >= 0]  # none can start before `sent`
-        if hits:
-            self.cut = min(hits)
-            return self._release(self.cut)
-        held = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
-        return self._release(len(self.text) - held)
-
-    def finish(self) -> str:
-        """What is still held when the answer ends."""
-        return self._release(len(self.text) if self.cut is None else self.cut)
-
-    @property
-    def answer(self) -> str:
-        return self.text[: self.cut].strip()
-
-    def _release(self, upto: int) -> str:
-        piece = self.text[self.sent : upto].rstrip()
-        self.sent += len(piece)
-        return piece
+WORKER_START_S = 1800  # a model that loads for longer than this is taken for a worker that hung
 
 
 class Engine:
-    """The model, its tokenizer and config, and one worker thread running the decoding engine."""
+    """What the app asks of generation: limits, tokenization, submit and cancel jobs, counters for /metrics."""
 
     def __init__(self, model_dir: str | Path, limits: Limits | None = None, device: str | None = None):
+        from medtune.model import load_tokenizer
+
         self.limits = limits or Limits()
         run = rundir.open_run(model_dir)
-        model, tok = rundir.load_model(run, device=device, merge=True)
-        cfg = run.config
-        self.model, self.tok, self.cfg = model, tok, cfg
-        self.name = run.path.resolve().name
-        self.context = int(context_length(model) or min(tok.model_max_length, 1_000_000))
-        self.max_tokens = max(1, min(self.limits.max_tokens, self.context - 1))
-        self.max_prompt_tokens = min(self.limits.max_prompt_tokens or self.context - 1, self.context - 1)
-        self.default_max_tokens = max(1, min(cfg.generate.max_new_tokens, self.max_tokens))
-        self.decoder = make_engine(
-            model, tok, self.limits.max_batch_size, min(self.context, self.max_prompt_tokens + self.max_tokens)
-        )
-        self._jobs: queue.Queue = queue.Queue()
-        self._outbox: list = []  # (job, kind, value) of the current step
-        self._count = 0
-        self._count_lock = threading.Lock()
+        self.cfg, self.name = run.config, run.path.resolve().name
+        self.tok = load_tokenizer(str(run.path))
+        self.jobs: dict[int, Job] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()  # self.jobs
+        self._send_lock = threading.Lock()  # the connection, which any event loop's thread may write to
         self._closed = False
-        self.generated_tokens = 0  # for /metrics
-        self._thread = threading.Thread(target=self._work, name="medtune-generate", daemon=True)
-        self._thread.start()
+        self.failed: str | None = None  # why the worker stopped, once it has
+        # from the worker, after each step: requests waiting or running, rows running, decoding steps, tokens
+        self.queued = self.running = self.decode_steps = self.generated_tokens = 0
+        self.worker: worker_side.Worker | None = None  # the Worker itself when it runs in a thread (tests reach in)
+        self._conn, self._runner = self._start(str(run.path), device)
+        sizes = self._wait_ready()
+        self.context, self.max_tokens = sizes.context, sizes.max_tokens
+        self.max_prompt_tokens = sizes.max_prompt_tokens
+        self.default_max_tokens = max(1, min(self.cfg.generate.max_new_tokens, self.max_tokens))
+        self._reader = threading.Thread(target=self._read, name="medtune-events", daemon=True)
+        self._reader.start()
+
+    def _start(self, model_dir: str, device: str | None):
+        mode = self.limits.worker
+        if mode == "auto":
+            import torch
+
+            cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+            mode = "process" if cuda else "thread"
+        if mode == "process":
+            ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(
+                target=worker_side.process_main, args=(theirs, model_dir, self.limits, device), name="medtune-worker"
+            )
+            proc.daemon = True
+            proc.start()
+            theirs.close()  # the worker holds its end: when it exits, ours reads EOF
+            return ours, proc
+        ours, theirs = multiprocessing.Pipe()
+        args = (theirs, model_dir, self.limits, device, lambda w: setattr(self, "worker", w))
+        thread = threading.Thread(target=worker_side.run, args=args, name="medtune-generate", daemon=True)
+        thread.start()
+        return ours, thread
+
+    def _wait_ready(self) -> worker_side.Sizes:
+        for _ in range(WORKER_START_S):
+            if self._conn.poll(1.0):
+                break
+            if not self._runner.is_alive():
+                break
+        try:
+            kind, value = self._conn.recv() if self._conn.poll() else ("failed", "the generation worker stopped")
+        except (EOFError, OSError):
+            kind, value = "failed", "the generation worker stopped while loading the model (out of memory?)"
+        if kind != "ready":
+            self.close()
+            raise MedtuneError(str(value))
+        assert isinstance(value, worker_side.Sizes)
+        return value
 
     @property
     def default_temperature(self) -> float:
@@ -129,68 +151,81 @@ class Engine:
     @property
     def pending(self) -> int:
         """Requests queued or running."""
-        return self._count
+        return len(self.jobs)
 
     @property
     def busy(self) -> bool:
-        return self.decoder.pending > 0
-
-    @property
-    def decode_steps(self) -> int:
-        return self.decoder.steps_run
+        return self.queued > 0
 
     def submit(self, job: Job) -> bool:
-        """Queue a job; False when the queue is full (or the engine closed)."""
-        with self._count_lock:
-            if self._closed or self._count >= self.limits.queue_size:
+        """Queue a job; False when the queue is full (or the engine closed or failed: see `failed`)."""
+        g = dataclasses.replace(
+            self.cfg.generate,
+            max_new_tokens=job.max_tokens,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            greedy=job.temperature <= 0,
+            seed=job.seed,  # type: ignore[arg-type]  # None: unseeded (the engine draws a seed)
+        )
+        with self._lock:
+            if self._closed or self.failed or len(self.jobs) >= self.limits.queue_size:
                 return False
-            self._count += 1
-        self._jobs.put(job)
+            key = next(self._ids)
+            self.jobs[key] = job  # before the worker can answer it
+        job.cancel.notify = lambda: self._send(("cancel", key))
+        self._send(("job", key, job.input_ids, g, job.stream, tuple(job.stop)))
         return True
 
-    def close(self) -> None:
-        self._closed = True
-        self._jobs.put(None)
+    def _send(self, message) -> None:
+        with self._send_lock:
+            if not self._closed and not self.failed:
+                try:
+                    self._conn.send(message)
+                except OSError:  # the worker is gone: the reader fails its jobs
+                    pass
 
-    def _take_jobs(self) -> bool:
-        """Move newly submitted jobs into the decoder (blocking while it has nothing to do). False: closing."""
-        block = self.decoder.pending == 0
+    def close(self) -> None:
+        """Stop the worker (a process that does not stop within 10 s is terminated)."""
+        with self._send_lock:
+            if self._closed:
+                return
+            try:
+                self._conn.send(("close",))
+            except OSError:
+                pass
+            self._closed = True
+        self._runner.join(10)
+        if isinstance(self._runner, multiprocessing.process.BaseProcess) and self._runner.is_alive():
+            self._runner.terminate()
+            self._runner.join(5)
+        self._conn.close()
+
+    def _read(self) -> None:
+        """The worker's events, delivered to each job's event loop (one wake-up a loop a step)."""
         while True:
             try:
-                job = self._jobs.get(block=block)
-            except queue.Empty:
-                return True
-            if job is None:
-                return False
-            block = False
-            if job.cancel.is_set():  # the client left while it waited
-                self._done(job)
-                continue
-            self.decoder.add(self.request(job))
+                _, items, stats = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            self.queued, self.running, self.decode_steps, self.generated_tokens = stats
+            by_loop: dict = {}
+            with self._lock:
+                for key, kind, value in items:
+                    job = self.jobs.get(key) if kind == "text" else self.jobs.pop(key, None)
+                    if job is not None:
+                        by_loop.setdefault(job.loop, []).append((job, kind, value))
+            for loop, batch in by_loop.items():
+                _post(loop, batch)
+        if not self._closed:
+            self._worker_died()
 
-    def _work(self) -> None:
-        while self._take_jobs():
-            try:
-                self.decoder.step()
-            except Exception as e:  # a bug or an out-of-memory: report it to the requests in flight, keep serving
-                log.exception("generation failed")
-                for request in self.decoder.abort():
-                    self._outbox.append((request.job, "error", f"generation failed ({type(e).__name__})"))
-                    self._done(request.job)
-            self._flush()
-
-    def _flush(self) -> None:
-        """Send the step's events (text pieces, results) to their event loops, one wake-up a loop."""
-        by_loop: dict = {}
-        for item in self._outbox:
-            by_loop.setdefault(item[0].loop, []).append(item)
-        self._outbox = []
-        for loop, items in by_loop.items():
-            _post(loop, items)
-
-    def _done(self, job: Job) -> None:
-        with self._count_lock:
-            self._count -= 1
+    def _worker_died(self) -> None:
+        self.failed = "the generation worker stopped"
+        log.error("%s; requests fail until the server is restarted", self.failed)
+        with self._lock:
+            jobs, self.jobs = list(self.jobs.values()), {}
+        for job in jobs:
+            _post(job.loop, [(job, "error", self.failed)])
 
     def prompt_ids(self, prompt: str, raw: bool) -> list[int]:
         """Token ids of a prompt (wrapped in the run's prompt template unless raw). Raises ValueError for text the
@@ -206,40 +241,3 @@ class Engine:
         for t in turns:
             t["content"].encode("utf-8")
         return encode_prompt(conversation_record(turns, self.cfg.data), self.tok, self.cfg.data)
-
-    def request(self, job: Job) -> Request:
-        """The decoding request of a job: its settings over the run's generate settings; its text (cut at a stop
-        string) and result go back to the job's event loop."""
-        g = dataclasses.replace(
-            self.cfg.generate,
-            max_new_tokens=job.max_tokens,
-            temperature=job.temperature,
-            top_p=job.top_p,
-            greedy=job.temperature <= 0,
-            seed=job.seed,  # type: ignore[arg-type]  # None: unseeded (the engine draws a seed)
-        )
-        watch = StopText(job.stop) if job.stop or job.stream else None
-
-        def on_text(text):
-            assert watch is not None  # on_text is passed only with a watch
-            piece = watch.feed(text)
-            if watch.cut is not None:
-                job.cancel.set()  # the engine stops this answer at its next token
-            if piece and job.stream:
-                self._outbox.append((job, "text", piece))
-
-        def on_done(c):
-            self.generated_tokens += len(c.token_ids)
-            self._done(job)
-            text, reason = c.text, "stop" if c.stop_reason in ("eos", "loop") else "length"
-            if watch is not None:
-                rest = watch.finish()
-                if rest and job.stream:
-                    self._outbox.append((job, "text", rest))
-                if watch.cut is not None:
-                    text, reason = watch.answer, "stop"
-            self._outbox.append(
-                (job, "done", {"text": text, "completion_tokens": len(c.token_ids), "finish_reason": reason})
-            )
-
-        return Request(job.input_ids, g, job.cancel, on_text if watch is not None else None, on_done, job)

@@ -15,3 +15,6 @@ class Limits:
     # seconds an idle keep-alive connection stays open. uvicorn's 5 s let a busy server close a connection that a
     # client had just reused (256 clients on a 2-core box: 1-2 of 1,024 requests failed with ReadError; 0 at 75 s)
     keep_alive_s: int = 75
+    # where the decoding engine runs: "process" (its own, so the HTTP side never holds up a GPU step's Python),
+    # "thread" (in the server's process), or "auto": a process on CUDA, a thread on CPU
+    worker: str = "auto"

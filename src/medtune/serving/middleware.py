@@ -81,7 +81,7 @@ class Metrics:
             lambda: engine.pending
         )
         Gauge("medtune_running_requests", "requests in the running batch", registry=self.registry).set_function(
-            lambda: len(engine.decoder.rows)
+            lambda: engine.running
         )
         for name, doc, attr in (
             ("medtune_generated_tokens_total", "completion tokens generated", "generated_tokens"),
