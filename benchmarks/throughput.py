@@ -280,10 +280,27 @@ def run_trl_tuned(args, recipe: str, size: str) -> dict:
     raise RuntimeError(f"trl_tuned {recipe} {size} failed (rc {p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
 
 
+def anchor_script(args) -> str:
+    """anchor_baselines.py where it finds this run's data: it reads ../data/gpt2_tokenizer and
+    ../data/wikidoc_patient_information/ beside its own folder, so when --data or --tokenizer point elsewhere a
+    copy is laid out with links to them in a temporary folder."""
+    here = Path(args.anchor).resolve().parent.parent / "data"
+    want = {"gpt2_tokenizer": Path(args.tokenizer), WIKIDOC: Path(args.data)}
+    if all((here / name).resolve() == path.resolve() for name, path in want.items()):
+        return args.anchor
+    root = Path(tempfile.mkdtemp(prefix="medtune-anchor-"))
+    (root / "bench").mkdir()
+    (root / "bench" / "anchor_baselines.py").write_bytes(Path(args.anchor).read_bytes())
+    for name, path in want.items():
+        (root / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "data" / name).symlink_to(path.resolve())
+    return str(root / "bench" / "anchor_baselines.py")
+
+
 def run_anchor(args, mode: str, size: str, steps: int) -> dict:
     """anchor_baselines.py in a subprocess (its own process: its memory peak is its own)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, args.anchor, mode, size, str(steps)]
+    cmd = [sys.executable, anchor_script(args), mode, size, str(steps)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.anchor_timeout)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -435,7 +452,7 @@ def gpu_main(args):
             try:
                 tuned[recipe] = run_trl_tuned(args, recipe, size)
                 log(f"TRL tuned {size} {recipe}: {tuned[recipe]}")
-                rows.append(dict(size=size, recipe=f"TRL tuned ({recipe})", **tuned[recipe]))
+                rows.append({**tuned[recipe], "size": size, "recipe": f"TRL tuned ({recipe})"})
             except Exception as e:
                 log(f"TRL tuned {size} {recipe} failed: {e}")
         for name, extra in variants:

@@ -229,3 +229,34 @@ def test_ddp_gpu_syntax_and_dry_run(tmp_path):
         check=False,
     )
     assert p.returncode == 2 and "does not split over 3 GPUs" in p.stderr
+
+
+def test_the_trl_anchor_finds_data_passed_with_data_and_tokenizer(tmp_path, monkeypatch):
+    """anchor_baselines.py reads ../data/ beside its own folder; throughput.py lays out a copy with links to --data
+    and --tokenizer when they are elsewhere (on the GPU run, the TRL row had failed: tokenizer not found)."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import throughput
+
+    anchor = tmp_path / "elsewhere" / "anchor_baselines.py"
+    anchor.parent.mkdir()
+    anchor.write_text(
+        "import json, os, sys\n"
+        "data = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'data')\n"
+        "tok = os.listdir(os.path.join(data, 'gpt2_tokenizer'))\n"
+        "rows = json.load(open(os.path.join(data, 'wikidoc_patient_information', "
+        "'wikidoc_patient_information.json')))\n"
+        "print('RESULT ' + json.dumps({'mode': sys.argv[1], 'size': sys.argv[2], 'rows': len(rows), 'tok': tok}))\n"
+    )
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.json").write_text("{}")
+    (tmp_path / "wd.json").write_text(json.dumps([{"input": "q", "output": "a"}] * 3))
+    args = argparse.Namespace(anchor=str(anchor), tokenizer=str(tmp_path / "tok"), data=str(tmp_path / "wd.json"))
+    args.anchor_timeout = 60
+    assert throughput.run_anchor(args, "trl", "gpt2", 1) == {
+        "mode": "trl",
+        "size": "gpt2",
+        "rows": 3,
+        "tok": ["vocab.json"],
+    }

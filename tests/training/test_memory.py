@@ -21,8 +21,9 @@ def test_memory_plan():
 
 
 def test_the_plan_fills_the_budget_with_as_few_checkpointed_layers_as_fit():
-    """gpt2-xl, 24 GiB: more tokens than fit without checkpointing, fewer than need every layer checkpointed; the
-    plan checkpoints only some layers, and more budget means fewer of them, each plan within 0.95 of its budget."""
+    """gpt2-xl, 16-48 GiB: the whole wanted batch, with as few checkpointed layers as let it fit (not fewer tokens:
+    a step's fixed cost makes small batches slow); more budget means fewer of them, each plan within 0.75-0.95 of
+    its budget."""
     from transformers import GPT2Config
 
     xl = GPT2Config(n_layer=48, n_head=25, n_embd=1600)
@@ -31,7 +32,7 @@ def test_the_plan_fills_the_budget_with_as_few_checkpointed_layers_as_fit():
     ks = [p.checkpoint_layers for p in plans.values()]
     assert 0 < ks[1] < 48 and ks == sorted(ks, reverse=True) and len(set(ks)) == 4
     for gib, p in plans.items():
-        assert 8192 <= p.batch_tokens < 16384 and 0.75 * gib <= p.planned_peak_gib <= 0.95 * gib
+        assert p.batch_tokens == 16384 and 0.75 * gib <= p.planned_peak_gib <= 0.95 * gib
     assert memory.plan(xl, 80, static, 512, 16384, 50257).checkpoint_layers == 0
 
 
