@@ -22,7 +22,6 @@ from medtune.errors import MedtuneError
 from medtune.generate import conversation_record, prompt_for
 from medtune.serving import worker as worker_side
 from medtune.serving.limits import Limits
-from medtune.serving.worker import StopText  # noqa: F401  (re-exported: part of the serving layer's names)
 
 log = logging.getLogger("medtune.serve")
 
