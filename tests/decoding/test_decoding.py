@@ -184,6 +184,67 @@ def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
     assert plain[3:] == alone
 
 
+def test_a_bucket_that_overhangs_the_last_slot_still_prefills_in_its_graph(tok, monkeypatch):
+    """One row runs in a 4-slot engine and 3 requests join at once: their 4-row prefill bucket overhangs the last
+    slot, and its padding row writes to the scratch slot, so the prefill runs as a graph (before: eagerly, hundreds
+    of launches on a GPU, whenever a nearly full engine admitted). The answers are those of each request alone."""
+    from medtune.decoding import engine as engine_module
+    from medtune.generate import Request, make_engine
+
+    model = _llama(tok)
+    prompts = _prompts(tok)
+    gs = [GenerateConfig(max_new_tokens=12 - 2 * i, temperature=0.8, seed=i, loop_guard=0) for i in range(4)]
+    monkeypatch.setattr(
+        engine_module.Engine,
+        "_capture",
+        lambda self, fn: (type("G", (), {"replay": staticmethod(fn)}), None),
+    )
+    engine = make_engine(model, tok, 4, 64)
+    engine.use_graphs = True
+    engine.eos = -1
+    done = {}
+    engine.add(Request(prompts[0], gs[0], on_done=lambda c: done.setdefault(0, c.token_ids)))
+    engine.step()
+    engine.step()
+    for i in (1, 2, 3):
+        engine.add(Request(prompts[i], gs[i], on_done=lambda c, i=i: done.setdefault(i, c.token_ids)))
+    while len(done) < 4:
+        engine.step()
+    assert sorted(k[1] for k in engine.graphs if k[0] == "prefill") == [1, 4]  # rows 1..3 in a 4-row bucket
+    alone = []
+    for p, g in zip(prompts, gs):
+        solo = make_engine(model, tok, 1, 64)
+        solo.eos = -1
+        alone.append(solo.run([Request(p, g)])[0].token_ids)
+    assert [done[i] for i in range(4)] == alone and [len(a) for a in alone] == [12, 10, 8, 6]
+
+
+def test_more_prompts_than_a_prefill_graph_holds_join_in_groups(tok, monkeypatch):
+    """With prefill graphs of up to 2 rows, 4 prompts joining at once are prefilled as two 2-row graphs (not one
+    eager prefill), and each answer is the one it gets alone."""
+    from medtune.decoding import engine as engine_module
+    from medtune.generate import Request, make_engine
+
+    model = _llama(tok)
+    prompts = _prompts(tok)
+    gs = [GenerateConfig(max_new_tokens=5 + i, temperature=0.8, seed=i, loop_guard=0) for i in range(4)]
+    monkeypatch.setattr(engine_module, "PREFILL_GRAPH_ROWS", 2)
+    monkeypatch.setattr(
+        engine_module.Engine,
+        "_capture",
+        lambda self, fn: (type("G", (), {"replay": staticmethod(fn)}), None),
+    )
+    engine = make_engine(model, tok, 4, 64)
+    engine.use_graphs = True
+    prefills = []
+    step = engine._prefill_step
+    monkeypatch.setattr(engine, "_prefill_step", lambda *a: (prefills.append(a[0].shape[0]), step(*a))[1])
+    together = [c.token_ids for c in engine.run([Request(p, g) for p, g in zip(prompts, gs)])]
+    assert prefills == [2, 2] and {k[1] for k in engine.graphs if k[0] == "prefill"} == {2}
+    alone = [make_engine(model, tok, 1, 64).run([Request(p, g)])[0].token_ids for p, g in zip(prompts, gs)]
+    assert together == alone
+
+
 def test_sampling_limits(tok):
     """top_k=1, a tiny top_p and a min_p near 1 each leave only the most likely token: greedy decoding."""
     from medtune.generate import complete

@@ -70,16 +70,20 @@ class Engine:
         fuse_for_decoding(model)
         probe = self._probe()
         self.slots = self._fit_slots(max(1, slots), probe)
-        self.cache = SlotCache(self.slots, self.max_len, self.device, like=probe)
+        # one more slot than rows: the padding rows of a prefill bucket write there (the scratch slot), so a bucket
+        # never needs free slots beyond the rows that join; without it, a full engine prefilled eagerly (hundreds of
+        # launches) whenever the bucket overhung the last slot
+        self.scratch = self.slots
+        self.cache = SlotCache(self.slots + 1, self.max_len, self.device, like=probe)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=self.device)  # noqa: E731
-        self.hist = z(self.slots, self.max_len)  # each slot's tokens: prompt and answer
+        self.hist = z(self.slots + 1, self.max_len)  # each slot's tokens: prompt and answer
         # per slot: the token to feed next, its position, the slot's length, tokens generated, live (1) or padding (0),
         # the token of the last decode step and of the last prefill
         self.tok_in, self.pos, self.lengths, self.steps, self.live, self.out, self.first = (
-            z(self.slots) for _ in range(7)
+            z(self.slots + 1) for _ in range(7)
         )
         self.index = torch.arange(self.slots, device=self.device)
-        self.settings = RowSettings.empty(self.slots, self.device)
+        self.settings = RowSettings.empty(self.slots + 1, self.device)
         pw, pr = min(PREFILL_GRAPH_WIDTH, self.max_len), PREFILL_GRAPH_ROWS
         self.p_ids, self.p_last, self.p_rows, self.p_len, self.p_live = z(pr, pw), z(pr), z(pr), z(pr), z(pr)
         pinned = self.device.type == "cuda"
@@ -240,21 +244,24 @@ class Engine:
         return tokens
 
     def _prefill(self, requests: list, n0: int) -> None:
-        """The prompts of `requests` into slots n0..; a CUDA graph per (rows, width) bucket for small prefills."""
+        """The prompts of `requests` into slots n0..; a CUDA graph per (rows, width) bucket, in groups of up to
+        PREFILL_GRAPH_ROWS rows (a few replays cost less than one eager prefill's hundreds of launches)."""
         b, lens = len(requests), [len(r.ids) for r in requests]
+        if self.use_graphs and b > PREFILL_GRAPH_ROWS and max(lens) <= self.p_ids.shape[1]:
+            for k in range(0, b, PREFILL_GRAPH_ROWS):
+                self._prefill(requests[k : k + PREFILL_GRAPH_ROWS], n0 + k)
+            return
         bb, wb = _pow2(b), min(-(-max(lens) // 64) * 64, self.max_len)
-        graph = self.use_graphs and bb <= PREFILL_GRAPH_ROWS and wb <= self.p_ids.shape[1] and n0 + bb <= self.slots
+        graph = self.use_graphs and bb <= PREFILL_GRAPH_ROWS and wb <= self.p_ids.shape[1]
         bb, wb = (bb, wb) if graph else (b, max(lens))
         ids = torch.full((bb, wb), self.pad, dtype=torch.long)
         for i, r in enumerate(requests):
             ids[i, : lens[i]] = torch.tensor(r.ids, dtype=torch.long)
         pad = [0] * (bb - b)
+        slots = list(range(n0, n0 + b)) + [self.scratch] * (bb - b)  # padding rows: the scratch slot
         inputs = upload(
             ids,
-            *(
-                torch.tensor(v)
-                for v in ([n - 1 for n in lens] + pad, list(range(n0, n0 + bb)), lens + pad, [1] * b + pad)
-            ),
+            *(torch.tensor(v) for v in ([n - 1 for n in lens] + pad, slots, lens + pad, [1] * b + pad)),
             device=self.device,
         )
         if not graph:
