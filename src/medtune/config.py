@@ -177,7 +177,11 @@ class TrainConfig:
     )
     max_memory_gib: float | None = opt(None, "CUDA: choose tokens per batch and checkpointing to fit this peak", gt=0)
     batch_tokens: int | None = opt(None, "with packing: batches of whole examples up to this many tokens", min=1)
-    compile: bool = opt(False, "torch.compile the decoder blocks and the loss (CUDA)")
+    compile: Literal["auto", "true", "false"] = opt(
+        "auto",
+        "torch.compile the decoder blocks and the loss (CUDA): true, false, or auto (once the first steps are "
+        "timed, when the eager time left pays back the compiling)",
+    )
     neftune_alpha: float | None = opt(None, "NEFTune: noise of this scale on the input embeddings while training", gt=0)
     disable: list[Speedup] = opt([], "speed-ups to turn off, for ablations: gelu, norms, varlen, chunked_loss")
 

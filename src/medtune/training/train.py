@@ -18,7 +18,7 @@ from medtune.config import Config, dump_yaml
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
 from medtune.machine import optimizer_name
-from medtune.training import attention, memory, patches, trackers
+from medtune.training import attention, compiling, memory, patches, trackers
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
 from medtune.training.distributed import (
@@ -90,6 +90,11 @@ class SpeedUps:
     compiled: str | None = None  # what torch.compile compiled (train.compile)
 
     @property
+    def blocks(self):
+        """The decoder's blocks (what train.compile compiles), when the chunked loss found the decoder."""
+        return _decoder_layers(self.fast_loss[0]) if self.fast_loss is not None else None
+
+    @property
     def loss(self) -> str:
         return "chunked" if self.fast_loss is not None else "model"
 
@@ -105,6 +110,7 @@ class SpeedUps:
             "loss": self.loss,
             "gradient_checkpointing": self.gradient_checkpointing,
             "batch_tokens": self.batch_tokens,
+            "compiled": self.compiled,
         }
 
 
@@ -143,10 +149,9 @@ def apply_speedups(cfg: Config, model) -> SpeedUps:
             k = memory.checkpoint_only(list(layers), plan.checkpoint_layers)
             chosen.plan = plan = dataclasses.replace(plan, checkpoint_layers=k)
     chosen.gradient_checkpointing = checkpointing
-    if t.compile:
-        layers = _decoder_layers(chosen.fast_loss[0]) if chosen.fast_loss is not None else None
-        for layer in layers or []:
-            layer.compile(dynamic=True)
+    if t.compile == "true":
+        layers = chosen.blocks
+        compiling.compile_blocks(layers or [])
         chosen.compiled = "blocks+loss" if layers is not None else "loss"
     return chosen
 
@@ -183,9 +188,16 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
         data_collator=collator,
         fast_loss=info.fast_loss,
         loss_chunk=info.chunk,
-        compile_loss=bool(t.compile),
+        compile_loss=t.compile == "true",
         batch_sampler=sampler,
     )
+    if t.compile == "auto" and torch.cuda.is_available() and info.blocks is not None:
+
+        def compiled(step: int) -> None:
+            trainer.compile_loss = True
+            info.compiled = f"blocks+loss from step {step}"
+
+        trainer.add_callback(compiling.AutoCompile(info.blocks, compiled))
     trackers.attach(trainer, cfg, out / rundir.LOGS)
     world = world_size()
     per_step = f"up to {sampler.max_tokens} tokens" if sampler else f"{t.batch_size} examples"
