@@ -245,6 +245,32 @@ def test_more_prompts_than_a_prefill_graph_holds_join_in_groups(tok, monkeypatch
     assert together == alone
 
 
+def test_warm_up_captures_every_batch_bucket_and_leaves_the_engine_as_new(tok, monkeypatch):
+    """Engine.warm_up (what `medtune serve` runs before serving): a decode graph for every batch bucket at the first
+    two widths, prefill graphs; afterwards no row, no counter, and answers are those of a fresh engine."""
+    from medtune.decoding import engine as engine_module
+    from medtune.generate import Request, make_engine
+
+    model = _llama(tok)
+    prompts = _prompts(tok)
+    g = GenerateConfig(max_new_tokens=8, temperature=0.8, seed=3)
+    fresh = [c.token_ids for c in make_engine(model, tok, 4, 300).run([Request(p, g) for p in prompts])]
+    monkeypatch.setattr(
+        engine_module.Engine,
+        "_capture",
+        lambda self, fn: (type("G", (), {"replay": staticmethod(fn)}), None),
+    )
+    engine = make_engine(model, tok, 4, 300)
+    assert engine.warm_up(g) == 0  # no graphs (CPU): nothing to do
+    engine.use_graphs = True
+    assert engine.warm_up(g) == len(engine.graphs) > 0
+    decode = {k[1:3] for k in engine.graphs if k[0] == "decode"}
+    assert {(b, w) for b in (1, 2, 4) for w in (128, 256)} <= decode
+    assert {k[1] for k in engine.graphs if k[0] == "prefill"} == {1, 2, 4}
+    assert engine.pending == 0 and engine.steps_run == 0 and engine.eos == tok.eos_token_id
+    assert [c.token_ids for c in engine.run([Request(p, g) for p in prompts])] == fresh
+
+
 def test_sampling_limits(tok):
     """top_k=1, a tiny top_p and a min_p near 1 each leave only the most likely token: greedy decoding."""
     from medtune.generate import complete

@@ -20,6 +20,7 @@ slower on one H200 (benchmarks/decode.py, docs/decoding.md).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import random
 import threading
@@ -157,6 +158,29 @@ class Engine:
         while len(out) < len(requests):
             self.step()
         return [out[i] for i in range(len(requests))]
+
+    def warm_up(self, g, prompt_tokens: int = 120, new_tokens: int = 16) -> int:
+        """Capture, before any request, the CUDA graphs that a server's first minutes would capture while clients
+        wait (each capture stalls every running row for tens of ms): a decode step for every batch bucket at the
+        first two widths, and the prefills that reach them. Runs dummy requests with settings g (the run's: they
+        decide the sampling graphs' shape). Returns the number of graphs; 0 without graphs (CPU)."""
+        if not self.use_graphs:
+            return 0
+        from medtune.generate import Request
+
+        n = max(1, min(prompt_tokens, self.max_len - new_tokens - 2))
+        g = dataclasses.replace(g, max_new_tokens=new_tokens, loop_guard=0, seed=0)
+        buckets = sorted({min(1 << i, self.slots) for i in range(self.slots.bit_length() + 1)})
+        eos, self.eos = self.eos, -1  # every dummy answer runs its full length
+        try:
+            for b in buckets:
+                self.run([Request([self.pad] * n, g) for _ in range(b)])
+            while self.pending:  # the ended rows leave their slots
+                self.step()
+        finally:
+            self.eos = eos
+            self.steps_run = self.tokens_out = 0  # the counters are the requests'
+        return len(self.graphs)
 
     @torch.no_grad()
     def step(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from medtune.serving.limits import Limits
@@ -69,7 +70,8 @@ class StopText:
 class Worker:
     """The decoding engine and the jobs it runs, keyed by the server's job ids."""
 
-    def __init__(self, model, tok, limits: Limits):
+    def __init__(self, model, tok, limits: Limits, warm_up=None):
+        """warm_up: the run's GenerateConfig, to capture the first CUDA graphs before serving (see Engine.warm_up)."""
         from medtune.generate import make_engine
         from medtune.model import context_length
 
@@ -79,6 +81,11 @@ class Worker:
         max_prompt = min(limits.max_prompt_tokens or context - 1, context - 1)
         self.sizes = Sizes(context, max_tokens, max_prompt)
         self.decoder = make_engine(model, tok, limits.max_batch_size, min(context, max_prompt + max_tokens))
+        if warm_up is not None:
+            t0 = time.perf_counter()
+            graphs = self.decoder.warm_up(warm_up)
+            if graphs:
+                log.info("serve: %d CUDA graphs captured before serving (%.1f s)", graphs, time.perf_counter() - t0)
         self.cancels: dict[int, threading.Event] = {}
         self.outbox: list = []  # (job id, kind, value) of the current step
         self.generated_tokens = 0
@@ -165,8 +172,9 @@ class Worker:
 def load(model_dir: str, limits: Limits, device: str | None) -> Worker:
     from medtune import rundir
 
-    model, tok = rundir.load_model(rundir.open_run(model_dir), device=device, merge=True)
-    return Worker(model, tok, limits)
+    run = rundir.open_run(model_dir)
+    model, tok = rundir.load_model(run, device=device, merge=True)
+    return Worker(model, tok, limits, warm_up=run.config.generate)
 
 
 def run(conn, model_dir: str, limits: Limits, device: str | None, on_worker=None) -> None:
