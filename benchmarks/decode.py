@@ -14,7 +14,7 @@ kernels compiled). Prints one Markdown table.
 The `churn` path is what a server sees: 4 x streams requests of 1/2 to 1 x --new-tokens tokens each (seeded), with
 `streams` rows at once; a request joins the running batch as soon as one ends (clients that send the next question
 at once). `--profile` prints where the host's time goes during the churn rows (cProfile; time spent waiting for the
-device shows as `synchronize`).
+device shows as `synchronize`); `--trace` (GPU) the share of the time the GPU was busy and its top kernels.
 """
 
 from __future__ import annotations
@@ -57,7 +57,24 @@ def prompts_for(tok, model, streams: int, length: int) -> list[list[int]]:
     return torch.randint(100, vocab - 1, (streams, length), generator=gen).tolist()
 
 
-def timed(fn, sync, profile: bool = False) -> float:
+def device_busy(fn, sync) -> str:
+    """torch.profiler over one run of fn: the share of the wall time the GPU spent in kernels (the rest: waiting
+    for the host) and the kernels that took the most time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in events) / 1e6  # microseconds; kernels on one stream do not overlap
+    table = prof.key_averages().table(sort_by="device_time_total", row_limit=12)
+    return f"GPU busy {busy:.2f} s of {wall:.2f} s ({busy / wall:.0%}; profiler overhead included)\n{table}"
+
+
+def timed(fn, sync, profile: bool = False, trace: bool = False) -> float:
     fn()  # warm-up: graphs captured, kernels compiled, allocator warmed
     sync()
     if profile:
@@ -68,6 +85,8 @@ def timed(fn, sync, profile: bool = False) -> float:
             fn()
             sync()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(18)
+    if trace:
+        print(device_busy(fn, sync), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     fn()
     sync()
@@ -173,6 +192,7 @@ def main() -> int:
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], help="weights (default: bf16 on a GPU)")
     ap.add_argument("--check", action="store_true", help="first: greedy parity of the engine with model.generate")
     ap.add_argument("--profile", action="store_true", help="cProfile of the host during the churn rows")
+    ap.add_argument("--trace", action="store_true", help="GPU: torch.profiler during the churn rows (busy share)")
     args = ap.parse_args()
     if args.cpu:
         args.model, args.streams, args.new_tokens, args.prompt_tokens = "random:tiny", "1,8", 16, 16
@@ -204,7 +224,10 @@ def main() -> int:
                 continue
             fn, tokens = fn if isinstance(fn, tuple) else (fn, streams * args.new_tokens)
             try:
-                seconds = timed(fn, sync, profile=args.profile and name == "churn")
+                churn = name == "churn"
+                seconds = timed(
+                    fn, sync, profile=args.profile and churn, trace=args.trace and churn and device == "cuda"
+                )
             except Exception as e:  # a reference path that this transformers version cannot run
                 print(f"| {name} | {streams} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
                 continue

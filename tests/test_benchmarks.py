@@ -102,7 +102,7 @@ def test_throughput_cpu_mode(tmp_path):
 
 
 def test_decode_cpu(tmp_path):
-    out = script("decode.py", "--cpu", tmp_path=tmp_path)
+    out = script("decode.py", "--cpu", "--trace", tmp_path=tmp_path)  # --trace: the profiler path runs too
     for path in ("engine", "generate"):
         assert [r[1] for r in rows(out, path)] == ["1", "8"]
         assert all(number(r[2]) > 0 for r in rows(out, path))
