@@ -86,3 +86,34 @@ def test_a_worker_that_cannot_load_is_one_clear_error(run_dir, tmp_path):
     (broken / "adapter_model.safetensors").write_bytes(b"not weights")
     with pytest.raises(MedtuneError, match="cannot load the model"):
         Engine(broken, Limits(worker="process"))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_process_exits_when_the_server_is_killed(run_dir):
+    """SIGKILL to the server: the worker sees its pipe close and exits by itself (no orphan holding the GPU)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; from medtune.serving.engine import Engine, Limits; "
+        "e = Engine(sys.argv[1], Limits(worker='process')); print(e._runner.pid, flush=True); time.sleep(600)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(server.stdout.readline())
+        assert not _gone(worker)
+        server.kill()
+        server.wait(30)
+        deadline = time.time() + 60
+        while not _gone(worker):
+            assert time.time() < deadline, "the worker outlived the server"
+            time.sleep(0.1)
+    finally:
+        server.kill()

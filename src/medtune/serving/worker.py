@@ -184,15 +184,19 @@ def run(conn, model_dir: str, limits: Limits, device: str | None, on_worker=None
 
     try:
         worker = load(model_dir, limits, device)
-    except MedtuneError as e:
-        conn.send(("failed", str(e)))
-        return
     except Exception as e:  # noqa: BLE001  (reported to the server, which raises it as one clear line)
-        conn.send(("failed", f"cannot start generation: {type(e).__name__}: {first_line(e)}"))
+        why = f"cannot start generation: {type(e).__name__}: {first_line(e)}"
+        try:
+            conn.send(("failed", str(e) if isinstance(e, MedtuneError) else why))
+        except OSError:  # the server is gone
+            pass
         return
     if on_worker is not None:
         on_worker(worker)
-    worker.serve(conn)
+    try:
+        worker.serve(conn)
+    except (BrokenPipeError, ConnectionResetError):  # the server went away (killed): nothing is left to answer
+        pass
 
 
 def process_main(conn, model_dir: str, limits: Limits, device: str | None) -> None:
