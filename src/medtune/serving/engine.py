@@ -97,6 +97,8 @@ class Engine:
         self.worker: worker_side.Worker | None = None  # the Worker itself when it runs in a thread (tests reach in)
         self._conn, self._runner = self._start(str(run.path), device)
         sizes = self._wait_ready()
+        if sizes.graphs:
+            log.info("serve: %d CUDA graphs captured before serving (%.1f s)", sizes.graphs, sizes.warm_up_s)
         self.context, self.max_tokens = sizes.context, sizes.max_tokens
         self.max_prompt_tokens = sizes.max_prompt_tokens
         self.default_max_tokens = max(1, min(self.cfg.generate.max_new_tokens, self.max_tokens))

@@ -29,6 +29,8 @@ class Sizes:
     context: int
     max_tokens: int
     max_prompt_tokens: int
+    graphs: int = 0  # CUDA graphs captured before serving (Engine.warm_up)
+    warm_up_s: float = 0.0
 
 
 @dataclass
@@ -81,11 +83,10 @@ class Worker:
         max_prompt = min(limits.max_prompt_tokens or context - 1, context - 1)
         self.sizes = Sizes(context, max_tokens, max_prompt)
         self.decoder = make_engine(model, tok, limits.max_batch_size, min(context, max_prompt + max_tokens))
-        if warm_up is not None:
+        if warm_up is not None:  # (the server logs it: a worker process logs warnings only)
             t0 = time.perf_counter()
-            graphs = self.decoder.warm_up(warm_up)
-            if graphs:
-                log.info("serve: %d CUDA graphs captured before serving (%.1f s)", graphs, time.perf_counter() - t0)
+            self.sizes.graphs = self.decoder.warm_up(warm_up)
+            self.sizes.warm_up_s = round(time.perf_counter() - t0, 2)
         self.cancels: dict[int, threading.Event] = {}
         self.outbox: list = []  # (job id, kind, value) of the current step
         self.generated_tokens = 0

@@ -10,6 +10,8 @@ import time
 
 from transformers import TrainerCallback
 
+from medtune.training.distributed import max_over_processes
+
 log = logging.getLogger("medtune.training")
 
 COMPILE_S = 120.0  # compiling gpt2's blocks and loss took about 80 s on an H100; bigger models take longer
@@ -49,7 +51,9 @@ class AutoCompile(TrainerCallback):
         if self.steps < WARMUP_STEPS + TIMED_STEPS:
             return
         self.decided = True
-        step_s, left = self.timed / TIMED_STEPS, max(0, state.max_steps - state.global_step)
+        # every rank decides alike (the slowest rank's time): a rank that compiled alone would hold up the others
+        step_s = max_over_processes(round(1000 * self.timed / TIMED_STEPS)) / 1000
+        left = max(0, state.max_steps - state.global_step)
         about = f"{left} steps of {step_s:.2f} s left (about {left * step_s:.0f} s eager)"
         if not pays_back(step_s, left):
             log.info(f"train: compile auto: not compiling: {about}; it would not pay back ~{COMPILE_S:.0f} s")
