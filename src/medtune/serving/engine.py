@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import logging
 import multiprocessing
+import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,13 +90,15 @@ class Engine:
         self.jobs: dict[int, Job] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()  # self.jobs
-        self._send_lock = threading.Lock()  # the connection, which any event loop's thread may write to
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # messages for the worker (the sender thread sends)
         self._closed = False
         self.failed: str | None = None  # why the worker stopped, once it has
         # from the worker, after each step: requests waiting or running, rows running, decoding steps, tokens
         self.queued = self.running = self.decode_steps = self.generated_tokens = 0
         self.worker: worker_side.Worker | None = None  # the Worker itself when it runs in a thread (tests reach in)
         self._conn, self._runner = self._start(str(run.path), device)
+        self._sender = threading.Thread(target=self._send_all, name="medtune-send", daemon=True)
+        self._sender.start()
         sizes = self._wait_ready()
         if sizes.graphs:
             log.info("serve: %d CUDA graphs captured before serving (%.1f s)", sizes.graphs, sizes.warm_up_s)
@@ -178,23 +181,30 @@ class Engine:
         return True
 
     def _send(self, message) -> None:
-        with self._send_lock:
-            if not self._closed and not self.failed:
-                try:
-                    self._conn.send(message)
-                except OSError:  # the worker is gone: the reader fails its jobs
-                    pass
+        """Hand a message to the sender thread: a full pipe (the worker reads between steps) never blocks the
+        event loop that called."""
+        if not self._closed and not self.failed:
+            self._outbox.put(message)
+
+    def _send_all(self) -> None:
+        """The sender thread: messages to the worker in the order given, until close."""
+        while True:
+            message = self._outbox.get()
+            try:
+                self._conn.send(message)
+            except OSError:  # the worker is gone: the reader fails its jobs
+                pass
+            if message == ("close",):
+                return
 
     def close(self) -> None:
         """Stop the worker (a process that does not stop within 10 s is terminated)."""
-        with self._send_lock:
+        with self._lock:
             if self._closed:
                 return
-            try:
-                self._conn.send(("close",))
-            except OSError:
-                pass
             self._closed = True
+        self._outbox.put(("close",))
+        self._sender.join(10)
         self._runner.join(10)
         if isinstance(self._runner, multiprocessing.process.BaseProcess) and self._runner.is_alive():
             self._runner.terminate()
