@@ -10,6 +10,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 import warnings
 
 
@@ -184,20 +185,26 @@ def cmd_generate(a):
         print(f"wrote {len(rows)} answers to {a.output}\n{NOTICE}")
         return
     print(f"Q: {a.question}\nA: ", end="", flush=True)
-    result = answer(
-        model,
-        tok,
-        a.question,
-        cfg.data,
-        cfg.generate,
-        context=ctx,
-        on_text=lambda text: print(text, end="", flush=True),
-    )
+    start, first = time.perf_counter(), []
+
+    def show(text: str) -> None:
+        if not first:
+            first.append(time.perf_counter())
+        print(text, end="", flush=True)
+
+    result = answer(model, tok, a.question, cfg.data, cfg.generate, context=ctx, on_text=show)
+    took = time.perf_counter() - start
     if result["stop_reason"] == "length":
         print(f"\n[stopped at max_new_tokens={cfg.generate.max_new_tokens}]")
     elif result["stop_reason"] == "loop":
         print("\n[stopped: the answer started repeating itself]")
-    print(f"\n{NOTICE}")
+    print()
+    logging.getLogger("medtune.generate").info(  # the model loaded, the time from the question to the last token
+        f"generate: {result['tokens']} tokens in {took:.2f} s ({result['tokens'] / max(took, 1e-9):.0f} tokens/s"
+        + (f"; first text after {1000 * (first[0] - start):.0f} ms" if first else "")
+        + ")"
+    )
+    print(NOTICE)
 
 
 def cmd_eval(a):
