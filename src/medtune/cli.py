@@ -185,7 +185,8 @@ def cmd_generate(a):
         print(f"wrote {len(rows)} answers to {a.output}\n{NOTICE}")
         return
     print(f"Q: {a.question}\nA: ", end="", flush=True)
-    start, first = time.perf_counter(), []
+    start = time.perf_counter()
+    first: list[float] = []  # when the first text came
 
     def show(text: str) -> None:
         if not first:
