@@ -4,6 +4,7 @@ and streamed text."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -136,11 +137,26 @@ class _HostTensors(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _fake_graphs(monkeypatch, around=None):
+    """CUDA graphs on the CPU: each "capture" keeps the function and each replay calls it (inside `around`, a
+    context manager, when given), so the graph path's buffers, buckets and keys run as on a GPU."""
+    from medtune.decoding import engine as engine_module
+
+    def replay(fn):
+        with around or contextlib.nullcontext():
+            fn()
+
+    monkeypatch.setattr(
+        engine_module.Engine,
+        "_capture",
+        lambda self, fn: (type("G", (), {"replay": staticmethod(lambda: replay(fn))}), None),
+    )
+
+
 def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
     """The graph path (prompts prefilled in buckets padded to a power of 2 of rows and 64-token widths through the
     static input buffers, first tokens sampled inside the prefill, settings gathered by slot) answers as the plain
     path does, with rows of different settings joining and leaving. On the CPU each "graph" replays its function."""
-    from medtune.decoding import engine as engine_module
     from medtune.generate import Request, complete, make_engine
 
     model = _llama(tok)
@@ -165,16 +181,7 @@ def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
 
     plain = answers(make_engine(model, tok, 4, 64))
     scalars = _HostTensors()
-
-    def replay(fn):
-        with scalars:
-            fn()
-
-    monkeypatch.setattr(
-        engine_module.Engine,
-        "_capture",
-        lambda self, fn: (type("G", (), {"replay": staticmethod(lambda: replay(fn))}), None),
-    )
+    _fake_graphs(monkeypatch, around=scalars)
     graphed = make_engine(model, tok, 4, 64)
     graphed.use_graphs = True
     assert answers(graphed) == plain
@@ -188,17 +195,12 @@ def test_a_bucket_that_overhangs_the_last_slot_still_prefills_in_its_graph(tok, 
     """One row runs in a 4-slot engine and 3 requests join at once: their 4-row prefill bucket overhangs the last
     slot, and its padding row writes to the scratch slot, so the prefill runs as a graph (before: eagerly, hundreds
     of launches on a GPU, whenever a nearly full engine admitted). The answers are those of each request alone."""
-    from medtune.decoding import engine as engine_module
     from medtune.generate import Request, make_engine
 
     model = _llama(tok)
     prompts = _prompts(tok)
     gs = [GenerateConfig(max_new_tokens=12 - 2 * i, temperature=0.8, seed=i, loop_guard=0) for i in range(4)]
-    monkeypatch.setattr(
-        engine_module.Engine,
-        "_capture",
-        lambda self, fn: (type("G", (), {"replay": staticmethod(fn)}), None),
-    )
+    _fake_graphs(monkeypatch)
     engine = make_engine(model, tok, 4, 64)
     engine.use_graphs = True
     engine.eos = -1
@@ -229,11 +231,7 @@ def test_more_prompts_than_a_prefill_graph_holds_join_in_groups(tok, monkeypatch
     prompts = _prompts(tok)
     gs = [GenerateConfig(max_new_tokens=5 + i, temperature=0.8, seed=i, loop_guard=0) for i in range(4)]
     monkeypatch.setattr(engine_module, "PREFILL_GRAPH_ROWS", 2)
-    monkeypatch.setattr(
-        engine_module.Engine,
-        "_capture",
-        lambda self, fn: (type("G", (), {"replay": staticmethod(fn)}), None),
-    )
+    _fake_graphs(monkeypatch)
     engine = make_engine(model, tok, 4, 64)
     engine.use_graphs = True
     prefills = []
@@ -248,18 +246,13 @@ def test_more_prompts_than_a_prefill_graph_holds_join_in_groups(tok, monkeypatch
 def test_warm_up_captures_every_batch_bucket_and_leaves_the_engine_as_new(tok, monkeypatch):
     """Engine.warm_up (what `medtune serve` runs before serving): a decode graph for every batch bucket at the first
     two widths, prefill graphs; afterwards no row, no counter, and answers are those of a fresh engine."""
-    from medtune.decoding import engine as engine_module
     from medtune.generate import Request, make_engine
 
     model = _llama(tok)
     prompts = _prompts(tok)
     g = GenerateConfig(max_new_tokens=8, temperature=0.8, seed=3)
     fresh = [c.token_ids for c in make_engine(model, tok, 4, 300).run([Request(p, g) for p in prompts])]
-    monkeypatch.setattr(
-        engine_module.Engine,
-        "_capture",
-        lambda self, fn: (type("G", (), {"replay": staticmethod(fn)}), None),
-    )
+    _fake_graphs(monkeypatch)
     engine = make_engine(model, tok, 4, 300)
     assert engine.warm_up(g) == 0  # no graphs (CPU): nothing to do
     engine.use_graphs = True
