@@ -229,3 +229,11 @@ def test_only_known_noise_is_filtered():
         for message, category in sent:
             warnings.warn(message, category, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else", "`other` is deprecated and will be removed in v6."]
+
+
+def test_generate_speed_line_separates_the_start_from_the_decoding_rate():
+    from medtune.cli import _then_rate
+
+    assert _then_rate(73, 1.0, 1.144) == ", then 500 tokens/s"  # 72 tokens after the first text, in 0.144 s
+    assert _then_rate(1, 1.0, 2.0) == ""  # nothing came after the first text
+    assert _then_rate(5, 1.0, 1.01) == ""  # too short a time to give a rate

@@ -319,3 +319,9 @@ def test_sampled_evaluation_is_seeded_and_recorded(overfit, records_file, capsys
     assert cfg.eval.greedy is False and evaluate.eval_generate_config(cfg) == g
     greedy = evaluate.eval_generate_config(cfg, greedy=True)
     assert greedy.greedy is True and greedy.repetition_penalty == 1.0 and greedy.max_new_tokens == g.max_new_tokens
+    # a run that decodes greedily (generate.greedy, e.g. smollm2-lora) is evaluated greedily with its own penalty,
+    # as `medtune generate` answers; --sample still samples with the run's temperature and top-p
+    cfg.generate.greedy, cfg.generate.repetition_penalty = True, 1.05
+    as_generate = evaluate.eval_generate_config(cfg)
+    assert as_generate.greedy is True and as_generate.repetition_penalty == 1.05
+    assert evaluate.eval_generate_config(cfg, greedy=False).greedy is False

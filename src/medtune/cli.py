@@ -203,9 +203,16 @@ def cmd_generate(a):
     logging.getLogger("medtune.generate").info(  # the model loaded, the time from the question to the last token
         f"generate: {result['tokens']} tokens in {took:.2f} s ({result['tokens'] / max(took, 1e-9):.0f} tokens/s"
         + (f"; first text after {1000 * (first[0] - start):.0f} ms" if first else "")
+        + (_then_rate(result["tokens"], first[0], start + took) if first else "")
         + ")"
     )
     print(NOTICE)
+
+
+def _then_rate(tokens: int, first: float, end: float) -> str:
+    """The decoding rate after the first text: a one-off start (kernels loaded, CUDA graphs captured) sits before
+    it. The first text holds at least one token (a few when the loop guard holds text back)."""
+    return f", then {(tokens - 1) / (end - first):.0f} tokens/s" if tokens > 1 and end - first > 0.05 else ""
 
 
 def cmd_eval(a):
@@ -380,7 +387,12 @@ def _other_parsers(sub):
         help="greedy decoding without repetition penalty instead of the "
         "run's generate settings (config key eval.greedy)",
     )
-    e.add_argument("--sample", action="store_true", help="the run's generate settings, seeded (the default)")
+    e.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample with the run's temperature, top-p and seed even where the run decodes greedily "
+        "(default: the run's generate settings as they are)",
+    )
     e.add_argument(
         "--benchmark",
         metavar="NAME[=FILE],...",

@@ -218,7 +218,7 @@ class EvalConfig:
     split: Literal["test", "validation"] = opt("test", "saved split to evaluate on")
     greedy: bool = opt(
         False,
-        "false: decode like `medtune generate` (the run's generate settings, seeded); "
+        "false: decode like `medtune generate` (the run's generate settings as they are, seeded); "
         "true: greedy decoding without repetition penalty",
     )
     bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals", min=0)

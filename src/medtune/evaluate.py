@@ -175,13 +175,14 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
 
 
 def eval_generate_config(cfg: Config, greedy: bool | None = None, max_new_tokens: int | None = None) -> GenerateConfig:
-    """What eval decodes with: by default the run's generate settings (what `medtune generate` and `serve` give
-    users), seeded; with greedy, greedy decoding without repetition penalty."""
-    greedy = cfg.eval.greedy if greedy is None else greedy
+    """What eval decodes with: by default the run's generate settings as they are (what `medtune generate` and
+    `serve` give users: greedy where the run's generate.greedy is), seeded; greedy=True: greedy decoding without
+    repetition penalty; greedy=False (`--sample`): the run's sampling settings even where it decodes greedily."""
     n = max_new_tokens or cfg.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    if greedy:
+    if greedy or (greedy is None and cfg.eval.greedy):
         return GenerateConfig(max_new_tokens=n, greedy=True, repetition_penalty=1.0, seed=cfg.generate.seed)
-    return dataclasses.replace(cfg.generate, max_new_tokens=n, greedy=False)
+    sample = {"greedy": False} if greedy is False else {}
+    return dataclasses.replace(cfg.generate, max_new_tokens=n, **sample)
 
 
 def resolve_max_new_tokens(cfg: Config, ref_lengths: list[int], prompt_lengths: list[int], context: int | None) -> int:
