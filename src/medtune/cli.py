@@ -82,6 +82,8 @@ def _quiet_ml():
     hf_logging.set_verbosity(level)
     hf_logging.disable_progress_bar()  # "Loading weights" bars; training's own progress bar stays
     hub_logging.set_verbosity(level)
+    # bitsandbytes on a CPU with bf16 instructions asks for the optional `kernels` package at import (a hub download)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(level)
 
 
 def _command_line(a) -> str:
