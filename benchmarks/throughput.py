@@ -194,6 +194,8 @@ def run_medtune(
     from medtune.config import load_config
 
     _free()
+    # memory still held when the row starts (left over from earlier rows in this process): counted in its peak
+    resident = torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else None
     out = Path(tempfile.mkdtemp(prefix="mt-bench-"))
     big = str(10**9)
     sets = [
@@ -236,6 +238,7 @@ def run_medtune(
     r["train_loss"] = round(trainer.state.log_history[-1].get("train_loss", float("nan")), 4)
     if torch.cuda.is_available():
         r["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+        r["resident_at_start_gib"] = round(resident or 0.0, 2)
     r.update(
         attention=info.attention,
         loss_kind=info.loss,
@@ -397,6 +400,11 @@ def markdown(rows: list[dict], card: str) -> str:
             f"{r.get('batch_tokens') or '-'} tok/batch, {r.get('attention') or 'padding-free bfd'}, "
             f"ckpt {'on' if ckpt else 'off'}"
         )
+        if r.get("plan"):  # the planner's choice and what it expected, to calibrate its memory model against
+            plan = r["plan"]
+            settings += f", {plan['checkpoint_layers']} layers ckpt, planned {plan['planned_peak_gib']} GiB"
+        if (r.get("resident_at_start_gib") or 0) >= 0.05:
+            settings += f", {r['resident_at_start_gib']} GiB held from earlier rows"
         epoch = fmt_time(r["epoch_s"]) + ("" if r.get("epoch_measured") else " (est.)") if "epoch_s" in r else "-"
         trl_cell = f"{trl['tok_s']:,} ({trl['which']})" if trl.get("tok_s") else "-"
         lines.append(

@@ -260,3 +260,18 @@ def test_the_trl_anchor_finds_data_passed_with_data_and_tokenizer(tmp_path, monk
         "rows": 3,
         "tok": ["vocab.json"],
     }
+
+
+def test_throughput_table_shows_the_plan_and_memory_left_from_earlier_rows(monkeypatch):
+    """A budget row says what the planner chose and expected (the measured/planned ratio calibrates its memory model);
+    a row that started with memory still held by earlier rows in the process says so, since its peak counts it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import throughput
+
+    row = dict(size="gpt2-xl", recipe="qlora+24g", tok_s=30811, peak_gib=19.16, epoch_s=26.0, batch_tokens=16384)
+    row.update(attention="medtune_varlen", gradient_checkpointing=True, resident_at_start_gib=0.46)
+    row["plan"] = dict(checkpoint_layers=34, planned_peak_gib=21.78)
+    quiet = dict(row, recipe="qlora", plan=None, resident_at_start_gib=0.0, gradient_checkpointing=False)
+    table = throughput.markdown([row, quiet], "H200").splitlines()
+    assert "34 layers ckpt, planned 21.78 GiB, 0.46 GiB held from earlier rows" in table[-2]
+    assert "planned" not in table[-1] and "held" not in table[-1]
