@@ -210,6 +210,9 @@ def test_log_lines_quiet_and_verbose(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--quiet", "--verbose", "eval", "run"])
     assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # eval: greedy and sampled decoding at once is a contradiction, not a choice
+        build_parser().parse_args(["eval", "run", "--greedy", "--sample"])
+    assert "argument --sample: not allowed with argument --greedy" in capsys.readouterr().err
 
 
 def test_only_known_noise_is_filtered():

@@ -383,13 +383,14 @@ def _other_parsers(sub):
     e.add_argument(
         "--num-samples", type=int, help="questions to generate answers for (default: config key eval.num_samples, 300)"
     )
-    e.add_argument(
+    decoding = e.add_mutually_exclusive_group()
+    decoding.add_argument(
         "--greedy",
         action="store_true",
         help="greedy decoding without repetition penalty instead of the "
         "run's generate settings (config key eval.greedy)",
     )
-    e.add_argument(
+    decoding.add_argument(
         "--sample",
         action="store_true",
         help="sample with the run's temperature, top-p and seed even where the run decodes greedily "
