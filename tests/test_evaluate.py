@@ -325,3 +325,15 @@ def test_sampled_evaluation_is_seeded_and_recorded(overfit, records_file, capsys
     as_generate = evaluate.eval_generate_config(cfg)
     assert as_generate.greedy is True and as_generate.repetition_penalty == 1.05
     assert evaluate.eval_generate_config(cfg, greedy=False).greedy is False
+
+
+def test_the_report_says_how_answers_were_decoded():
+    """report.md and the model card name the decoding settings that shaped the answers, not just greedy/sampled."""
+    from medtune.report import decoding
+
+    assert decoding({"greedy": True, "repetition_penalty": 1.0}) == "greedy decoding"
+    preset = {"greedy": True, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.05, "no_repeat_ngram": 4}
+    assert decoding(preset) == "greedy decoding (repetition penalty 1.05, no repeated 4-gram)"
+    sampled = {"greedy": False, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "no_repeat_ngram": 0}
+    assert decoding(sampled) == "sampling (temperature 0.7, top-p 0.9, repetition penalty 1.1)"
+    assert decoding({"greedy": False, "repetition_penalty": 1.1}) == "sampling (repetition penalty 1.1)"  # older file

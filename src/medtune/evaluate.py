@@ -450,8 +450,11 @@ def run(
         "generation": {
             "generated": len(inp.chosen),
             "greedy": g.greedy,
+            "temperature": g.temperature,
+            "top_p": g.top_p,
             "max_new_tokens": g.max_new_tokens,
             "repetition_penalty": g.repetition_penalty,
+            "no_repeat_ngram": g.no_repeat_ngram,
             "loop_guard": g.loop_guard,
             "seed": g.seed,
             "batch_size": cfg.eval.batch_size,

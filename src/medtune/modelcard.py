@@ -10,7 +10,7 @@ from pathlib import Path
 from medtune import rundir
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE
-from medtune.report import benchmark_table, table
+from medtune.report import benchmark_table, decoding, table
 
 INTENDED_USE = (
     "Research and education on fine-tuning small language models for medical question answering: "
@@ -139,10 +139,9 @@ def _metrics(run_dir: Path, quantization: str) -> list[str]:
             + (f", split {data['split']}" if data.get("split") else "")
             + (f", {data['records']} records" if data.get("records") else "")
         )
-        decoding = "greedy" if gen.get("greedy") else "sampled"
         lines += [
             "",
-            f"Evaluation (`medtune eval`, {where}; generation {decoding}"
+            f"Evaluation (`medtune eval`, {where}; generation: {decoding(gen)}"
             + (f", {quantization} base" if quantization != "none" else "")
             + "):",
             "",

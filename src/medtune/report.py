@@ -146,6 +146,18 @@ def _train_metrics(run_dir: Path) -> dict:
     return read_json(run_dir / METRICS) or {}
 
 
+def decoding(gen: dict) -> str:
+    """How eval's answers were decoded, from metrics.json's "generation" (older files lack the newer keys)."""
+    how = ["greedy decoding"] if gen.get("greedy") else ["sampling"]
+    if not gen.get("greedy") and gen.get("temperature") is not None:
+        how.append(f"temperature {gen['temperature']:g}, top-p {gen['top_p']:g}")
+    if gen.get("repetition_penalty", 1.0) != 1.0:
+        how.append(f"repetition penalty {gen['repetition_penalty']:g}")
+    if gen.get("no_repeat_ngram"):
+        how.append(f"no repeated {gen['no_repeat_ngram']}-gram")
+    return how[0] + (f" ({', '.join(how[1:])})" if len(how) > 1 else "")
+
+
 def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path, curve: str | None) -> str:
     d, gen = metrics["data"], metrics["generation"]
     out = [
@@ -179,7 +191,7 @@ def render_report(metrics: dict, samples: list[dict], cfg: Config, run_dir: Path
         f"- Loss and perplexity: answer tokens only (prompt masked, EOS counted), {d['answer_tokens']:,} tokens; "
         "perplexity = exp(mean loss per answer token).",
         f"- Generation: {gen['generated']} questions drawn with seed {gen['seed']}, "
-        f"{'greedy decoding' if gen['greedy'] else 'sampling'}, at most {gen['max_new_tokens']} new tokens. "
+        f"{decoding(gen)}, at most {gen['max_new_tokens']} new tokens. "
         "ROUGE-L F1 (rouge-score, stemmed) against the reference answer; EOS rate = share of answers that ended "
         "with EOS before the limit; repeated 4-grams = share of token 4-grams that already occurred earlier "
         "in the same answer.",
