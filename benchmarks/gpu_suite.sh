@@ -67,7 +67,8 @@ part_eval() {
   if [ -n "${MEDBENCH:-}" ]; then
     local b="pubmedqa=$MEDBENCH/pubmedqa_pqa_labeled.parquet,medqa=$MEDBENCH/medqa_usmle_4opt_test.parquet"
     b+=",medmcqa=$MEDBENCH/medmcqa_validation.parquet,mmlu_medical=$MEDBENCH/mmlu_medical_test.parquet"
-    medtune eval "$out/run" --num-samples 0 --benchmark "$b" && cp "$out/run/eval/metrics.json" "$out/eval-bench.json"
+    medtune eval "$out/run" --num-samples 0 --benchmark "$b" && cp "$out/run/eval/metrics.json" "$out/eval-bench.json" ||
+      return 1
   fi
   medtune merge "$out/run" --out "$out/merged" || return 1
   "$PYTHON" - "$out" "$few" <<'PY'

@@ -195,7 +195,7 @@ def run_medtune(
 
     _free()
     # memory still held when the row starts (left over from earlier rows in this process): counted in its peak
-    resident = torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else None
+    resident = torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else 0.0
     out = Path(tempfile.mkdtemp(prefix="mt-bench-"))
     big = str(10**9)
     sets = [
@@ -238,7 +238,7 @@ def run_medtune(
     r["train_loss"] = round(trainer.state.log_history[-1].get("train_loss", float("nan")), 4)
     if torch.cuda.is_available():
         r["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
-        r["resident_at_start_gib"] = round(resident or 0.0, 2)
+        r["resident_at_start_gib"] = round(resident, 2)
     r.update(
         attention=info.attention,
         loss_kind=info.loss,

@@ -181,8 +181,7 @@ def eval_generate_config(cfg: Config, greedy: bool | None = None, max_new_tokens
     n = max_new_tokens or cfg.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     if greedy or (greedy is None and cfg.eval.greedy):
         return GenerateConfig(max_new_tokens=n, greedy=True, repetition_penalty=1.0, seed=cfg.generate.seed)
-    sample = {"greedy": False} if greedy is False else {}
-    return dataclasses.replace(cfg.generate, max_new_tokens=n, **sample)
+    return dataclasses.replace(cfg.generate, max_new_tokens=n, greedy=cfg.generate.greedy and greedy is None)
 
 
 def resolve_max_new_tokens(cfg: Config, ref_lengths: list[int], prompt_lengths: list[int], context: int | None) -> int:
