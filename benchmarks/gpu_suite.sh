@@ -10,7 +10,8 @@
 #               when MEDBENCH is set, and merge (serve needs it)
 #   serve       benchmarks/load.py on the merged run: 128 and 32 clients in 4 client processes, then 1 client;
 #               `medtune generate` one question (its speed line)
-#   budgets-gpt2, budgets-xl   benchmarks/throughput.py rows in memory budgets, with TRL's rows when ANCHOR is set
+#   budgets-gpt2, budgets-xl (QLoRA), budgets-xl-lora   benchmarks/throughput.py rows in memory budgets (4-48 GiB and
+#               none: the README's table), with TRL's rows when ANCHOR is set
 # Default: decode eval serve. Environment: MEDBENCH (folder of the medbench .parquet files), ANCHOR
 # (anchor_baselines.py), PYTHON (python3), SMOKE=1 (every part at toy sizes on the CPU, in seconds: CI runs it).
 # Exit status 1 when a part failed (its log: OUT/PART.log).
@@ -22,8 +23,8 @@ export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENI
 model=$1 data=$2 tok=$3 out=$4; shift 4
 parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(decode eval serve)
 for p in "${parts[@]}"; do
-  case "$p" in decode | eval | serve | budgets-gpt2 | budgets-xl) ;;
-    *) echo "unknown part $p (decode, eval, serve, budgets-gpt2, budgets-xl)" >&2; exit 2 ;;
+  case "$p" in decode | eval | serve | budgets-gpt2 | budgets-xl | budgets-xl-lora) ;;
+    *) echo "unknown part $p (decode, eval, serve, budgets-gpt2, budgets-xl, budgets-xl-lora)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -108,15 +109,20 @@ part_budgets() {  # SIZE VARIANT...
     "${trl[@]}" "${v[@]}" --out "$out/throughput-$size"
 }
 
+budgets() {  # RECIPE GIB... -> RECIPE+Ng:train.max_memory_gib=N ...
+  local r=$1; shift
+  for g in "$@"; do printf '%s ' "$r+${g}g:train.max_memory_gib=$g"; done
+}
+
 failed=0
 for p in "${parts[@]}"; do
   case "$p" in
     decode) part_decode ;;
     eval) part_eval ;;
     serve) part_serve ;;
-    budgets-gpt2) part_budgets gpt2 lora: qlora: qlora+4g:train.max_memory_gib=4 ;;
-    budgets-xl) part_budgets gpt2-xl qlora: qlora+24g:train.max_memory_gib=24 qlora+16g:train.max_memory_gib=16 \
-      qlora+8g:train.max_memory_gib=8 qlora+6g:train.max_memory_gib=6 lean: ;;
+    budgets-gpt2) part_budgets gpt2 lora: qlora: $(budgets lora 8 4) $(budgets qlora 8 4) ;;
+    budgets-xl) part_budgets gpt2-xl qlora: $(budgets qlora 48 24 16 8 6 4) ;;
+    budgets-xl-lora) part_budgets gpt2-xl lora: $(budgets lora 48 24 16 8 4) ;;
   esac > "$out/$p.log" 2>&1
   status=$?
   echo "## $p: $([ $status = 0 ] && echo ok || echo "failed, see $out/$p.log")"
