@@ -3,7 +3,10 @@
 # the validation split with the product's decoding. Usage: benchmarks/recipe_sweep.sh MODEL DATA OUTROOT [VARIANT...]
 # A variant is NAME:key=value,key=value (config overrides on top of $CONFIG). Prints a markdown table, one row per
 # variant (logs in OUTROOT/NAME.log); exit status 1 when a variant failed.
-# Environment: CONFIG (default configs/smollm2-lora.yaml), PYTHON (default python3), JOBS (variants at once, 1). A smoke test in seconds:
+# Environment: CONFIG (default configs/smollm2-lora.yaml), PYTHON (default python3), JOBS (variants at once, 1),
+# MEDBENCH (a folder of the medbench .parquet files: each variant is also scored on them and the row names the
+# benchmarks it forgets, i.e. falls below the base model's interval on). The last line names the chosen variant: the
+# highest validation ROUGE-L among those with EOS >= 95% and nothing forgotten. A smoke test in seconds:
 #   CONFIG=configs/tiny-cpu.yaml benchmarks/recipe_sweep.sh random:tiny builtin:sample /tmp/sweep \
 #     tiny:model.tokenizer=builtin:tiny,train.max_steps=2,eval.num_samples=2,eval.max_new_tokens=4
 set -uo pipefail
@@ -14,8 +17,13 @@ export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"  # medtune from this ch
 [ $# -ge 3 ] || { echo "usage: benchmarks/recipe_sweep.sh MODEL DATA OUTROOT [NAME:key=value,...]..." >&2; exit 2; }
 model=$1 data=$2 root=$3; shift 3
 mkdir -p "$root"
-echo "| variant | validation loss | perplexity (x base) | ROUGE-L [95% CI] | EOS rate | repeated 4-grams | mean tokens | train s | wall s |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+bench=()
+if [ -n "${MEDBENCH:-}" ]; then
+  b="pubmedqa=$MEDBENCH/pubmedqa_pqa_labeled.parquet,medqa=$MEDBENCH/medqa_usmle_4opt_test.parquet"
+  bench=(--benchmark "$b,medmcqa=$MEDBENCH/medmcqa_validation.parquet,mmlu_medical=$MEDBENCH/mmlu_medical_test.parquet")
+fi
+echo "| variant | validation loss | perplexity (x base) | ROUGE-L [95% CI] | EOS rate | repeated 4-grams | mean tokens | forgotten | train s | wall s |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 
 variant() {  # NAME:key=value,...  -> its table row in $root/NAME.row
   local v=$1 name=${1%%:*} sets=${1#*:} start s; local args=() kv=()
@@ -23,8 +31,8 @@ variant() {  # NAME:key=value,...  -> its table row in $root/NAME.row
   start=$(date +%s)
   if ! "$PYTHON" -m medtune train --config "$CONFIG" --model "$model" --data "$data" --output-dir "$root/$name" \
       --set train.report_to=none --set eval.num_samples=100 "${args[@]}" > "$root/$name.log" 2>&1 \
-    || ! "$PYTHON" -m medtune eval "$root/$name" --split validation >> "$root/$name.log" 2>&1; then
-    echo "| $name | failed: see $root/$name.log | | | | | | | |" > "$root/$name.row"; return 1
+    || ! "$PYTHON" -m medtune eval "$root/$name" --split validation "${bench[@]}" >> "$root/$name.log" 2>&1; then
+    echo "| $name | failed: see $root/$name.log | | | | | | | | |" > "$root/$name.row"; return 1
   fi
   "$PYTHON" - "$root/$name" "$name" "$(( $(date +%s) - start ))" > "$root/$name.row" <<'PY'
 import json, sys
@@ -33,8 +41,10 @@ m = json.load(open(f"{run}/eval/metrics.json")); f = json.load(open(f"{run}/metr
 t, b = m["tuned"], m.get("base") or {}
 ratio = f" ({t['perplexity'] / b['perplexity']:.3f})" if b.get("perplexity") else ""
 ci = " [{:.3f}, {:.3f}]".format(*t["rouge_l_ci"]) if t.get("rouge_l_ci") else ""
+bench = m.get("benchmarks") or {}
+lost = ", ".join(n for n, b in bench.items() if b.get("forgetting")) or ("none" if bench else "-")
 print(f"| {name} | {f.get('eval_loss', float('nan')):.4f} | {t['perplexity']:.2f}{ratio} | {t['rouge_l']:.3f}{ci} | "
-      f"{t['eos_rate']:.0%} | {t['repeated_4gram_share'] or 0:.1%} | {t['mean_answer_tokens']:.0f} | "
+      f"{t['eos_rate']:.0%} | {t['repeated_4gram_share'] or 0:.1%} | {t['mean_answer_tokens']:.0f} | {lost} | "
       f"{f['train_seconds']:.0f} | {secs} |")
 PY
 }
@@ -48,6 +58,24 @@ for v in "$@"; do
   names+=("${v%%:*}")
 done
 wait
-failed=0
-for name in "${names[@]}"; do cat "$root/$name.row"; grep -q "failed: see" "$root/$name.row" && failed=1; done
+failed=0 finished=()
+for name in "${names[@]}"; do
+  cat "$root/$name.row"
+  if grep -q "failed: see" "$root/$name.row"; then failed=1; else finished+=("$name"); fi
+done
+# the rule, fixed before any run: the highest validation ROUGE-L among variants with EOS >= 95% and nothing forgotten
+"$PYTHON" - "$root" "${finished[@]}" <<'PY'
+import json, os, sys
+root, names = sys.argv[1], sys.argv[2:]
+ok = []
+for name in names:
+    path = os.path.join(root, name, "eval", "metrics.json")
+    if not os.path.isfile(path):
+        continue
+    m = json.load(open(path))
+    t, bench = m["tuned"], m.get("benchmarks") or {}
+    if (t.get("eos_rate") or 0) >= 0.95 and not any(b.get("forgetting") for b in bench.values()):
+        ok.append((t["rouge_l"], name))
+print("chosen: " + (max(ok)[1] if ok else "none (no variant has EOS >= 95% and nothing forgotten)"))
+PY
 exit "$failed"

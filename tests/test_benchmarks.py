@@ -193,24 +193,60 @@ def test_refusal_times(tmp_path):
 
 
 def test_recipe_sweep(tmp_path):
+    """Rows in the order given, the benchmarks each variant forgets (MEDBENCH, a few questions each), and the choice:
+    never a variant with EOS under 95% (a random tiny model never ends its answers) nor one whose training failed,
+    even when an earlier sweep left its metrics behind."""
     sweep = BENCH / "recipe_sweep.sh"
     run(["bash", "-n", str(sweep)], tmp_path)
     variant = (
         "tiny:model.tokenizer=builtin:tiny,data.max_records=40,train.max_steps=2,train.eval_on_start=false,"
-        "eval.num_samples=2,eval.max_new_tokens=4"
+        "eval.num_samples=2,eval.max_new_tokens=4,eval.benchmark_limit=3"
     )
-    out = run(
-        ["bash", str(sweep), "random:tiny", "builtin:sample", str(tmp_path / "sweep"), variant, "b" + variant[4:]],
-        tmp_path,
-        CONFIG=str(ROOT / "configs" / "tiny-cpu.yaml"),
-        PYTHON=sys.executable,
-        JOBS="2",  # both at once; the rows come in the order given
+    stale = tmp_path / "sweep" / "bad" / "eval" / "metrics.json"  # a failed variant's leftover from an earlier sweep
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"tuned": {"rouge_l": 0.9, "eos_rate": 1.0}, "benchmarks": {}}))
+    medbench = ROOT.parent / "shared" / "data" / "medbench"
+    env = {"MEDBENCH": str(medbench)} if (medbench / "pubmedqa_pqa_labeled.parquet").is_file() else {}
+    p = subprocess.run(
+        [
+            "bash",
+            str(sweep),
+            "random:tiny",
+            "builtin:sample",
+            str(tmp_path / "sweep"),
+            variant,
+            "b" + variant[4:],
+            "bad:train.no_such_key=1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "CONFIG": str(ROOT / "configs" / "tiny-cpu.yaml"),
+            "PYTHON": sys.executable,
+            "JOBS": "2",
+            **env,
+        },
+        check=False,
     )
+    out = p.stdout
+    assert p.returncode == 1, out + p.stderr  # the bad variant failed
     table = [r for r in out.splitlines() if r.startswith("| tiny") or r.startswith("| b ")]
     assert [r.split("|")[1].strip() for r in table] == ["tiny", "b"], out
     for row in (r.split("|")[1:-1] for r in table):
         assert number(row[1]) > 0 and 0 <= number(row[3].split()[0]) <= 1, row  # validation loss, ROUGE-L
+        forgotten = row[7].strip()  # "-" without MEDBENCH, else "none" or the benchmarks forgotten
+        if not env:
+            assert forgotten == "-", row
+        else:
+            known = {"pubmedqa", "medqa", "medmcqa"}
+            assert forgotten == "none" or all(n in known or n.startswith("mmlu_") for n in forgotten.split(", ")), row
+    assert "| bad | failed: see" in out
+    assert out.splitlines()[-1].startswith("chosen: none"), out
     assert (tmp_path / "sweep" / "b" / "eval" / "metrics.json").is_file()
+    if env:
+        assert json.loads((tmp_path / "sweep" / "b" / "eval" / "metrics.json").read_text())["benchmarks"]
 
 
 def test_ddp_gpu_syntax_and_dry_run(tmp_path):
