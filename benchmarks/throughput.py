@@ -48,6 +48,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from medtune.errors import MedtuneError  # noqa: E402
+
 WIKIDOC = "wikidoc_patient_information/wikidoc_patient_information.json"
 RECIPES = {  # name -> (config file, overrides)
     "lora": ("configs/gpt2-lora.yaml", []),
@@ -484,9 +486,10 @@ def gpu_main(args):
                     args.epoch,
                     profile=min(args.profile, args.warmup - 1) if name in args.profile_variants else 0,
                 )
-            except ValueError as e:  # the planner's "does not fit": a cell of the budget table all the same
+            except MedtuneError as e:  # the planner's "does not fit" is a cell of the budget table all the same
                 log(f"{size} {name}: {e}")
-                rows.append(dict(name=f"{size}-{name}", size=size, recipe=name, tok_s=None, note="does not fit"))
+                note = "does not fit" if "max_memory_gib" in str(e) else f"failed: {e}"
+                rows.append(dict(name=f"{size}-{name}", size=size, recipe=name, tok_s=None, note=note))
                 continue
             except Exception as e:
                 import traceback

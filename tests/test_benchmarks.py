@@ -353,3 +353,17 @@ def test_gpu_suite(tmp_path):
     assert p.returncode == 1 and "## serve: failed, see" in p.stdout, p.stdout + p.stderr
     p = subprocess.run([*cmd, "decode", "nope"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert p.returncode == 2 and "unknown part nope" in p.stderr and not (tmp_path / "empty" / "decode.log").exists()
+
+
+def test_a_budget_that_does_not_fit_is_a_row_of_the_table(monkeypatch):
+    """gpt2-xl bf16 LoRA in 4 GiB: the planner refuses, and the budget table shows the cell instead of dropping it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import throughput
+
+    rows = [
+        dict(name="gpt2-xl-lora+4g", size="gpt2-xl", recipe="lora+4g", tok_s=None, note="does not fit"),
+        dict(size="gpt2", recipe="lora", tok_s=1000, peak_gib=1.0, batch_tokens=64, gradient_checkpointing=False),
+    ]
+    table = throughput.markdown(rows, "card").splitlines()
+    assert table[4].startswith("| gpt2-xl | lora+4g | does not fit |")
+    assert table[5].startswith("| gpt2 | lora | 1,000 | 1.0 |")
