@@ -10,10 +10,13 @@
 #               when MEDBENCH is set, and merge (serve needs it)
 #   serve       benchmarks/load.py on the merged run: 128 and 32 clients in 4 client processes, then 1 client;
 #               `medtune generate` one question (its speed line)
+#   sweep       benchmarks/recipe_sweep.sh on the validation split (variants: SWEEP, default the second sweep of
+#               docs/evaluation.md; MEDBENCH adds the forgetting check), then the chosen variant once on the test split
 #   budgets-gpt2, budgets-xl (QLoRA), budgets-xl-lora   benchmarks/throughput.py rows in memory budgets (4-48 GiB and
 #               none: the README's table), with TRL's rows when ANCHOR is set
 # Default: decode eval serve. Environment: MEDBENCH (folder of the medbench .parquet files), ANCHOR
-# (anchor_baselines.py), PYTHON (python3), SMOKE=1 (every part at toy sizes on the CPU, in seconds: CI runs it).
+# (anchor_baselines.py), SWEEP (space-separated NAME:key=value,... variants), JOBS (sweep variants at once, 5),
+# PYTHON (python3), SMOKE=1 (every part at toy sizes on the CPU, in seconds: CI runs it).
 # Exit status 1 when a part failed (its log: OUT/PART.log).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,8 +26,8 @@ export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENI
 model=$1 data=$2 tok=$3 out=$4; shift 4
 parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(decode eval serve)
 for p in "${parts[@]}"; do
-  case "$p" in decode | eval | serve | budgets-gpt2 | budgets-xl | budgets-xl-lora) ;;
-    *) echo "unknown part $p (decode, eval, serve, budgets-gpt2, budgets-xl, budgets-xl-lora)" >&2; exit 2 ;;
+  case "$p" in decode | eval | serve | sweep | budgets-gpt2 | budgets-xl | budgets-xl-lora) ;;
+    *) echo "unknown part $p (decode, eval, serve, sweep, budgets-gpt2, budgets-xl, budgets-xl-lora)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -100,6 +103,37 @@ part_serve() {
     medtune generate "$out/merged" "What are the symptoms of iron deficiency anemia?" --max-new-tokens "$n"
 }
 
+part_sweep() {
+  local m config=$here/configs/smollm2-lora.yaml chosen r=model.lora_rslora=true variants
+  variants=${SWEEP:-"preset: rslora:$r rslora-lr5e-4:$r,train.learning_rate=0.0005
+    rslora-r64:$r,model.lora_r=64,model.lora_alpha=64 template:data.prompt_format=template"}
+  if [ "$smoke" = 1 ]; then
+    m=$model config=$here/configs/tiny-cpu.yaml
+    variants=${SWEEP:-"a:train.max_steps=2,eval.num_samples=2,eval.max_new_tokens=4,eval.benchmark_limit=2"}
+  else
+    m=$(as_folder) || return 1
+  fi
+  rm -rf "$out/sweep"
+  # shellcheck disable=SC2086  # the variants are words
+  CONFIG=$config JOBS=${JOBS:-5} bash "$here/benchmarks/recipe_sweep.sh" "$m" "$data" "$out/sweep" $variants |
+    tee "$out/sweep.md"
+  chosen=$(sed -n 's/^chosen: //p' "$out/sweep.md")
+  if [ "$smoke" = 1 ] && [ "${chosen#none}" != "$chosen" ]; then  # a random toy model never ends its answers
+    chosen=${variants%%:*}
+  fi
+  case "$chosen" in "" | none*) echo "sweep: no variant chosen" >&2; return 1 ;; esac
+  medtune eval "$out/sweep/$chosen" --split test --num-samples 300 &&
+    cp "$out/sweep/$chosen/eval/metrics.json" "$out/sweep-test.json" || return 1
+  "$PYTHON" - "$out/sweep-test.json" "$chosen" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1])); t, b = m["tuned"], m["base"]
+ci = "[{:.3f}, {:.3f}]".format(*t["rouge_l_ci"]) if t.get("rouge_l_ci") else ""
+print(f"test, {sys.argv[2]}, {t['generated']} questions: perplexity {b['perplexity']:.2f} -> {t['perplexity']:.2f} "
+      f"({t['perplexity'] / b['perplexity']:.3f}x); ROUGE-L {b['rouge_l']:.3f} -> {t['rouge_l']:.3f} {ci}; "
+      f"EOS {t['eos_rate']:.1%}; repeated 4-grams {t['repeated_4gram_share'] or 0:.1%}")
+PY
+}
+
 part_budgets() {  # SIZE VARIANT...
   local size=$1; shift
   if [ "$smoke" = 1 ]; then "$PYTHON" "$here/benchmarks/throughput.py" --smoke --data "$data" --tokenizer "$tok"; return; fi
@@ -120,13 +154,14 @@ for p in "${parts[@]}"; do
     decode) part_decode ;;
     eval) part_eval ;;
     serve) part_serve ;;
+    sweep) part_sweep ;;
     budgets-gpt2) part_budgets gpt2 lora: qlora: $(budgets lora 8 4) $(budgets qlora 8 4) ;;
     budgets-xl) part_budgets gpt2-xl qlora: $(budgets qlora 48 24 16 8 6 4) ;;
     budgets-xl-lora) part_budgets gpt2-xl lora: $(budgets lora 48 24 16 8 4) ;;
   esac > "$out/$p.log" 2>&1
   status=$?
   echo "## $p: $([ $status = 0 ] && echo ok || echo "failed, see $out/$p.log")"
-  grep -E '^(\||training: |eval, |generate: )' "$out/$p.log"
+  grep -E '^(\||training: |eval, |generate: |chosen: |test, )' "$out/$p.log"
   [ $status = 0 ] || failed=1
 done
 exit "$failed"

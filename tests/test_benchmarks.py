@@ -316,8 +316,8 @@ def test_throughput_table_shows_the_plan_and_memory_left_from_earlier_rows(monke
 
 def test_gpu_suite(tmp_path):
     """The GPU session's suite at toy sizes on the CPU: eval (train, eval twice, the benchmarks on a few questions of
-    each shared file when present, merge), serve on the merged run and a budgets part; a part that cannot run is
-    reported and fails the suite; an unknown part is refused before anything runs."""
+    each shared file when present, merge), serve on the merged run, the recipe sweep and a budgets part; a part that
+    cannot run is reported and fails the suite; an unknown part is refused before anything runs."""
     import pandas as pd
 
     suite = BENCH / "gpu_suite.sh"
@@ -335,12 +335,11 @@ def test_gpu_suite(tmp_path):
             few = rows_.groupby("subject").head(2) if "subject" in rows_ else rows_.head(3)
             few.to_parquet(Path(env["MEDBENCH"]) / f"{n}.parquet")
     args = ["random:tiny", str(data), str(TINY_TOKENIZER)]
-    out = run(["bash", str(suite), *args, str(tmp_path / "s"), "eval", "serve", "budgets-gpt2"], tmp_path, **env)
-    assert [ln for ln in out.splitlines() if ln.startswith("## ")] == [
-        "## eval: ok",
-        "## serve: ok",
-        "## budgets-gpt2: ok",
-    ], out
+    parts = ["eval", "serve", "sweep", "budgets-gpt2"]
+    out = run(["bash", str(suite), *args, str(tmp_path / "s"), *parts], tmp_path, **env)
+    assert [ln for ln in out.splitlines() if ln.startswith("## ")] == [f"## {p}: ok" for p in parts], out
+    # the sweep's rule chooses none (a random toy model never ends its answers); smoke mode scores its variant on test
+    assert re.search(r"^chosen: none", out, re.MULTILINE) and re.search(r"^test, a, \d+ questions: ", out, re.M), out
     assert re.search(r"^eval, 3 questions: seconds \{'load': ", out, re.MULTILINE), out
     assert re.search(r"^generate: \d+ tokens in ", out, re.MULTILINE), out
     assert [r[1] for r in rows(out, "2")] == ["thread", "thread"]  # the load table: many clients, then one
