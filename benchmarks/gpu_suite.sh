@@ -114,12 +114,14 @@ part_sweep() {
     m=$(as_folder) || return 1
   fi
   rm -rf "$out/sweep"
-  # shellcheck disable=SC2086  # the variants are words
-  CONFIG=$config JOBS=${JOBS:-5} bash "$here/benchmarks/recipe_sweep.sh" "$m" "$data" "$out/sweep" $variants |
+  local names rc
+  read -ra names -d '' <<< "$variants" || true  # one variant a word, over lines
+  CONFIG=$config JOBS=${JOBS:-5} bash "$here/benchmarks/recipe_sweep.sh" "$m" "$data" "$out/sweep" "${names[@]}" |
     tee "$out/sweep.md"
+  rc=${PIPESTATUS[0]}  # a failed variant fails the part, after the chosen one is scored
   chosen=$(sed -n 's/^chosen: //p' "$out/sweep.md")
   if [ "$smoke" = 1 ] && [ "${chosen#none}" != "$chosen" ]; then  # a random toy model never ends its answers
-    chosen=${variants%%:*}
+    chosen=${names[0]%%:*}
   fi
   case "$chosen" in "" | none*) echo "sweep: no variant chosen" >&2; return 1 ;; esac
   medtune eval "$out/sweep/$chosen" --split test --num-samples 300 &&
@@ -132,6 +134,7 @@ print(f"test, {sys.argv[2]}, {t['generated']} questions: perplexity {b['perplexi
       f"({t['perplexity'] / b['perplexity']:.3f}x); ROUGE-L {b['rouge_l']:.3f} -> {t['rouge_l']:.3f} {ci}; "
       f"EOS {t['eos_rate']:.1%}; repeated 4-grams {t['repeated_4gram_share'] or 0:.1%}")
 PY
+  return "$rc"
 }
 
 part_budgets() {  # SIZE VARIANT...

@@ -63,19 +63,5 @@ for name in "${names[@]}"; do
   cat "$root/$name.row"
   if grep -q "failed: see" "$root/$name.row"; then failed=1; else finished+=("$name"); fi
 done
-# the rule, fixed before any run: the highest validation ROUGE-L among variants with EOS >= 95% and nothing forgotten
-"$PYTHON" - "$root" "${finished[@]}" <<'PY'
-import json, os, sys
-root, names = sys.argv[1], sys.argv[2:]
-ok = []
-for name in names:
-    path = os.path.join(root, name, "eval", "metrics.json")
-    if not os.path.isfile(path):
-        continue
-    m = json.load(open(path))
-    t, bench = m["tuned"], m.get("benchmarks") or {}
-    if (t.get("eos_rate") or 0) >= 0.95 and not any(b.get("forgetting") for b in bench.values()):
-        ok.append((t["rouge_l"], name))
-print("chosen: " + (max(ok)[1] if ok else "none (no variant has EOS >= 95% and nothing forgotten)"))
-PY
+"$PYTHON" "$here/benchmarks/sweep_rule.py" "$root" "${finished[@]}"  # the rule, fixed before any run
 exit "$failed"

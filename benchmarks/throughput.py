@@ -488,8 +488,9 @@ def gpu_main(args):
                 )
             except MedtuneError as e:  # the planner's "does not fit" is a cell of the budget table all the same
                 log(f"{size} {name}: {e}")
-                note = "does not fit" if "max_memory_gib" in str(e) else f"failed: {e}"
+                note = "does not fit" if "leaves room for" in str(e) else f"failed: {e}"
                 rows.append(dict(name=f"{size}-{name}", size=size, recipe=name, tok_s=None, note=note))
+                prefix.with_suffix(".json").write_text(json.dumps(dict(card=card, rows=rows), indent=1))
                 continue
             except Exception as e:
                 import traceback

@@ -29,6 +29,7 @@ COVERED = {
     "ddp_gpu.sh",
     "rank_balance.py",
     "gpu_suite.sh",
+    "sweep_rule.py",
 }  # each has a test below
 
 
@@ -366,3 +367,27 @@ def test_a_budget_that_does_not_fit_is_a_row_of_the_table(monkeypatch):
     table = throughput.markdown(rows, "card").splitlines()
     assert table[4].startswith("| gpt2-xl | lora+4g | does not fit |")
     assert table[5].startswith("| gpt2 | lora | 1,000 | 1.0 |")
+
+
+def test_the_sweep_rule_wants_eos_and_no_forgetting_then_the_highest_rouge(tmp_path):
+    """sweep_rule.py: a variant that forgets a benchmark or stops fewer than 95% of its answers is never chosen, however
+    high its ROUGE-L; among the rest the highest wins; none passing says so."""
+    sys.path.insert(0, str(BENCH))
+    import sweep_rule
+
+    def metrics(rouge, eos, forgot=None):
+        bench = {"pubmedqa": {"forgetting": forgot}} if forgot is not None else {}
+        return {"tuned": {"rouge_l": rouge, "eos_rate": eos}, "benchmarks": bench}
+
+    runs = {
+        "forgets": metrics(0.30, 1.0, forgot=True),
+        "rambles": metrics(0.29, 0.94),
+        "good": metrics(0.22, 0.96, forgot=False),
+        "fine": metrics(0.21, 1.0),
+    }
+    assert sweep_rule.choose(runs) == "good"
+    assert sweep_rule.choose({k: runs[k] for k in ("forgets", "rambles")}) is None
+    for name, m in runs.items():
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "metrics.json").write_text(json.dumps(m))
+    assert script("sweep_rule.py", tmp_path, "forgets", "fine", "missing", tmp_path=tmp_path).strip() == "chosen: fine"

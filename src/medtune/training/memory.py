@@ -99,7 +99,7 @@ def plan(
         raise ValueError(
             f"max_memory_gib={budget_gib} leaves room for {max(tokens, 0)} tokens per batch, "
             f"fewer than one example of data.max_length={max_length} (weights and optimizer take "
-            f"{static_bytes / GIB:.2f} GiB)"
+            f"{static_bytes / GIB:.2f} GiB, the loss and a step's workspaces {(ce_bytes + STEP_BYTES) / GIB:.2f} GiB)"
         )
     tokens = tokens // 64 * 64 if tokens >= 128 else tokens
     tokens = max(tokens, max_length)
