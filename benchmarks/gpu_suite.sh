@@ -49,6 +49,19 @@ PY
   esac
 }
 
+eval_line() {  # LABEL METRICS_JSON -> one line: the questions, eval's seconds, base -> tuned
+  "$PYTHON" - "$@" <<'PY'
+import json, sys
+label, path = sys.argv[1:]
+m = json.load(open(path)); t, b = m["tuned"], m["base"]
+ci = "[{:.3f}, {:.3f}]".format(*t["rouge_l_ci"]) if t.get("rouge_l_ci") else ""
+print(f"{label}, {t['generated']} questions: seconds {m['seconds']}; perplexity {b['perplexity']:.2f} -> "
+      f"{t['perplexity']:.2f} ({t['perplexity'] / b['perplexity']:.3f}x); ROUGE-L {b['rouge_l']:.3f} -> "
+      f"{t['rouge_l']:.3f} {ci}; EOS {t['eos_rate']:.1%}; repeated 4-grams {t['repeated_4gram_share'] or 0:.1%}; "
+      f"looping {t['looping_answers']:.0%}")
+PY
+}
+
 part_decode() {
   if [ "$smoke" = 1 ]; then "$PYTHON" "$here/benchmarks/decode.py" --cpu; return; fi
   local m; m=$(as_folder) || return 1
@@ -75,19 +88,9 @@ part_eval() {
       return 1
   fi
   medtune merge "$out/run" --out "$out/merged" || return 1
-  "$PYTHON" - "$out" "$few" <<'PY'
-import json, os, sys
-out, few = sys.argv[1:]
-train = json.load(open(os.path.join(out, "run", "metrics.json")))["final"]
-print(f"training: {train['train_seconds']:.0f} s")
-for name in ("default", few):
-    m = json.load(open(os.path.join(out, f"eval-{name}.json")))
-    t, b = m["tuned"], m["base"]
-    ci = "[{:.3f}, {:.3f}]".format(*t["rouge_l_ci"]) if t.get("rouge_l_ci") else ""
-    print(f"eval, {t['generated']} questions: seconds {m['seconds']}; perplexity {b['perplexity']:.2f} -> "
-          f"{t['perplexity']:.2f}; ROUGE-L {b['rouge_l']:.3f} -> {t['rouge_l']:.3f} {ci}; EOS {t['eos_rate']:.1%}; "
-          f"looping {t['looping_answers']:.0%}")
-PY
+  "$PYTHON" -c 'import json, sys; print("training: %.0f s" % json.load(open(sys.argv[1]))["final"]["train_seconds"])' \
+    "$out/run/metrics.json" &&
+    eval_line eval "$out/eval-default.json" && eval_line eval "$out/eval-$few.json"
 }
 
 part_serve() {
@@ -126,14 +129,7 @@ part_sweep() {
   case "$chosen" in "" | none*) echo "sweep: no variant chosen" >&2; return 1 ;; esac
   medtune eval "$out/sweep/$chosen" --split test --num-samples 300 &&
     cp "$out/sweep/$chosen/eval/metrics.json" "$out/sweep-test.json" || return 1
-  "$PYTHON" - "$out/sweep-test.json" "$chosen" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1])); t, b = m["tuned"], m["base"]
-ci = "[{:.3f}, {:.3f}]".format(*t["rouge_l_ci"]) if t.get("rouge_l_ci") else ""
-print(f"test, {sys.argv[2]}, {t['generated']} questions: perplexity {b['perplexity']:.2f} -> {t['perplexity']:.2f} "
-      f"({t['perplexity'] / b['perplexity']:.3f}x); ROUGE-L {b['rouge_l']:.3f} -> {t['rouge_l']:.3f} {ci}; "
-      f"EOS {t['eos_rate']:.1%}; repeated 4-grams {t['repeated_4gram_share'] or 0:.1%}")
-PY
+  eval_line "test, $chosen" "$out/sweep-test.json" || return 1
   return "$rc"
 }
 

@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from medtune.errors import MedtuneError  # noqa: E402
+from medtune.training.memory import DoesNotFit  # noqa: E402
 
 WIKIDOC = "wikidoc_patient_information/wikidoc_patient_information.json"
 RECIPES = {  # name -> (config file, overrides)
@@ -486,12 +486,9 @@ def gpu_main(args):
                     args.epoch,
                     profile=min(args.profile, args.warmup - 1) if name in args.profile_variants else 0,
                 )
-            except MedtuneError as e:  # the planner's "does not fit" is a cell of the budget table all the same
+            except DoesNotFit as e:  # a cell of the budget table all the same
                 log(f"{size} {name}: {e}")
-                note = "does not fit" if "leaves room for" in str(e) else f"failed: {e}"
-                rows.append(dict(name=f"{size}-{name}", size=size, recipe=name, tok_s=None, note=note))
-                prefix.with_suffix(".json").write_text(json.dumps(dict(card=card, rows=rows), indent=1))
-                continue
+                r = dict(name=f"{size}-{name}", tok_s=None, note="does not fit")
             except Exception as e:
                 import traceback
 

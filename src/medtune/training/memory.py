@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medtune.errors import MedtuneError
 from medtune.training.loss import default_chunk
 
 GIB = 1 << 30
@@ -17,6 +18,10 @@ GIB = 1 << 30
 ACT_UNITS_FULL = 21.0
 ACT_UNITS_CKPT = 1.15
 STEP_BYTES = GIB // 2
+
+
+class DoesNotFit(MedtuneError):
+    """train.max_memory_gib cannot hold a batch (a user error like any other; benchmarks tell it apart)."""
 
 
 def param_bytes(model) -> int:

@@ -65,9 +65,9 @@ def _memory_plan(cfg: Config, model, base) -> memory.MemoryPlan | None:
             allow_checkpointing=True,
         )
     except ValueError as e:
-        raise MedtuneError(str(e)) from None
+        raise memory.DoesNotFit(str(e)) from None
     if not t.packing and plan.batch_tokens < unpacked:
-        raise MedtuneError(
+        raise memory.DoesNotFit(
             f"train.max_memory_gib={t.max_memory_gib} fits about {plan.batch_tokens} tokens per "
             f"batch, fewer than batch_size x max_length = {unpacked}; lower train.batch_size or set "
             "train.packing=true (then the batch size is chosen for you)"
