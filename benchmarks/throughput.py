@@ -30,11 +30,14 @@ Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baseline
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import gc
 import json
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -555,6 +558,17 @@ def cpu_main(args):
     log(f"ratio medtune/tutorial: {results['medtune-qlora']['tok_s'] / base:.2f}")
 
 
+def scratch_root() -> str:
+    """Every temporary folder of this run (random bases, run folders, TRL's outputs in its subprocesses through
+    TMPDIR) under one folder, removed at exit and on SIGTERM (`timeout`): a gpt2-xl row leaves GiBs behind, and a
+    lent machine's disk filled after two budget parts."""
+    root = tempfile.mkdtemp(prefix="mt-throughput-")
+    tempfile.tempdir = os.environ["TMPDIR"] = root
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # exit through atexit
+    return root
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu", action="store_true", help="CPU mode: small config, tutorial vs medtune, a few minutes")
@@ -592,6 +606,7 @@ def main(argv=None):
     ap.add_argument("--anchor")
     ap.add_argument("--out", help="results go to OUT.json and OUT.md (default $OUT/throughput or ./throughput)")
     args = ap.parse_args(argv)
+    scratch_root()
     from medtune.cli import setup_logging
 
     setup_logging()  # medtune.training's line per run (batch, attention, loss) on stdout; data and model stay quiet

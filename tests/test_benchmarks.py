@@ -96,7 +96,20 @@ def test_trl_tuned(tmp_path):
 def test_throughput_cpu_mode(tmp_path):
     data = tmp_path / "sample.json"  # the tutorial row reads a .json list
     data.write_text(json.dumps([json.loads(ln) for ln in SAMPLE.read_text().splitlines()[:64]]))
-    out = script("throughput.py", "--smoke", "--data", data, "--tokenizer", TINY_TOKENIZER, tmp_path=tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = script(
+        "throughput.py",
+        "--smoke",
+        "--data",
+        data,
+        "--tokenizer",
+        TINY_TOKENIZER,
+        tmp_path=tmp_path,
+        TMPDIR=str(scratch),
+    )
+    left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor")]  # torch's compile cache
+    assert not left  # its model and run folders are removed (a lent GPU's disk filled once)
     for recipe in ("tutorial", "medtune-qlora", "medtune-lora"):
         (row,) = rows(out, recipe)
         assert number(row[1]) > 0 and number(row[2]) > 0, row  # tokens/s, tokens/step
