@@ -10,12 +10,12 @@
 #               when MEDBENCH is set, and merge (serve needs it)
 #   serve       benchmarks/load.py on the merged run: 128 and 32 clients in 4 client processes, then 1 client;
 #               `medtune generate` one question (its speed line)
-#   sweep       benchmarks/recipe_sweep.sh on the validation split (variants: SWEEP, default the second sweep of
-#               docs/evaluation.md; MEDBENCH adds the forgetting check), then the chosen variant once on the test split
+#   sweep       benchmarks/recipe_sweep.sh on the validation split (variants: SWEEP, default seven variants of the
+#               preset; MEDBENCH adds the forgetting check), then the chosen variant once on the test split
 #   budgets-gpt2, budgets-xl (QLoRA), budgets-xl-lora   benchmarks/throughput.py rows in memory budgets (4-48 GiB and
 #               none: the README's table), with TRL's rows when ANCHOR is set
 # Default: decode eval serve. Environment: MEDBENCH (folder of the medbench .parquet files), ANCHOR
-# (anchor_baselines.py), SWEEP (space-separated NAME:key=value,... variants), JOBS (sweep variants at once, 5),
+# (anchor_baselines.py), SWEEP (space-separated NAME:key=value,... variants), JOBS (sweep variants at once, 7),
 # PYTHON (python3), SMOKE=1 (every part at toy sizes on the CPU, in seconds: CI runs it).
 # Exit status 1 when a part failed (its log: OUT/PART.log).
 set -uo pipefail
@@ -32,6 +32,11 @@ for p in "${parts[@]}"; do
 done
 mkdir -p "$out"
 smoke=${SMOKE:-0}
+benchmarks=""  # MEDBENCH's files as a `medtune eval --benchmark` spec, for the eval and sweep parts
+if [ -n "${MEDBENCH:-}" ]; then
+  benchmarks="pubmedqa=$MEDBENCH/pubmedqa_pqa_labeled.parquet,medqa=$MEDBENCH/medqa_usmle_4opt_test.parquet"
+  benchmarks+=",medmcqa=$MEDBENCH/medmcqa_validation.parquet,mmlu_medical=$MEDBENCH/mmlu_medical_test.parquet"
+fi
 medtune() { "$PYTHON" -m medtune "$@"; }
 
 as_folder() {  # a .gguf file -> a bf16 model folder (once), else MODEL as it is
@@ -81,11 +86,9 @@ part_eval() {
   medtune train --config "$here/$config" --model "$m" --data "$data" --output-dir "$out/run" "${sets[@]}" || return 1
   medtune eval "$out/run" && cp "$out/run/eval/metrics.json" "$out/eval-default.json" || return 1
   medtune eval "$out/run" --num-samples "$few" && cp "$out/run/eval/metrics.json" "$out/eval-$few.json" || return 1
-  if [ -n "${MEDBENCH:-}" ]; then
-    local b="pubmedqa=$MEDBENCH/pubmedqa_pqa_labeled.parquet,medqa=$MEDBENCH/medqa_usmle_4opt_test.parquet"
-    b+=",medmcqa=$MEDBENCH/medmcqa_validation.parquet,mmlu_medical=$MEDBENCH/mmlu_medical_test.parquet"
-    medtune eval "$out/run" --num-samples 0 --benchmark "$b" && cp "$out/run/eval/metrics.json" "$out/eval-bench.json" ||
-      return 1
+  if [ -n "$benchmarks" ]; then
+    medtune eval "$out/run" --num-samples 0 --benchmark "$benchmarks" &&
+      cp "$out/run/eval/metrics.json" "$out/eval-bench.json" || return 1
   fi
   medtune merge "$out/run" --out "$out/merged" || return 1
   "$PYTHON" -c 'import json, sys; print("training: %.0f s" % json.load(open(sys.argv[1]))["final"]["train_seconds"])' \
@@ -108,8 +111,11 @@ part_serve() {
 
 part_sweep() {
   local m config=$here/configs/smollm2-lora.yaml chosen r=model.lora_rslora=true variants
-  variants=${SWEEP:-"preset: rslora:$r rslora-lr5e-4:$r,train.learning_rate=0.0005
-    rslora-r64:$r,model.lora_r=64,model.lora_alpha=64 template:data.prompt_format=template"}
+  # the third sweep: chat-template variants near the preset that lower the loss or lengthen the answers, and the
+  # alpaca-style template trained more gently (it forgot PubMedQA at lr 1e-3 for 5 epochs; docs/evaluation.md)
+  variants=${SWEEP:-"preset: rslora-3ep:$r,train.epochs=3 rslora-lr5e-4:$r,train.learning_rate=0.0005
+    7ep:train.epochs=7 r32:model.lora_r=32,model.lora_alpha=64 neftune:train.neftune_alpha=5
+    template-gentle:data.prompt_format=template,train.learning_rate=0.0005,train.epochs=3"}
   if [ "$smoke" = 1 ]; then
     m=$model config=$here/configs/tiny-cpu.yaml
     variants=${SWEEP:-"a:train.max_steps=2,eval.num_samples=2,eval.max_new_tokens=4,eval.benchmark_limit=2"}
@@ -119,7 +125,8 @@ part_sweep() {
   rm -rf "$out/sweep"
   local names rc
   read -ra names -d '' <<< "$variants" || true  # one variant a word, over lines
-  CONFIG=$config JOBS=${JOBS:-5} bash "$here/benchmarks/recipe_sweep.sh" "$m" "$data" "$out/sweep" "${names[@]}" |
+  BENCHMARK=$benchmarks CONFIG=$config JOBS=${JOBS:-7} \
+    bash "$here/benchmarks/recipe_sweep.sh" "$m" "$data" "$out/sweep" "${names[@]}" |
     tee "$out/sweep.md"
   rc=${PIPESTATUS[0]}  # a failed variant fails the part, after the chosen one is scored
   chosen=$(sed -n 's/^chosen: //p' "$out/sweep.md")

@@ -4,9 +4,9 @@
 # A variant is NAME:key=value,key=value (config overrides on top of $CONFIG). Prints a markdown table, one row per
 # variant (logs in OUTROOT/NAME.log); exit status 1 when a variant failed.
 # Environment: CONFIG (default configs/smollm2-lora.yaml), PYTHON (default python3), JOBS (variants at once, 1),
-# MEDBENCH (a folder of the medbench .parquet files: each variant is also scored on them and the row names the
-# benchmarks it forgets, i.e. falls below the base model's interval on). The last line names the chosen variant: the
-# highest validation ROUGE-L among those with EOS >= 95% and nothing forgotten. A smoke test in seconds:
+# BENCHMARK (a `medtune eval --benchmark` spec, e.g. pubmedqa=FILE,medqa=FILE: each variant is also scored on them and
+# the row names the benchmarks it forgets, i.e. falls below the base model's interval on). The last line names the
+# chosen variant by benchmarks/sweep_rule.py. A smoke test in seconds:
 #   CONFIG=configs/tiny-cpu.yaml benchmarks/recipe_sweep.sh random:tiny builtin:sample /tmp/sweep \
 #     tiny:model.tokenizer=builtin:tiny,train.max_steps=2,eval.num_samples=2,eval.max_new_tokens=4
 set -uo pipefail
@@ -17,11 +17,7 @@ export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"  # medtune from this ch
 [ $# -ge 3 ] || { echo "usage: benchmarks/recipe_sweep.sh MODEL DATA OUTROOT [NAME:key=value,...]..." >&2; exit 2; }
 model=$1 data=$2 root=$3; shift 3
 mkdir -p "$root"
-bench=()
-if [ -n "${MEDBENCH:-}" ]; then
-  b="pubmedqa=$MEDBENCH/pubmedqa_pqa_labeled.parquet,medqa=$MEDBENCH/medqa_usmle_4opt_test.parquet"
-  bench=(--benchmark "$b,medmcqa=$MEDBENCH/medmcqa_validation.parquet,mmlu_medical=$MEDBENCH/mmlu_medical_test.parquet")
-fi
+bench=(); [ -n "${BENCHMARK:-}" ] && bench=(--benchmark "$BENCHMARK")
 echo "| variant | validation loss | perplexity (x base) | ROUGE-L [95% CI] | EOS rate | repeated 4-grams | mean tokens | forgotten | train s | wall s |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 

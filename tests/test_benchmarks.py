@@ -207,7 +207,7 @@ def test_refusal_times(tmp_path):
 
 
 def test_recipe_sweep(tmp_path):
-    """Rows in the order given, the benchmarks each variant forgets (MEDBENCH, a few questions each), and the choice:
+    """Rows in the order given, the benchmarks each variant forgets (BENCHMARK, a few questions each), and the choice:
     never a variant with EOS under 95% (a random tiny model never ends its answers) nor one whose training failed,
     even when an earlier sweep left its metrics behind."""
     sweep = BENCH / "recipe_sweep.sh"
@@ -220,7 +220,9 @@ def test_recipe_sweep(tmp_path):
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps({"tuned": {"rouge_l": 0.9, "eos_rate": 1.0}, "benchmarks": {}}))
     medbench = ROOT.parent / "shared" / "data" / "medbench"
-    env = {"MEDBENCH": str(medbench)} if (medbench / "pubmedqa_pqa_labeled.parquet").is_file() else {}
+    files = {"pubmedqa": "pubmedqa_pqa_labeled", "medqa": "medqa_usmle_4opt_test", "mmlu_medical": "mmlu_medical_test"}
+    spec = ",".join(f"{n}={medbench / f}.parquet" for n, f in files.items())
+    env = {"BENCHMARK": spec} if all((medbench / f"{f}.parquet").is_file() for f in files.values()) else {}
     p = subprocess.run(
         [
             "bash",
@@ -250,7 +252,7 @@ def test_recipe_sweep(tmp_path):
     assert [r.split("|")[1].strip() for r in table] == ["tiny", "b"], out
     for row in (r.split("|")[1:-1] for r in table):
         assert number(row[1]) > 0 and 0 <= number(row[3].split()[0]) <= 1, row  # validation loss, ROUGE-L
-        forgotten = row[7].strip()  # "-" without MEDBENCH, else "none" or the benchmarks forgotten
+        forgotten = row[7].strip()  # "-" without BENCHMARK, else "none" or the benchmarks forgotten
         if not env:
             assert forgotten == "-", row
         else:
@@ -382,25 +384,34 @@ def test_a_budget_that_does_not_fit_is_a_row_of_the_table(monkeypatch):
     assert table[5].startswith("| gpt2 | lora | 1,000 | 1.0 |")
 
 
-def test_the_sweep_rule_wants_eos_and_no_forgetting_then_the_highest_rouge(tmp_path):
+def test_the_sweep_rule_wants_eos_and_no_forgetting_then_low_perplexity_then_the_highest_rouge(tmp_path):
     """sweep_rule.py: a variant that forgets a benchmark or stops fewer than 95% of its answers is never chosen, however
-    high its ROUGE-L; among the rest the highest wins; none passing says so."""
+    high its ROUGE-L; among the rest, those at or under 0.52x the base's perplexity come first (all of the rest when
+    none is, said so), then the highest ROUGE-L; none passing says so."""
     sys.path.insert(0, str(BENCH))
     import sweep_rule
 
-    def metrics(rouge, eos, forgot=None):
+    def metrics(rouge, eos, forgot=None, ratio=0.5):
         bench = {"pubmedqa": {"forgetting": forgot}} if forgot is not None else {}
-        return {"tuned": {"rouge_l": rouge, "eos_rate": eos}, "benchmarks": bench}
+        return {
+            "tuned": {"rouge_l": rouge, "eos_rate": eos, "perplexity": 10 * ratio},
+            "base": {"perplexity": 10.0},
+            "benchmarks": bench,
+        }
 
     runs = {
         "forgets": metrics(0.30, 1.0, forgot=True),
         "rambles": metrics(0.29, 0.94),
+        "high-ppl": metrics(0.25, 1.0, ratio=0.53),
         "good": metrics(0.22, 0.96, forgot=False),
-        "fine": metrics(0.21, 1.0),
+        "fine": metrics(0.21, 1.0, ratio=0.52),
     }
-    assert sweep_rule.choose(runs) == "good"
-    assert sweep_rule.choose({k: runs[k] for k in ("forgets", "rambles")}) is None
+    assert sweep_rule.choose(runs) == ("good", True)
+    assert sweep_rule.choose({k: runs[k] for k in ("forgets", "rambles")}) == (None, False)
+    assert sweep_rule.choose({k: runs[k] for k in ("rambles", "high-ppl")}) == ("high-ppl", False)
     for name, m in runs.items():
         (tmp_path / name / "eval").mkdir(parents=True)
         (tmp_path / name / "eval" / "metrics.json").write_text(json.dumps(m))
     assert script("sweep_rule.py", tmp_path, "forgets", "fine", "missing", tmp_path=tmp_path).strip() == "chosen: fine"
+    out = script("sweep_rule.py", tmp_path, "high-ppl", tmp_path=tmp_path).strip().splitlines()
+    assert out[-1] == "chosen: high-ppl" and "perplexity <= 0.52x" in out[0]
