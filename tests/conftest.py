@@ -5,6 +5,7 @@
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the base scores that `medtune eval` keeps (medtune.evalcache) go to a folder of this session, not the user's cache
+os.environ.setdefault("MEDTUNE_CACHE", tempfile.mkdtemp(prefix="medtune-test-cache-"))
 
 
 @pytest.fixture(scope="session")

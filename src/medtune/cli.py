@@ -232,6 +232,7 @@ def cmd_eval(a):
             num_samples=a.num_samples,
             greedy=True if a.greedy else False if a.sample else None,
             benchmarks=a.benchmark,
+            reuse_base=False if a.rescore_base else None,
         )
 
 
@@ -395,6 +396,12 @@ def _other_parsers(sub):
         action="store_true",
         help="sample with the run's temperature, top-p and seed even where the run decodes greedily "
         "(default: the run's generate settings as they are)",
+    )
+    e.add_argument(
+        "--rescore-base",
+        action="store_true",
+        help="score the base model again where an earlier eval of the same base, inputs and settings kept its "
+        "scores (config key eval.reuse_base)",
     )
     e.add_argument(
         "--benchmark",

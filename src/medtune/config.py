@@ -225,6 +225,11 @@ class EvalConfig:
     benchmark_limit: int | None = opt(
         None, "questions per multiple-choice benchmark (a seeded subset; None: all)", min=1
     )
+    reuse_base: bool = opt(
+        True,
+        "take the base model's scores from an earlier eval of the same base, inputs and settings "
+        "(kept in $MEDTUNE_CACHE or ~/.cache/medtune)",
+    )
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from medtune import rundir
+from medtune import evalcache, rundir
 from medtune.config import Config, DataConfig, GenerateConfig
 from medtune.data import (
     IGNORE_INDEX,
@@ -38,7 +38,7 @@ from medtune.data import (
 from medtune.errors import MedtuneError
 from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from medtune.generate import complete, make_engine
+from medtune.generate import Completion, complete, make_engine
 from medtune.model import context_length, decoder_and_head, decoder_output
 from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
@@ -307,6 +307,29 @@ def _evaluate_pass(
     return result, seconds, answers
 
 
+def _base_pass(model, tok, inp: EvalInputs, g: GenerateConfig, cfg: Config, identity: dict | None) -> tuple:
+    """_evaluate_pass of the base model, or its result kept by an earlier eval of the same base (medtune.evalcache)."""
+    if identity is None:
+        return _evaluate_pass("base", model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap)
+    payload = {
+        "records": [[e["input_ids"], e["labels"]] for e in inp.encoded],
+        "prompts": inp.prompts,
+        "references": inp.refs,
+        "generate": dataclasses.asdict(g),
+        "eval": [cfg.eval.batch_size, cfg.eval.bootstrap],
+    }
+
+    def score() -> dict:
+        result, took, answers = _evaluate_pass("base", model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap)
+        return {"result": result, "seconds": took, "answers": [dataclasses.asdict(c) for c in answers]}
+
+    value, kept = evalcache.kept_or_scored(evalcache.key(identity, "pass", payload), score)
+    if kept:
+        log.info("eval: base loss and answers kept from an earlier eval of the same base and inputs (eval.reuse_base)")
+    seconds = {"base (kept)": 0.0} if kept else value["seconds"]
+    return value["result"], seconds, [Completion(**c) for c in value["answers"]]
+
+
 def _samples(inp: EvalInputs, answers: dict, result: dict) -> list[dict]:
     samples = []
     for j, i in enumerate(inp.chosen):
@@ -347,20 +370,33 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict]) ->
     log.info(f"\nreport: {out / rundir.REPORT}\nmetrics: {out / rundir.METRICS}\n{NOTICE}")
 
 
-def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str) -> dict:
-    """Multiple-choice benchmarks (medtune.medbench) of one model: {name: scores}."""
+def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, identity: dict | None = None) -> dict:
+    """Multiple-choice benchmarks (medtune.medbench) of one model: {name: scores}. With the base's `identity`
+    (medtune.evalcache), a benchmark scored by an earlier eval of the same base is taken from there."""
     from medtune import medbench
 
     out = {}
     for name, _source, items in tasks:
-        t0 = time.perf_counter()
-        scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
-        out[name] = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
-        out[name]["seconds"] = round(time.perf_counter() - t0, 2)
-        log.info(
-            f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, "
-            f"{out[name]['seconds']:.1f} s)"
-        )
+
+        def score(items=items) -> dict:
+            t0 = time.perf_counter()
+            scored = medbench.score(model, tok, items, cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed)
+            result = {k: v for k, v in scored.items() if k != "per_item"}  # per question: too long to keep
+            return {**result, "seconds": round(time.perf_counter() - t0, 2)}
+
+        if identity is None:
+            out[name] = score()
+        else:
+            payload = {
+                "items": [dataclasses.asdict(it) for it in items],
+                "eval": [cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed],
+            }
+            k = evalcache.key(identity, f"benchmark {name}", payload)
+            out[name], kept = evalcache.kept_or_scored(k, score)
+            if kept:
+                out[name] = {**out[name], "seconds": 0.0, "kept": True}
+        how = "kept from an earlier eval of the same base" if out[name].get("kept") else f"{out[name]['seconds']:.1f} s"
+        log.info(f"eval: {name}: {side} accuracy {out[name]['acc']:.3f} ({len(items)} questions, {how})")
     return out
 
 
@@ -390,9 +426,11 @@ def run(
     num_samples: int | None = None,
     greedy: bool | None = None,
     benchmarks: str | None = None,
+    reuse_base: bool | None = None,
 ) -> dict:
     """Evaluate a training output dir: base vs tuned. Writes RUN_DIR/eval/{metrics.json,report.md,...},
-    prints the table, and returns the metrics."""
+    prints the table, and returns the metrics. reuse_base (default eval.reuse_base): take the base's scores from an
+    earlier eval of the same base where one kept them (medtune.evalcache)."""
     t_start = time.perf_counter()
     run = rundir.open_run(run_dir, want="run")
     cfg = run.config
@@ -409,18 +447,22 @@ def run(
         + (f" ({inp.dropped} longer than {cfg.data.max_length} tokens left out)" if inp.dropped else "")
     )
     result, answers, bench = {}, {}, {}
+    reuse = cfg.eval.reuse_base if reuse_base is None else reuse_base
+    identity = evalcache.base_identity(run, model) if reuse else None
     for name in MODELS:
         if name == "tuned":
             t0 = time.perf_counter()
             model = rundir.add_adapter(run, model, merge=True)
             seconds["adapter"] = time.perf_counter() - t0
-        result[name], took, answers[name] = _evaluate_pass(
-            name, model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap
-        )
+            result[name], took, answers[name] = _evaluate_pass(
+                name, model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap
+            )
+        else:
+            result[name], took, answers[name] = _base_pass(model, tok, inp, g, cfg, identity)
         seconds.update(took)
         if tasks:
             t0 = time.perf_counter()
-            bench[name] = run_benchmarks(model, tok, tasks, cfg, name)
+            bench[name] = run_benchmarks(model, tok, tasks, cfg, name, identity if name == "base" else None)
             seconds[f"{name} benchmarks"] = time.perf_counter() - t0
     reference = {}
     if inp.chosen:
