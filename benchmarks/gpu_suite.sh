@@ -31,6 +31,9 @@ for p in "${parts[@]}"; do
   esac
 done
 mkdir -p "$out"
+# the base scores that `medtune eval` keeps (medtune.evalcache) stay with this suite's outputs; the eval part's timed
+# evals score the base afresh (--rescore-base), the sweep's variants share one scoring of it
+export MEDTUNE_CACHE="$out/cache"
 smoke=${SMOKE:-0}
 benchmarks=""  # MEDBENCH's files as a `medtune eval --benchmark` spec, for the eval and sweep parts
 if [ -n "${MEDBENCH:-}" ]; then
@@ -84,8 +87,9 @@ part_eval() {
   fi
   rm -rf "$out/run" "$out/merged"
   medtune train --config "$here/$config" --model "$m" --data "$data" --output-dir "$out/run" "${sets[@]}" || return 1
-  medtune eval "$out/run" && cp "$out/run/eval/metrics.json" "$out/eval-default.json" || return 1
-  medtune eval "$out/run" --num-samples "$few" && cp "$out/run/eval/metrics.json" "$out/eval-$few.json" || return 1
+  medtune eval "$out/run" --rescore-base && cp "$out/run/eval/metrics.json" "$out/eval-default.json" || return 1
+  medtune eval "$out/run" --rescore-base --num-samples "$few" && cp "$out/run/eval/metrics.json" "$out/eval-$few.json" ||
+    return 1
   if [ -n "$benchmarks" ]; then
     medtune eval "$out/run" --num-samples 0 --benchmark "$benchmarks" &&
       cp "$out/run/eval/metrics.json" "$out/eval-bench.json" || return 1

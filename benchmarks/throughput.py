@@ -560,12 +560,14 @@ def cpu_main(args):
 
 def scratch_root() -> str:
     """Every temporary folder of this run (random bases, run folders, TRL's outputs in its subprocesses through
-    TMPDIR) under one folder, removed at exit and on SIGTERM (`timeout`): a gpt2-xl row leaves GiBs behind, and a
-    lent machine's disk filled after two budget parts."""
+    TMPDIR) under one folder, removed at exit and on SIGTERM (`timeout`) or SIGHUP: a gpt2-xl row leaves GiBs
+    behind, and a lent machine's disk filled after two budget parts. (torch's own compile cache, made when torch is
+    imported, stays where TMPDIR pointed before: it is meant to outlive a run.)"""
     root = tempfile.mkdtemp(prefix="mt-throughput-")
     tempfile.tempdir = os.environ["TMPDIR"] = root
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # exit through atexit
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # exit through atexit
+        signal.signal(sig, lambda n, _: sys.exit(128 + n))
     return root
 
 

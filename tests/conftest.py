@@ -2,6 +2,7 @@
 (`make_records`, `write_jsonl`), the builtin tokenizer (`tok`), a session-wide cache of trained tiny runs
 (`tiny_run`), a run folder's model for inference (`load_run`) and uvicorn in a thread (`server_thread`)."""
 
+import atexit
 import json
 import os
 import shutil
@@ -16,8 +17,16 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# the base scores that `medtune eval` keeps (medtune.evalcache) go to a folder of this session, not the user's cache
-os.environ.setdefault("MEDTUNE_CACHE", tempfile.mkdtemp(prefix="medtune-test-cache-"))
+# the base scores that `medtune eval` keeps (medtune.evalcache) go to a folder of this session (session-wide fixtures)
+# or of each test (fresh_eval_cache), never the user's cache
+os.environ["MEDTUNE_CACHE"] = tempfile.mkdtemp(prefix="medtune-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MEDTUNE_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_eval_cache(tmp_path, monkeypatch):
+    """Each test's evals keep base scores in its own folder: none kept by another test changes what it measures."""
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "medtune-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ the same base folder gets the same base numbers without scoring the base again; 
 (the inputs, the weights) scores it again; a broken entry is a miss; eval.reuse_base: false never reads them."""
 
 import json
+import os
 import threading
 import time
 
@@ -77,21 +78,36 @@ def test_a_second_run_of_the_same_base_reuses_the_base_scores(two_runs, counted)
     assert [s["base"] for s in samples] == [s["base"] for s in first_samples]  # the base's answers kept too
 
 
-def test_the_kept_scores_equal_fresh_ones_and_any_change_scores_again(two_runs, counted, monkeypatch, tmp_path):
+def test_any_change_to_what_the_base_scores_depend_on_scores_it_again(two_runs, counted, tmp_path):
     (a, b), base, spec = two_runs
-    kept = evaluate.run(a, num_samples=2)
-    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "other"))  # nothing kept there: scored afresh
-    assert evaluate.run(b, num_samples=2)["base"] == kept["base"]
-    assert counted["pass"] == 2
-    evaluate.run(b, num_samples=1)  # other questions: a new key
-    assert counted["pass"] == 3
+    evaluate.run(a, num_samples=2, benchmarks=spec)
+    assert counted == {"pass": 1, "bench": 2}
+    evaluate.run(b, num_samples=1, benchmarks=spec)  # other questions: the pass again, the benchmark kept
+    assert counted == {"pass": 2, "bench": 3}
+    evaluate.run(b, num_samples=1, greedy=True, benchmarks=spec)  # other decoding
+    assert counted == {"pass": 3, "bench": 4}
+    fewer = tmp_path / "medmcqa.jsonl"  # other benchmark questions
+    fewer.write_text(json.dumps(QUESTIONS[0]) + "\n")
+    evaluate.run(b, num_samples=1, greedy=True, benchmarks=f"medmcqa={fewer}")
+    assert counted == {"pass": 3, "bench": 6}
     weights = next(base.glob("*.safetensors"))
-    weights.touch()  # the same size, a new modification time: the base may have changed
-    evaluate.run(b, num_samples=1)
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten, same size: maybe other weights
+    evaluate.run(b, num_samples=1, greedy=True)
     assert counted["pass"] == 4
-    for entry in (tmp_path / "other" / "eval-base").glob("*.json"):
-        entry.write_text("{")  # broken: a miss, never an error
-    evaluate.run(b, num_samples=1)
+
+
+def test_a_broken_entry_is_a_miss_and_rescoring_replaces_it(two_runs, counted):
+    (a, b), _, _ = two_runs
+    first = evaluate.run(a, num_samples=1)
+    entries = list(evalcache.cache_dir().glob("*.json"))
+    assert len(entries) == 1
+    for broken in ("{", "{}", "[1]"):  # unreadable, or another shape: scored again, never an error
+        entries[0].write_text(broken)
+        assert evaluate.run(b, num_samples=1)["base"] == first["base"]
+    entries[0].write_text(json.dumps({"result": {**first["base"], "perplexity": 1.0}, "seconds": {}, "answers": []}))
+    assert evaluate.run(b, num_samples=1, reuse_base=False)["base"] == first["base"]  # a wrong entry: rescored...
+    assert evaluate.run(b, num_samples=1)["base"] == first["base"]  # ...and replaced
     assert counted["pass"] == 5
 
 
@@ -119,10 +135,10 @@ def test_evals_wanting_one_key_at_once_score_it_once(tmp_path, monkeypatch):
         time.sleep(0.5)
         return {"acc": 0.5}
 
-    t = threading.Thread(target=lambda: first.append(evalcache.kept_or_scored("k", slow)))
+    t = threading.Thread(target=lambda: first.append(evalcache.kept_or_scored("k", slow, ("acc",))))
     t.start()
     assert started.wait(10)
-    second = evalcache.kept_or_scored("k", lambda: calls.append("second") or {"acc": 0.0})
+    second = evalcache.kept_or_scored("k", lambda: calls.append("second") or {"acc": 0.0}, ("acc",))
     t.join()
     assert first == [({"acc": 0.5}, False)] and second == ({"acc": 0.5}, True) and calls == ["first"]
 
@@ -131,6 +147,22 @@ def test_a_cache_folder_that_cannot_be_written_is_no_error(tmp_path, monkeypatch
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("MEDTUNE_CACHE", str(blocker))  # a file where the folder should be
-    assert evalcache.kept_or_scored("k", lambda: {"acc": 1.0}) == ({"acc": 1.0}, False)
-    assert evalcache.kept_or_scored("k", lambda: {"acc": 0.0}) == ({"acc": 0.0}, False)
+    assert evalcache.kept_or_scored("k", lambda: {"acc": 1.0}, ("acc",)) == ({"acc": 1.0}, False)
+    assert evalcache.kept_or_scored("k", lambda: {"acc": 0.0}, ("acc",)) == ({"acc": 0.0}, False)
     assert "could not keep the base scores" in caplog.text
+
+
+def test_what_the_key_tells_apart(tmp_path):
+    """A hub id with no local snapshot cannot be told from its next version: nothing is kept for it. A tokenizer
+    that encodes or formats differently (here: its chat template) is another key."""
+    from medtune.model import load_tokenizer
+
+    assert evalcache._weights("nobody/no-such-model-here") is None
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x")
+    assert evalcache._weights(str(f))[0][1] == 1  # a local file: its path, size and modification time
+    tok = load_tokenizer("builtin:tiny")
+    before = evalcache._tokenizer(tok)
+    assert evalcache._tokenizer(tok) == before
+    tok.chat_template = "{{ messages }}"
+    assert evalcache._tokenizer(tok) != before

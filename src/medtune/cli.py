@@ -400,8 +400,8 @@ def _other_parsers(sub):
     e.add_argument(
         "--rescore-base",
         action="store_true",
-        help="score the base model again where an earlier eval of the same base, inputs and settings kept its "
-        "scores (config key eval.reuse_base)",
+        help="score the base model again (and replace its kept scores) where an earlier eval of the same base, "
+        "inputs and settings kept them (config key eval.reuse_base)",
     )
     e.add_argument(
         "--benchmark",

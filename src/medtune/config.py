@@ -228,7 +228,7 @@ class EvalConfig:
     reuse_base: bool = opt(
         True,
         "take the base model's scores from an earlier eval of the same base, inputs and settings "
-        "(kept in $MEDTUNE_CACHE or ~/.cache/medtune)",
+        "(kept in $MEDTUNE_CACHE or ~/.cache/medtune; false: score it again and replace them)",
     )
 
 

@@ -3,12 +3,13 @@
 Every run tuned from one base is compared with the same base numbers, yet each eval scored the base again: a recipe
 sweep of seven variants scored it seven times (on gpt2-xl the medical benchmarks alone take minutes a time). The
 base's pass (loss and answers) and each benchmark's scores are kept in the cache folder under a key made of
-everything they depend on: the base weights (each file's path, size and modification time, or the hub snapshot),
-the model settings that are not the adapter's, the tokenizer files, the evaluated inputs, the decoding and scoring
-settings, the device and dtype, the library versions and medtune's own source. A change to any of them is a new key,
-never a stale result. Evals that need one key at the same time (a sweep's variants) wait for the first to score it.
-`eval.reuse_base: false` (`medtune eval --rescore-base`) turns it off; MEDTUNE_CACHE moves the folder (default
-$XDG_CACHE_HOME/medtune or ~/.cache/medtune). An unreadable or unwritable entry is a miss, never an error.
+everything they depend on: the base weights (each file's path, size and modification time, or the hub snapshot; a
+hub id without a local snapshot is never kept), the model settings that are not the adapter's, the tokenizer's
+whole definition, the evaluated inputs, the decoding and scoring settings, the device and dtype, the library
+versions and medtune's own source. A change to any of them is a new key, never a stale result. Evals that need one
+key at the same time (a sweep's variants) wait for the first to score it. `eval.reuse_base: false` (`medtune eval
+--rescore-base`) scores the base again and replaces the entry; MEDTUNE_CACHE moves the folder (default
+$XDG_CACHE_HOME/medtune or ~/.cache/medtune). An unreadable, misshapen or unwritable entry is a miss, never an error.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from medtune.files import atomic_write_json
 log = logging.getLogger("medtune.evaluate")
 
 ADAPTER_ONLY = {"lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_rslora", "lora_dora"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "tokenizers", "numpy", "rouge-score")
 
 
 def cache_dir() -> Path:
@@ -48,13 +49,26 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def _file_stats(path: Path) -> list:
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
     return [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
-def _weights(name: str) -> object:
-    """A local base by its files' stats; a hub id by the snapshot the local hub cache resolves it to."""
+def _weights(name: str) -> object | None:
+    """A local base by its files' stats; a hub id by the snapshot the local hub cache resolves it to (None when
+    there is none: nothing to tell one version of the id from the next, so nothing is kept)."""
     path = Path(name).expanduser()
     if path.exists():
         return _file_stats(path)
@@ -62,32 +76,48 @@ def _weights(name: str) -> object:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(name, "config.json")
-    except Exception:  # noqa: BLE001 - an odd id: no snapshot, the id alone
-        found = None
-    return {"hub": name, "snapshot": str(Path(found).parent) if isinstance(found, str) else None}
+    except Exception:  # noqa: BLE001 - an id the hub cache cannot resolve: no snapshot
+        return None
+    # snapshots/<commit>/config.json (a link into blobs/: not resolved, the commit is the version)
+    return {"hub": name, "snapshot": str(Path(found).parent)} if isinstance(found, str) else None
 
 
-def base_identity(run, model) -> dict:
+def _tokenizer(tok) -> str:
+    """The tokenizer as it encodes: its whole definition (vocabulary, merges, normalizer, added tokens), special
+    tokens and chat template."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    text = json.dumps(
+        {
+            "definition": backend.to_str() if backend is not None else sorted(tok.get_vocab().items()),
+            "special": {k: str(v) for k, v in tok.special_tokens_map.items()},
+            "ids": [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id],
+            "chat_template": getattr(tok, "chat_template", None),
+            "class": type(tok).__name__,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def base_identity(run, model, tok) -> dict | None:
     """What the base's scores depend on besides the evaluated inputs (run: a rundir.RunFolder; model: the loaded
-    base)."""
-    import peft
+    base; tok: the run's tokenizer), or None when the base's weights cannot be told apart from another version's."""
     import torch
-    import transformers
 
     cfg = run.config.model
+    weights = _weights(str(run.base_model or cfg.name))
+    if weights is None:
+        return None
     param = next(model.parameters())
     device = torch.cuda.get_device_name(param.device) if param.device.type == "cuda" else param.device.type
-    tokenizer = [
-        hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-        for p in (run.path / name for name in TOKENIZER_FILES)
-    ]
     return {
-        "weights": _weights(str(run.base_model or cfg.name)),
+        "weights": weights,
         "model": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ADAPTER_ONLY},
-        "tokenizer": tokenizer,
+        "tokenizer": _tokenizer(tok),
         "device": device,
         "dtype": str(param.dtype),
-        "versions": [torch.__version__, transformers.__version__, peft.__version__],
+        "versions": _versions(),
         "medtune": _source_digest(),
     }
 
@@ -97,11 +127,13 @@ def key(identity: dict, part: str, payload: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load(k: str) -> dict | None:
+def load(k: str, fields: tuple[str, ...]) -> dict | None:
+    """The entry under k when it is a mapping with `fields`; anything else (none, unreadable, another shape) None."""
     try:
-        return json.loads((cache_dir() / f"{k}.json").read_text())
+        value = json.loads((cache_dir() / f"{k}.json").read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) and all(f in value for f in fields) else None
 
 
 def store(k: str, value: dict) -> None:
@@ -115,7 +147,8 @@ def store(k: str, value: dict) -> None:
 
 @contextmanager
 def _claimed(k: str) -> Iterator[None]:
-    """The key's lock file held (others wanting it wait); no lock where the folder cannot be written."""
+    """The key's lock file held (others wanting it wait, and say so); no lock where the folder or the file system
+    cannot take one."""
     try:
         import fcntl
 
@@ -125,17 +158,25 @@ def _claimed(k: str) -> Iterator[None]:
         yield
         return
     with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("eval: waiting for another eval that is scoring the same base")
+                fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system (ENOLCK): score without one
+            pass
         yield
 
 
-def kept_or_scored(k: str, score: Callable[[], dict]) -> tuple[dict, bool]:
-    """(the entry kept under k, True), else (score(), False) with it kept under k."""
-    value = load(k)
+def kept_or_scored(k: str, score: Callable[[], dict], fields: tuple[str, ...], reuse: bool = True) -> tuple[dict, bool]:
+    """(the entry kept under k, True), else (score(), False) with it kept under k. reuse=False scores and replaces
+    the entry (a suspect one is mended that way)."""
+    value = load(k, fields) if reuse else None
     if value is not None:
         return value, True
     with _claimed(k):
-        value = load(k)  # scored by another eval while this one waited
+        value = load(k, fields) if reuse else None  # scored by another eval while this one waited
         if value is not None:
             return value, True
         value = score()

@@ -307,8 +307,11 @@ def _evaluate_pass(
     return result, seconds, answers
 
 
-def _base_pass(model, tok, inp: EvalInputs, g: GenerateConfig, cfg: Config, identity: dict | None) -> tuple:
-    """_evaluate_pass of the base model, or its result kept by an earlier eval of the same base (medtune.evalcache)."""
+def _base_pass(
+    model, tok, inp: EvalInputs, g: GenerateConfig, cfg: Config, identity: dict | None, reuse: bool
+) -> tuple:
+    """_evaluate_pass of the base model, or its result kept by an earlier eval of the same base (medtune.evalcache;
+    reuse=False scores it and replaces what was kept)."""
     if identity is None:
         return _evaluate_pass("base", model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap)
     payload = {
@@ -323,7 +326,8 @@ def _base_pass(model, tok, inp: EvalInputs, g: GenerateConfig, cfg: Config, iden
         result, took, answers = _evaluate_pass("base", model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap)
         return {"result": result, "seconds": took, "answers": [dataclasses.asdict(c) for c in answers]}
 
-    value, kept = evalcache.kept_or_scored(evalcache.key(identity, "pass", payload), score)
+    k = evalcache.key(identity, "pass", payload)
+    value, kept = evalcache.kept_or_scored(k, score, ("result", "seconds", "answers"), reuse)
     if kept:
         log.info("eval: base loss and answers kept from an earlier eval of the same base and inputs (eval.reuse_base)")
     seconds = {"base (kept)": 0.0} if kept else value["seconds"]
@@ -370,9 +374,12 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict]) ->
     log.info(f"\nreport: {out / rundir.REPORT}\nmetrics: {out / rundir.METRICS}\n{NOTICE}")
 
 
-def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, identity: dict | None = None) -> dict:
+def run_benchmarks(
+    model, tok, tasks: list, cfg: Config, side: str, identity: dict | None = None, reuse: bool = True
+) -> dict:
     """Multiple-choice benchmarks (medtune.medbench) of one model: {name: scores}. With the base's `identity`
-    (medtune.evalcache), a benchmark scored by an earlier eval of the same base is taken from there."""
+    (medtune.evalcache), a benchmark scored by an earlier eval of the same base is taken from there (reuse=False:
+    scored again, replacing it)."""
     from medtune import medbench
 
     out = {}
@@ -392,7 +399,7 @@ def run_benchmarks(model, tok, tasks: list, cfg: Config, side: str, identity: di
                 "eval": [cfg.eval.batch_size, cfg.eval.bootstrap, cfg.generate.seed],
             }
             k = evalcache.key(identity, f"benchmark {name}", payload)
-            out[name], kept = evalcache.kept_or_scored(k, score)
+            out[name], kept = evalcache.kept_or_scored(k, score, ("acc", "n"), reuse)
             if kept:
                 out[name] = {**out[name], "seconds": 0.0, "kept": True}
         how = "kept from an earlier eval of the same base" if out[name].get("kept") else f"{out[name]['seconds']:.1f} s"
@@ -430,7 +437,7 @@ def run(
 ) -> dict:
     """Evaluate a training output dir: base vs tuned. Writes RUN_DIR/eval/{metrics.json,report.md,...},
     prints the table, and returns the metrics. reuse_base (default eval.reuse_base): take the base's scores from an
-    earlier eval of the same base where one kept them (medtune.evalcache)."""
+    earlier eval of the same base where one kept them (medtune.evalcache); False scores the base and replaces them."""
     t_start = time.perf_counter()
     run = rundir.open_run(run_dir, want="run")
     cfg = run.config
@@ -448,7 +455,7 @@ def run(
     )
     result, answers, bench = {}, {}, {}
     reuse = cfg.eval.reuse_base if reuse_base is None else reuse_base
-    identity = evalcache.base_identity(run, model) if reuse else None
+    identity = evalcache.base_identity(run, model, tok)
     for name in MODELS:
         if name == "tuned":
             t0 = time.perf_counter()
@@ -458,11 +465,11 @@ def run(
                 name, model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap
             )
         else:
-            result[name], took, answers[name] = _base_pass(model, tok, inp, g, cfg, identity)
+            result[name], took, answers[name] = _base_pass(model, tok, inp, g, cfg, identity, reuse)
         seconds.update(took)
         if tasks:
             t0 = time.perf_counter()
-            bench[name] = run_benchmarks(model, tok, tasks, cfg, name, identity if name == "base" else None)
+            bench[name] = run_benchmarks(model, tok, tasks, cfg, name, identity if name == "base" else None, reuse)
             seconds[f"{name} benchmarks"] = time.perf_counter() - t0
     reference = {}
     if inp.chosen:
