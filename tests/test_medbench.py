@@ -133,7 +133,7 @@ def test_forgetting_is_flagged_in_metrics_log_report_and_card(bench_run, tmp_pat
 
     real = evaluate.run_benchmarks
 
-    def rigged(model, tok, tasks, cfg, side, identity=None):  # identity dropped: no kept base scores either way
+    def rigged(model, tok, tasks, cfg, side, *_):  # identity and reuse dropped: no kept base scores either way
         def logliks(m, t, items, b=16):
             right = side == "base" or items[0].task == "pubmedqa"
             return [[0.0 if (j == i.gold) == right else -5.0 for j in range(len(i.choices))] for i in items]
