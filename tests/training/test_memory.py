@@ -16,7 +16,7 @@ def test_memory_plan():
     assert lean.checkpointing is True and 512 <= lean.batch_tokens < 16384
     assert lean.checkpoint_layers == 48  # every layer, and still fewer tokens than wanted
     assert lean.chunk * 50257 * 10 <= 0.06 * 4 * memory.GIB
-    with pytest.raises(ValueError):
+    with pytest.raises(memory.DoesNotFit, match="leaves room for"):
         memory.plan(xl, 1.2, int(1.3 * memory.GIB), 512, 16384, 50257)
 
 

@@ -82,7 +82,7 @@ def plan(
     with every layer checkpointed, as many tokens as fit. A smaller batch costs more than checkpointing does: a step
     has a large fixed cost (gpt2-xl QLoRA on an H200: about 0.23 s whatever its tokens), so with 24 GiB the old
     choice of 8,192 tokens and 16 of 48 layers checkpointed made 18,797 tokens/s where every layer checkpointed made
-    24,165 at 16,384 tokens and 29,147 at 32,768. Raises ValueError when not even one example of `max_length` tokens
+    24,165 at 16,384 tokens and 29,147 at 32,768. Raises DoesNotFit when not even one example of `max_length` tokens
     fits."""
     budget = budget_gib * GIB
     wanted = wanted_tokens or 16384
@@ -101,7 +101,7 @@ def plan(
         k = next((k for k in range(1, layers + 1) if target * per_tok(k) <= free), layers)
     tokens = int(min(free / per_tok(k), wanted))
     if tokens < max_length:
-        raise ValueError(
+        raise DoesNotFit(
             f"max_memory_gib={budget_gib} leaves room for {max(tokens, 0)} tokens per batch, "
             f"fewer than one example of data.max_length={max_length} (weights and optimizer take "
             f"{static_bytes / GIB:.2f} GiB, the loss and a step's workspaces {(ce_bytes + STEP_BYTES) / GIB:.2f} GiB)"

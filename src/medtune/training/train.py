@@ -54,18 +54,15 @@ def _memory_plan(cfg: Config, model, base) -> memory.MemoryPlan | None:
     static = memory.param_bytes(base) + memory.trainable_state_bytes(model, "8bit" in optimizer_name(cfg))
     unpacked = t.batch_size * cfg.data.max_length  # the tokens of a batch without packing
     wanted = t.batch_tokens if t.packing else unpacked
-    try:
-        plan = memory.plan(
-            base.config,
-            t.max_memory_gib,
-            static,
-            cfg.data.max_length,
-            wanted,
-            base.config.vocab_size,
-            allow_checkpointing=True,
-        )
-    except ValueError as e:
-        raise memory.DoesNotFit(str(e)) from None
+    plan = memory.plan(
+        base.config,
+        t.max_memory_gib,
+        static,
+        cfg.data.max_length,
+        wanted,
+        base.config.vocab_size,
+        allow_checkpointing=True,
+    )
     if not t.packing and plan.batch_tokens < unpacked:
         raise memory.DoesNotFit(
             f"train.max_memory_gib={t.max_memory_gib} fits about {plan.batch_tokens} tokens per "
