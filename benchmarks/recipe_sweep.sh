@@ -4,6 +4,7 @@
 # A variant is NAME:key=value,key=value (config overrides on top of $CONFIG). Prints a markdown table, one row per
 # variant (logs in OUTROOT/NAME.log); exit status 1 when a variant failed.
 # Environment: CONFIG (default configs/smollm2-lora.yaml), PYTHON (default python3), JOBS (variants at once, 1),
+# QUESTIONS (validation questions each variant answers, 300: all of wikidoc's; 100 gave intervals of +-0.04),
 # BENCHMARK (a `medtune eval --benchmark` spec, e.g. pubmedqa=FILE,medqa=FILE: each variant is also scored on them and
 # the row names the benchmarks it forgets, i.e. falls below the base model's interval on). The last line names the
 # chosen variant by benchmarks/sweep_rule.py. A smoke test in seconds:
@@ -26,7 +27,7 @@ variant() {  # NAME:key=value,...  -> its table row in $root/NAME.row
   IFS=, read -ra kv <<< "$sets"; for s in "${kv[@]}"; do [ -n "$s" ] && args+=(--set "$s"); done
   start=$(date +%s)
   if ! "$PYTHON" -m medtune train --config "$CONFIG" --model "$model" --data "$data" --output-dir "$root/$name" \
-      --set train.report_to=none --set eval.num_samples=100 "${args[@]}" > "$root/$name.log" 2>&1 \
+      --set train.report_to=none --set eval.num_samples="${QUESTIONS:-300}" "${args[@]}" > "$root/$name.log" 2>&1 \
     || ! "$PYTHON" -m medtune eval "$root/$name" --split validation "${bench[@]}" >> "$root/$name.log" 2>&1; then
     echo "| $name | failed: see $root/$name.log | | | | | | | | |" > "$root/$name.row"; return 1
   fi
