@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Recipe sweep for a small instruct model (issue 12): each variant trains with `medtune train` and is evaluated on
 # the validation split with the product's decoding. Usage: benchmarks/recipe_sweep.sh MODEL DATA OUTROOT [VARIANT...]
-# A variant is NAME:key=value,key=value (config overrides on top of $CONFIG). Prints a markdown table, one row per
-# variant (logs in OUTROOT/NAME.log); exit status 1 when a variant failed.
+# A variant is NAME:key=value,key=value (config overrides on top of $CONFIG; a list in brackets: key=[a,b]). Prints
+# a markdown table, one row per variant (logs in OUTROOT/NAME.log); exit status 1 when a variant failed.
 # Environment: CONFIG (default configs/smollm2-lora.yaml), PYTHON (default python3), JOBS (variants at once, 1),
 # QUESTIONS (validation questions each variant answers, 300: all of wikidoc's; 100 gave intervals of +-0.04),
 # BENCHMARK (a `medtune eval --benchmark` spec, e.g. pubmedqa=FILE,medqa=FILE: each variant is also scored on them and
@@ -24,7 +24,9 @@ echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 
 variant() {  # NAME:key=value,...  -> its table row in $root/NAME.row
   local v=$1 name=${1%%:*} sets=${1#*:} start s; local args=() kv=()
-  IFS=, read -ra kv <<< "$sets"; for s in "${kv[@]}"; do [ -n "$s" ] && args+=(--set "$s"); done
+  # split at the commas outside brackets, so that a list value stays whole: model.lora_targets=[q_proj,v_proj]
+  mapfile -t kv < <("$PYTHON" -c 'import re, sys; print(*re.split(r",(?![^\[]*\])", sys.argv[1]), sep="\n")' "$sets")
+  for s in "${kv[@]}"; do [ -n "$s" ] && args+=(--set "$s"); done
   start=$(date +%s)
   if ! "$PYTHON" -m medtune train --config "$CONFIG" --model "$model" --data "$data" --output-dir "$root/$name" \
       --set train.report_to=none --set eval.num_samples="${QUESTIONS:-300}" "${args[@]}" > "$root/$name.log" 2>&1 \

@@ -231,7 +231,7 @@ def test_recipe_sweep(tmp_path):
             "builtin:sample",
             str(tmp_path / "sweep"),
             variant,
-            "b" + variant[4:],
+            "b" + variant[4:] + ",model.lora_targets=[c_attn, c_fc]",  # a list value: its commas stay inside
             "bad:train.no_such_key=1",
         ],
         cwd=tmp_path,
@@ -261,6 +261,7 @@ def test_recipe_sweep(tmp_path):
     assert "| bad | failed: see" in out
     assert out.splitlines()[-1].startswith("chosen: none"), out
     assert (tmp_path / "sweep" / "b" / "eval" / "metrics.json").is_file()
+    assert "lora_targets:\n  - c_attn\n  - c_fc\n" in (tmp_path / "sweep" / "b" / "config.yaml").read_text()
     if env:
         assert json.loads((tmp_path / "sweep" / "b" / "eval" / "metrics.json").read_text())["benchmarks"]
 
