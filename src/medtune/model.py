@@ -1,5 +1,5 @@
-"""Model: tokenizer, base model (hub id, local dir, a .gguf file, or random weights from a GPT-2 config), quantization,
-LoRA."""
+"""Model: tokenizer, base model (hub id, local dir, a .gguf file, or random weights from a GPT-2 or Llama / Qwen2
+config), quantization, LoRA."""
 
 from __future__ import annotations
 
@@ -103,22 +103,39 @@ def is_random(cfg: ModelConfig) -> bool:
     return cfg.name.startswith("random:")
 
 
-def build_random(name: str, tokenizer, seed: int = 0):
-    """A GPT-2 of the named shape with random weights and the tokenizer's vocabulary."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def build_random(name: str, tokenizer, seed: int = 0, vocab_size: int | None = None, dtype: torch.dtype | None = None):
+    """A model of the named shape (a GPT-2 size or a Llama / Qwen2 shape: validate.LLAMA_SHAPES) with random weights
+    and the tokenizer's vocabulary (`vocab_size`: a larger embedding, e.g. the real model's, for benchmarks; the
+    tokenizer's ids are its first rows). `dtype`: build in it (bf16 halves an 8B model's host memory); it is created on
+    the current default device, so `with torch.device("meta")` builds the config and shapes without weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from medtune.validate import LLAMA_SHAPES
 
     check_random_name(name)
     shape = name.split(":", 1)[1]
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
+    ids = dict(
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **GPT2_SHAPES[shape],
     )
+    if shape in LLAMA_SHAPES:
+        kw = dict(LLAMA_SHAPES[shape])
+        config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[
+            kw.pop("arch")
+        ]
+        config = config_cls(**ids, **kw)
+    else:
+        config, model_cls = GPT2Config(**ids, **GPT2_SHAPES[shape]), GPT2LMHeadModel
+    old = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):  # same base weights every time, without touching the run's RNG
         torch.manual_seed(seed)
-        return GPT2LMHeadModel(config)
+        torch.set_default_dtype(dtype or old)
+        try:
+            return model_cls(config)
+        finally:
+            torch.set_default_dtype(old)
 
 
 def compute_dtype() -> torch.dtype:

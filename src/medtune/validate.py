@@ -45,10 +45,65 @@ def check_bounds(obj, prefix: str = "") -> None:
                 raise MedtuneError(f"config key '{key}' must be {word} {meta[bound]}, got {value}")
 
 
+# Llama-architecture shapes for random:<name> beside config.GPT2_SHAPES: the real models' dimensions, RoPE and embedding
+# tying as in their config.json (LlamaConfig / Qwen2Config keyword arguments; "arch" picks the class; Qwen2 has q/k/v
+# biases by design). The vocabulary is the tokenizer's (medtune.model.build_random), so parameter counts match the real
+# models' only with their own tokenizers (llama-8b: 8.03B with Llama 3's 128,256 tokens).
+_LLAMA3_ROPE = dict(
+    rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+)
+_LLAMA = dict(arch="llama", rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=131072)
+_QWEN = dict(arch="qwen2", rope_theta=1000000.0, rms_norm_eps=1e-6)
+
+
+def _shape(base: dict, hidden: int, layers: int, heads: int, kv: int, inter: int, tied: bool, **kw) -> dict:
+    return dict(
+        base,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        tie_word_embeddings=tied,
+        **kw,
+    )
+
+
+LLAMA_SHAPES: dict[str, dict] = {
+    # CPU tests: 64 x 2 layers, GQA 4/2, Llama 3's RoPE scaled down to its 512 positions
+    "llama-tiny": _shape(
+        _LLAMA,
+        64,
+        2,
+        4,
+        2,
+        128,
+        True,
+        max_position_embeddings=512,
+        rope_scaling=dict(_LLAMA3_ROPE, factor=32.0, original_max_position_embeddings=256),
+    ),
+    "llama-1b": _shape(_LLAMA, 2048, 16, 32, 8, 8192, True, rope_scaling=dict(_LLAMA3_ROPE, factor=32.0)),  # 3.2-1B
+    "llama-3b": _shape(_LLAMA, 3072, 28, 24, 8, 8192, True, rope_scaling=dict(_LLAMA3_ROPE, factor=32.0)),  # 3.2-3B
+    "llama-8b": _shape(_LLAMA, 4096, 32, 32, 8, 14336, False, rope_scaling=dict(_LLAMA3_ROPE, factor=8.0)),  # 3.1-8B
+    "qwen2.5-0.5b": _shape(_QWEN, 896, 24, 14, 2, 4864, True, max_position_embeddings=32768),
+    "qwen2.5-1.5b": _shape(_QWEN, 1536, 28, 12, 2, 8960, True, max_position_embeddings=131072),
+    "qwen2.5-7b": _shape(_QWEN, 3584, 28, 28, 4, 18944, False, max_position_embeddings=131072),
+}
+
+# the real models' vocabularies (their tokenizers'), for benchmarks that want the real embedding and head sizes
+REAL_VOCAB = {"llama-1b": 128256, "llama-3b": 128256, "llama-8b": 128256}
+REAL_VOCAB.update({"qwen2.5-0.5b": 151936, "qwen2.5-1.5b": 151936, "qwen2.5-7b": 152064})
+
+
+def random_shapes() -> list[str]:
+    """Every name that random:<name> takes: the GPT-2 shapes, then the Llama-architecture ones."""
+    return [*GPT2_SHAPES, *LLAMA_SHAPES]
+
+
 def check_random_name(name: str) -> None:
-    """A random:<shape> model name names a known GPT-2 shape."""
-    if name.startswith("random:") and name.split(":", 1)[1] not in GPT2_SHAPES:
-        raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(GPT2_SHAPES)}")
+    """A random:<shape> model name names a known GPT-2 or Llama-architecture shape."""
+    if name.startswith("random:") and name.split(":", 1)[1] not in random_shapes():
+        raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(random_shapes())}")
 
 
 def validate(cfg: Config) -> None:
