@@ -15,7 +15,7 @@ def medtune(root):
     """A function: (*args, env=None) -> the finished `python -m medtune ARGS` process, run from the repository root."""
 
     def run(*args, env=None):
-        e = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+        e = {k: v for k, v in {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}.items() if v is not None}
         return subprocess.run(
             [sys.executable, "-m", "medtune", *args], capture_output=True, text=True, timeout=240, cwd=root, env=e
         )
@@ -82,8 +82,16 @@ def test_missing_config_and_run_dir(tmp_path, medtune):
     assert_clean_error(medtune("generate", str(tmp_path), "hi"), "neither an adapter")
 
 
+MEDTUNE_LINE = re.compile(
+    r"^(data|model|train|step \d+/\d+|done|resume|eval|generate|Q|A|wrote)[: ]|^Not medical advice"
+)
+
+
 def test_train_then_generate_cli(tmp_path, tiny_preset, medtune):
+    """The README's quick start, shortened: every line it prints is medtune's (no library's warning, hub look-up or
+    progress bar), with HF_HUB_OFFLINE unset: medtune finds the hub unreachable and tells the libraries itself."""
     out = tmp_path / "run"
+    offline_by_medtune = {"HF_HUB_OFFLINE": None}
     p = medtune(
         "train",
         "--config",
@@ -93,18 +101,36 @@ def test_train_then_generate_cli(tmp_path, tiny_preset, medtune):
         "--set",
         "train.max_steps=4",
         "--set",
+        "train.logging_steps=2",
+        "--set",
         "train.report_to=none",
+        env=offline_by_medtune,
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "trainable" in p.stdout and "effective batch size" in p.stdout
-    g = medtune("generate", str(out), "Patient symptoms include fever and cough.", "--max-new-tokens", "5", "--greedy")
+    assert p.stderr == "" and all(MEDTUNE_LINE.match(ln) for ln in p.stdout.splitlines()), p.stdout + p.stderr
+    assert re.search(r"^step 4/4  loss \d+\.\d{4}  lr \S+  [\d,]+ tokens/s  \d+:\d\d left$", p.stdout, re.M), p.stdout
+    g = medtune(
+        "generate",
+        str(out),
+        "Patient symptoms include fever and cough.",
+        "--max-new-tokens",
+        "5",
+        "--greedy",
+        env=offline_by_medtune,
+    )
     assert g.returncode == 0, g.stderr[-2000:]
     assert "Not medical advice" in g.stdout
-    assert "kernels-community" not in g.stdout + g.stderr  # bitsandbytes' CPU hint for an optional hub package
+    assert g.stderr == "", g.stderr  # e.g. bitsandbytes' hub look-up for CPU kernels (the `kernels` package)
     assert re.search(r"^generate: \d+ tokens in \d+\.\d\d s \(\d+ tokens/s", g.stdout, re.MULTILINE), g.stdout
     again = medtune("train", "--config", str(tiny_preset), "--output-dir", str(out))
     assert_clean_error(again, "already holds a run")
     assert (out / "adapter_model.safetensors").is_file()  # nothing lost
+    done = medtune(
+        "train", "--config", str(tiny_preset), "--output-dir", str(out), "--set", "train.max_steps=4", "--resume", "-q"
+    )
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stdout + done.stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-4"]  # a finished run trains nothing
 
 
 NO_ML = textwrap.dedent("""
@@ -215,24 +241,77 @@ def test_log_lines_quiet_and_verbose(capsys):
     assert "argument --sample: not allowed with argument --greedy" in capsys.readouterr().err
 
 
-def test_only_known_noise_is_filtered():
-    """The CLI filters a few third-party warnings by message; any other UserWarning or FutureWarning still shows."""
+def test_libraries_speak_with_verbose_only(capsys):
+    """A library's warning (a logger's, a Python warning, a hub look-up) never reaches the terminal in normal use;
+    --verbose shows it; medtune's own warnings always show."""
+    import logging
     import warnings
 
-    from medtune.cli import silence_known_noise
+    from medtune.cli import setup_logging
 
-    sent = [
-        ("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use ...", FutureWarning),
-        ("Could not find a config file in /tmp/x - will assume that the vocabulary was not modified.", UserWarning),
-        ("something else", UserWarning),
-        ("`other` is deprecated and will be removed in v6.", FutureWarning),
-    ]
-    with warnings.catch_warnings(record=True) as caught:  # the filters are restored on leaving
-        warnings.simplefilter("always")
-        silence_known_noise()
-        for message, category in sent:
-            warnings.warn(message, category, stacklevel=1)
-    assert [str(w.message) for w in caught] == ["something else", "`other` is deprecated and will be removed in v6."]
+    try:
+        for level, library_shown in ((logging.INFO, False), (logging.WARNING, False), (logging.DEBUG, True)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                setup_logging(level)  # Python warnings go through logging from here
+                logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check")
+                warnings.warn("`x` is deprecated and will be removed in v6", FutureWarning, stacklevel=1)
+                logging.getLogger("medtune.data").warning("data: warning: careful")
+                logging.getLogger("some.library").error("a library's error")
+            err = capsys.readouterr().err
+            assert ("Skipping publisher trust check" in err) == library_shown, err
+            assert ("is deprecated" in err) == library_shown, err
+            assert "data: warning: careful" in err and "a library's error" in err
+    finally:
+        setup_logging()
+        logging.captureWarnings(False)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["trian"], "did you mean 'train'?"),
+        (["train", "--otput-dir", "x"], "unrecognized arguments: --otput-dir x; did you mean '--output-dir'?"),
+        (["data", "audit", "f.jsonl", "--confg=c.yaml"], "did you mean '--config'?"),
+        (["-q", "eval", "run", "-v"], "not allowed with argument -q/--quiet"),
+    ],
+)
+def test_mistyped_commands_and_flags(capsys, argv, needle):
+    from medtune.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_quiet_and_verbose_anywhere_on_the_line():
+    from medtune.cli import parse
+
+    assert parse(["serve", "run", "-q"]).quiet and not parse(["serve", "run", "-q"]).verbose
+    assert parse(["data", "audit", "f.jsonl", "--verbose"]).verbose
+    assert parse(["-v", "generate", "run", "hi"]).verbose
+    plain = parse(["eval", "run"])
+    assert not plain.quiet and not plain.verbose
+
+
+def test_env_fits_a_bug_report(medtune):
+    p = medtune("env")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    for needle in (
+        "medtune: ",
+        "python: ",
+        "torch: ",
+        "bitsandbytes backend: ",
+        "transformers ",
+        "peft ",
+        "trl ",
+        "accelerate ",
+        "datasets ",
+        "hub: off",
+        "caches: ",
+    ):
+        assert needle in p.stdout, (needle, p.stdout)
+    assert len(p.stdout.splitlines()) <= 24  # one screen
 
 
 def test_generate_speed_line_separates_the_start_from_the_decoding_rate():

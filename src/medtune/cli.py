@@ -8,37 +8,16 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import shlex
 import sys
 import time
-import warnings
 
+from medtune.console import route_libraries, setup_logging
+from medtune.errors import did_you_mean
+from medtune.hub import settle_offline
 
-class ConsoleHandler(logging.Handler):
-    """medtune's log lines on the console, the message alone: info and debug on stdout, warnings and errors on
-    stderr. The stream is looked up at each line, so that a later redirection of sys.stdout (a test's capture,
-    contextlib.redirect_stdout) takes effect."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Configure logging once per command: the `medtune` loggers at `level` (under torchrun, rank 0 alone speaks:
-    the other ranks show errors only), everything on the console through one ConsoleHandler on the root logger
-    (other libraries' loggers keep the root's level, warnings). A handler on the root also keeps a library's
-    module-level logging.warning() from adding a second one (logging.basicConfig), which would print every line
-    twice. Calling it again replaces the handler."""
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if isinstance(h, ConsoleHandler)]:
-        root.removeHandler(h)
-    root.addHandler(ConsoleHandler())
-    logging.getLogger("medtune").setLevel(level if os.environ.get("RANK", "0") == "0" else max(level, logging.ERROR))
+__all__ = ["build_parser", "main", "setup_logging"]
 
 
 @contextlib.contextmanager
@@ -53,37 +32,9 @@ def _level(name: str, level: int):
         logger.setLevel(before)
 
 
-# Third-party warnings that tell a medtune user nothing they could act on, each matched by its message alone, so that
-# any other warning (a new deprecation, a real problem) still shows. Found by running the commands with -W always.
-KNOWN_NOISE = [
-    # peft wraps a model (get_peft_model, PeftModel.from_pretrained) reading transformers 5's deprecated alias
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed in v6"),
-    # peft, saving an adapter offline: it cannot ask the hub whether the base's vocabulary was resized (medtune never
-    # resizes it), e.g. for a random 4-bit base that was loaded from a temporary folder
-    (UserWarning, r"Could not find a config file in .* - will assume that the vocabulary was not modified"),
-]
-
-
-def silence_known_noise() -> None:
-    """Quiet the tokenizers' fork warning and TensorFlow's start-up lines, and filter the KNOWN_NOISE warnings."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for category, message in KNOWN_NOISE:
-        warnings.filterwarnings("ignore", message=message, category=category)
-
-
 def _quiet_ml():
-    """Quiet transformers and the hub (importing them takes a second or more: only once a command needs them): their
-    errors only, or their warnings too with --verbose."""
-    import huggingface_hub.utils.logging as hub_logging
-    from transformers.utils import logging as hf_logging
-
-    level = logging.WARNING if logging.getLogger("medtune").isEnabledFor(logging.DEBUG) else logging.ERROR
-    hf_logging.set_verbosity(level)
-    hf_logging.disable_progress_bar()  # "Loading weights" bars; training's own progress bar stays
-    hub_logging.set_verbosity(level)
-    # bitsandbytes on a CPU with bf16 instructions asks for the optional `kernels` package at import (a hub download)
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(level)
+    """The ML stack is about to load: its libraries' log lines go through medtune's console (medtune.console)."""
+    route_libraries()
 
 
 def _command_line(a) -> str:
@@ -140,8 +91,8 @@ def cmd_train(a):
             _quiet_ml()
             from medtune import training
 
-            training.run(cfg, resume=a.resume, checked=checked)
-            if cfg.train.eval_at_end and training.distributed.is_main_process():
+            trained = training.run(cfg, resume=a.resume, checked=checked)
+            if trained is not None and cfg.train.eval_at_end and training.distributed.is_main_process():
                 _eval_at_end(cfg)
     except stopping.Stopped as e:
         if not (e.message and e.resumable):
@@ -332,6 +283,12 @@ def cmd_serve(a):
     )
 
 
+def cmd_env(a):
+    from medtune.env import report
+
+    print("\n".join(report()))
+
+
 def _train_parser(sub):
     t = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter")
     t.add_argument("--config", help="YAML preset, e.g. configs/gpt2-lora.yaml")
@@ -476,19 +433,66 @@ def _other_parsers(sub):
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
     s.set_defaults(func=cmd_serve)
 
+    v = sub.add_parser("env", help="versions, accelerator, hub and caches: what a bug report needs")
+    v.set_defaults(func=cmd_env)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a did-you-mean for a mistyped command or flag."""
+
+    def error(self, message: str):  # type: ignore[override]
+        bad = re.search(r"invalid choice: '([^']*)'", message)
+        if bad:
+            message += did_you_mean(bad[1], list(_choices(self)))
+        super().error(message)
+
+
+def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def _talk_flags(parser: argparse.ArgumentParser, default) -> None:
+    """-q / -v, before or after the command: the subcommands' copies leave the value unset unless given."""
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+    talk.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug lines too, and the libraries' warnings"
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="medtune", description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA."
-    )
-    talk = p.add_mutually_exclusive_group()
-    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    talk.add_argument("-v", "--verbose", action="store_true", help="debug lines too, and the ML libraries' warnings")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="medtune", description="Fine-tune GPT-2 on medical instruction data with LoRA/QLoRA.")
+    _talk_flags(p, False)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     _train_parser(sub)
     _generate_parser(sub)
     _other_parsers(sub)
+    for leaf in _leaf_parsers(p):
+        _talk_flags(leaf, argparse.SUPPRESS)
     return p
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    children = _choices(parser)
+    return [leaf for c in children.values() for leaf in _leaf_parsers(c)] if children else [parser]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, refused in one line (argparse's usage and `error:`, exit 2) with a did-you-mean for a
+    mistyped flag; -q and -v together are refused wherever they stand."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        leaf = _choices(parser)[args.command]
+        if _choices(leaf):
+            leaf = _choices(leaf)[getattr(args, f"{args.command}_command")]
+        flags = [o for a in leaf._actions for o in a.option_strings if o.startswith("--")]
+        flag = next((x.split("=")[0] for x in extra if x.startswith("--")), "")
+        leaf.error(f"unrecognized arguments: {' '.join(extra)}{did_you_mean(flag, flags) if flag else ''}")
+    if args.quiet and args.verbose:
+        parser.error("argument -v/--verbose: not allowed with argument -q/--quiet")
+    args.argv = list(argv)
+    return args
 
 
 def _close_progress_bars() -> None:
@@ -502,10 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     from medtune import stopping
     from medtune.errors import MedtuneError
 
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     setup_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
-    silence_known_noise()
+    settle_offline()  # before any library that asks the hub is imported
     try:
         if args.command == "serve":  # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown)
             args.func(args)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, did_you_mean
 
 WIKIDOC = "medalpaca/medical_meadow_wikidoc_patient_information"
 
@@ -288,7 +288,7 @@ def _apply(obj, key_prefix: str, values: dict):
     for k, v in values.items():
         key = f"{key_prefix}{k}"
         if k not in names:
-            raise MedtuneError(f"unknown config key '{key}'")
+            raise MedtuneError(f"unknown config key '{key}'{did_you_mean(key, [r[0] for r in help_rows()])}")
         cur = getattr(obj, k)
         if dataclasses.is_dataclass(cur):
             if not isinstance(v, dict):

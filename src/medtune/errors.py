@@ -1,6 +1,8 @@
 """The one exception type the CLI turns into a single clear error line (exit code 2), and how a library's exception
 becomes part of such a line."""
 
+import difflib
+
 
 class MedtuneError(Exception):
     """A problem with the user's input (file, config, model id...), reported without a traceback."""
@@ -10,3 +12,12 @@ def first_line(e: BaseException) -> str:
     """The first non-blank line of an exception's message (at most 300 characters), or its type's name when the
     message is empty: what a MedtuneError quotes of the library error behind it."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def did_you_mean(given: str, known: list[str]) -> str:
+    """'; did you mean X?' for the known name closest to a mistyped one (a dropped letter, a key in another
+    section), or '' when none is close."""
+    leaf = given.rsplit(".", 1)[-1]
+    same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(given, known, n=1, cutoff=0.75)
+    return f"; did you mean '{close[0]}'?" if close else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sys
 from urllib.parse import urlparse
 
 from medtune.errors import MedtuneError
@@ -29,3 +30,20 @@ def require_hub(name: str, what: str) -> None:
             f"cannot download {what} '{name}': the Hugging Face hub is unreachable (offline?) "
             "and it is not in the local cache; pass a local path instead"
         )
+
+
+settled: list[bool] = []  # [True] once settle_offline set HF_HUB_OFFLINE (medtune env says who set it)
+
+
+def settle_offline() -> None:
+    """Where the hub cannot be reached, tell the libraries so the way they are meant to be told: HF_HUB_OFFLINE=1
+    (huggingface_hub reads it when imported; set here before that, and in its constants should it be loaded
+    already). They then use their local caches without trying the network, and without waiting for time-outs. A
+    value the user set is kept."""
+    if "HF_HUB_OFFLINE" in os.environ or hub_reachable():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    settled.append(True)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True

@@ -314,6 +314,21 @@ def latest_complete_checkpoint(run_path: Path, tidy: bool = True) -> Path | None
     return None
 
 
+def finished_at(run_path: Path, max_steps: int, epochs: float) -> tuple[int, int] | None:
+    """(step, of) when `run_path` holds a finished run (its adapter and metrics written, its newest complete
+    checkpoint at the last step) that the given train.max_steps / train.epochs would not lengthen: --resume has
+    nothing to train there. None otherwise."""
+    if not ((run_path / METRICS).is_file() and (run_path / ADAPTER_WEIGHTS).is_file()):
+        return None
+    ckpt = latest_complete_checkpoint(run_path, tidy=False)
+    state = read_json(ckpt / "trainer_state.json") if ckpt else None
+    if not state or state.get("global_step", 0) < state.get("max_steps", 0):
+        return None
+    step, of = state["global_step"], state["max_steps"]
+    longer = max_steps > step if max_steps > 0 else epochs > state.get("num_train_epochs", epochs)
+    return None if longer else (step, of)
+
+
 def clean_staging(run_path: Path) -> None:
     """Remove `.staging-*` folders an interrupted write left behind."""
     if run_path.is_dir():

@@ -18,7 +18,7 @@ from medtune.config import Config, dump_yaml
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
 from medtune.machine import optimizer_name
-from medtune.training import attention, compiling, memory, patches, trackers
+from medtune.training import attention, compiling, memory, patches, progress, trackers
 from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
 from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
 from medtune.training.distributed import (
@@ -196,6 +196,7 @@ def make_trainer(cfg: Config, model, tok, prepared: data_mod.Prepared, out: Path
 
         trainer.add_callback(compiling.AutoCompile(info.blocks, compiled))
     trackers.attach(trainer, cfg, out / rundir.LOGS)
+    progress.attach(trainer)
     world = world_size()
     per_step = f"up to {sampler.max_tokens} tokens" if sampler else f"{t.batch_size} examples"
     effective = (
@@ -262,18 +263,24 @@ def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, extra:
     plot_losses(history, out / rundir.LOSS_CURVE)
 
 
-def run(cfg: Config, resume: bool = False, checked: data_mod.Checked | None = None) -> dict:
+def run(cfg: Config, resume: bool = False, checked: data_mod.Checked | None = None) -> dict | None:
     """Train a LoRA adapter as configured; returns the final metrics. Every check runs before the first file is
     written: the config's (medtune.validate: validate, validate_machine, validate_against_model once the model is
     loaded), the output folder's and the data's (`checked`: done already). The output folder is locked meanwhile
     (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the current step ends with a checkpoint of it, and
-    stopping.Stopped says where it is (medtune.stopping)."""
+    stopping.Stopped says where it is (medtune.stopping). --resume of a finished run trains nothing: None."""
     out = Path(cfg.output_dir).expanduser()
     with (
         rundir.locked(out, f"medtune train --output-dir {out}", create=not resume),
         stopping.handlers(),
         _main_process_speaks(),
     ):
+        if resume and (done := rundir.finished_at(out, cfg.train.max_steps, cfg.train.epochs)):
+            log.info(
+                f"resume: {out} finished already ({done[0]} of {done[1]} steps); nothing to train "
+                "(raise train.max_steps or train.epochs to train on)"
+            )
+            return None
         return _run(cfg, out, resume, checked)
 
 

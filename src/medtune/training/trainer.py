@@ -159,7 +159,7 @@ def training_arguments(cfg: Config, out: Path, has_eval: bool) -> TrainingArgume
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True costs a graph walk
         # activation (gradient) checkpointing stays off here (the default): model.enable_checkpointing turns it on
         # on the model; the old name gradient_checkpointing=False is a deprecated alias (a FutureWarning)
-        disable_tqdm=False,
+        disable_tqdm=True,  # medtune.training.progress: log lines, and a bar on a terminal
         prediction_loss_only=True,  # evaluation needs the loss only: no logits kept
         logging_nan_inf_filter=False,  # log a nan/inf loss as such (the filter hid it; it read the loss each step)
     )
