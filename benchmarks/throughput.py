@@ -5,6 +5,13 @@ GPU (CUDA; needs bitsandbytes, trl and datasets), the table of docs/performance.
   python benchmarks/throughput.py --sizes gpt2 gpt2-xl gpt2-medium gpt2-large --warmup 4 --steps 12 --trl-steps 5 \
     --variant lora: --variant qlora: --variant gpt2/qlora+b32k:train.batch_tokens=32768 --variant gpt2-xl/lean: \
     --variant gpt2/lora+c32k:train.batch_tokens=32768,train.compile=true [--profile 2 --profile-variants qlora]
+  Llama / Qwen2 shapes (random:<name>, e.g. llama-1b llama-8b qwen2.5-7b; LoRA on q/k/v/o/gate/up/down_proj), budgets:
+  python benchmarks/throughput.py --sizes llama-1b llama-8b --warmup 3 --steps 8 --trl-steps 5 --variant lora: \
+    --variant lora+m24:train.max_memory_gib=24 --variant qlora: --variant qlora+m8:train.max_memory_gib=8
+    their bases have the real models' vocabulary sizes (128,256 / 151,936 / 152,064 rows: the embedding, head and loss
+    cost what they cost on the real model; the GPT-2 tokenizer's ids are the first rows), --tokenizer-vocab: the
+    tokenizer's own; TRL's recommended row (anchor_baselines.py) is GPT-2-only, so these sizes get trl_tuned.py's
+    rows alone, trained on the same saved base.
   in general: [--sizes ...] [--recipes lora qlora lean] [--variant [SIZE/]NAME:key=value,...] [--epoch] [--no-trl]
     (ablations turn speed-ups off with the config key train.disable, e.g. --variant gpt2/lora+nogelu:train.disable=gelu
     or lora+plain:train.disable=gelu,norms,chunked_loss)
@@ -22,6 +29,9 @@ CPU:
   python benchmarks/throughput.py --smoke --data FILE.json --tokenizer DIR
     the CPU mode at toy sizes (1 layer x 64, 64 records, 1 warm-up + 1 timed step, 512-token batches): seconds;
     checks that every row runs (tests/test_benchmarks.py), its numbers mean nothing.
+  python benchmarks/throughput.py --smoke --sizes llama-tiny --data FILE.json --tokenizer DIR
+    the GPU table's path on the CPU at toy sizes (medtune's LoRA and QLoRA rows and TRL tuned for speed, LoRA, on
+    random:<size>): checks that a size's rows run.
 
 Data and tokenizer default to .gpu/data/ or ../shared/data/ (and anchor_baselines.py to .gpu/bench/ or
 ../shared/bench/).
@@ -174,13 +184,25 @@ _PREPARED: dict = {}
 _BASES: dict = {}
 
 
-def _random_base(name: str, tok) -> str:
-    """random:<size> as medtune builds it (medtune.model.build_random), saved once to a temporary folder."""
+def _random_base(name: str, tok, tokenizer_vocab: bool = False) -> str:
+    """random:<size> as medtune builds it (medtune.model.build_random), saved once to a temporary folder. Llama / Qwen2
+    shapes: with the real model's vocabulary size unless `tokenizer_vocab`, built in bf16 on the GPU (an 8B model in
+    float32 on the host takes 32 GB and minutes to initialise)."""
     from medtune.model import build_random
+    from medtune.validate import LLAMA_SHAPES, REAL_VOCAB
 
     if name not in _BASES:
-        d = tempfile.mkdtemp(prefix=f"mt-{name.split(':')[1]}-")
-        model = build_random(name, tok)
+        shape = name.split(":")[1]
+        d = tempfile.mkdtemp(prefix=f"mt-{shape}-")
+        if shape in LLAMA_SHAPES:
+            vocab = None if tokenizer_vocab else REAL_VOCAB.get(shape)
+            cuda = torch.cuda.is_available()
+            with torch.device("cuda" if cuda else "cpu"):
+                model = build_random(name, tok, vocab_size=vocab, dtype=torch.bfloat16 if cuda else None)
+            n = sum(p.numel() for p in model.parameters())
+            log(f"random base {shape}: {n:,} parameters, {model.config.vocab_size:,} tokens")
+        else:
+            model = build_random(name, tok)
         model.save_pretrained(d)
         tok.save_pretrained(d)
         del model
@@ -226,7 +248,7 @@ def run_medtune(
     prepared = _PREPARED[key]
     epoch_tokens = sum(len(e["input_ids"]) for e in prepared.encoded["train"])
     if cfg.model.name.startswith("random:"):  # build and save each random base once (gpt2-xl takes a while)
-        cfg.model.name = _random_base(cfg.model.name, tok)
+        cfg.model.name = _random_base(cfg.model.name, tok, getattr(args, "tokenizer_vocab", False))
     model = model_mod.load_base_model(cfg.model, tok)
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model)
@@ -260,9 +282,12 @@ def run_medtune(
 # ---------------------------------------------------------------- reference recipes
 
 
-def run_trl_tuned(args, recipe: str, size: str) -> dict:
-    """trl_tuned.py (TRL set up for speed) in a subprocess: without gradient checkpointing, and again with it when
-    that runs out of memory."""
+def run_trl_tuned(args, recipe: str, size: str, base: str | None = None) -> dict:
+    """trl_tuned.py (TRL set up for speed) in a subprocess, on `base` (the saved model medtune's rows train) when given:
+    without gradient checkpointing, and again with it when that runs out of memory."""
+    extra = (["--base", base] if base else []) + ([] if torch.cuda.is_available() else ["--cpu", "--warmup", "1"])
+    extra += ["--records", str(args.max_records)] if args.max_records else []
+    extra += ["--tokens", str(args.cpu_batch_tokens)] if not torch.cuda.is_available() else []
     for ckpt in ([], ["--checkpointing"]):
         cmd = [
             sys.executable,
@@ -275,6 +300,7 @@ def run_trl_tuned(args, recipe: str, size: str) -> dict:
             args.tokenizer,
             "--data",
             args.data,
+            *extra,
             *ckpt,
         ]
         p = subprocess.run(
@@ -450,14 +476,29 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------- modes
 
 
+ANCHOR_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # anchor_baselines.py's SIZES: GPT-2 only
+
+
 def gpu_main(args):
-    card = torch.cuda.get_device_name(0)
+    """The GPU table; on a machine without CUDA (`--smoke --sizes ...`) the same rows at toy sizes, TRL's 4-bit and
+    recommended rows left out (bitsandbytes' CUDA kernels, anchor_baselines.py's CUDA calls)."""
+    from medtune.validate import LLAMA_SHAPES
+
+    cuda = torch.cuda.is_available()
+    card = torch.cuda.get_device_name(0) if cuda else "cpu"
     log(f"card: {card}; torch {torch.__version__}")
     rows, refs = [], {}
     prefix = Path(args.out) if args.out else Path(os.environ.get("OUT", ".")) / "throughput"
     variants = [parse_variant(v) for v in args.variant] or [(r, []) for r in args.recipes]
     for size in args.sizes:
-        if args.trl:
+        base = None
+        if size in LLAMA_SHAPES:  # one saved base for medtune's rows and TRL's
+            from medtune.model import load_tokenizer
+
+            base = _random_base(f"random:{size}", load_tokenizer(args.tokenizer), args.tokenizer_vocab)
+        if args.trl and size not in ANCHOR_SIZES:
+            log(f"TRL {size}: no recommended row (anchor_baselines.py builds GPT-2 sizes only); trl_tuned.py's alone")
+        elif args.trl and cuda:
             try:
                 refs[size] = run_anchor(args, "trl", size, args.trl_steps)
                 log(f"TRL {size}: {refs[size]}")
@@ -465,8 +506,10 @@ def gpu_main(args):
                 log(f"TRL {size} failed: {e}")
         tuned = {}
         for recipe in args.trl_tuned if args.trl else []:
+            if recipe == "qlora" and not cuda:
+                continue
             try:
-                tuned[recipe] = run_trl_tuned(args, recipe, size)
+                tuned[recipe] = run_trl_tuned(args, recipe, size, base)
                 log(f"TRL tuned {size} {recipe}: {tuned[recipe]}")
                 rows.append({**tuned[recipe], "size": size, "recipe": f"TRL tuned ({recipe})"})
             except Exception as e:
@@ -558,6 +601,16 @@ def cpu_main(args):
     log(f"ratio medtune/tutorial: {results['medtune-qlora']['tok_s'] / base:.2f}")
 
 
+SMOKE_SETS = "data.max_length=256,train.batch_tokens=512"
+
+
+def _smoke_records(data: str, n: int) -> str:
+    """The first n records of a .json list, in a file of their own (TRL's rows read the whole file)."""
+    path = Path(tempfile.mkdtemp(prefix="mt-smoke-data-")) / "records.json"
+    path.write_text(json.dumps(json.loads(Path(data).read_text())[:n]))
+    return str(path)
+
+
 def scratch_root() -> str:
     """Every temporary folder of this run (random bases, run folders, TRL's outputs in its subprocesses through
     TMPDIR) under one folder, removed at exit and on SIGTERM (`timeout`) or SIGHUP: a gpt2-xl row leaves GiBs
@@ -577,7 +630,12 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="the CPU mode at toy sizes, in seconds (a test that it runs)")
     ap.add_argument("--cpu-model", default="4x256", help="CPU mode: GPT-2 LAYERSxWIDTH (random weights)")
     ap.add_argument("--max-records", type=int, help="CPU mode: only the first N records of the data")
-    ap.add_argument("--sizes", nargs="+", default=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
+    ap.add_argument("--sizes", nargs="+", help="GPU: random:<size> names (default gpt2 gpt2-medium gpt2-large gpt2-xl)")
+    ap.add_argument(
+        "--tokenizer-vocab",
+        action="store_true",
+        help="Llama / Qwen2 sizes: the tokenizer's vocabulary size instead of the real model's",
+    )
     ap.add_argument("--recipes", nargs="+", default=["lora", "qlora"], choices=sorted(RECIPES))
     ap.add_argument(
         "--variant",
@@ -619,6 +677,19 @@ def main(argv=None):
         args.max_records = args.max_records or 64
         args.warmup, args.steps = 1 if args.warmup is None else args.warmup, 1 if args.steps is None else args.steps
     default_paths(args)
+    if args.sizes:
+        from medtune.validate import random_shapes
+
+        unknown = [s for s in args.sizes if s not in random_shapes()]
+        if unknown:
+            ap.error(f"unknown --sizes {' '.join(unknown)}; choose from {' '.join(random_shapes())}")
+    if args.smoke and args.sizes:  # the GPU table's rows for these sizes, at toy sizes, on this machine
+        args.data = _smoke_records(args.data, args.max_records)
+        args.variant = args.variant or [f"lora:{SMOKE_SETS}", f"qlora:{SMOKE_SETS}"]
+        args.trl_tuned, args.trl_steps = [r for r in args.trl_tuned if r == "lora"], 2
+        gpu_main(args)
+        return
+    args.sizes = args.sizes or ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
     if args.cpu or not torch.cuda.is_available():
         if not args.cpu:
             log("no CUDA GPU: running the CPU mode")

@@ -1,16 +1,18 @@
 """TRL's SFTTrainer set up for speed: the reference row that medtune's training speed is compared with next to the
 recipe TRL recommends (../shared/bench/anchor_baselines.py). Not a test.
 
-  python benchmarks/trl_tuned.py {lora|qlora} {gpt2|gpt2-medium|gpt2-large|gpt2-xl} [--steps 12] [--tokens 16384]
-         [--checkpointing] [--cpu --records 64 --tokenizer DIR --data FILE]
+  python benchmarks/trl_tuned.py {lora|qlora} {gpt2|...|gpt2-xl|llama-1b|llama-8b|qwen2.5-7b|...} [--steps 12]
+         [--tokens 16384] [--checkpointing] [--base DIR] [--cpu --records 64 --tokenizer DIR --data FILE]
 
 What "tuned" means here (TRL 1.16): best-fit-decreasing packing into padding-free batches (`packing_strategy="bfd"`,
 which turns `padding_free` on), its default loss (computed in chunks, without the full logits), bf16, no gradient
 checkpointing unless asked (throughput.py retries with it when memory runs out), the same tokens per step as
-medtune's presets (16,384: 32 sequences of up to 512 tokens), LoRA r16 on c_attn/c_proj/c_fc; qlora loads the
-weights in NF4 with double quantization and bf16 compute. Random weights of the GPT-2 size asked for (speed and
-memory do not depend on their values), the wikidoc data. Prints one line `RESULT {json}` (tok_s, peak_gib,
-s_per_step, steps) in the form throughput.py reads from the anchor script.
+medtune's presets (16,384: 32 sequences of up to 512 tokens), LoRA r16 on every linear layer of the blocks
+(GPT-2: c_attn/c_proj/c_fc; Llama / Qwen2: q/k/v/o_proj, gate/up/down_proj); qlora loads the weights in NF4 with
+double quantization and bf16 compute. Random weights of the shape asked for (medtune's random:<size>, speed and memory
+do not depend on their values; --base: a folder saved by throughput.py, so that both sides train the same model), the
+wikidoc data. Prints one line `RESULT {json}` (tok_s, peak_gib, s_per_step, steps) in the form throughput.py reads
+from the anchor script.
 """
 
 from __future__ import annotations
@@ -65,18 +67,20 @@ def main() -> int:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoTokenizer, BitsAndBytesConfig, GPT2Config, GPT2LMHeadModel, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from medtune.config import GPT2_SHAPES
+    from medtune.model import build_random
+    from medtune.validate import random_shapes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("recipe", choices=["lora", "qlora"])
-    ap.add_argument("size", choices=list(GPT2_SHAPES))
+    ap.add_argument("size", choices=random_shapes())
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=16384, help="tokens per step (sequences of up to 512)")
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--base", help="a saved model folder of that size (throughput.py's random base)")
     ap.add_argument("--cpu", action="store_true", help="no GPU: float32, no 4-bit (a smoke test)")
     ap.add_argument("--records", type=int, help="first N records only")
     ap.add_argument("--tokenizer", default=str(SHARED / "gpt2_tokenizer"))
@@ -98,8 +102,11 @@ def main() -> int:
         }
     )
     folder = tempfile.mkdtemp()
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), **GPT2_SHAPES[args.size])).save_pretrained(folder)
+    if args.base:
+        base = args.base
+    else:
+        build_random(f"random:{args.size}", tok).save_pretrained(folder)
+        base = folder
     kw: dict = dict(dtype=torch.bfloat16 if cuda else torch.float32)
     if args.recipe == "qlora":
         kw["quantization_config"] = BitsAndBytesConfig(
@@ -110,7 +117,10 @@ def main() -> int:
         )
     if cuda:
         kw["device_map"] = {"": 0}
-    model = GPT2LMHeadModel.from_pretrained(folder, **kw)
+    model = AutoModelForCausalLM.from_pretrained(base, **kw)
+    targets = ["c_attn", "c_proj", "c_fc"]
+    if model.config.model_type != "gpt2":  # Llama / Qwen2: every projection of attention and the SwiGLU MLP
+        targets = [f"{m}_proj" for m in ("q", "k", "v", "o", "gate", "up", "down")]
     sft = SFTConfig(
         output_dir=f"{folder}/out",
         per_device_train_batch_size=max(1, args.tokens // 512),
@@ -127,9 +137,7 @@ def main() -> int:
         save_strategy="no",
         disable_tqdm=True,
     )
-    lora = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM"
-    )
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=sft, train_dataset=ds, processing_class=tok, peft_config=lora)
     clock = Clock(trainer.data_collator, args.warmup, cuda)
     trainer.data_collator = clock

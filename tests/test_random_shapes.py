@@ -127,3 +127,25 @@ def test_llama_tiny_trains_and_reloads(tmp_path, tiny_config):
         tuned = model(ids).logits
         again = load_model(open_run(out))[0](ids).logits
     assert torch.allclose(again, tuned, atol=1e-5)
+
+
+def test_throughput_smoke_on_llama_tiny(tmp_path):
+    """benchmarks/throughput.py's GPU rows for a Llama shape, at toy sizes on the CPU: medtune's LoRA and QLoRA rows
+    and TRL set up for speed on the same saved base (LoRA on the seven projections)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sample = root / "src" / "medtune" / "sample_data" / "medical_qa.jsonl"
+    data = tmp_path / "sample.json"
+    data.write_text(json.dumps([json.loads(ln) for ln in sample.read_text().splitlines()[:64]]))
+    argv = [sys.executable, "benchmarks/throughput.py", "--smoke", "--sizes", "llama-tiny", "--data", str(data)]
+    argv += ["--tokenizer", str(root / "src" / "medtune" / "assets" / "tiny_tokenizer"), "--out", str(tmp_path / "t")]
+    env = dict(os.environ, PYTHONPATH=str(root / "src"), TMPDIR=str(tmp_path), HF_HUB_OFFLINE="1")
+    p = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [r["recipe"] for r in rows] == ["TRL tuned (lora)", "lora", "qlora"]
+    assert all(r["tok_s"] > 0 for r in rows)
