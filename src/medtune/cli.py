@@ -195,7 +195,10 @@ def cmd_audit(a):
     from medtune.errors import MedtuneError
     from medtune.model import load_tokenizer, tokenizer_path
 
-    cfg = load_config(a.config, a.set, data__source=a.source)
+    config = a.config
+    if a.model and config is None and rundir.holds_run(Path(a.model).expanduser()):
+        config = Path(a.model).expanduser() / rundir.CONFIG  # audit as that run trained: its columns and template
+    cfg = load_config(config, a.set, data__source=a.source, model__tokenizer=a.model)
     name = Path(a.source).stem if Path(a.source).suffix else a.source.rstrip("/").split("/")[-1].split(":")[-1]
     out = Path(a.out or f"audit-{name}")
     if out.exists() and not out.is_dir():
@@ -386,6 +389,12 @@ def _other_parsers(sub):
         help="an evaluation set to check the train split against (n-gram overlap); repeatable",
     )
     au.add_argument("--config", help="YAML preset: column mapping, split, tokenizer (model.tokenizer / model.name)")
+    au.add_argument(
+        "--model",
+        metavar="PATH",
+        help="the tokenizer to measure lengths with: a local model folder, a .gguf file, or a run folder (whose "
+        "config is then the default --config); config key model.tokenizer",
+    )
     au.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
     au.set_defaults(func=cmd_audit)
 
