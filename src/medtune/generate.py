@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from medtune.config import DataConfig, GenerateConfig
+from medtune.console import progress_bars
 from medtune.data import format_prompt
 from medtune.decoding.sampling import MIN_TEMPERATURE
 from medtune.errors import MedtuneError
@@ -205,7 +206,7 @@ def generate_file(
     """Answer questions (see read_questions); write the answers (with the notice) to a .jsonl atomically."""
     out_path = check_output_file(out_path)
     prompts = encode_questions(tokenizer, questions, data_cfg, context, g.max_new_tokens)
-    answers = complete(model, tokenizer, prompts, g, batch_size, progress=True)
+    answers = complete(model, tokenizer, prompts, g, batch_size, progress=progress_bars())  # a bar on a terminal only
     rows = [
         {
             "question": q,
