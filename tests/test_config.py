@@ -98,3 +98,23 @@ def test_a_run_config_written_before_the_restructure_still_loads(root):
     cfg = read_run_config(root / "tests" / "data" / "config_v0.yaml")
     assert cfg.model.name == "random:tiny" and cfg.model.lora_alpha == 32.0 and cfg.eval.split == "test"
     assert cfg.train.disable == [] and cfg.data.phi == "error"  # new keys take their defaults
+
+
+def test_a_config_with_three_mistakes_is_refused_once_naming_all_three(tmp_path):
+    """The file, the overrides and the cross-key checks are one validation step: every problem in one message, each
+    on its own line, so that fixing a config takes one run, not three."""
+    from medtune.config import load_config
+    from medtune.errors import MedtuneError
+
+    preset = tmp_path / "c.yaml"
+    preset.write_text("train:\n  learning_rate: -1\n  max_step: 30\ndata:\n  val_fraction: 0.6\n  test_fraction: 0.5\n")
+    with pytest.raises(MedtuneError) as e:
+        load_config(preset, ["model.lora_r=big"])
+    lines = str(e.value).splitlines()
+    assert lines[0] == "4 problems:"
+    assert any("'train.learning_rate' must be > 0" in ln for ln in lines)
+    assert any("unknown config key 'train.max_step'; did you mean 'train.max_steps'?" in ln for ln in lines)
+    assert any("'model.lora_r' must be int" in ln for ln in lines)
+    assert any("val_fraction + data.test_fraction must be less than 1" in ln for ln in lines)
+    with pytest.raises(MedtuneError, match=r"^config key 'train.learning_rate' must be > 0, got -1.0$"):
+        load_config(None, ["train.learning_rate=-1"])  # one problem: one line, as before

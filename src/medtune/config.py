@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medtune.errors import MedtuneError, did_you_mean
+from medtune.errors import MedtuneError, Problems, did_you_mean
 
 WIKIDOC = "medalpaca/medical_meadow_wikidoc_patient_information"
 
@@ -282,20 +282,26 @@ def _coerce(key: str, value, typ):
     return value
 
 
-def _apply(obj, key_prefix: str, values: dict):
+def _apply(obj, key_prefix: str, values: dict, problems: Problems | None = None):
+    """Set the config values of a nested mapping; each bad key or value is noted in `problems` (raised at once
+    without it)."""
+    found = problems or Problems()
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in values.items():
         key = f"{key_prefix}{k}"
-        if k not in names:
-            raise MedtuneError(f"unknown config key '{key}'{did_you_mean(key, [r[0] for r in help_rows()])}")
-        cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur):
-            if not isinstance(v, dict):
-                raise MedtuneError(f"config key '{key}' must be a mapping")
-            _apply(cur, key + ".", v)
-        else:
-            setattr(obj, k, _coerce(key, v, hints[k]))
+        with found.check():
+            if k not in names:
+                raise MedtuneError(f"unknown config key '{key}'{did_you_mean(key, [r[0] for r in help_rows()])}")
+            cur = getattr(obj, k)
+            if dataclasses.is_dataclass(cur):
+                if not isinstance(v, dict):
+                    raise MedtuneError(f"config key '{key}' must be a mapping")
+                _apply(cur, key + ".", v, found)
+            else:
+                setattr(obj, k, _coerce(key, v, hints[k]))
+    if problems is None:
+        found.refuse()
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -335,16 +341,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     (e.g. output_dir=..., model__name=...) given by the CLI's dedicated flags; then validate it (medtune.validate)."""
     from medtune.validate import validate
 
-    cfg = Config()
+    cfg, problems = Config(), Problems()
     if path is not None:
-        _apply(cfg, "", read_yaml_mapping(Path(path), "config file"))
+        with problems.check():
+            _apply(cfg, "", read_yaml_mapping(Path(path), "config file"), problems)
     for text in overrides:
-        key, value = parse_override(text)
-        _apply(cfg, "", _nested(key, value))
+        with problems.check():
+            key, value = parse_override(text)
+            _apply(cfg, "", _nested(key, value), problems)
     for key, value in top.items():
         if value is not None:
-            _apply(cfg, "", _nested(key.replace("__", "."), value))
-    validate(cfg)
+            _apply(cfg, "", _nested(key.replace("__", "."), value), problems)
+    validate(cfg, problems)  # every problem of the file, the overrides and the values together, refused once
     return cfg
 
 
@@ -402,8 +410,9 @@ def override(cfg: Config, values: dict) -> Config:
     """`cfg` with dotted keys set (e.g. {"generate.top_p": 0.8}; None values skipped), validated (medtune.validate)."""
     from medtune.validate import validate
 
+    problems = Problems()
     for key, value in values.items():
         if value is not None:
-            _apply(cfg, "", _nested(key, value))
-    validate(cfg)
+            _apply(cfg, "", _nested(key, value), problems)
+    validate(cfg, problems)
     return cfg

@@ -17,7 +17,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from medtune.config import GPT2_SHAPES, Config, ModelConfig
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, Problems
 
 if TYPE_CHECKING:
     from medtune.serving.limits import Limits
@@ -31,18 +31,23 @@ BOUNDS = {
 }
 
 
-def check_bounds(obj, prefix: str = "") -> None:
-    """The numeric bounds declared with the fields of a config section (and of the sections inside it)."""
+def check_bounds(obj, prefix: str = "", problems: Problems | None = None) -> None:
+    """The numeric bounds declared with the fields of a config section (and of the sections inside it): every field
+    out of bounds is noted in `problems` (raised at the first without it)."""
+    found = problems or Problems()
     for f in dataclasses.fields(obj):
         value, meta, key = getattr(obj, f.name), f.metadata, f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            check_bounds(value, key + ".")
+            check_bounds(value, key + ".", found)
             continue
         if value is None or isinstance(value, (bool, str, list)):
             continue
         for bound, (ok, word) in BOUNDS.items():
             if bound in meta and not ok(value, meta[bound]):
-                raise MedtuneError(f"config key '{key}' must be {word} {meta[bound]}, got {value}")
+                with found.check():
+                    raise MedtuneError(f"config key '{key}' must be {word} {meta[bound]}, got {value}")
+    if problems is None:
+        found.refuse()
 
 
 # Llama-architecture shapes for random:<name> beside config.GPT2_SHAPES: the real models' dimensions, RoPE and embedding
@@ -106,20 +111,46 @@ def check_random_name(name: str) -> None:
         raise MedtuneError(f"unknown random model '{name}'; choose random:{' random:'.join(random_shapes())}")
 
 
-def validate(cfg: Config) -> None:
-    """Every check that needs only the config. It runs before any file is written; the checks that need the model are
-    validate_against_model's."""
-    check_bounds(cfg)
+def validate(cfg: Config, problems: Problems | None = None) -> None:
+    """Every check that needs only the config, each problem noted in `problems` (or refused together at the end
+    without it). It runs before any file is written; the checks that need the model are validate_against_model's."""
+    found = problems or Problems()
+    check_bounds(cfg, problems=found)
+    for check in CONFIG_CHECKS:
+        with found.check():
+            check(cfg)
+    found.refuse()
+
+
+def _model_name(cfg: Config) -> None:
     check_random_name(cfg.model.name)
-    d, t = cfg.data, cfg.train
-    if d.val_fraction + d.test_fraction >= 1:
+
+
+def _split(cfg: Config) -> None:
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise MedtuneError("data.val_fraction + data.test_fraction must be less than 1")
+
+
+def _steps(cfg: Config) -> None:
+    t = cfg.train
     if t.max_steps == 0 or t.max_steps < -1:
         raise MedtuneError(f"config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got {t.max_steps}")
+
+
+def _batch_tokens(cfg: Config) -> None:
+    t, d = cfg.train, cfg.data
     if t.batch_tokens is not None and t.batch_tokens < d.max_length:
         raise MedtuneError(f"train.batch_tokens ({t.batch_tokens}) must be at least data.max_length ({d.max_length})")
+
+
+def _report_to(cfg: Config) -> None:
+    t = cfg.train
     if "none" in t.report_to and len(t.report_to) > 1:
         raise MedtuneError(f"train.report_to: 'none' cannot be combined with trackers, got {','.join(t.report_to)}")
+
+
+def _templates(cfg: Config) -> None:
+    d = cfg.data
     if "{instruction}" not in d.prompt_template and "{input}" not in d.prompt_template:
         raise MedtuneError("data.prompt_template must contain {instruction} or {input}")
     for key in ("prompt_template", "prompt_template_no_input"):
@@ -134,8 +165,14 @@ def validate(cfg: Config) -> None:
         raise MedtuneError(
             "data.chat_prompt must contain {user} (or leave it empty: training renders the chat template)"
         )
+
+
+def _output_dir(cfg: Config) -> None:
     if not cfg.output_dir.strip():
         raise MedtuneError("output_dir must not be empty")
+
+
+CONFIG_CHECKS = (_model_name, _split, _steps, _batch_tokens, _report_to, _templates, _output_dir)
 
 
 def validate_against_model(cfg: Config, model) -> None:
