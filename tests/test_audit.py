@@ -11,9 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from medtune.audit import audit, containment, near_duplicate_pairs, summary_lines
+from medtune.audit import (
+    CONTAMINATED,
+    NEAR_THRESHOLD,
+    NGRAM,
+    SHINGLE,
+    audit,
+    containment,
+    near_duplicate_pairs,
+    summary_lines,
+    written_files,
+)
 from medtune.config import DataConfig
-from medtune.data import drop_duplicates, encode, load_records, record_problems, split_records
+from medtune.data import drop_duplicates, encode, load_records, prepare, record_problems, split_within_length
 from medtune.errors import MedtuneError
 
 _WORDS = (
@@ -79,14 +89,14 @@ def _unique_valid(rows: list[dict]) -> list[dict]:
     return drop_duplicates([r for n, r in enumerate(records, 1) if n not in bad])[0]
 
 
-def _train_split(rows: list[dict], cfg: DataConfig) -> list[dict]:
-    return split_records(_unique_valid(rows), cfg.val_fraction, cfg.test_fraction, cfg.seed)["train"]
+def _train_split(rows: list[dict], cfg: DataConfig, tok) -> list[dict]:
+    return split_within_length(_unique_valid(rows), tok, cfg)[0]["train"]
 
 
 def test_audit_finds_what_was_planted(tmp_path, tok, planted_file):
     path, rows = planted_file
     cfg = DataConfig(source=str(path), max_length=200, val_fraction=0.1, test_fraction=0.1)
-    train = _train_split(rows, cfg)
+    train = _train_split(rows, cfg, tok)
     copied = train[3]
     same_answer = {
         "instruction": "Answer this question truthfully",
@@ -185,6 +195,26 @@ def test_audit_uses_the_column_mapping_and_formats(tmp_path, tok):
 
     s = audit(DataConfig(source="builtin:sample"), tok, tmp_path / "sample")
     assert s["records"] > 100 and s["phi"]["total"] == 0 and s["duplicates"]["exact"] == 0
+    # the files `medtune data audit` names on its last line are the files it wrote
+    assert sorted(p.name for p in (tmp_path / "sample").iterdir()) == sorted(
+        p.name for p in written_files(tmp_path / "sample")
+    )
+
+
+def test_audit_splits_as_training_loads_the_data(tmp_path, tok):
+    """`train` leaves records longer than data.max_length out of each split: the audit reports the split it trains."""
+    long = [dict(r, input=r["input"].replace("Question", "Long question")) for r in _records(12, seed=7, words=300)]
+    path = _write_jsonl(tmp_path / "data.jsonl", _records(40, words=20) + long)
+    cfg = DataConfig(source=str(path), max_length=128, val_fraction=0.2, test_fraction=0.2)
+    prepared = prepare(cfg, tok)  # what training's data loading produces
+    a = audit(cfg, tok, tmp_path / "out")
+    sizes = {k: len(prepared.encoded[k]) for k in ("train", "validation", "test")}
+    assert {k: a["split"][k] for k in sizes} == sizes
+    assert a["split"]["overlong"] == prepared.dropped == a["tokens"]["over_max_length"] == 12
+    assert a["contamination"][0]["records"] == sizes["test"]
+    line = f"split as train makes it: train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}"
+    assert line + " (without the 12 longer than 128 tokens)" in summary_lines(a)
+    assert f"train {sizes['train']}, validation" in (tmp_path / "out" / "audit.md").read_text()
 
 
 def test_too_few_records_to_split_is_reported_not_raised(tmp_path, tok):
@@ -192,6 +222,10 @@ def test_too_few_records_to_split_is_reported_not_raised(tmp_path, tok):
     a = audit(DataConfig(source=str(path), val_fraction=0.5, test_fraction=0.4), tok, tmp_path / "out")
     assert "too few" in a["split"]["error"] and a["contamination"] == []
     assert any(line.startswith("split:") for line in summary_lines(a))
+    two = _write_jsonl(tmp_path / "two.jsonl", _records(2))
+    b = audit(DataConfig(source=str(two)), tok, tmp_path / "out2")  # trains 2 / 0 / 0: the warning `train` gives
+    assert (b["split"]["train"], b["split"]["validation"], b["split"]["test"]) == (2, 0, 0)
+    assert any(line.startswith("warning: the validation and test splits are empty") for line in summary_lines(b))
 
 
 @pytest.mark.parametrize(
@@ -237,7 +271,13 @@ def test_near_duplicates_and_containment_helpers():
     assert scores[0] > 0.8 and scores[1] == 0.0 and scores[2] == 0.0
 
 
-def test_wikidoc_audit(tmp_path, shared):
+def test_docs_state_the_audit_settings(root):
+    text = " ".join((root / "docs" / "data.md").read_text(encoding="utf-8").split())
+    assert f"MinHash over word {SHINGLE}-gram shingles with LSH, Jaccard >= {NEAR_THRESHOLD}" in text
+    assert f"evaluation record's word {NGRAM}-grams" in text and f"rows above {CONTAMINATED:.0%}" in text
+
+
+def test_wikidoc_audit(tmp_path, shared, root):
     data = shared / "wikidoc_patient_information" / "wikidoc_patient_information.json"
     tokenizer = shared / "gpt2_tokenizer"
     if not (data.is_file() and tokenizer.is_dir()):
@@ -254,4 +294,11 @@ def test_wikidoc_audit(tmp_path, shared):
     assert 0 < a["phi"]["total"] < 100, a["phi"]["counts"]
     assert seconds < 120, seconds
     print("\n".join(summary_lines(a)))
+    # the split `train` makes with the default max_length (512): 79 over-long records left out
+    sp = a["split"]
+    assert (sp["train"], sp["validation"], sp["test"], sp["overlong"]) == (5189, 294, 288, 79)
+    test_split = a["contamination"][0]  # as docs/data.md reports it
+    docs = " ".join((root / "docs" / "data.md").read_text(encoding="utf-8").split())
+    assert f"split {sp['train']:,} / {sp['validation']} / {sp['test']} as `train` makes it" in docs
+    assert f"{test_split['above_threshold']} of the {test_split['records']} test-split records" in docs
     assert len(load_records(DataConfig(source=str(data)))) == 5942

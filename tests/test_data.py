@@ -1,4 +1,5 @@
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from medtune.config import DataConfig
 from medtune.data import (
     IGNORE_INDEX,
+    empty_split_warning,
     encode,
     format_prompt,
     load_records,
@@ -189,6 +191,45 @@ def test_overlong_drop_or_error(tmp_path, tok, make_records, write_jsonl):
     assert all(len(e["input_ids"]) <= 128 for v in p.encoded.values() for e in v)
     with pytest.raises(MedtuneError, match=r"rows 5\b"):
         prepare(DataConfig(source=str(path), max_length=128, overlong="error"), tok)
+
+
+def test_empty_held_out_splits_are_one_warning(tmp_path, tok, make_records, write_jsonl, caplog):
+    """A 2-record file trains 2 / 0 / 0: one warning line through the medtune logger says why and what to do."""
+    path = write_jsonl(tmp_path / "two.jsonl", make_records(2))
+    with caplog.at_level("WARNING", logger="medtune"):
+        p = prepare(DataConfig(source=str(path), val_fraction=0.1, test_fraction=0.1), tok)
+    assert [len(p.encoded[k]) for k in ("train", "validation", "test")] == [2, 0, 0]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("medtune")]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    line = warnings[0].getMessage()
+    assert "validation and test splits are empty: 2 distinct questions are too few" in line and "\n" not in line
+    assert "data.val_fraction=0.1, data.test_fraction=0.1 (at least 3 are needed" in line
+    assert "no validation loss" in line and "`medtune eval` will need --data FILE" in line
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medtune"):  # no held-out split asked for: nothing to warn about
+        prepare(DataConfig(source=str(path), val_fraction=0.0, test_fraction=0.0), tok)
+    assert not caplog.records
+
+
+def test_empty_split_warning_names_the_cause():
+    cfg = DataConfig(val_fraction=0.1, test_fraction=0.2, max_length=64)
+    assert empty_split_warning(cfg, {"train": 9, "validation": 1, "test": 1}, 11) is None
+    assert empty_split_warning(DataConfig(test_fraction=0.0), {"train": 2, "validation": 1, "test": 0}, 3) is None
+    line = empty_split_warning(cfg, {"train": 9, "validation": 1, "test": 0}, 11)
+    assert line == (
+        "data: warning: the test split is empty: all its records are longer than data.max_length=64 tokens "
+        "(raise data.max_length); `medtune eval` will need --data FILE"
+    )
+    line = empty_split_warning(cfg, {"train": 1, "validation": 0, "test": 1}, 1)
+    assert "validation split is empty: 1 distinct question is too few to hold any out for data.val_fraction=0.1" in line
+
+
+def test_the_sample_size_stated_in_the_docs_and_the_preset_is_true(root):
+    n = len(load_records(DataConfig(source="builtin:sample")))
+    for name in ("README.md", "docs/training.md", "configs/tiny-cpu.yaml"):
+        text = (root / name).read_text(encoding="utf-8")
+        stated = re.findall(r"builtin:sample`?[^.]{0,60}?(\d[\d,]*)[- ](?:medical Q&A )?records?", text)
+        assert stated and all(int(s.replace(",", "")) == n for s in stated), (name, stated, n)
 
 
 def test_builtin_sample_is_valid(tok):

@@ -266,6 +266,31 @@ def test_user_errors_are_one_line_exit_2(overfit, tmp_path, capsys):
     assert "missing column" in capsys.readouterr().err
 
 
+def test_an_empty_split_is_one_clear_error(tmp_path):
+    """A run trained on too little data saved empty splits: eval names the situation, and suggests the other split
+    only when it has records."""
+    from types import SimpleNamespace
+
+    from medtune.config import Config
+    from medtune.errors import MedtuneError
+
+    run = SimpleNamespace(config=Config(), split_file=lambda name: rundir.split_path(tmp_path, name))
+    (tmp_path / rundir.SPLITS).mkdir()
+    for name in rundir.SPLIT_NAMES:
+        rundir.split_path(tmp_path, name).write_text("")
+    with pytest.raises(MedtuneError) as e:
+        evaluate.load_eval_records(run, None, "test")
+    message = str(e.value)
+    assert message.startswith("the test split of this run is empty (data.test_fraction=0.05, but too few distinct")
+    assert message.endswith("pass --data FILE to evaluate on other records; the validation split is empty too")
+    assert "--split" not in message and "\n" not in message
+    rows = [{"instruction": "Answer", "input": f"Question {i}?", "output": "An answer."} for i in range(2)]
+    rundir.split_path(tmp_path, "validation").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(MedtuneError, match=r"or --split validation \(2 records\)$"):
+        evaluate.load_eval_records(run, None, "test")
+    assert len(evaluate.load_eval_records(run, None, "validation")[0]) == 2
+
+
 def test_train_eval_at_end_calls_evaluate(tmp_path, tiny_preset, monkeypatch):
     from medtune import training
 

@@ -2,7 +2,8 @@
 lengths, overlap of evaluation data with the training split (contamination), and protected health information.
 
 Records are loaded with medtune.data.load_records, so local files of every format, hub ids and column mappings
-behave as in `train`, and the split is the one `train` makes (split_records with the same fractions and seed).
+behave as in `train`, and the split is the one `train` makes (data.split_within_length: the same fractions and seed,
+over-long records left out of each split).
 Problems that would stop `train` are reported here, not raised. The outputs (audit.json, audit.md, lengths.png)
 name rows by number (from 1, as in `train`'s messages) and never copy a record's text.
 """
@@ -38,14 +39,16 @@ from medtune.data import (
     answer_texts,
     chat_prompt,
     drop_duplicates,
+    empty_split_warning,
     encode,
     load_records,
+    phi_guard,
     question_key,
     read_records,
     record_key,
     record_problems,
     scan_phi,
-    split_records,
+    split_within_length,
     text_fields,
 )
 from medtune.errors import MedtuneError
@@ -177,19 +180,33 @@ def _token_lengths(unique: list[dict], row_of: dict[int, int], cfg: DataConfig, 
     return stats, lengths
 
 
+def _train_records(unique: list[dict], row_of: dict[int, int], cfg: DataConfig) -> list[dict]:
+    """The records `train` splits: with data.phi=redact, copies with the findings replaced (phi_guard), numbered as
+    their originals in row_of."""
+    if cfg.phi != "redact":
+        return unique
+    records, _ = phi_guard(unique, cfg)
+    row_of.update({id(new): row_of[id(old)] for old, new in zip(unique, records)})
+    return records
+
+
 def _contamination(
-    unique: list[dict], row_of: dict[int, int], cfg: DataConfig, against: list[str] | None
+    unique: list[dict], row_of: dict[int, int], cfg: DataConfig, tokenizer, against: list[str] | None
 ) -> tuple[dict, list[dict]]:
-    """The split `train` makes, and the overlap of the test split and of each `against` file with its train
-    split."""
+    """The split `train` makes (split_within_length: over-long records left out of each split), and the overlap of
+    the test split and of each `against` file with its train split."""
     split: dict = {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "seed": cfg.seed}
     reports: list[dict] = []
+    records = _train_records(unique, row_of, cfg)
     try:
-        splits = split_records(unique, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        splits, _, too_long = split_within_length(records, tokenizer, _encode_cfg(cfg, tokenizer))
     except MedtuneError as e:
         split["error"] = str(e)
         return split, reports
-    split.update({k: len(v) for k, v in splits.items()})
+    split.update({k: len(v) for k, v in splits.items()}, overlong=len(too_long), max_length=cfg.max_length)
+    split["warning"] = empty_split_warning(
+        cfg, {k: len(v) for k, v in splits.items()}, len(set(map(question_key, records)))
+    )
     train = splits["train"]
     if splits["test"]:
         reports.append(contamination_report("test split", [(row_of[id(r)], r) for r in splits["test"]], train))
@@ -260,7 +277,7 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
     log.debug(f"audit: token lengths ({time.perf_counter() - t:.1f}s)")
 
     t = time.perf_counter()
-    report["split"], report["contamination"] = _contamination(unique, row_of, cfg, against)
+    report["split"], report["contamination"] = _contamination(unique, row_of, cfg, tokenizer, against)
     log.debug(f"audit: contamination ({time.perf_counter() - t:.1f}s)")
 
     t = time.perf_counter()
@@ -276,11 +293,22 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
     return report
 
 
+def written_files(out_dir: Path) -> list[Path]:
+    """Every file `audit` writes into out_dir, as the last line of `medtune data audit` names them."""
+    return [
+        Path(out_dir) / name for name in (rundir.AUDIT_REPORT, rundir.AUDIT, rundir.AUDIT_LENGTHS, rundir.PHI_REVIEW)
+    ]
+
+
 # ---------------------------------------------------------------- summaries
 
 
 def _rows(rows: list) -> str:
     return ", ".join(str(r) for r in rows) if rows else "-"
+
+
+def _overlong_action(overlong: str) -> str:
+    return "train drops them" if overlong == "drop" else "train stops on them (data.overlong=error)"
 
 
 def summary_lines(a: dict) -> list[str]:
@@ -306,10 +334,18 @@ def summary_lines(a: dict) -> list[str]:
         lines.append(
             f"tokens: min {tk['min']}, median {tk['median']:g}, p95 {tk['p95']:g}, max {tk['max']}; "
             f"{tk['over_max_length']:,} longer than max_length {tk['max_length']} "
-            f"({tk['over_max_length_share']:.1%}, train will {tk['overlong']} them)"
+            f"({tk['over_max_length_share']:.1%}, {_overlong_action(tk['overlong'])})"
         )
-    if "error" in a["split"]:
-        lines.append(f"split: {a['split']['error']}")
+    sp = a["split"]
+    if "error" in sp:
+        lines.append(f"split: {sp['error']}")
+    else:
+        lines.append(
+            f"split as train makes it: train {sp['train']:,}, validation {sp['validation']:,}, test {sp['test']:,}"
+            + (f" (without the {sp['overlong']:,} longer than {sp['max_length']} tokens)" if sp["overlong"] else "")
+        )
+    if sp.get("warning"):
+        lines.append(sp["warning"].removeprefix("data: "))
     for c in a["contamination"]:
         lines.append(
             f"overlap with train, {c['name']}: {c['above_threshold']:,} of {c['records']:,} records share "
@@ -366,8 +402,13 @@ def render_markdown(a: dict) -> str:
     else:
         out.append(
             f"Split as `train` makes it (val {sp['val_fraction']}, test {sp['test_fraction']}, seed "
-            f"{sp['seed']}): train {sp.get('train', 0)}, validation {sp.get('validation', 0)}, test "
-            f"{sp.get('test', 0)}. Containment = share of a record's {NGRAM}-word n-grams found in train."
+            f"{sp['seed']}): train {sp['train']}, validation {sp['validation']}, test {sp['test']}"
+            + (
+                f", without the {sp['overlong']} records longer than {sp['max_length']} tokens"
+                if sp["overlong"]
+                else ""
+            )
+            + f". Containment = share of a record's {NGRAM}-word n-grams found in train."
         )
     for c in a["contamination"]:
         ex = "; ".join(f"row {e['row']} ({e['containment']:.2f})" for e in c["examples"]) or "-"

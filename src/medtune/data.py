@@ -625,6 +625,40 @@ def encode_within_length(records: list[dict], tokenizer, cfg: DataConfig) -> tup
     return kept, encoded, too_long
 
 
+def split_within_length(records: list[dict], tokenizer, cfg: DataConfig) -> tuple[dict, dict, list[dict]]:
+    """What `train` splits and keeps, and what `medtune data audit` reports: the records split by question
+    (split_records), then each split's records longer than data.max_length left out (encode_within_length).
+    Returns (records by split, their encodings by split, the records left out)."""
+    splits = split_records(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    encoded, too_long = {}, []
+    for name, rows in splits.items():
+        splits[name], encoded[name], longer = encode_within_length(rows, tokenizer, cfg)
+        too_long += longer
+    return splits, encoded, too_long
+
+
+def empty_split_warning(cfg: DataConfig, sizes: dict[str, int], questions: int) -> str | None:
+    """One line when data.val_fraction or data.test_fraction asks for a split that came out empty (`sizes`: records
+    by split, after length filtering): too few distinct questions (a held-out split needs at least 3), or every
+    record of the split over data.max_length. None when every split asked for has records."""
+    fractions = {"validation": ("val_fraction", cfg.val_fraction), "test": ("test_fraction", cfg.test_fraction)}
+    empty = [name for name, (_, frac) in fractions.items() if frac > 0 and not sizes[name]]
+    if not empty:
+        return None
+    keys = ", ".join(f"data.{fractions[name][0]}={fractions[name][1]}" for name in empty)
+    it, its = ("it", "its") if len(empty) == 1 else ("them", "their")
+    why = (
+        f"{questions} distinct question{' is' if questions == 1 else 's are'} too few to hold any out for {keys} "
+        f"(at least 3 are needed: add records, or set {it} to 0)"
+        if questions < 3
+        else f"all {its} records are longer than data.max_length={cfg.max_length} tokens (raise data.max_length)"
+    )
+    then = ["no validation loss will be computed"] * ("validation" in empty)
+    then += ["`medtune eval` will need --data FILE"] * ("test" in empty)
+    splits = " and ".join(empty) + (" splits are" if len(empty) > 1 else " split is")
+    return f"data: warning: the {splits} empty: {why}; {' and '.join(then)}"
+
+
 def prepare(cfg: DataConfig, tokenizer, checked: Checked | None = None) -> Prepared:
     """Split, prompt-format and tokenize the records (load_checked's, or `checked` when the caller has them). In chat
     format the tokenizer's EOS must be the template's end-of-turn token already (prompt_format: the training command
@@ -632,20 +666,15 @@ def prepare(cfg: DataConfig, tokenizer, checked: Checked | None = None) -> Prepa
     c = checked or load_checked(cfg)
     if cfg.prompt_format == "chat" and chat_end_of_turn_id(tokenizer, cfg) not in (None, tokenizer.eos_token_id):
         raise ValueError("data.prepare: set the tokenizer's EOS to the chat template's end-of-turn token first")
-    splits = split_records(c.records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    encoded, dropped, too_long = {}, 0, []
-    for name, rows in splits.items():
-        splits[name], encoded[name], longer = encode_within_length(rows, tokenizer, cfg)
-        too_long += longer
-    if too_long:
-        if cfg.overlong == "error":
-            index = {id(r): n for n, r in enumerate(c.raw, 1)}
-            numbers = sorted(index[id(r)] for r in too_long)
-            raise MedtuneError(
-                f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
-                f"rows {_rows_text(numbers)} (set data.overlong=drop to skip them)"
-            )
-        dropped = len(too_long)
+    splits, encoded, too_long = split_within_length(c.records, tokenizer, cfg)
+    if too_long and cfg.overlong == "error":
+        index = {id(r): n for n, r in enumerate(c.raw, 1)}
+        numbers = sorted(index[id(r)] for r in too_long)
+        raise MedtuneError(
+            f"{len(too_long)} records are longer than data.max_length={cfg.max_length} tokens: "
+            f"rows {_rows_text(numbers)} (set data.overlong=drop to skip them)"
+        )
+    dropped = len(too_long)
     log.info(
         f"data: {c.source_rows} records from {cfg.source}; {c.duplicates} exact duplicates removed; "
         f"{dropped} longer than {cfg.max_length} tokens dropped; split train/validation/test = "
@@ -653,11 +682,7 @@ def prepare(cfg: DataConfig, tokenizer, checked: Checked | None = None) -> Prepa
     )
     if not encoded["train"]:
         raise MedtuneError("no training records left after validation and length filtering")
-    for name, frac in (("validation", cfg.val_fraction), ("test", cfg.test_fraction)):
-        if frac > 0 and not encoded[name]:
-            log.warning(
-                f"data: warning: the {name} split is empty ({len(c.records)} records are too few for "
-                f"data.{'val' if name == 'validation' else 'test'}_fraction={frac}); "
-                + ("no validation loss will be computed" if name == "validation" else "`medtune eval` will need --data")
-            )
+    warning = empty_split_warning(cfg, {k: len(v) for k, v in encoded.items()}, len(set(map(question_key, c.records))))
+    if warning:
+        log.warning(warning)
     return Prepared(splits, encoded, c.duplicates, dropped, c.source_rows, c.extra)

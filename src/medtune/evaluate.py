@@ -69,15 +69,28 @@ def load_eval_records(run: rundir.RunFolder, data: str | None, split: str) -> tu
                 "pass --data FILE (or a hub dataset id) to evaluate on"
             )
         data_cfg, source = DataConfig(source=str(path)), str(path)  # saved splits hold instruction / input / output
-        if not path.read_text(encoding="utf-8").strip():
-            frac = "test_fraction" if split == "test" else "val_fraction"
-            other = "validation" if split == "test" else "test"
-            raise MedtuneError(
-                f"the {split} split of this run is empty (data.{frac}="
-                f"{getattr(run.config.data, frac)}); use --split {other} or --data FILE"
-            )
+        if not _split_records(path):
+            raise MedtuneError(_empty_split_message(run, split))
     records, _ = validate_records(load_records(data_cfg), source)
     return records, source
+
+
+def _split_records(path: Path) -> int:
+    """How many records a split saved by training holds (0: none, or no such file)."""
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else 0
+
+
+def _empty_split_message(run: rundir.RunFolder, split: str) -> str:
+    """An empty saved split: what training set aside, and the other split only where it has records."""
+    frac = "test_fraction" if split == "test" else "val_fraction"
+    other = "validation" if split == "test" else "test"
+    n_other = _split_records(run.split_file(other))
+    held = getattr(run.config.data, frac)
+    why = "" if held == 0 else ", but too few distinct questions, or all longer than data.max_length"
+    return (
+        f"the {split} split of this run is empty (data.{frac}={held}{why}); pass --data FILE to evaluate on other "
+        "records" + (f", or --split {other} ({n_other} records)" if n_other else f"; the {other} split is empty too")
+    )
 
 
 # ---------------------------------------------------------------- loss and perplexity
