@@ -41,26 +41,6 @@ def _command_line(a) -> str:
     return shlex.join(["medtune", *a.argv])
 
 
-def _resume_line(a) -> str:
-    argv = a.argv if "--resume" in a.argv else [*a.argv, "--resume"]
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return f"resume with: {shlex.join(['medtune', *argv])}" + (" (under the same launcher)" if several else "")
-
-
-def _train_checked(a, cfg):
-    """The checks of `train` that need no model, in about a second: the output folder, the data file (read and
-    validated), then the machine (torch alone). Returns the checked records."""
-    from pathlib import Path
-
-    from medtune import data, rundir
-    from medtune.validate import validate_machine
-
-    rundir.check_output(Path(cfg.output_dir).expanduser(), a.resume)
-    checked = data.load_checked(cfg.data)  # under torchrun, rank 0 alone speaks (setup_logging)
-    validate_machine(cfg)
-    return checked
-
-
 def _eval_at_end(cfg) -> None:
     from medtune import evaluate, stopping
 
@@ -75,34 +55,20 @@ def _eval_at_end(cfg) -> None:
 
 
 def cmd_train(a):
-    from pathlib import Path
-
-    from medtune import rundir, stopping
     from medtune.config import help_text, load_config
 
     if a.help_config:
         print(help_text())
         return
     cfg = load_config(a.config, a.set, output_dir=a.output_dir, model__name=a.model, data__source=a.data)
-    out = Path(cfg.output_dir).expanduser()
-    try:
-        with rundir.locked(out, _command_line(a), create=not a.resume):
-            checked = _train_checked(a, cfg)
-            _quiet_ml()
-            from medtune import training
+    from medtune import stopping, training
 
-            trained = training.run(cfg, resume=a.resume, checked=checked)
-            if trained is not None and cfg.train.eval_at_end and training.distributed.is_main_process():
-                _eval_at_end(cfg)
-    except stopping.Stopped as e:
-        if not (e.message and e.resumable):
-            raise
-        raise stopping.Stopped(e.signum, f"{e.message}; {_resume_line(a)}") from None
-    except stopping.Interrupted as e:
-        said = f"stopped at once by {stopping.name(e.signum)}"
-        if out.is_dir() and rundir.holds_run(out):
-            said += f"; the newest complete checkpoint is kept, {_resume_line(a)}"
-        raise stopping.Stopped(e.signum, said) from None
+    trained = training.run(cfg, resume=a.resume, command=["medtune", *a.argv])  # locks, handles signals, checks
+    if trained is not None and cfg.train.eval_at_end and os.environ.get("RANK", "0") == "0":
+        from medtune import rundir
+
+        with rundir.locked(cfg.output_dir, _command_line(a)), stopping.handlers():
+            _eval_at_end(cfg)
 
 
 GENERATE_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
@@ -519,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     settle_offline()  # before any library that asks the hub is imported
     try:
-        if args.command == "serve":  # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown)
+        if args.command in ("serve", "train"):  # uvicorn handles SIGTERM and SIGINT itself; train's front door too
             args.func(args)
         else:
             with stopping.handlers():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -30,7 +29,7 @@ from medtune.training.distributed import (
     world_size,
 )
 from medtune.training.trainer import MedtuneTrainer, StopOnSignal, training_arguments
-from medtune.validate import validate_against_model, validate_machine
+from medtune.validate import validate_against_model
 
 log = logging.getLogger("medtune.training")
 
@@ -263,41 +262,9 @@ def _write_results(cfg, trainer, tok, prepared, metrics: dict, out: Path, extra:
     plot_losses(history, out / rundir.LOSS_CURVE)
 
 
-def run(cfg: Config, resume: bool = False, checked: data_mod.Checked | None = None) -> dict | None:
-    """Train a LoRA adapter as configured; returns the final metrics. Every check runs before the first file is
-    written: the config's (medtune.validate: validate, validate_machine, validate_against_model once the model is
-    loaded), the output folder's and the data's (`checked`: done already). The output folder is locked meanwhile
-    (rundir.locked). On SIGTERM, SIGINT or SIGUSR1 the current step ends with a checkpoint of it, and
-    stopping.Stopped says where it is (medtune.stopping). --resume of a finished run trains nothing: None."""
-    out = Path(cfg.output_dir).expanduser()
-    with (
-        rundir.locked(out, f"medtune train --output-dir {out}", create=not resume),
-        stopping.handlers(),
-        _main_process_speaks(),
-    ):
-        if resume and (done := rundir.finished_at(out, cfg.train.max_steps, cfg.train.epochs)):
-            log.info(
-                f"resume: {out} finished already ({done[0]} of {done[1]} steps); nothing to train "
-                "(raise train.max_steps or train.epochs to train on)"
-            )
-            return None
-        return _run(cfg, out, resume, checked)
-
-
-@contextlib.contextmanager
-def _main_process_speaks():
-    """Under torchrun, rank 0 alone speaks: the other ranks' medtune loggers show errors only meanwhile."""
-    logger = logging.getLogger("medtune")
-    before = logger.level
-    if not is_main_process():
-        logger.setLevel(max(logging.ERROR, logger.getEffectiveLevel()))
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
-
-
-def _run(cfg: Config, out: Path, resume: bool, checked) -> dict:
+def fit(cfg: Config, out: Path, resume: bool, checked: data_mod.Checked) -> dict:
+    """The recipe, once medtune.training.entry.run holds the folder and has checked the config, folder, data and
+    machine: tokenizer, splits, model (checked against the config), LoRA, the Trainer, then the run's files."""
     from transformers import set_seed
 
     use_local_gpu()
@@ -305,10 +272,8 @@ def _run(cfg: Config, out: Path, resume: bool, checked) -> dict:
     trackers.check(cfg, main_process=is_main_process())  # each tracker's package installed, MLflow's store opens
     set_seed(cfg.train.seed)
     tok = model_mod.load_tokenizer(model_mod.tokenizer_path(cfg.model))
-    checked = checked or data_mod.load_checked(cfg.data)
     record_data_choices(cfg, tok, checked)
     prepared = data_mod.prepare(cfg.data, tok, checked=checked)
-    validate_machine(cfg)
     model = model_mod.load_base_model(cfg.model, tok)
     validate_against_model(cfg, model)
     model.config.use_cache = False
