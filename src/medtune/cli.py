@@ -415,7 +415,7 @@ def _other_parsers(sub):
 class Parser(argparse.ArgumentParser):
     """argparse with a did-you-mean for a mistyped command or flag."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         bad = re.search(r"invalid choice: '([^']*)'", message)
         if bad:
             message += did_you_mean(bad[1], list(_choices(self)))
