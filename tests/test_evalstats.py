@@ -41,6 +41,7 @@ def test_junk_counts(text):
         "",
         "Yes.",
         "No, it is not contagious.",
+        "It isn't contagious, so you don't need antibiotics; they won't help and can't shorten it.",
         "Symptoms include:\n- fever\n- chills\n- a dry cough\n- shortness of breath\n- tiredness",
         "Fever, chills, cough, sore throat, headache, muscle aches, tiredness, nausea and vomiting.",
         "Hepatitis A, B, and C are infections of the liver. Vitamin A and D deficiency is rare.",
@@ -80,7 +81,7 @@ def test_fluent_text_is_not_gibberish(text):
             "alongside Plaintiff dwindling independently",
             "no grammar",
         ),
-        # the tiny preset's tuned model (8 epochs on 166 records): real words, no sentence
+        # the tiny preset's tuned model: real words, no sentence
         ("and tooth, andC, and and and is is dry.", "broken grammar"),
         (
             "and or, and high and tooth is and vaccine. It is a toothne, or services vegetables and read.",
@@ -100,6 +101,7 @@ def test_word_salad_is_gibberish(text, reason):
 def test_word_kinds():
     assert english_words() >= {"the", "fever", "vaccine", "hepatitis", "dehydration", "running"}
     assert [word_kind(w) for w in ["fever", "Fever", "FEVER", "well-known", "patient's"]] == [1] * 5
+    assert [word_kind(w) for w in ["isn't", "doesn’t", "can't", "won't", "they've", "Parkinson's"]] == [1] * 5 + [0]
     assert [word_kind(w) for w in ["COPD", "IgE", "mmHg", "HbA1c", "Lopez", "120"]] == [0] * 6
     assert [word_kind(w) for w in ["immuneyl", "gentWhengn", "toothWh", "TREATMENTEX", "fever-ish-ment"]] == [-1] * 5
 
