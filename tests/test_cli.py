@@ -320,3 +320,14 @@ def test_generate_speed_line_separates_the_start_from_the_decoding_rate():
     assert _then_rate(73, 1.0, 1.144) == ", then 500 tokens/s"  # 72 tokens after the first text, in 0.144 s
     assert _then_rate(1, 1.0, 2.0) == ""  # nothing came after the first text
     assert _then_rate(5, 1.0, 1.01) == ""  # too short a time to give a rate
+
+
+def test_audit_command_names_every_file_it_wrote(tmp_path, capsys):
+    from medtune.audit import written_files
+    from medtune.cli import main
+
+    out = tmp_path / "audit"
+    assert main(["data", "audit", "builtin:sample", "--set", "model.tokenizer=builtin:tiny", "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "audit: " + ", ".join(map(str, written_files(out)))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written_files(out))

@@ -178,7 +178,7 @@ def cmd_audit(a):
         f"PHI guard (data.phi={cfg.data.phi}): {len(findings) - len(blocking)} findings already reviewed; "
         + (f"`train` would act on {len(blocking)}" if blocking else "`train` passes")
     )
-    print(f"audit: {out / rundir.AUDIT_REPORT}, {out / rundir.AUDIT}, {out / rundir.PHI_REVIEW}")
+    print("audit: " + ", ".join(map(str, audit.written_files(out))))
 
 
 def cmd_merge(a):
