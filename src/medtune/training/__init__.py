@@ -12,7 +12,12 @@ def __getattr__(name: str):
         from medtune.training.train import make_trainer
 
         return make_trainer
-    raise AttributeError(f"module 'medtune.training' has no attribute {name!r}")
+    import importlib
+
+    try:  # a submodule by attribute (medtune.training.train, ...), as a package that imported them would have it
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'medtune.training' has no attribute {name!r}") from None
 
 
 __all__ = ["make_trainer", "run"]

@@ -35,7 +35,7 @@ def run(
             stopping.handlers(),
             _main_process_speaks(),
         ):
-            if resume and (done := rundir.finished_at(out, cfg.train.max_steps, cfg.train.epochs)):
+            if resume and _alone() and (done := rundir.finished_at(out, cfg.train.max_steps, cfg.train.epochs)):
                 log.info(
                     f"resume: {out} finished already ({done[0]} of {done[1]} steps); nothing to train "
                     "(raise train.max_steps or train.epochs to train on)"
@@ -57,6 +57,11 @@ def run(
         if out.is_dir() and rundir.holds_run(out):
             said += f"; the newest complete checkpoint is kept, {resume_line(argv)}"
         raise stopping.Stopped(e.signum, said) from None
+
+
+def _alone() -> bool:
+    """One process: several check the resume point together, in the recipe (a collective: each sees its own folder)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1
 
 
 def resume_line(argv: list[str]) -> str:
