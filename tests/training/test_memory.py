@@ -1,5 +1,7 @@
 """The max_memory_gib planner (medtune.training.memory) is sane."""
 
+import sys
+
 import pytest
 
 from medtune.training import memory
@@ -45,3 +47,27 @@ def test_checkpoint_only_switches_the_last_layers():
     enable_checkpointing(model)
     assert memory.checkpoint_only(list(model.transformer.h), 1) == 1
     assert [layer.gradient_checkpointing for layer in model.transformer.h] == [False, False, False, True]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc, /proc")
+def test_freed_host_memory_goes_back_to_the_system():
+    """After return_freed_host_memory, freeing CPU tensors below the newest one gives their memory back (glibc's
+    default keeps it once a freed 16 MB block has raised its dynamic mmap threshold). In a subprocess: the setting is
+    process-wide."""
+    import subprocess
+
+    code = """
+import torch
+from medtune.training import memory
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+assert memory.return_freed_host_memory()
+x = torch.ones(4 << 20)
+del x  # 16 MB freed: glibc's own threshold would rise above the 2 MB tensors below
+kept = [torch.ones(1 << 19) for _ in range(64)]  # 64 x 2 MB
+before = rss()
+del kept[:-1]
+print(before - rss())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) > 100  # MB given back of the 126 freed

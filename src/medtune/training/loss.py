@@ -46,7 +46,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(hidden.device.type, enabled=False):
             vocab = weight.shape[0]
-            padded = -(-vocab // 64) * 64  # GPT-2's 50257 rows would push the GEMMs onto slow unaligned kernels
+            # GPT-2's 50257 rows would push the GPU's GEMMs onto slow unaligned kernels; a CPU gains nothing from
+            # padding, and the padded copy of the weight would cost its size (0.15 GiB for GPT-2 in float32)
+            padded = -(-vocab // 64) * 64 if hidden.is_cuda else vocab
             w = weight.to(hidden.dtype)
             if padded != vocab:
                 w = torch.cat([w, w.new_zeros(padded - vocab, w.shape[1])])
@@ -64,6 +66,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(g, w, out=grad_h[s : s + chunk])
                 if grad_w is not None:  # need_w
                     grad_w.addmm_(g.t().float(), h.float())
+                del g  # before the next chunk's logits: one chunk of them alive at a time, not two
             if grad_w is not None:
                 grad_w = grad_w[:vocab]
         ctx.save_for_backward(grad_h, grad_w)
@@ -78,7 +81,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
-def default_chunk(vocab_size: int, budget_bytes: float = 1 << 30) -> int:
+CHUNK_BYTES_GPU = 1 << 30
+# host memory is what a CPU run is short of, and a CPU's matrix products run as fast on 512 rows as on 2,048
+CHUNK_BYTES_CPU = 1 << 28
+
+
+def default_chunk(vocab_size: int, budget_bytes: float = CHUNK_BYTES_GPU) -> int:
     """Rows of logits per chunk so that one chunk's buffers (about 10 bytes per logit) fit `budget_bytes`."""
     rows = int(budget_bytes // (10 * vocab_size))
     return max(256, min(8192, rows // 256 * 256))
@@ -100,7 +108,7 @@ def linear_cross_entropy(
     dev = hidden.device.type
     if torch.is_autocast_enabled(dev):  # under autocast the final layer norm returns float32
         h = h.to(torch.get_autocast_dtype(dev))
-    chunk = chunk or default_chunk(weight.shape[0])
+    chunk = chunk or default_chunk(weight.shape[0], CHUNK_BYTES_GPU if hidden.is_cuda else CHUNK_BYTES_CPU)
     count = torch.tensor(n, device=hidden.device)
     if not torch.is_grad_enabled():  # evaluation: the same sums, no gradient buffers
         w = weight.to(h.dtype)

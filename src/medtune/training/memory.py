@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 
 from medtune.errors import MedtuneError
@@ -120,3 +122,22 @@ def checkpoint_only(layers: list, k: int) -> int:
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i >= len(layers) - k
     return k
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+HOST_MMAP_THRESHOLD = 1 << 20
+
+
+def return_freed_host_memory(threshold: int = HOST_MMAP_THRESHOLD) -> bool:
+    """Make glibc give every freed CPU tensor of `threshold` bytes or more back to the system at once. By default glibc
+    raises its mmap threshold to the largest block freed so far (up to 32 MiB): after the first step, activations and
+    gradients (12-60 MB each for distilgpt2 on a 4,096-token batch) come from the heap, whose freed holes it keeps.
+    On distilgpt2 with 4,096-token batches that held 1.9 GB after a step, growing by about 1 GB a step, and added 1 GB
+    to the peak. A fixed threshold also turns the dynamic one off. False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
