@@ -65,7 +65,7 @@ Optimizer = Literal[
 Scheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
 ]
-Speedup = Literal["gelu", "norms", "varlen", "chunked_loss"]
+Speedup = Literal["gelu", "norms", "varlen", "chunked_loss", "lean_attention", "host_memory"]
 # transformers' reporting integrations (medtune.training.trackers knows their packages); kubeflow (a server, not a
 # package) is left out
 Tracker = Literal[
@@ -183,7 +183,10 @@ class TrainConfig:
         "timed, when the eager time left pays back the compiling)",
     )
     neftune_alpha: float | None = opt(None, "NEFTune: noise of this scale on the input embeddings while training", gt=0)
-    disable: list[Speedup] = opt([], "speed-ups to turn off, for ablations: gelu, norms, varlen, chunked_loss")
+    disable: list[Speedup] = opt(
+        [],
+        "speed-ups to turn off, for ablations: gelu, norms, varlen, chunked_loss, lean_attention, host_memory (CPU)",
+    )
 
 
 @dataclass

@@ -124,10 +124,18 @@ def apply_speedups(cfg: Config, model) -> SpeedUps:
         and cfg.model.attn_implementation in ("sdpa", attention.VARLEN)
         and attention.use_varlen(model)
     )
+    lean = bool(  # CPU: no attention matrices kept for backward (attention.lean_attention_forward)
+        not varlen
+        and "lean_attention" not in off
+        and cfg.model.attn_implementation == "sdpa"
+        and attention.use_lean(model)
+    )
+    if not torch.cuda.is_available() and "host_memory" not in off:
+        memory.return_freed_host_memory()  # freed activations go back to the system (memory.py says why)
     chosen = SpeedUps(
         gelu_fused=gelu,
         norms_keep_dtype=norms,
-        attention=attention.VARLEN if varlen else cfg.model.attn_implementation,
+        attention=attention.VARLEN if varlen else attention.LEAN if lean else cfg.model.attn_implementation,
         varlen=varlen,
         fast_loss=None if "chunked_loss" in off else model_mod.decoder_and_head(model),
         batch_tokens=t.batch_tokens if t.packing else None,
