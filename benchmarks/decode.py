@@ -107,7 +107,8 @@ def churn_row(model, tok, prompts, n):
     import random
 
     from medtune.config import GenerateConfig
-    from medtune.generate import Request, make_engine
+    from medtune.decoding import Request
+    from medtune.generate import make_engine
 
     engine = make_engine(model, tok, len(prompts), len(prompts[0]) + n)
     engine.eos = -1

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,23 +17,12 @@ import torch
 from medtune.config import DataConfig, GenerateConfig
 from medtune.console import progress_bars
 from medtune.data import format_prompt
+from medtune.decoding import Completion, Engine, Request
 from medtune.decoding.sampling import MIN_TEMPERATURE
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE, atomic_write_jsonl, read_text_lines
 
 MAX_QUESTION_CHARS = 100_000  # longer lines are refused before tokenizing (no tokenizer packs more into a context)
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list[int]  # the answer's tokens, EOS excluded
-    stop_reason: str  # "eos": the model ended its answer; "length": max_new_tokens; "loop": the loop guard; "cancelled"
-    prompt_tokens: int
-
-    @property
-    def stopped_at_eos(self) -> bool:
-        return self.stop_reason == "eos"
 
 
 def generation_kwargs(g: GenerateConfig, tokenizer) -> dict:
@@ -80,24 +66,9 @@ def conversation_record(turns: list[dict], data_cfg: DataConfig) -> dict:
     return {"instruction": system or data_cfg.default_instruction, "input": question, "output": "x"}
 
 
-@dataclass
-class Request:
-    """One prompt to complete with its own settings (sampling, seed, max_new_tokens, loop guard), cancellation,
-    streamed text (on_text) and the finished Completion (on_done, called from the engine's thread)."""
-
-    ids: list[int]
-    g: GenerateConfig
-    cancel: threading.Event | None = None
-    on_text: Callable[[str], None] | None = None
-    on_done: Callable[[Completion], None] | None = None
-    job: object = None  # the caller's handle (serving's Job)
-
-
 def make_engine(model, tokenizer, slots: int, max_len: int | None = None):
     """The decoding engine for a model (medtune.decoding.Engine): `slots` rows at once, sequences of up to max_len
     tokens (default: the model's context)."""
-    from medtune.decoding import Engine
-
     return Engine(model, tokenizer, slots=slots, max_len=max_len)
 
 

@@ -140,14 +140,14 @@ class _HostTensors(TorchDispatchMode):
 def _fake_graphs(monkeypatch, around=None):
     """CUDA graphs on the CPU: each "capture" keeps the function and each replay calls it (inside `around`, a
     context manager, when given), so the graph path's buffers, buckets and keys run as on a GPU."""
-    from medtune.decoding import engine as engine_module
+    from medtune.decoding.runner import ModelRunner
 
     def replay(fn):
         with around or contextlib.nullcontext():
             fn()
 
     monkeypatch.setattr(
-        engine_module.Engine,
+        ModelRunner,
         "_capture",
         lambda self, fn: (type("G", (), {"replay": staticmethod(lambda: replay(fn))}), None),
     )
@@ -157,7 +157,8 @@ def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
     """The graph path (prompts prefilled in buckets padded to a power of 2 of rows and 64-token widths through the
     static input buffers, first tokens sampled inside the prefill, settings gathered by slot) answers as the plain
     path does, with rows of different settings joining and leaving. On the CPU each "graph" replays its function."""
-    from medtune.generate import Request, complete, make_engine
+    from medtune.decoding import Request
+    from medtune.generate import complete, make_engine
 
     model = _llama(tok)
     prompts = _prompts(tok)
@@ -183,10 +184,10 @@ def test_the_shapes_cuda_graphs_run_give_the_same_answers(tok, monkeypatch):
     scalars = _HostTensors()
     _fake_graphs(monkeypatch, around=scalars)
     graphed = make_engine(model, tok, 4, 64)
-    graphed.use_graphs = True
+    graphed.runner.use_graphs = True
     assert answers(graphed) == plain
     assert not scalars.ops  # e.g. `t[rows] = 0`: a host-to-device copy, which a CUDA graph cannot capture
-    assert {k[:2] for k in graphed.graphs if k[0] == "prefill"} >= {("prefill", 4), ("prefill", 1)}
+    assert {k[:2] for k in graphed.runner.graphs if k[0] == "prefill"} >= {("prefill", 4), ("prefill", 1)}
     alone = [complete(model, tok, [p], g)[0].token_ids for p, g in zip(prompts, gs)]
     assert plain[3:] == alone
 
@@ -195,14 +196,15 @@ def test_a_bucket_that_overhangs_the_last_slot_still_prefills_in_its_graph(tok, 
     """One row runs in a 4-slot engine and 3 requests join at once: their 4-row prefill bucket overhangs the last
     slot, and its padding row writes to the scratch slot, so the prefill runs as a graph (before: eagerly, hundreds
     of launches on a GPU, whenever a nearly full engine admitted). The answers are those of each request alone."""
-    from medtune.generate import Request, make_engine
+    from medtune.decoding import Request
+    from medtune.generate import make_engine
 
     model = _llama(tok)
     prompts = _prompts(tok)
     gs = [GenerateConfig(max_new_tokens=12 - 2 * i, temperature=0.8, seed=i, loop_guard=0) for i in range(4)]
     _fake_graphs(monkeypatch)
     engine = make_engine(model, tok, 4, 64)
-    engine.use_graphs = True
+    engine.runner.use_graphs = True
     engine.eos = -1
     done = {}
     engine.add(Request(prompts[0], gs[0], on_done=lambda c: done.setdefault(0, c.token_ids)))
@@ -212,7 +214,7 @@ def test_a_bucket_that_overhangs_the_last_slot_still_prefills_in_its_graph(tok, 
         engine.add(Request(prompts[i], gs[i], on_done=lambda c, i=i: done.setdefault(i, c.token_ids)))
     while len(done) < 4:
         engine.step()
-    assert sorted(k[1] for k in engine.graphs if k[0] == "prefill") == [1, 4]  # rows 1..3 in a 4-row bucket
+    assert sorted(k[1] for k in engine.runner.graphs if k[0] == "prefill") == [1, 4]  # rows 1..3 in a 4-row bucket
     alone = []
     for p, g in zip(prompts, gs):
         solo = make_engine(model, tok, 1, 64)
@@ -224,21 +226,21 @@ def test_a_bucket_that_overhangs_the_last_slot_still_prefills_in_its_graph(tok, 
 def test_more_prompts_than_a_prefill_graph_holds_join_in_groups(tok, monkeypatch):
     """With prefill graphs of up to 2 rows, 4 prompts joining at once are prefilled as two 2-row graphs (not one
     eager prefill), and each answer is the one it gets alone."""
-    from medtune.decoding import engine as engine_module
-    from medtune.generate import Request, make_engine
+    from medtune.decoding import Request, scheduler
+    from medtune.generate import make_engine
 
     model = _llama(tok)
     prompts = _prompts(tok)
     gs = [GenerateConfig(max_new_tokens=5 + i, temperature=0.8, seed=i, loop_guard=0) for i in range(4)]
-    monkeypatch.setattr(engine_module, "PREFILL_GRAPH_ROWS", 2)
+    monkeypatch.setattr(scheduler, "PREFILL_GRAPH_ROWS", 2)
     _fake_graphs(monkeypatch)
     engine = make_engine(model, tok, 4, 64)
-    engine.use_graphs = True
+    engine.runner.use_graphs = True
     prefills = []
-    step = engine._prefill_step
-    monkeypatch.setattr(engine, "_prefill_step", lambda *a: (prefills.append(a[0].shape[0]), step(*a))[1])
+    step = engine.runner._prefill_step
+    monkeypatch.setattr(engine.runner, "_prefill_step", lambda *a: (prefills.append(a[0].shape[0]), step(*a))[1])
     together = [c.token_ids for c in engine.run([Request(p, g) for p, g in zip(prompts, gs)])]
-    assert prefills == [2, 2] and {k[1] for k in engine.graphs if k[0] == "prefill"} == {2}
+    assert prefills == [2, 2] and {k[1] for k in engine.runner.graphs if k[0] == "prefill"} == {2}
     alone = [make_engine(model, tok, 1, 64).run([Request(p, g)])[0].token_ids for p, g in zip(prompts, gs)]
     assert together == alone
 
@@ -246,7 +248,8 @@ def test_more_prompts_than_a_prefill_graph_holds_join_in_groups(tok, monkeypatch
 def test_warm_up_captures_every_batch_bucket_and_leaves_the_engine_as_new(tok, monkeypatch):
     """Engine.warm_up (what `medtune serve` runs before serving): a decode graph for every batch bucket at the first
     two widths, prefill graphs; afterwards no row, no counter, and answers are those of a fresh engine."""
-    from medtune.generate import Request, make_engine
+    from medtune.decoding import Request
+    from medtune.generate import make_engine
 
     model = _llama(tok)
     prompts = _prompts(tok)
@@ -255,11 +258,11 @@ def test_warm_up_captures_every_batch_bucket_and_leaves_the_engine_as_new(tok, m
     _fake_graphs(monkeypatch)
     engine = make_engine(model, tok, 4, 300)
     assert engine.warm_up(g) == 0  # no graphs (CPU): nothing to do
-    engine.use_graphs = True
-    assert engine.warm_up(g) == len(engine.graphs) > 0
-    decode = {k[1:3] for k in engine.graphs if k[0] == "decode"}
+    engine.runner.use_graphs = True
+    assert engine.warm_up(g) == len(engine.runner.graphs) > 0
+    decode = {k[1:3] for k in engine.runner.graphs if k[0] == "decode"}
     assert {(b, w) for b in (1, 2, 4) for w in (128, 256)} <= decode
-    assert {k[1] for k in engine.graphs if k[0] == "prefill"} == {1, 2, 4}
+    assert {k[1] for k in engine.runner.graphs if k[0] == "prefill"} == {1, 2, 4}
     assert engine.pending == 0 and engine.steps_run == 0 and engine.eos == tok.eos_token_id
     assert [c.token_ids for c in engine.run([Request(p, g) for p in prompts])] == fresh
 
@@ -386,6 +389,35 @@ def test_fused_modules_only_while_decoding(tok):
     assert fuse_for_decoding(_gpt2(tok)) == 2  # one gelu_new a layer
 
 
+def test_a_model_outside_the_engine_is_untouched(tok, monkeypatch):
+    """The fused rotary embedding is in place only while the engine steps, and only for the engine's forward passes:
+    after an engine ran, transformers' apply_rotary_pos_emb is the same object as before, and another model of the
+    same architecture computes the logits of a fresh one (so does the engine's own model, outside the engine)."""
+    from transformers.models.llama import modeling_llama
+
+    from medtune.decoding import fused
+    from medtune.generate import complete
+
+    original = modeling_llama.apply_rotary_pos_emb
+    ids = torch.tensor([_prompts(tok)[0]])
+    fresh = _llama(tok)(ids).logits
+    model = _llama(tok)
+    seen, rope = [], fused._rope
+
+    def fused_rope(*args, **kwargs):  # records what the modeling file calls while the engine's passes rotate
+        if fused._decoding():
+            seen.append(modeling_llama.apply_rotary_pos_emb)
+        return rope(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "_rope", fused_rope)
+    g = GenerateConfig(max_new_tokens=5, greedy=True, loop_guard=0)
+    complete(model, tok, _prompts(tok)[:3], g, batch_size=2)
+    assert seen and all(f is not original for f in seen)  # the engine's passes rotated through the fused form
+    assert modeling_llama.apply_rotary_pos_emb is original and not fused.RotaryPatch._users
+    assert torch.equal(_llama(tok)(ids).logits, fresh)
+    assert torch.equal(model(ids).logits, fresh)
+
+
 def test_fused_projections_decode_the_same_tokens(tok, monkeypatch):
     """q/k/v (and gate/up) as one product each while decoding: the engine's greedy answers still equal
     model.generate's, also after the weights change (an adapter merged between two engines), and outside the engine
@@ -414,7 +446,8 @@ def test_fused_projections_decode_the_same_tokens(tok, monkeypatch):
 
 
 def test_a_request_without_prompt_tokens_is_refused(tok):
-    from medtune.generate import Request, make_engine
+    from medtune.decoding import Request
+    from medtune.generate import make_engine
 
     engine = make_engine(_gpt2(tok), tok, 2)
     with pytest.raises(ValueError, match="at least one prompt token"):

@@ -7,7 +7,9 @@ modules compute exactly as before, so losses do not move."""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import threading
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,27 +58,58 @@ def _rope_matches(original) -> bool:
     return all(torch.allclose(a, b, atol=1e-5) for a, b in zip(want, got))
 
 
-def fuse_rope(model) -> int:
-    """Route the rotary embedding of each attention module's modeling file through _rope while decoding, where the
-    file's apply_rotary_pos_emb computes the same (checked on random inputs). Returns the number of files patched."""
-    import sys
+class RotaryPatch:
+    """Routes the rotary embedding of the engine's model through _rope while the engine steps (entered around each
+    step): the model's modeling files whose apply_rotary_pos_emb _rope reproduces (checked on random inputs) get a
+    dispatcher that uses _rope only inside the engine's forward passes (this thread's active SlotCache) and the
+    original everywhere else, and the original back when the last engine using it leaves. Between steps, and in
+    any process where no engine runs, transformers' functions are untouched."""
 
-    n = 0
-    for module in {type(m).__module__ for m in model.modules()}:
-        mod: Any = sys.modules.get(module)
-        original = getattr(mod, "apply_rotary_pos_emb", None)
-        if original is None or getattr(original, "_medtune", False) or not _rope_matches(original):
-            continue
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _users: ClassVar[dict[str, list]] = {}  # modeling module -> [its original function, engines inside a step]
 
-        def dispatch(q, k, cos, sin, *args, _original=original, **kwargs):
-            if _decoding() and not args and set(kwargs) <= {"unsqueeze_dim"}:
-                return _rope(q, k, cos, sin, **kwargs)
-            return _original(q, k, cos, sin, *args, **kwargs)
+    def __init__(self, modules: tuple[str, ...]):
+        self.modules = modules
 
-        dispatch._medtune = True  # type: ignore[attr-defined]  # (a function attribute: patched already)
-        mod.apply_rotary_pos_emb = dispatch
-        n += 1
-    return n
+    @classmethod
+    def of(cls, model) -> "RotaryPatch":
+        names = []
+        for name in sorted({type(m).__module__ for m in model.modules()}):
+            with cls._lock:  # (another engine may be inside a step: its dispatcher is in place)
+                entry = cls._users.get(name)
+                original = entry[0] if entry else getattr(sys.modules.get(name), "apply_rotary_pos_emb", None)
+            if original is not None and _rope_matches(original):
+                names.append(name)
+        return cls(tuple(names))
+
+    def __enter__(self) -> "RotaryPatch":
+        with self._lock:
+            for name in self.modules:
+                mod: Any = sys.modules[name]
+                entry = self._users.setdefault(name, [mod.apply_rotary_pos_emb, 0])
+                if entry[1] == 0:
+                    mod.apply_rotary_pos_emb = _rope_dispatch(entry[0])
+                entry[1] += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            for name in self.modules:
+                entry = self._users[name]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    mod: Any = sys.modules[name]
+                    mod.apply_rotary_pos_emb = entry[0]
+                    del self._users[name]
+
+
+def _rope_dispatch(original):
+    def dispatch(q, k, cos, sin, *args, **kwargs):
+        if _decoding() and not args and set(kwargs) <= {"unsqueeze_dim"}:
+            return _rope(q, k, cos, sin, **kwargs)
+        return original(q, k, cos, sin, *args, **kwargs)
+
+    return dispatch
 
 
 def _rms_matches(cls, m) -> bool:
@@ -91,27 +124,55 @@ def _rms_matches(cls, m) -> bool:
 PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # the names of the Llama family
 
 
-def _first_of_group(self, x):
-    """The group's first projection: while decoding, one product for the whole group; the others' outputs are left
-    for them (keyed by this input)."""
-    if not _decoding():
+class ProjectionGroup:
+    """Sibling projections that read the same input, as one matrix product while decoding: one concatenated copy of
+    their weights, and the outputs of the last product, kept for the members that come after the first."""
+
+    def __init__(self, members: list[torch.nn.Linear]):
+        with torch.no_grad():
+            self.weight = torch.cat([m.weight for m in members])
+            self.bias = None if members[0].bias is None else torch.cat([m.bias for m in members])
+        self.sizes = [m.out_features for m in members]
+        self.input: torch.Tensor | None = None  # the input of the last product, and its outputs, one a member
+        self.outputs: tuple[torch.Tensor, ...] = ()
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """The first member's output; the others' are kept for them (keyed by this input)."""
+        self.outputs = F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        self.input = x
+        return self.outputs[0]
+
+    def output(self, member: int, x: torch.Tensor) -> torch.Tensor | None:
+        """A later member's output, when the group's product was computed on this very input."""
+        return self.outputs[member] if self.input is x else None
+
+
+class FusedFirstLinear(torch.nn.Linear):
+    """A group's first projection: while decoding, one product for the whole group."""
+
+    group: ProjectionGroup
+    member: int  # 0
+
+    def forward(self, x):
+        if not _decoding():
+            return F.linear(x, self.weight, self.bias)
+        return self.group.first(x)
+
+
+class FusedRestLinear(torch.nn.Linear):
+    """A later projection of a group: while decoding, its part of the group's product."""
+
+    group: ProjectionGroup
+    member: int
+
+    def forward(self, x):
+        if _decoding():
+            out = self.group.output(self.member, x)  # computed by the group's first projection
+            if out is not None:
+                return out
         return F.linear(x, self.weight, self.bias)
-    weight, bias, sizes, others = self.__dict__["_medtune_group"]
-    parts = F.linear(x, weight, bias).split(sizes, dim=-1)
-    for other, part in zip(others, parts[1:]):
-        other.__dict__["_medtune_stash"] = (x, part)
-    return parts[0]
 
 
-def _rest_of_group(self, x):
-    stash = self.__dict__.get("_medtune_stash")
-    if _decoding() and stash is not None and stash[0] is x:  # computed by the group's first projection
-        return stash[1]
-    return F.linear(x, self.weight, self.bias)
-
-
-FusedFirstLinear = type("FusedFirstLinear", (torch.nn.Linear,), {"forward": _first_of_group})
-FusedRestLinear = type("FusedRestLinear", (torch.nn.Linear,), {"forward": _rest_of_group})
 _LINEARS = (torch.nn.Linear, FusedFirstLinear, FusedRestLinear)
 
 
@@ -135,8 +196,8 @@ def fuse_projections(model, headroom: float = 0.25) -> int:
                 groups.append(linears)
     for group in groups:  # back to plain projections; the old copies are freed
         for m in group:
-            m.__dict__.pop("_medtune_group", None)
-            m.__dict__.pop("_medtune_stash", None)
+            if isinstance(m, (FusedFirstLinear, FusedRestLinear)):
+                del m.group, m.member
             m.__class__ = torch.nn.Linear
     if not groups:
         return 0
@@ -146,24 +207,20 @@ def fuse_projections(model, headroom: float = 0.25) -> int:
         device.type == "cuda" and size > headroom * torch.cuda.mem_get_info(device)[0]
     ):
         return 0
-    for first, *others in groups:
-        with torch.no_grad():
-            weight = torch.cat([m.weight for m in (first, *others)])
-            bias = None if first.bias is None else torch.cat([m.bias for m in (first, *others)])
-        first.__dict__["_medtune_group"] = (weight, bias, [m.out_features for m in (first, *others)], others)
-        first.__class__ = FusedFirstLinear
-        for m in others:
-            m.__class__ = FusedRestLinear
+    for members in groups:
+        shared = ProjectionGroup(members)
+        for i, m in enumerate(members):
+            m.group, m.member = shared, i
+            m.__class__ = FusedRestLinear if i else FusedFirstLinear
     return len(groups)
 
 
 def fuse_for_decoding(model) -> int:
     """Swap each RMSNorm and gelu_new module that the fused form reproduces for a subclass that uses it while the
-    engine decodes, and fuse the rotary embeddings (fuse_rope) and sibling projections (fuse_projections). Returns
-    the number of norm and activation modules swapped."""
+    engine decodes, and fuse the sibling projections (fuse_projections; the rotary embeddings: RotaryPatch).
+    Returns the number of norm and activation modules swapped."""
     from transformers.activations import NewGELUActivation
 
-    fuse_rope(model)
     fuse_projections(model)
     checked: dict[type, bool] = {}
     n = 0

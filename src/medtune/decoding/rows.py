@@ -1,13 +1,13 @@
-"""What the engine keeps on the host for each running answer: its tokens, the loop guard, the streamed text."""
+"""What the engine keeps on the host for each running answer (a Row: the sequence, in vLLM's words): its tokens,
+the loop guard, the streamed text, and the host's side of each step (a new token, the stop checks, the Completion)."""
 
 from __future__ import annotations
 
 import collections
+import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from medtune.generate import Request
+from medtune.decoding.request import Completion, Request
 
 
 @dataclass
@@ -83,6 +83,13 @@ class Row:
     done: bool = False  # answered (on_done called); its slot is freed at the next admission
     shown: str = ""  # text streamed so far
 
+    @classmethod
+    def start(cls, request: Request, tokenizer) -> "Row":
+        """A request joining the running batch: its seed (drawn when it names none) and its text stream."""
+        seed = request.g.seed if request.g.seed is not None else random.getrandbits(62)
+        stream = TextStream(tokenizer) if request.on_text is not None else None
+        return cls(request, seed, LoopGuard(request.g.loop_guard), stream)
+
     @property
     def prompt_len(self) -> int:
         return len(self.request.ids)
@@ -103,3 +110,32 @@ class Row:
             if piece:
                 self.shown += piece
                 self.request.on_text(piece)
+
+    def take(self, token: int, eos: int | None, max_len: int) -> bool:
+        """One new token from the device: EOS ends the answer (False: no token added); the loop guard (the answer
+        is cut before the repeat), cancellation, max_new_tokens and the end of the slot end it after this token."""
+        r = self.request
+        if token == eos:
+            self.reason = "eos"
+            return False
+        self.tokens.append(token)
+        cut = self.guard.add(self.tokens)
+        if cut is not None:
+            del self.tokens[cut:]
+            self.reason = "loop"
+        elif r.cancel is not None and r.cancel.is_set():
+            self.reason = "cancelled"
+        elif len(self.tokens) >= r.g.max_new_tokens or self.prompt_len + len(self.tokens) >= max_len:
+            self.reason = "length"
+        return True
+
+    def finish(self, tokenizer) -> None:
+        """Answer the request (on_done) with its Completion, the rest of its streamed text first."""
+        r = self.request
+        assert self.reason is not None  # every row that finishes has its reason
+        self.done = True
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True).strip()
+        if self.stream is not None and self.reason != "cancelled":
+            self.emit_text(final=True)
+        if r.on_done is not None:
+            r.on_done(Completion(text, list(self.tokens), self.reason, len(r.ids)))
