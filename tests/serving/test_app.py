@@ -18,9 +18,9 @@ def run_dir(tiny_run):
 
 @pytest.fixture(scope="module")
 def engine(run_dir):
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
 
-    e = Engine(run_dir, Limits(max_tokens=64, max_body_bytes=4096, queue_size=8))
+    e = EngineClient(run_dir, Limits(max_tokens=64, max_body_bytes=4096, queue_size=8))
     yield e
     e.close()
 
@@ -303,7 +303,7 @@ def test_serve_defaults_to_loopback_and_reports_busy_port():
 # ---------------------------------------------------------------- the queue
 
 
-class GatedDecoder:
+class GatedEngine:
     """Stands in for the decoding engine: every request streams "first ", then waits for the gate (or its
     cancellation); counts what it started and what was cancelled."""
 
@@ -321,7 +321,7 @@ class GatedDecoder:
             request.on_text("first ")
 
     def step(self):
-        from medtune.generate import Completion
+        from medtune.decoding import Completion
 
         time.sleep(0.01)
         for r in list(self.requests):
@@ -344,10 +344,10 @@ class GatedDecoder:
 
 @pytest.fixture
 def gated(engine, monkeypatch):
-    """Replace the decoding engine with GatedDecoder (while no request is in flight)."""
+    """Replace the decoding engine with GatedEngine (while no request is in flight)."""
     state = {"gate": threading.Event(), "cancelled": 0, "started": 0}
     wait_until(lambda: engine.pending == 0)
-    monkeypatch.setattr(engine.worker, "decoder", GatedDecoder(state))
+    monkeypatch.setattr(engine.worker, "engine", GatedEngine(state))
     yield state
     state["gate"].set()
     wait_until(lambda: engine.pending == 0)
@@ -409,16 +409,17 @@ def test_real_generation_stops_when_cancelled(engine):
     import threading as th
 
     from medtune.config import GenerateConfig
-    from medtune.generate import Request, make_engine
+    from medtune.decoding import Request
+    from medtune.generate import make_engine
 
-    decoder = make_engine(engine.worker.model, engine.tok, 2)
-    decoder.eos = -1
+    decoding = make_engine(engine.worker.model, engine.tok, 2)
+    decoding.eos = -1
     g = GenerateConfig(max_new_tokens=50, greedy=True, loop_guard=0)
     running = Request(engine.prompt_ids("a b c", raw=True), g, th.Event())
     running.on_text = lambda text: running.cancel.set()
     never = Request(engine.prompt_ids("d e f", raw=True), g, th.Event())
     never.cancel.set()
-    a, b = decoder.run([running, never])
+    a, b = decoding.run([running, never])
     assert a.stop_reason == "cancelled" and 1 <= len(a.token_ids) <= 3
     assert b.stop_reason == "cancelled" and b.token_ids == []
 
@@ -427,7 +428,7 @@ def test_generation_failure_is_reported_and_server_keeps_serving(client, engine,
     def broken():
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine.worker.decoder, "step", broken)
+    monkeypatch.setattr(engine.worker.engine, "step", broken)
     r = client.post("/v1/completions", json={"prompt": "x"})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     with client.stream("POST", "/v1/completions", json={"prompt": "x", "stream": True}) as s:

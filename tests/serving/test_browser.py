@@ -18,10 +18,10 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def server(tiny_run, server_thread):
     from medtune.serving.app import create_app
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
     from medtune.serving.server import LOOPBACK
 
-    engine = Engine(tiny_run(), Limits(max_tokens=64))
+    engine = EngineClient(tiny_run(), Limits(max_tokens=64))
     with server_thread(create_app(engine=engine, allowed_hosts=LOOPBACK)) as srv:
         yield srv
     engine.close()
@@ -117,10 +117,10 @@ def test_error_from_the_api_is_shown_not_swallowed(server, browser):
 @pytest.fixture(scope="module")
 def keyed_server(tiny_run, server_thread):
     from medtune.serving.app import create_app
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
     from medtune.serving.server import LOOPBACK
 
-    engine = Engine(tiny_run(), Limits(max_tokens=32))
+    engine = EngineClient(tiny_run(), Limits(max_tokens=32))
     with server_thread(create_app(engine=engine, allowed_hosts=LOOPBACK, api_key="browser-key")) as srv:
         yield srv
     engine.close()

@@ -14,9 +14,9 @@ QUESTION = "What are the symptoms of asthma?"
 
 @pytest.fixture(scope="module")
 def engine(tiny_run):
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
 
-    e = Engine(tiny_run(), Limits(max_tokens=64, queue_size=8))
+    e = EngineClient(tiny_run(), Limits(max_tokens=64, queue_size=8))
     yield e
     e.close()
 

@@ -59,9 +59,9 @@ def _results(jobs, timeout=60):
 
 def test_answers_do_not_depend_on_what_runs_beside_them(run_dir):
     """A request's answer depends on its prompt and seed only, not on which requests share its steps."""
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
 
-    engine = Engine(run_dir, Limits(max_batch_size=8))
+    engine = EngineClient(run_dir, Limits(max_batch_size=8))
     try:
         prompts = ["What is asthma?", "How is a broken arm treated at home and in hospital?", "What is gout?"]
         settings = [dict(seed=i, max_tokens=6 + 3 * i, temperature=[0.0, 0.7, 1.3][i]) for i in range(3)]
@@ -84,14 +84,14 @@ def test_answers_do_not_depend_on_what_runs_beside_them(run_dir):
 
 def test_a_request_joins_the_running_batch(run_dir):
     """Continuous batching: a short request sent while a long one runs is decoded beside it and ends first."""
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
 
-    engine = Engine(run_dir, Limits(max_batch_size=4))
+    engine = EngineClient(run_dir, Limits(max_batch_size=4))
     try:
-        decoder = engine.worker.decoder
+        decoding = engine.worker.engine
         widths = []
-        real_step = decoder.step
-        decoder.step = lambda: (widths.append(len(decoder.rows)), real_step())[1]
+        real_step = decoding.step
+        decoding.step = lambda: (widths.append(len(decoding.rows)), real_step())[1]
         finished = []
         long_job = _job(engine, "Question 0?", max_tokens=60, temperature=0.0)
         short_job = _job(engine, "Question 1?", max_tokens=3, temperature=0.0)
@@ -104,11 +104,11 @@ def test_a_request_joins_the_running_batch(run_dir):
             return r
 
         engine.worker.request = request
-        decoder.eos = -1  # neither may stop early (the tiny model repeats itself: no loop guard either)
+        decoding.eos = -1  # neither may stop early (the tiny model repeats itself: no loop guard either)
         engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
         assert engine.submit(long_job)
         for _ in range(1000):
-            if decoder.steps_run >= 3:
+            if decoding.steps_run >= 3:
                 break
             threading.Event().wait(0.005)
         assert engine.submit(short_job)
@@ -120,11 +120,11 @@ def test_a_request_joins_the_running_batch(run_dir):
 
 
 def test_streamed_text_equals_the_answer_and_cancel_stops(run_dir):
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
 
-    engine = Engine(run_dir, Limits(max_batch_size=4))
+    engine = EngineClient(run_dir, Limits(max_batch_size=4))
     try:
-        engine.worker.decoder.eos = -1
+        engine.worker.engine.eos = -1
         engine.cfg.generate = dataclasses.replace(engine.cfg.generate, loop_guard=0)
         streamed = _job(engine, "What is asthma?", stream=True, max_tokens=20)
         cancelled = _job(engine, "What is gout?", stream=True, max_tokens=500)

@@ -29,15 +29,15 @@ def test_a_worker_process_answers_as_a_thread_does_and_dies_cleanly(run_dir):
     from fastapi.testclient import TestClient
 
     from medtune.serving.app import create_app
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
 
     prompts = ["What is asthma?", "What is gout?", "How is flu spread?"]
-    threaded = Engine(run_dir, Limits(max_batch_size=4, worker="thread"))
+    threaded = EngineClient(run_dir, Limits(max_batch_size=4, worker="thread"))
     try:
         expected = _answers(threaded, prompts)
     finally:
         threaded.close()
-    engine = Engine(run_dir, Limits(max_batch_size=4, worker="process"))
+    engine = EngineClient(run_dir, Limits(max_batch_size=4, worker="process"))
     try:
         assert engine.worker is None and engine._runner.is_alive()
         assert _answers(engine, prompts) == expected
@@ -79,13 +79,13 @@ def test_a_worker_that_cannot_load_is_one_clear_error(run_dir, tmp_path):
     import shutil
 
     from medtune.errors import MedtuneError
-    from medtune.serving.engine import Engine, Limits
+    from medtune.serving.engine import EngineClient, Limits
 
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     (broken / "adapter_model.safetensors").write_bytes(b"not weights")
     with pytest.raises(MedtuneError, match="cannot load the model"):
-        Engine(broken, Limits(worker="process"))
+        EngineClient(broken, Limits(worker="process"))
 
 
 def _gone(pid: int) -> bool:
@@ -102,8 +102,8 @@ def test_a_worker_process_exits_when_the_server_is_killed(run_dir):
     import sys
 
     code = (
-        "import sys, time; from medtune.serving.engine import Engine, Limits; "
-        "e = Engine(sys.argv[1], Limits(worker='process')); print(e._runner.pid, flush=True); time.sleep(600)"
+        "import sys, time; from medtune.serving.engine import EngineClient, Limits; "
+        "e = EngineClient(sys.argv[1], Limits(worker='process')); print(e._runner.pid, flush=True); time.sleep(600)"
     )
     server = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp
 
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE
-from medtune.serving.engine import Engine, Job, Limits
+from medtune.serving.engine import EngineClient, Job, Limits
 from medtune.serving.replies import Reply
 from medtune.serving.schemas import (
     ApiError,
@@ -67,14 +67,14 @@ def _err(status: int, message: str, type_: str = "invalid_request_error", param=
     return JSONResponse(error_body(message, type_, param), status_code=status, headers=headers)
 
 
-def _engine(request: Request) -> Engine:
+def _engine(request: Request) -> EngineClient:
     return request.app.state.engine
 
 
 # ---------------------------------------------------------------- pages and metadata
 
 
-def _page(engine: Engine) -> str:
+def _page(engine: EngineClient) -> str:
     text = (STATIC / "index.html").read_text(encoding="utf-8")
     subs = {
         "{{MODEL}}": engine.name,
@@ -157,7 +157,7 @@ async def _parse(request: Request, schema: type[R]) -> R:
         raise ApiError(400, message, param=param) from None
 
 
-def _new_tokens(engine: Engine, req: GenerationRequest) -> int:
+def _new_tokens(engine: EngineClient, req: GenerationRequest) -> int:
     asked = req.new_tokens()
     if asked is None:
         return engine.default_max_tokens
@@ -167,12 +167,14 @@ def _new_tokens(engine: Engine, req: GenerationRequest) -> int:
     return asked
 
 
-def _too_many_chars(engine: Engine, chars: int, what: str, param: str) -> None:
+def _too_many_chars(engine: EngineClient, chars: int, what: str, param: str) -> None:
     if chars > 16 * engine.max_prompt_tokens + 64:  # no tokenizer packs more chars per token than that
         raise ApiError(400, f"{what} too long (over {engine.max_prompt_tokens} tokens)", param=param)
 
 
-def _fits(engine: Engine, ids: list[int], max_tokens: int, what: str, param: str, templated: bool = True) -> list[int]:
+def _fits(
+    engine: EngineClient, ids: list[int], max_tokens: int, what: str, param: str, templated: bool = True
+) -> list[int]:
     if len(ids) > engine.max_prompt_tokens:
         raise ApiError(
             400,
@@ -190,7 +192,7 @@ def _fits(engine: Engine, ids: list[int], max_tokens: int, what: str, param: str
     return ids
 
 
-def _completion_ids(engine: Engine, req: CompletionRequest, max_tokens: int) -> list[int]:
+def _completion_ids(engine: EngineClient, req: CompletionRequest, max_tokens: int) -> list[int]:
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -206,7 +208,7 @@ def _completion_ids(engine: Engine, req: CompletionRequest, max_tokens: int) -> 
     return _fits(engine, ids, max_tokens, "prompt is", "prompt", templated=not req.raw)
 
 
-def _chat_ids(engine: Engine, req: ChatRequest, max_tokens: int) -> list[int]:
+def _chat_ids(engine: EngineClient, req: ChatRequest, max_tokens: int) -> list[int]:
     turns = chat_turns(req.messages)
     _too_many_chars(engine, sum(len(t["content"]) for t in turns), "messages are", "messages")
     try:
@@ -389,12 +391,12 @@ class HostCheck:
 def create_app(
     model_dir: str | Path | None = None,
     *,
-    engine: Engine | None = None,
+    engine: EngineClient | None = None,
     limits: Limits | None = None,
     allowed_hosts: set[str] | None = None,
     api_key: str | None = None,
 ):
-    """The FastAPI app. Pass a model folder (the app owns and closes its engine) or a ready Engine. With api_key,
+    """The FastAPI app. Pass a model folder (the app owns and closes its engine) or a ready EngineClient. With api_key,
     every route but /health needs it; /metrics serves Prometheus metrics."""
     from medtune.serving.middleware import ApiKeyAuth, Metrics
 
@@ -402,7 +404,7 @@ def create_app(
     if engine is None:
         if model_dir is None:
             raise ValueError("create_app needs model_dir or engine")
-        engine = Engine(model_dir, limits)
+        engine = EngineClient(model_dir, limits)
 
     @asynccontextmanager
     async def lifespan(app):

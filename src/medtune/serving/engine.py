@@ -21,6 +21,7 @@ from medtune import rundir
 from medtune.data import encode_prompt
 from medtune.errors import MedtuneError
 from medtune.generate import conversation_record, prompt_for
+from medtune.model import load_tokenizer
 from medtune.serving import worker as worker_side
 from medtune.serving.limits import Limits
 
@@ -77,12 +78,10 @@ def _post(loop, items: list) -> None:
 WORKER_START_S = 1800  # a model that loads for longer than this is taken for a worker that hung
 
 
-class Engine:
+class EngineClient:
     """What the app asks of generation: limits, tokenization, submit and cancel jobs, counters for /metrics."""
 
     def __init__(self, model_dir: str | Path, limits: Limits | None = None, device: str | None = None):
-        from medtune.model import load_tokenizer
-
         self.limits = limits or Limits()
         run = rundir.open_run(model_dir)
         self.cfg, self.name = run.config, run.path.resolve().name

@@ -8,7 +8,7 @@ from pathlib import Path
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE
 from medtune.serving.app import create_app
-from medtune.serving.engine import Engine, Limits
+from medtune.serving.engine import EngineClient, Limits
 from medtune.validate import validate_serve_limits
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -55,7 +55,7 @@ def serve(
         )
     sock = listen(host, port)  # first: a busy port fails at once, before the model loads
     try:
-        engine = Engine(model_dir, lim)
+        engine = EngineClient(model_dir, lim)
     except BaseException:
         sock.close()
         raise

@@ -1,7 +1,7 @@
 """The generation worker of `medtune serve`: the decoding engine (medtune.decoding.Engine) fed with the server's jobs,
 in a thread of the server's process or in a process of its own (Limits.worker; its own process by default on CUDA).
 
-It talks to the server (medtune.serving.engine.Engine) through one connection (multiprocessing.Pipe) whichever way
+It talks to the server (medtune.serving.engine.EngineClient) through one connection (multiprocessing.Pipe) whichever way
 it runs. Between two decoding steps it reads what arrived (jobs, cancellations, close); after each step it sends
 every event of the step (text pieces, results, errors) with the engine's counters in one message. Stop strings
 are watched here, on the text as it is generated (StopText): a job is cancelled once one appears.
@@ -13,10 +13,16 @@ one H200 128 clients got a third of what the engine alone makes (docs/decoding.m
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass
 
+from medtune import rundir
+from medtune.decoding import Request
+from medtune.errors import MedtuneError, first_line
+from medtune.generate import make_engine
+from medtune.model import context_length
 from medtune.serving.limits import Limits
 
 log = logging.getLogger("medtune.serve")
@@ -74,18 +80,15 @@ class Worker:
 
     def __init__(self, model, tok, limits: Limits, warm_up=None):
         """warm_up: the run's GenerateConfig, to capture the first CUDA graphs before serving (see Engine.warm_up)."""
-        from medtune.generate import make_engine
-        from medtune.model import context_length
-
         self.model, self.tok = model, tok
         context = int(context_length(model) or min(tok.model_max_length, 1_000_000))
         max_tokens = max(1, min(limits.max_tokens, context - 1))
         max_prompt = min(limits.max_prompt_tokens or context - 1, context - 1)
         self.sizes = Sizes(context, max_tokens, max_prompt)
-        self.decoder = make_engine(model, tok, limits.max_batch_size, min(context, max_prompt + max_tokens))
+        self.engine = make_engine(model, tok, limits.max_batch_size, min(context, max_prompt + max_tokens))
         if warm_up is not None:  # (the server logs it: a worker process logs warnings only)
             t0 = time.perf_counter()
-            self.sizes.graphs = self.decoder.warm_up(warm_up)
+            self.sizes.graphs = self.engine.warm_up(warm_up)
             self.sizes.warm_up_s = round(time.perf_counter() - t0, 2)
         self.cancels: dict[int, threading.Event] = {}
         self.outbox: list = []  # (job id, kind, value) of the current step
@@ -97,18 +100,18 @@ class Worker:
         conn.send(("ready", self.sizes))
         while self._read(conn):
             try:
-                self.decoder.step()
+                self.engine.step()
             except Exception as e:  # a bug or an out-of-memory: report it to the requests in flight, keep serving
                 log.exception("generation failed")
-                for request in self.decoder.abort():
+                for request in self.engine.abort():
                     self._event(request.job, "error", f"generation failed ({type(e).__name__})")
-            if self.outbox or self.decoder.pending == 0:
+            if self.outbox or self.engine.pending == 0:
                 self._send(conn)
 
     def stats(self) -> tuple[int, int, int, int]:
         """Requests waiting or running, rows in the running batch, decoding steps, generated tokens."""
-        d = self.decoder
-        return d.pending, len(d.rows), d.steps_run, self.generated_tokens
+        e = self.engine
+        return e.pending, len(e.rows), e.steps_run, self.generated_tokens
 
     def _send(self, conn) -> None:
         stats = self.stats()
@@ -118,7 +121,7 @@ class Worker:
 
     def _read(self, conn) -> bool:
         """Take in every message that arrived (waiting for one while nothing runs). False: the server closed."""
-        block = self.decoder.pending == 0
+        block = self.engine.pending == 0
         while block or conn.poll():
             try:
                 message = conn.recv()
@@ -132,7 +135,7 @@ class Worker:
                 if cancel is not None:
                     cancel.set()
             elif message[0] == "job":
-                self.decoder.add(self.request(*message[1:]))
+                self.engine.add(self.request(*message[1:]))
         return True
 
     def _event(self, job: int, kind: str, value) -> None:
@@ -143,8 +146,6 @@ class Worker:
     def request(self, job: int, ids: list[int], g, stream: bool, stop: tuple[str, ...]):
         """The decoding request of job `job` (its settings g: a GenerateConfig): its text (cut at a stop string) and
         result go to the outbox."""
-        from medtune.generate import Request
-
         cancel = self.cancels[job] = threading.Event()
         watch = StopText(stop) if stop or stream else None
 
@@ -171,8 +172,6 @@ class Worker:
 
 
 def load(model_dir: str, limits: Limits, device: str | None) -> Worker:
-    from medtune import rundir
-
     run = rundir.open_run(model_dir)
     model, tok = rundir.load_model(run, device=device, merge=True)
     return Worker(model, tok, limits, warm_up=run.config.generate)
@@ -181,8 +180,6 @@ def load(model_dir: str, limits: Limits, device: str | None) -> Worker:
 def run(conn, model_dir: str, limits: Limits, device: str | None, on_worker=None) -> None:
     """Load the model and serve jobs from conn; a load that fails is reported on conn as ("failed", message).
     on_worker (thread mode) receives the Worker once it is built."""
-    from medtune.errors import MedtuneError, first_line
-
     try:
         worker = load(model_dir, limits, device)
     except Exception as e:  # noqa: BLE001  (reported to the server, which raises it as one clear line)
@@ -202,8 +199,6 @@ def run(conn, model_dir: str, limits: Limits, device: str | None, on_worker=None
 
 def process_main(conn, model_dir: str, limits: Limits, device: str | None) -> None:
     """The entry point of the worker's own process: Ctrl+C is the server's to handle (it closes the connection)."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="medtune worker: %(message)s")
     try:
