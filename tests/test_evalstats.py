@@ -101,8 +101,8 @@ def test_word_salad_is_gibberish(text, reason):
 def test_word_kinds():
     assert english_words() >= {"the", "fever", "vaccine", "hepatitis", "dehydration", "running"}
     assert [word_kind(w) for w in ["fever", "Fever", "FEVER", "well-known", "patient's"]] == [1] * 5
-    assert [word_kind(w) for w in ["isn't", "doesn’t", "can't", "won't", "they've", "Parkinson's"]] == [1] * 5 + [0]
-    assert [word_kind(w) for w in ["COPD", "IgE", "mmHg", "HbA1c", "Lopez", "120"]] == [0] * 6
+    assert [word_kind(w) for w in ["isn't", "doesn’t", "can't", "won't", "they've", "Okonkwo's"]] == [1] * 5 + [0]
+    assert [word_kind(w) for w in ["COPD", "IgE", "mmHg", "HbA1c", "Okonkwo", "120"]] == [0] * 6
     assert [word_kind(w) for w in ["immuneyl", "gentWhengn", "toothWh", "TREATMENTEX", "fever-ish-ment"]] == [-1] * 5
 
 
@@ -121,7 +121,7 @@ def test_wikidoc_reference_answers_are_not_gibberish(shared):
         pytest.skip("../shared/data not present")
     records = json.loads(path.read_text(encoding="utf-8"))
     answers = [r["output"] for r in records] + [r["input"] for r in records]
-    # measured: 2 of 11,884 (lists of rare medical terms)
+    # measured: 1 of 11,884 (a list of rare medical terms)
     assert sum(map(is_gibberish, answers)) <= 3
 
 
