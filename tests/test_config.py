@@ -68,7 +68,8 @@ def test_bad_yaml_file(tmp_path):
         ("train.max_steps=0", "config key 'train.max_steps' must be -1 (use train.epochs) or >= 1, got 0"),
         (
             "train.disable=gelu,fast",
-            "config key 'train.disable' must be one of gelu, norms, varlen, chunked_loss, got 'fast'",
+            "config key 'train.disable' must be one of gelu, norms, varlen, chunked_loss, lean_attention, host_memory, "
+            "got 'fast'",
         ),
     ],
 )

@@ -172,7 +172,7 @@ chat_body = st.fixed_dictionaries(
         "stream": st.booleans(),
         "stop": good_stops,
         "seed": st.integers(-1, 2**32),
-        "temperature": st.floats(0, 2.5),
+        "temperature": st.floats(0, 10.5),
         "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
     },
 )

@@ -45,6 +45,13 @@ def opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+def bounds(section, name: str) -> dict:
+    """A config field's numeric bounds as pydantic's Field keywords (ge, le, gt, lt), for a check elsewhere (the HTTP
+    schema) to hold the same bounds as the config."""
+    meta = next(f.metadata for f in dataclasses.fields(section) if f.name == name)
+    return {word: meta[key] for key, word in (("min", "ge"), ("max", "le"), ("gt", "gt"), ("lt", "lt")) if key in meta}
+
+
 Quantization = Literal["none", "8bit", "4bit"]
 Optimizer = Literal[
     "auto",
@@ -204,7 +211,7 @@ class GenerateConfig:
         min=0,
     )
     greedy: bool = opt(False, "greedy decoding instead of sampling")
-    seed: int = opt(42, "sampling seed (answers are reproducible)", min=0)
+    seed: int = opt(42, "sampling seed (answers are reproducible)", min=0, max=2**32 - 1)
 
 
 @dataclass

@@ -155,7 +155,7 @@ BAD_BODIES = {
     "max_tokens string": (b'{"prompt": "x", "max_tokens": "5"}', 400, "'max_tokens' must be an integer"),
     "max_tokens bool": (b'{"prompt": "x", "max_tokens": true}', 400, "'max_tokens' must be an integer"),
     "temperature negative": (b'{"prompt": "x", "temperature": -0.1}', 400, "temperature"),
-    "temperature high": (b'{"prompt": "x", "temperature": 2.5}', 400, "temperature"),
+    "temperature high": (b'{"prompt": "x", "temperature": 10.5}', 400, "temperature"),
     "temperature string": (b'{"prompt": "x", "temperature": "hot"}', 400, "'temperature' must be a number"),
     "temperature infinite": (b'{"prompt": "x", "temperature": 1e999}', 400, "temperature"),
     "top_p zero": (b'{"prompt": "x", "top_p": 0}', 400, "top_p"),
@@ -221,7 +221,7 @@ CHAT_BAD_BODIES = {  # the body's JSON is read as for /v1/completions (the cases
         "'stream_options.include_usage' must be true or false",
     ),
     "stream_options unknown": (chat_body(stream_options={"usage": True}), 400, "unknown field 'usage' in"),
-    "temperature high": (chat_body(temperature=3), 400, "temperature"),
+    "temperature high": (chat_body(temperature=10.5), 400, "temperature"),
     "too long": (
         chat_body({"role": "system", "content": "word " * 350}, {"role": "user", "content": "word " * 350}),
         400,
@@ -450,3 +450,14 @@ def test_serves_a_merged_folder_with_the_same_template(run_dir, engine, tmp_path
         body = complete(c, prompt="What is asthma?", max_tokens=4, temperature=0)
     assert body["model"] == "merged"
     assert body["usage"]["prompt_tokens"] == len(engine.prompt_ids("What is asthma?", False))
+
+
+def test_the_http_schema_holds_the_configs_bounds():
+    """One bound for each setting: a request may ask for what `--set generate.KEY=` accepts, and no more."""
+    from medtune.config import GenerateConfig, bounds
+    from medtune.serving.schemas import GenerationRequest
+
+    for name in ("temperature", "top_p", "seed"):
+        meta = GenerationRequest.model_fields[name].metadata
+        declared = {k: getattr(m, k) for m in meta for k in ("ge", "le", "gt", "lt") if hasattr(m, k)}
+        assert declared == bounds(GenerateConfig, name), name

@@ -62,4 +62,3 @@ def test_lean_attention_keeps_no_attention_matrix_and_changes_nothing(tok, examp
     assert loss_lean == pytest.approx(loss_ref, rel=1e-6)
     for (name, p), q in zip(ref.named_parameters(), lean.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
-

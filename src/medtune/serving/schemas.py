@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medtune.config import GenerateConfig, bounds
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -36,15 +38,21 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def _bounded(name: str, **extra) -> Any:
+    """An optional request field with the bounds of generate.NAME in the config."""
+    return Field(None, **bounds(GenerateConfig, name), **extra)
+
+
 class GenerationRequest(BaseModel):
     """The fields every generation request shares."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    # the bounds of the config's generate section (one bound for each setting, wherever it is checked)
+    temperature: float | None = _bounded("temperature", allow_inf_nan=False)
+    top_p: float | None = _bounded("top_p", allow_inf_nan=False)
     stream: bool = False
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: int | None = _bounded("seed")
     stop: str | list[str] | None = None  # the answer ends before the first of these strings
     model: str | None = None  # accepted for OpenAI clients; there is one model
     n: int = Field(1, ge=1, le=1)
