@@ -218,7 +218,7 @@ def run_medtune(
     from medtune import data as data_mod
     from medtune import model as model_mod
     from medtune import training
-    from medtune.config import load_config
+    from medtune.validate import load_config
 
     _free()
     # memory still held when the row starts (left over from earlier rows in this process): counted in its peak

@@ -20,8 +20,8 @@ import refusals  # noqa: E402
 def main() -> None:
     from medtune import training
     from medtune.cli import main as medtune
-    from medtune.config import load_config
     from medtune.merge import merge
+    from medtune.validate import load_config
 
     with tempfile.TemporaryDirectory() as d:
         base = Path(d)

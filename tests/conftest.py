@@ -51,7 +51,7 @@ def tiny_preset(root) -> Path:
 def tiny_config(tiny_preset):
     """A function: (out, *overrides, **top) -> the tiny-cpu preset with quick-test overrides; `overrides` are
     section.key=value strings, `top` keyword values such as model__name=..."""
-    from medtune.config import load_config
+    from medtune.validate import load_config
 
     def make(out, *overrides, **top):
         quick = [

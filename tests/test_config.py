@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medtune.config import dump_yaml, from_dict, help_text, load_config
+from medtune.config import dump_yaml, from_dict, help_text
 from medtune.errors import MedtuneError
+from medtune.validate import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # parametrize needs the presets before fixtures exist
 
@@ -104,8 +105,8 @@ def test_a_run_config_written_before_the_restructure_still_loads(root):
 def test_a_config_with_three_mistakes_is_refused_once_naming_all_three(tmp_path):
     """The file, the overrides and the cross-key checks are one validation step: every problem in one message, each
     on its own line, so that fixing a config takes one run, not three."""
-    from medtune.config import load_config
     from medtune.errors import MedtuneError
+    from medtune.validate import load_config
 
     preset = tmp_path / "c.yaml"
     preset.write_text("train:\n  learning_rate: -1\n  max_step: 30\ndata:\n  val_fraction: 0.6\n  test_fraction: 0.5\n")

@@ -16,10 +16,10 @@ import torch
 
 from medtune import evaluate, rundir
 from medtune.cli import main
-from medtune.config import load_config
 from medtune.data import encode
 from medtune.files import NOTICE
 from medtune.report import ROWS
+from medtune.validate import load_config
 
 QA = [
     ("What causes a cold?", "A virus causes the common cold."),

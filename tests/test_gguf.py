@@ -168,8 +168,9 @@ def test_gguf_qlora_requantizes(files, tmp_path, tiny_config, load_run):
 
 
 def test_chat_format_needs_a_chat_template(tok, tmp_path):
-    from medtune.config import DataConfig, load_config
+    from medtune.config import DataConfig
     from medtune.data import format_prompt, prompt_format
+    from medtune.validate import load_config
 
     with pytest.raises(MedtuneError, match="no chat template"):  # builtin:tiny (like GPT-2) has none
         prompt_format(DataConfig(prompt_format="chat"), tok)

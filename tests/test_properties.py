@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from medtune.config import DataConfig, load_config
+from medtune.config import DataConfig
 from medtune.data import load_records, split_records, validate_records
 from medtune.errors import MedtuneError
+from medtune.validate import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-cpu.yaml"

@@ -13,8 +13,8 @@ from medtune.rundir import holds_run
 @pytest.fixture(scope="module")
 def places(tmp_path_factory):
     from medtune import training
-    from medtune.config import load_config
     from medtune.merge import merge
+    from medtune.validate import load_config
 
     base = tmp_path_factory.mktemp("refusals")
     run = base / "run"

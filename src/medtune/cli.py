@@ -53,7 +53,8 @@ def _eval_at_end(cfg) -> None:
 
 
 def cmd_train(a):
-    from medtune.config import help_text, load_config
+    from medtune.config import help_text
+    from medtune.validate import load_config
 
     if a.help_config:
         print(help_text())
@@ -80,11 +81,11 @@ def cmd_generate(a):
     run = rundir.open_run(a.run_dir)  # a missing or wrong folder is refused before the ML stack loads
     _quiet_ml()
 
-    from medtune.config import override
     from medtune.data import chat_prompt, with_system_prompt
     from medtune.files import NOTICE
     from medtune.generate import answer, check_output_file, generate_file, read_questions
     from medtune.model import context_length
+    from medtune.validate import override
 
     if a.output:
         check_output_file(a.output)
@@ -155,9 +156,9 @@ def cmd_audit(a):
     from pathlib import Path
 
     from medtune import audit, data, rundir
-    from medtune.config import load_config
     from medtune.errors import MedtuneError
     from medtune.model import load_tokenizer, tokenizer_path
+    from medtune.validate import load_config
 
     config = a.config
     if a.model and config is None and rundir.holds_run(Path(a.model).expanduser()):

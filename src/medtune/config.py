@@ -292,7 +292,7 @@ def _coerce(key: str, value, typ):
     return value
 
 
-def _apply(obj, key_prefix: str, values: dict, problems: Problems | None = None):
+def apply_values(obj, key_prefix: str, values: dict, problems: Problems | None = None):
     """Set the config values of a nested mapping; each bad key or value is noted in `problems` (raised at once
     without it)."""
     found = problems or Problems()
@@ -307,7 +307,7 @@ def _apply(obj, key_prefix: str, values: dict, problems: Problems | None = None)
             if dataclasses.is_dataclass(cur):
                 if not isinstance(v, dict):
                     raise MedtuneError(f"config key '{key}' must be a mapping")
-                _apply(cur, key + ".", v, found)
+                apply_values(cur, key + ".", v, found)
             else:
                 setattr(obj, k, _coerce(key, v, hints[k]))
     if problems is None:
@@ -325,7 +325,7 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def _nested(key: str, value) -> dict:
+def nested_value(key: str, value) -> dict:
     out: dict = value
     for part in reversed(key.split(".")):
         out = {part: out}
@@ -344,26 +344,6 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     if not isinstance(values, dict):
         raise MedtuneError(f"{what} {path} is empty or not a mapping of config sections")
     return values
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), **top) -> Config:
-    """Build a Config from an optional YAML file, then `section.key=value` overrides, then keyword values
-    (e.g. output_dir=..., model__name=...) given by the CLI's dedicated flags; then validate it (medtune.validate)."""
-    from medtune.validate import validate
-
-    cfg, problems = Config(), Problems()
-    if path is not None:
-        with problems.check():
-            _apply(cfg, "", read_yaml_mapping(Path(path), "config file"), problems)
-    for text in overrides:
-        with problems.check():
-            key, value = parse_override(text)
-            _apply(cfg, "", _nested(key, value), problems)
-    for key, value in top.items():
-        if value is not None:
-            _apply(cfg, "", _nested(key.replace("__", "."), value), problems)
-    validate(cfg, problems)  # every problem of the file, the overrides and the values together, refused once
-    return cfg
 
 
 def help_rows(obj=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -412,17 +392,5 @@ def dump_yaml(cfg: Config) -> str:
 
 def from_dict(values: dict) -> Config:
     cfg = Config()
-    _apply(cfg, "", values)
-    return cfg
-
-
-def override(cfg: Config, values: dict) -> Config:
-    """`cfg` with dotted keys set (e.g. {"generate.top_p": 0.8}; None values skipped), validated (medtune.validate)."""
-    from medtune.validate import validate
-
-    problems = Problems()
-    for key, value in values.items():
-        if value is not None:
-            _apply(cfg, "", _nested(key, value), problems)
-    validate(cfg, problems)
+    apply_values(cfg, "", values)
     return cfg

@@ -1,8 +1,9 @@
 """The one validation step: every refusal of a bad config value or command-line flag, each one line (MedtuneError).
 
-- `validate(cfg)`: every check that needs only the config. config.load_config and config.override run it, so
-  `train`, `generate` and `data audit` refuse a bad value before any file is written or any model loads.
-- `validate_against_model(cfg, model)`: the checks that need the loaded model (data.max_length against its
+- `validate(cfg)`: every check that needs only the config. load_config and override (the door every config goes
+  through, at the end of this module) run it, so `train`, `generate` and `data audit` refuse a bad value before any
+  file is written or any model loads.
+- `validate_against_model(cfg, context)`: the checks that need the loaded model (data.max_length against its
   context); `train` runs it once the model is loaded, before the first file of the run is written.
 - `validate_machine(cfg)`: the config against this machine and launcher (CUDA, bf16, FSDP): torch, but no model.
 - `validate_generate_flags`, `validate_eval_flags`, `validate_serve_limits`: the flags of `generate`, `eval` and
@@ -14,9 +15,18 @@ Only the config's declarations are imported here (no torch), so that these refus
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medtune.config import GPT2_SHAPES, Config, ModelConfig
+from medtune.config import (
+    GPT2_SHAPES,
+    Config,
+    ModelConfig,
+    apply_values,
+    nested_value,
+    parse_override,
+    read_yaml_mapping,
+)
 from medtune.errors import MedtuneError, Problems
 
 if TYPE_CHECKING:
@@ -175,15 +185,13 @@ def _output_dir(cfg: Config) -> None:
 CONFIG_CHECKS = (_model_name, _split, _steps, _batch_tokens, _report_to, _templates, _output_dir)
 
 
-def validate_against_model(cfg: Config, model) -> None:
-    """The config checks that need the loaded model: run before training starts and before any file is written."""
-    from medtune.model import context_length
-
-    ctx = context_length(model)
-    if ctx is not None and cfg.data.max_length > ctx:
+def validate_against_model(cfg: Config, context: int | None) -> None:
+    """The config checks that need the loaded model, given its context length (model.context_length): run before
+    training starts and before any file is written."""
+    if context is not None and cfg.data.max_length > context:
         raise MedtuneError(
-            f"data.max_length={cfg.data.max_length} is longer than the model's context of {ctx} "
-            f"tokens; set data.max_length <= {ctx}"
+            f"data.max_length={cfg.data.max_length} is longer than the model's context of {context} "
+            f"tokens; set data.max_length <= {context}"
         )
 
 
@@ -217,7 +225,7 @@ def _at_least_one(flag: str, value: int | None) -> None:
 
 
 def validate_generate_flags(batch_size: int, question: str | None, input: str | None, output: str | None) -> None:
-    """`generate`'s own flags (its sampling flags are config keys: config.override checks them)."""
+    """`generate`'s own flags (its sampling flags are config keys: override checks them)."""
     _at_least_one("--batch-size", batch_size)
     if input and not output:
         raise MedtuneError("--input needs --output FILE.jsonl for the answers")
@@ -245,3 +253,34 @@ def validate_serve_limits(lim: Limits) -> None:
         _at_least_one(flag, value)
     if lim.worker not in WORKER_MODES:
         raise MedtuneError(f"--worker must be one of {', '.join(WORKER_MODES)}, got '{lim.worker}'")
+
+
+# ---------------------------------------------------------------- the door every config goes through
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), **top) -> Config:
+    """Build a Config from an optional YAML file, then `section.key=value` overrides, then keyword values
+    (e.g. output_dir=..., model__name=...) given by the CLI's dedicated flags; then validate it (medtune.validate)."""
+    cfg, problems = Config(), Problems()
+    if path is not None:
+        with problems.check():
+            apply_values(cfg, "", read_yaml_mapping(Path(path), "config file"), problems)
+    for text in overrides:
+        with problems.check():
+            key, value = parse_override(text)
+            apply_values(cfg, "", nested_value(key, value), problems)
+    for key, value in top.items():
+        if value is not None:
+            apply_values(cfg, "", nested_value(key.replace("__", "."), value), problems)
+    validate(cfg, problems)  # every problem of the file, the overrides and the values together, refused once
+    return cfg
+
+
+def override(cfg: Config, values: dict) -> Config:
+    """`cfg` with dotted keys set (e.g. {"generate.top_p": 0.8}; None values skipped), validated (medtune.validate)."""
+    problems = Problems()
+    for key, value in values.items():
+        if value is not None:
+            apply_values(cfg, "", nested_value(key, value), problems)
+    validate(cfg, problems)
+    return cfg

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from medtune import training
-    from medtune.config import load_config
+    from medtune.validate import load_config
 
     out = tmp_path_factory.mktemp("engine") / "run"
     training.run(

@@ -148,7 +148,7 @@ def test_two_machines_equal_one_process_with_the_same_global_batch(two_nodes, ti
     from safetensors.torch import load_file
 
     from medtune import training
-    from medtune.config import load_config
+    from medtune.validate import load_config
 
     tmp, _, records = two_nodes
     single = tmp_path / "single"

@@ -11,9 +11,10 @@ import typing
 import pytest
 
 from medtune import training
-from medtune.config import TrainConfig, load_config
+from medtune.config import TrainConfig
 from medtune.errors import MedtuneError
 from medtune.training import trackers
+from medtune.validate import load_config
 
 
 @pytest.fixture()

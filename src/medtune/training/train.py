@@ -283,7 +283,7 @@ def fit(cfg: Config, out: Path, resume: bool, checked: data_mod.Checked) -> dict
     record_data_choices(cfg, tok, checked)
     prepared = data_mod.prepare(cfg.data, tok, checked=checked)
     model = model_mod.load_base_model(cfg.model, tok)
-    validate_against_model(cfg, model)
+    validate_against_model(cfg, model_mod.context_length(model))
     model.config.use_cache = False
     model = model_mod.add_lora(model, cfg.model)
     trainer, _, info = make_trainer(cfg, model, tok, prepared, out)
