@@ -65,6 +65,8 @@ def varlen_attention_forward(
             is_causal=attention_mask is None and query.shape[2] > 1,
         )
     b, h, t, d = query.shape
+    if key.shape[1] != h:  # grouped-query attention (Llama, Qwen): each K/V head serves h / kv query heads
+        key, value = (x.repeat_interleave(h // x.shape[1], dim=1) for x in (key, value))
     q, k, v = (x.transpose(1, 2).reshape(b * t, x.shape[1], d) for x in (query, key, value))
     extra = dict(info["causal"])
     if info["has_scale"]:
