@@ -13,9 +13,7 @@ def _train_parser(sub):
     t = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter")
     t.add_argument("--config", help="YAML preset, e.g. configs/gpt2-lora.yaml")
     t.add_argument("--output-dir", help="where the adapter and run files go (config key output_dir)")
-    t.add_argument(
-        "--model", help="hub id, local model dir, a .gguf file, or random:<gpt2 size> (config key model.name)"
-    )
+    t.add_argument("--model", help="hub id, local model dir, a .gguf file, or random:<shape> (config key model.name)")
     t.add_argument("--data", help="hub dataset id or a .json/.jsonl/.csv/.parquet file (config key data.source)")
     t.add_argument(
         "--resume",

@@ -97,8 +97,8 @@ Tracker = Literal[
 class ModelConfig:
     name: str = opt(
         "gpt2",
-        "hub id, local folder, a .gguf file, or random:<tiny|distilgpt2|gpt2|gpt2-medium|"
-        "gpt2-large|gpt2-xl> (random weights, built offline)",
+        "hub id, local folder, a .gguf file, or random:<shape> (random weights, built offline: a GPT-2 size, tiny, "
+        "llama-tiny, llama-1b/3b/8b, qwen2.5-0.5b/1.5b/7b)",
     )
     tokenizer: str | None = opt(
         None, "tokenizer folder or hub id (default: the model's own); builtin:tiny is medtune's offline one"
