@@ -40,9 +40,8 @@ STAGES = [
 # (module or module:function, its size in lines today): each must shrink under its limit and leave this list
 KNOWN_OVER = {
     "data": 688,
-    "evaluate": 542,
+    "evaluate": 532,
     "rundir": 511,
-    "evaluate:run": 89,
 }
 
 

@@ -6,6 +6,7 @@ the tests evaluate it on those same records (--data), so the tuned model must be
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -173,6 +174,10 @@ def _interval(text: str) -> list[float] | None:
 
 def test_report_and_metrics_exist_and_agree(overfit, evaluated):
     metrics, stdout, files = evaluated
+    from medtune.config import GenerateConfig
+
+    # every decoding setting reaches metrics.json (top_k and min_p were left out of a hand-written list)
+    assert {f.name for f in dataclasses.fields(GenerateConfig)} <= set(metrics["generation"])
     out = overfit / "eval"
     report = files["report"]
     for label, key, fmt in ROWS:
