@@ -83,12 +83,12 @@ def cmd_generate(a):
 
     from medtune.data import chat_prompt, with_system_prompt
     from medtune.files import NOTICE
-    from medtune.generate import answer, check_output_file, generate_file, read_questions
+    from medtune.generate import answer, generate_file, read_questions
     from medtune.model import context_length
-    from medtune.validate import override
+    from medtune.validate import check_output_file, override
 
     if a.output:
-        check_output_file(a.output)
+        check_output_file(a.output, "--output", "answers.jsonl")
     questions = read_questions(a.input) if a.input else [a.question]  # bad input fails before the model loads
     flags = {f"generate.{k}": getattr(a, k) for k in GENERATE_FLAGS} | {"generate.greedy": True if a.greedy else None}
     cfg = override(run.config, flags)
@@ -156,18 +156,15 @@ def cmd_audit(a):
     from pathlib import Path
 
     from medtune import audit, data, rundir
-    from medtune.errors import MedtuneError
     from medtune.model import load_tokenizer, tokenizer_path
-    from medtune.validate import load_config
+    from medtune.validate import check_output_folder, load_config
 
     config = a.config
     if a.model and config is None and rundir.holds_run(Path(a.model).expanduser()):
         config = Path(a.model).expanduser() / rundir.CONFIG  # audit as that run trained: its columns and template
     cfg = load_config(config, a.set, data__source=a.source, model__tokenizer=a.model)
     name = Path(a.source).stem if Path(a.source).suffix else a.source.rstrip("/").split("/")[-1].split(":")[-1]
-    out = Path(a.out or f"audit-{name}")
-    if out.exists() and not out.is_dir():
-        raise MedtuneError(f"--out {out} exists and is not a folder")
+    out = check_output_folder(a.out or f"audit-{name}")
     _quiet_ml()
     tok = load_tokenizer(tokenizer_path(cfg.model))
     result = audit.audit(cfg.data, tok, out, against=a.against)  # its progress lines are debug (--verbose)
@@ -195,16 +192,11 @@ def cmd_merge(a):
 
 
 def cmd_export(a):
-    from pathlib import Path
 
     from medtune import rundir
-    from medtune.errors import MedtuneError
+    from medtune.validate import check_output_file
 
-    out = Path(a.out).expanduser()
-    if out.is_dir():
-        raise MedtuneError(f"--out {out} is a folder; give a file name such as model.gguf")
-    if not out.parent.is_dir():
-        raise MedtuneError(f"--out {out}: folder {out.parent} not found")
+    out = check_output_file(a.out, "--out", "model.gguf")
     run = rundir.open_run(a.model_dir)
     with rundir.locked(out, _command_line(a), lock_file=rundir.lock_beside(out)):
         _export(run, out, a.dtype)

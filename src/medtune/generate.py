@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from medtune import validate
 from medtune.config import DataConfig, GenerateConfig
 from medtune.console import progress_bars
 from medtune.data import format_prompt
@@ -155,15 +156,6 @@ def read_questions(path: str | Path) -> list[str]:
     return questions
 
 
-def check_output_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise MedtuneError(f"--output {path} is a folder; give a file name such as answers.jsonl")
-    if not path.parent.is_dir():
-        raise MedtuneError(f"--output {path}: folder {path.parent} not found")
-    return path
-
-
 def generate_file(
     model,
     tokenizer,
@@ -175,7 +167,7 @@ def generate_file(
     context: int | None = None,
 ) -> list[dict]:
     """Answer questions (see read_questions); write the answers (with the notice) to a .jsonl atomically."""
-    out_path = check_output_file(out_path)
+    out_path = validate.check_output_file(out_path, "--output", "answers.jsonl")
     prompts = encode_questions(tokenizer, questions, data_cfg, context, g.max_new_tokens)
     answers = complete(model, tokenizer, prompts, g, batch_size, progress=progress_bars())  # a bar on a terminal only
     rows = [

@@ -26,6 +26,7 @@ from medtune import rundir
 from medtune.errors import MedtuneError
 from medtune.files import NOTICE, atomic_write_text, publish_dir, staging_dir
 from medtune.rundir import LOCK, RunFolder, locked, open_run
+from medtune.validate import check_output_folder
 
 CHECK_QUESTION = "What is asthma?"
 
@@ -33,8 +34,7 @@ log = logging.getLogger("medtune.merge")
 
 
 def _check_out(run_dir: Path, out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise MedtuneError(f"--out {out} exists and is not a folder")
+    check_output_folder(out)
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise MedtuneError(f"--out {out} is not empty; choose a new folder (nothing was overwritten)")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:

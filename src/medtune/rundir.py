@@ -39,6 +39,7 @@ from typing import Literal, overload
 from medtune.config import Config, from_dict, read_yaml_mapping
 from medtune.errors import MedtuneError, first_line
 from medtune.files import STAGING
+from medtune.validate import check_output_folder
 
 log = logging.getLogger("medtune.rundir")
 
@@ -342,8 +343,7 @@ def holds_run(path: Path) -> bool:
 
 def check_output(out: Path, resume: bool) -> None:
     """The checks of the output folder that read nothing but its listing (prepare_output runs them too)."""
-    if out.exists() and not out.is_dir():
-        raise MedtuneError(f"output dir {out} exists and is not a folder")
+    check_output_folder(out, "output dir")
     if not resume and out.exists() and holds_run(out):
         raise MedtuneError(
             f"output dir {out} already holds a run; pass --resume to continue it, "

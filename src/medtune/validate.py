@@ -255,6 +255,24 @@ def validate_serve_limits(lim: Limits) -> None:
         raise MedtuneError(f"--worker must be one of {', '.join(WORKER_MODES)}, got '{lim.worker}'")
 
 
+def check_output_file(path: str | Path, flag: str, example: str) -> Path:
+    """A file to write (`flag` names it in the message): not a folder, in a folder that exists."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise MedtuneError(f"{flag} {path} is a folder; give a file name such as {example}")
+    if not path.parent.is_dir():
+        raise MedtuneError(f"{flag} {path}: folder {path.parent} not found")
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """A folder to write into: absent or a folder."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise MedtuneError(f"{flag} {path} exists and is not a folder")
+    return path
+
+
 # ---------------------------------------------------------------- the door every config goes through
 
 
