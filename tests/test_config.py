@@ -120,3 +120,29 @@ def test_a_config_with_three_mistakes_is_refused_once_naming_all_three(tmp_path)
     assert any("val_fraction + data.test_fraction must be less than 1" in ln for ln in lines)
     with pytest.raises(MedtuneError, match=r"^config key 'train.learning_rate' must be > 0, got -1.0$"):
         load_config(None, ["train.learning_rate=-1"])  # one problem: one line, as before
+
+
+def test_the_json_schema_is_current_and_covers_every_key(root):
+    """configs/config.schema.json (editors validate and complete YAML configs with it) is what the code declares:
+    regenerate it with `python scripts/config_schema.py`."""
+    import json
+
+    from medtune.config import help_rows, json_schema
+
+    schema = json_schema()
+    assert (root / "configs" / "config.schema.json").read_text() == json.dumps(schema, indent=2) + "\n"
+
+    def keys(node, prefix=""):
+        for name, prop in node["properties"].items():
+            ref = prop.get("$ref")
+            if ref:
+                yield from keys(schema["$defs"][ref.rsplit("/", 1)[1]], f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    assert sorted(keys(schema)) == sorted(r[0] for r in help_rows())
+    temperature = schema["$defs"]["GenerateConfig"]["properties"]["temperature"]
+    assert temperature["maximum"] == 10 and temperature["description"]
+    for preset in ("tiny-cpu", "gpt2-lora", "smollm2-lora"):
+        text = (root / "configs" / f"{preset}.yaml").read_text()
+        assert text.startswith("# yaml-language-server: $schema=config.schema.json\n")

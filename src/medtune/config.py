@@ -394,3 +394,24 @@ def from_dict(values: dict) -> Config:
     cfg = Config()
     apply_values(cfg, "", values)
     return cfg
+
+
+def json_schema() -> dict:
+    """A JSON Schema of a config file, so that an editor validates and completes a YAML config (the presets name it
+    in their first line). Types and choices come from pydantic's reading of the dataclasses; each key's help and
+    bounds from its declaration; unknown keys are refused, as load_config refuses them."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Config).json_schema()
+    schema.update(title="medtune config", additionalProperties=False)
+    words = {"min": "minimum", "max": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+    for section in (Config, ModelConfig, DataConfig, TrainConfig, GenerateConfig, EvalConfig):
+        node = schema if section is Config else schema["$defs"][section.__name__]
+        node["additionalProperties"] = False
+        for f in dataclasses.fields(section):
+            prop = node["properties"][f.name]
+            prop.pop("title", None)
+            if "help" in f.metadata:
+                prop["description"] = f.metadata["help"]
+            prop.update({words[k]: v for k, v in f.metadata.items() if k in words})
+    return schema
