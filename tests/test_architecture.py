@@ -17,7 +17,7 @@ STAGES = [
     # config: declarations, the one validation step, what every command uses (no ML stack)
     "errors console files hub stopping config machine validate serving.limits",
     # data: records, chat records, PHI, n-gram overlap
-    "data chat phi phi.detect phi.names phi.patterns audit_overlap",
+    "data chat phi phi.detect phi.names phi.patterns phi.guard audit_overlap",
     # model: tokenizer and base model; the run folder (which loads a run's model); the audit (a tokenizer, a folder)
     "model rundir audit",
     # training: the recipe and its parts
@@ -39,7 +39,7 @@ STAGES = [
 
 # (module or module:function, its size in lines today): each must shrink under its limit and leave this list
 KNOWN_OVER = {
-    "data": 688,
+    "data": 593,
     "evaluate": 532,
     "rundir": 511,
 }

@@ -42,17 +42,15 @@ from medtune.data import (
     empty_split_warning,
     encode,
     load_records,
-    phi_guard,
     question_key,
     read_records,
     record_key,
     record_problems,
-    scan_phi,
     split_within_length,
-    text_fields,
 )
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medtune.phi.guard import finding_key, phi_guard, scan_phi, text_fields, unreviewed
 
 log = logging.getLogger("medtune.audit")
 
@@ -216,11 +214,9 @@ def _contamination(
     return split, reports
 
 
-def _phi_findings(records: list[dict], out_dir: Path) -> dict:
+def _phi_findings(records: list[dict], out_dir: Path, cfg: DataConfig) -> dict:
     """Protected health information in every record (valid or not): counts by type and each finding's place; and
     out_dir/phi_review.json, each finding with its key (sha256 of type and text), for data.phi_reviewed."""
-    from medtune.data import finding_key
-
     findings = scan_phi(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
@@ -236,6 +232,7 @@ def _phi_findings(records: list[dict], out_dir: Path) -> dict:
         "counts": phi.count_by_type(findings),
         "total": len(findings),
         "rows": len({f.row for f in findings}),
+        "unreviewed": len(unreviewed(records, findings, cfg)),  # what `train` acts on (data.phi)
         "findings": [f.to_dict() for f in findings],
     }
 
@@ -281,7 +278,7 @@ def audit(cfg: DataConfig, tokenizer, out_dir: Path, against: list[str] | None =
     log.debug(f"audit: contamination ({time.perf_counter() - t:.1f}s)")
 
     t = time.perf_counter()
-    report["phi"] = _phi_findings(records, out_dir)
+    report["phi"] = _phi_findings(records, out_dir, cfg)
     log.debug(f"audit: PHI scan ({time.perf_counter() - t:.1f}s)")
 
     report["seconds"] = round(time.perf_counter() - t0, 2)

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from medtune.data import text_fields
+from medtune.phi.guard import text_fields
 
 NGRAM = 8  # words per n-gram for contamination
 SHINGLE = 5  # words per shingle for near duplicates

@@ -155,7 +155,7 @@ def cmd_eval(a):
 def cmd_audit(a):
     from pathlib import Path
 
-    from medtune import audit, data, rundir
+    from medtune import audit, rundir
     from medtune.model import load_tokenizer, tokenizer_path
     from medtune.validate import check_output_folder, load_config
 
@@ -169,12 +169,10 @@ def cmd_audit(a):
     tok = load_tokenizer(tokenizer_path(cfg.model))
     result = audit.audit(cfg.data, tok, out, against=a.against)  # its progress lines are debug (--verbose)
     print("\n".join(audit.summary_lines(result)))
-    findings = rundir.read_json(out / rundir.PHI_REVIEW, required=True)["findings"]
-    reviewed = data.reviewed_findings(cfg.data.phi_reviewed)
-    blocking = [f for f in findings if f["key"] not in reviewed]
+    phi, acts = result["phi"], result["phi"]["unreviewed"]
     print(
-        f"PHI guard (data.phi={cfg.data.phi}): {len(findings) - len(blocking)} findings already reviewed; "
-        + (f"`train` would act on {len(blocking)}" if blocking else "`train` passes")
+        f"PHI guard (data.phi={cfg.data.phi}): {phi['total'] - acts} findings already reviewed; "
+        + (f"`train` would act on {acts}" if acts else "`train` passes")
     )
     print("audit: " + ", ".join(map(str, audit.written_files(out))))
 
