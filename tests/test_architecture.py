@@ -15,7 +15,7 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 80
 # decoding path) comes before evaluation, which decodes its answers through it; exports and serving come after both.
 STAGES = [
     # config: declarations, the one validation step, what every command uses (no ML stack)
-    "errors console files hub stopping config machine validate serving.limits",
+    "errors console files notice hub stopping config machine validate serving.limits",
     # data: records, chat records, PHI, n-gram overlap
     "data chat phi phi.detect phi.names phi.patterns phi.guard audit_overlap",
     # model: tokenizer and base model; the run folder (which loads a run's model); the audit (a tokenizer, a folder)

@@ -18,7 +18,7 @@ import torch
 from medtune import evaluate, rundir
 from medtune.cli import main
 from medtune.data import encode
-from medtune.files import NOTICE
+from medtune.notice import NOTICE
 from medtune.report import ROWS
 from medtune.validate import load_config
 

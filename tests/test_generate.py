@@ -133,7 +133,7 @@ def test_questions_longer_than_the_context_are_refused(run_dir, load_run):
 
 def test_cli_generate_input_file(run_dir, tmp_path, capsys):
     from medtune.cli import main
-    from medtune.files import NOTICE
+    from medtune.notice import NOTICE
 
     qs = [f"What is condition number {i}?" for i in range(5)]
     src = tmp_path / "questions.txt"

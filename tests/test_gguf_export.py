@@ -195,7 +195,7 @@ def test_tokenizer_round_trips(models, exported, name):
 
 def test_prompt_and_chat_templates_in_metadata(models, exported):
     from medtune.config import ALPACA_NO_INPUT_TEMPLATE, ALPACA_TEMPLATE
-    from medtune.files import NOTICE
+    from medtune.notice import NOTICE
 
     meta = read_gguf_metadata(exported["gpt2", "f16"])
     assert meta["medtune.prompt_format"] == "template"

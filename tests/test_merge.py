@@ -57,7 +57,7 @@ def test_merged_folder_contents(merged):
 
 
 def test_model_card(merged):
-    from medtune.files import NOTICE
+    from medtune.notice import NOTICE
 
     card = (merged / "README.md").read_text()
     meta = front_matter(card)

@@ -82,9 +82,9 @@ def cmd_generate(a):
     _quiet_ml()
 
     from medtune.data import chat_prompt, with_system_prompt
-    from medtune.files import NOTICE
     from medtune.generate import answer, generate_file, read_questions
     from medtune.model import context_length
+    from medtune.notice import NOTICE
     from medtune.validate import check_output_file, override
 
     if a.output:
@@ -205,8 +205,9 @@ def _export(run, out, dtype: str) -> None:
     from pathlib import Path
 
     from medtune import merge
-    from medtune.files import NOTICE, atomic_write_text
+    from medtune.files import atomic_write_text
     from medtune.gguf_export import export_gguf, ollama_modelfile
+    from medtune.notice import NOTICE
 
     _quiet_ml()
     if run.is_run:  # a training run: merge into a temporary folder first (GGUF holds a standalone model)

@@ -37,9 +37,10 @@ from medtune.data import (
 )
 from medtune.errors import MedtuneError
 from medtune.evalstats import bootstrap_ci, gibberish_share
-from medtune.files import NOTICE, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import Completion, complete, make_engine
 from medtune.model import context_length, decoder_and_head, decoder_output
+from medtune.notice import NOTICE
 from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import linear_cross_entropy

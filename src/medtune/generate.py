@@ -21,7 +21,8 @@ from medtune.data import format_prompt
 from medtune.decoding import Completion, Engine, Request
 from medtune.decoding.sampling import MIN_TEMPERATURE
 from medtune.errors import MedtuneError
-from medtune.files import NOTICE, atomic_write_jsonl, read_text_lines
+from medtune.files import atomic_write_jsonl, read_text_lines
+from medtune.notice import NOTICE
 
 MAX_QUESTION_CHARS = 100_000  # longer lines are refused before tokenizing (no tokenizer packs more into a context)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from medtune import rundir
 from medtune.errors import MedtuneError
-from medtune.files import NOTICE, atomic_write_text, publish_dir, staging_dir
+from medtune.files import atomic_write_text, publish_dir, staging_dir
+from medtune.notice import NOTICE
 from medtune.rundir import LOCK, RunFolder, locked, open_run
 from medtune.validate import check_output_folder
 

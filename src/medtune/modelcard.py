@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medtune import rundir
 from medtune.errors import MedtuneError
-from medtune.files import NOTICE
+from medtune.notice import NOTICE
 from medtune.report import benchmark_table, decoding, table
 
 INTENDED_USE = (

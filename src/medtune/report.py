@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from medtune.config import Config
-from medtune.files import NOTICE
+from medtune.notice import NOTICE
 from medtune.rundir import METRICS, read_json
 
 MODELS = ("base", "tuned")

@@ -61,7 +61,7 @@ def test_question_answer_streams_into_the_page(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from medtune.files import NOTICE
+    from medtune.notice import NOTICE
 
     browser.get(server.url + "/")
     assert "medtune" in browser.title

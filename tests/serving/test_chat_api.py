@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from medtune.files import NOTICE
+from medtune.notice import NOTICE
 
 QUESTION = "What are the symptoms of asthma?"
 

@@ -57,7 +57,7 @@ def _section(cfg: dict, name: str) -> dict:
 
 def _write_medtune_metadata(writer, cfg: dict, model_dir: Path, arch: str) -> None:
     from medtune import __version__
-    from medtune.files import NOTICE
+    from medtune.notice import NOTICE
 
     data, model, gen = (_section(cfg, name) for name in ("data", "model", "generate"))
     writer.add_string(KEY_VERSION, __version__)

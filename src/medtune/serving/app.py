@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp
 
 from medtune.errors import MedtuneError
-from medtune.files import NOTICE
+from medtune.notice import NOTICE
 from medtune.serving.engine import EngineClient, Job, Limits
 from medtune.serving.replies import Reply
 from medtune.serving.schemas import (

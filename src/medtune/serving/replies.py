@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from medtune.files import NOTICE
+from medtune.notice import NOTICE
 
 
 def _new_id(chat: bool) -> str:

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from medtune.errors import MedtuneError
-from medtune.files import NOTICE
+from medtune.notice import NOTICE
 from medtune.serving.app import create_app
 from medtune.serving.engine import EngineClient, Limits
 from medtune.validate import validate_serve_limits
