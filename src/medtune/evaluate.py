@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from medtune import evalcache, rundir
+from medtune import evalcache, notice, rundir
 from medtune.config import Config, DataConfig, GenerateConfig
 from medtune.data import (
     IGNORE_INDEX,
@@ -40,7 +40,6 @@ from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import Completion, complete, make_engine
 from medtune.model import context_length, decoder_and_head, decoder_output
-from medtune.notice import NOTICE
 from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
 from medtune.training.batching import NUM_TOKENS, Collator
 from medtune.training.loss import linear_cross_entropy
@@ -378,14 +377,14 @@ def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict]) ->
     if any("loss" in h or "eval_loss" in h for h in history):
         plot_losses(history, out / rundir.LOSS_CURVE)
         curve = rundir.LOSS_CURVE
-    atomic_write_jsonl(out / rundir.SAMPLES, [{**s, "notice": NOTICE} for s in samples])
+    atomic_write_jsonl(out / rundir.SAMPLES, [{**s, "notice": notice.NOTICE} for s in samples])
     atomic_write_text(out / rundir.REPORT, render_report(metrics, samples, run.config, run.path, curve))
     atomic_write_json(out / rundir.METRICS, metrics)
     log.info("")
     log.info(table(metrics))
     for line in forgetting_warnings(metrics.get("benchmarks") or {}):
         log.warning(f"eval: {line}")
-    log.info(f"\nreport: {out / rundir.REPORT}\nmetrics: {out / rundir.METRICS}\n{NOTICE}")
+    log.info(f"\nreport: {out / rundir.REPORT}\nmetrics: {out / rundir.METRICS}\n{notice.NOTICE}")
 
 
 def run_benchmarks(
@@ -515,7 +514,7 @@ def run(
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "run_dir": str(run.path),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "notice": NOTICE,
+        "notice": notice.NOTICE,
     }
     _write_outputs(run, metrics, samples)
     return metrics
