@@ -35,12 +35,12 @@ def load(args):
 
     from medtune import rundir
     from medtune.config import ModelConfig
-    from medtune.model import load_base_model, load_tokenizer, tokenizer_path
+    from medtune.model import load_base_model, load_model, load_tokenizer, tokenizer_path
 
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     path = Path(args.model)
     if path.is_dir() and (path / rundir.CONFIG).is_file():  # a run or merged folder
-        model, tok = rundir.load_model(rundir.open_run(path), device=device, merge=True)
+        model, tok = load_model(rundir.open_run(path), device=device, merge=True)
         return model, tok, device
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
     cfg = ModelConfig(name=args.model, tokenizer=args.tokenizer, dtype=dtype)

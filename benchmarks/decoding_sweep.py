@@ -44,6 +44,7 @@ SETTINGS = {  # name: generate overrides on top of the run's settings
 def main() -> None:
     from medtune import evaluate, rundir
     from medtune.generate import complete
+    from medtune.model import load_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -55,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     run = rundir.open_run(args.run_dir, want="run")
     run.config.eval.max_new_tokens = args.max_new_tokens
-    model, tok = rundir.load_model(run, merge=True)  # the adapter merged, as eval's tuned pass runs
+    model, tok = load_model(run, merge=True)  # the adapter merged, as eval's tuned pass runs
     inp, base_g = evaluate.prepare_inputs(run, model, tok, None, args.split, args.num_samples, greedy=False)
     print(f"{len(inp.chosen)} questions from the {args.split} split, at most {base_g.max_new_tokens} new tokens\n")
     print(

@@ -19,6 +19,7 @@ def main() -> None:
 
     from medtune import evaluate, rundir
     from medtune.generate import complete
+    from medtune.model import load_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -29,7 +30,7 @@ def main() -> None:
     run.config.eval.max_new_tokens = args.max_new_tokens
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for name, merge in (("adapter separate", False), ("adapter merged", True)):
-        model, tok = rundir.load_model(run, merge=merge)
+        model, tok = load_model(run, merge=merge)
         inp, g = evaluate.prepare_inputs(run, model, tok, None, "test", args.num_samples, greedy=False)
         for batch in (len(inp.prompts), 16):
             sync()

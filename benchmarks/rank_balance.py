@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from medtune import data as data_mod  # noqa: E402
+from medtune.batching import TokenBudgetBatchSampler  # noqa: E402
 from medtune.model import load_tokenizer  # noqa: E402
-from medtune.training.batching import TokenBudgetBatchSampler  # noqa: E402
 from medtune.training.train import record_data_choices  # noqa: E402
 from medtune.validate import load_config  # noqa: E402
 

@@ -125,8 +125,9 @@ def tiny_run(tmp_path_factory, tiny_config):
 @pytest.fixture(scope="session")
 def load_run():
     """A function: (folder, device=None) -> (model, tokenizer, config) of a run or merged folder, loaded the way
-    `medtune generate` loads it (medtune.rundir.open_run + load_model)."""
-    from medtune.rundir import load_model, open_run
+    `medtune generate` loads it (medtune.rundir.open_run + medtune.model.load_model)."""
+    from medtune.model import load_model
+    from medtune.rundir import open_run
 
     def load(path, device=None):
         run = open_run(path)

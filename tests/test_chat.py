@@ -10,9 +10,9 @@ import pytest
 from tiny_llama import chat_tokenizer, use_prompt_format
 
 from medtune import data
+from medtune.batching import Collator, PackingCollator
 from medtune.config import DataConfig
 from medtune.errors import MedtuneError
-from medtune.training.batching import Collator, PackingCollator
 
 
 def conversation(i: int, turns: int = 3, system: bool = True) -> list[dict]:
@@ -277,6 +277,7 @@ def test_a_chat_file_trains_generates_and_its_saved_splits_evaluate(tmp_path, ti
     from medtune.cli import main
     from medtune.config import GenerateConfig
     from medtune.generate import complete
+    from medtune.model import load_model
 
     path = write_jsonl(
         tmp_path / "chat.jsonl", [{"conversations": sharegpt(conversation(i, turns=1 + i % 3))} for i in range(40)]
@@ -297,7 +298,7 @@ def test_a_chat_file_trains_generates_and_its_saved_splits_evaluate(tmp_path, ti
     saved = [json.loads(line) for line in (out / "splits" / "test.jsonl").read_text().splitlines()]
     assert len(saved) == 4 and all(list(r) == ["messages"] and r["messages"][-1]["role"] == "assistant" for r in saved)
     records, _ = evaluate.load_eval_records(run, None, "test")
-    model, tok = rundir.load_model(run)
+    model, tok = load_model(run)
     cfg = run.config.data
     encoded = [data.encode(r, tok, cfg) for r in records]
     loss = evaluate.answer_token_loss(model, encoded, tok.pad_token_id)

@@ -23,7 +23,7 @@ def test_a_512_position_gpt2_gguf_loads_back(tiny_run, tmp_path, load_run):
     the tiny preset's export (512 positions) loads back with logits close to the merged model's (q8_0 tolerance)."""
     import torch
 
-    from medtune.model import load_gguf
+    from medtune.gguf_load import load_gguf
 
     out = tmp_path / "tiny.gguf"
     assert main(["export", str(tiny_run()), "--out", str(out), "--dtype", "f16"]) == 0

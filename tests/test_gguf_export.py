@@ -285,9 +285,9 @@ def test_random_tiny_context_of_512(tmp_path, tok):
 
 
 def test_load_gguf_reads_the_gpt2_context_length(tmp_path, tok):
-    """medtune.model.load_gguf, unlike transformers' GGUF reader, takes GPT-2's positions from gpt2.context_length:
+    """medtune.gguf_load.load_gguf, unlike transformers' GGUF reader, takes GPT-2's positions from gpt2.context_length:
     a 512-position GPT-2 loads without its folder's config, with logits within the f16 tolerance."""
-    from medtune.model import load_gguf
+    from medtune.gguf_load import load_gguf
 
     ref = tiny_gpt2(tok, seed=3, n_positions=512)
     folder = tmp_path / "gpt2-512"

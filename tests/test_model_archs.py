@@ -10,8 +10,8 @@ from tiny_llama import make_llama, save_hf
 from medtune import training
 from medtune.config import ModelConfig
 from medtune.generate import answer
-from medtune.model import add_lora, load_base_model, lora_targets
-from medtune.rundir import load_model, open_run
+from medtune.model import add_lora, load_base_model, load_model, lora_targets
+from medtune.rundir import open_run
 
 # every linear layer of the decoder blocks, per architecture: what LoRA must cover by default
 LLAMA_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

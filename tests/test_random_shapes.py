@@ -12,8 +12,8 @@ import torch
 from medtune import training
 from medtune.config import GPT2_SHAPES, ModelConfig
 from medtune.errors import MedtuneError
-from medtune.model import add_lora, build_random, load_base_model
-from medtune.rundir import load_model, open_run
+from medtune.model import add_lora, build_random, load_base_model, load_model
+from medtune.rundir import open_run
 from medtune.validate import LLAMA_SHAPES, REAL_VOCAB, check_random_name, random_shapes
 
 LLAMA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -1,7 +1,7 @@
 """medtune.rundir, the run-folder contract: the names of what a run and a merged folder hold, open_run on a run, a
-merged folder and a folder that is neither (one clear error each), and load_model's models of one run computing the
-same logits whichever way the adapter is applied. (Locks: tests/test_lock.py; checkpoints and --resume:
-tests/test_faults.py.)"""
+merged folder and a folder that is neither (one clear error each), and the models of one run that
+medtune.model.load_model gives computing the same logits whichever way the adapter is applied. (Locks:
+tests/test_lock.py; checkpoints and --resume: tests/test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from medtune import rundir
 from medtune.errors import MedtuneError
+from medtune.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -118,23 +119,23 @@ def test_read_json_errors(tmp_path):
 
 def test_load_model_adapter_merged_and_merged_folder_compute_the_same_logits(run_dir, merged):
     run = rundir.open_run(run_dir)
-    peft, tok = rundir.load_model(run, device="cpu")
+    peft, tok = load_model(run, device="cpu")
     assert type(peft).__name__.startswith("Peft")
     ids = prompt_ids(tok, run.config)
     want = logits(peft, ids)
 
-    folded, _ = rundir.load_model(run, device="cpu", merge=True)
+    folded, _ = load_model(run, device="cpu", merge=True)
     assert not type(folded).__name__.startswith("Peft")  # the adapter folded into the weights
     torch.testing.assert_close(logits(folded, ids), want, atol=1e-4, rtol=1e-4)
 
-    from_folder, _ = rundir.load_model(rundir.open_run(merged), device="cpu")
+    from_folder, _ = load_model(rundir.open_run(merged), device="cpu")
     torch.testing.assert_close(logits(from_folder, ids), want, atol=1e-4, rtol=1e-4)
 
-    wide, _ = rundir.load_model(run, device="cpu", float32=True)  # what `medtune merge` folds the adapter into
+    wide, _ = load_model(run, device="cpu", float32=True)  # what `medtune merge` folds the adapter into
     assert all(p.dtype == torch.float32 for p in wide.parameters())
     torch.testing.assert_close(logits(wide, ids), want, atol=1e-4, rtol=1e-4)
 
-    base, _ = rundir.load_model(run, device="cpu", adapter=False)
+    base, _ = load_model(run, device="cpu", adapter=False)
     assert not any("lora" in n for n, _ in base.named_parameters())
     assert (logits(base, ids) - want).abs().max() > 1e-3  # the adapter does change something
 

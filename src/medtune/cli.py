@@ -83,7 +83,7 @@ def cmd_generate(a):
 
     from medtune.data import chat_prompt, with_system_prompt
     from medtune.generate import answer, generate_file, read_questions
-    from medtune.model import context_length
+    from medtune.model import context_length, load_model
     from medtune.notice import NOTICE
     from medtune.validate import check_output_file, override
 
@@ -94,7 +94,7 @@ def cmd_generate(a):
     cfg = override(run.config, flags)
     if a.system is not None:  # data.system_prompt (refused for the instruction template before the model loads)
         cfg.data = with_system_prompt(cfg.data, a.system)
-    model, tok = rundir.load_model(run, merge=True)  # the adapter folded into the weights: same answers, faster
+    model, tok = load_model(run, merge=True)  # the adapter folded into the weights: same answers, faster
     if cfg.data.prompt_format == "chat":  # the run's chat turn, or the chat template around the new system prompt
         cfg.data.chat_prompt = chat_prompt(cfg.data, tok)
     ctx = context_length(model)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from medtune import evalcache, notice, rundir
+from medtune.batching import NUM_TOKENS, Collator
 from medtune.config import Config, DataConfig, GenerateConfig
 from medtune.data import (
     IGNORE_INDEX,
@@ -39,10 +40,9 @@ from medtune.errors import MedtuneError
 from medtune.evalstats import bootstrap_ci, gibberish_share
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medtune.generate import Completion, complete, make_engine
-from medtune.model import context_length, decoder_and_head, decoder_output
+from medtune.loss import linear_cross_entropy, plot_losses
+from medtune.model import add_adapter, context_length, decoder_and_head, decoder_output, load_model
 from medtune.report import MODELS, forgetting_warnings, format_number, render_report, table
-from medtune.training.batching import NUM_TOKENS, Collator
-from medtune.training.loss import linear_cross_entropy
 from medtune.validate import validate_eval_flags
 
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -368,8 +368,6 @@ def _samples(inp: EvalInputs, answers: dict, result: dict) -> list[dict]:
 
 
 def _write_outputs(run: rundir.RunFolder, metrics: dict, samples: list[dict]) -> None:
-    from medtune.training.artifacts import plot_losses
-
     out = run.eval_dir
     out.mkdir(parents=True, exist_ok=True)
     history = (run.read_json(rundir.METRICS) or {}).get("log_history") or []
@@ -459,7 +457,7 @@ def run(
     validate_eval_flags(num_samples)
     load_eval_records(run, data, split)  # bad --data / --split fail before the model loads
     tasks = _benchmark_tasks(benchmarks, cfg)
-    model, tok = rundir.load_model(run, adapter=False)
+    model, tok = load_model(run, adapter=False)
     seconds = {"load": time.perf_counter() - t_start}
     inp, g = prepare_inputs(run, model, tok, data, split, num_samples, greedy)
     log.info(
@@ -472,7 +470,7 @@ def run(
     for name in MODELS:
         if name == "tuned":
             t0 = time.perf_counter()
-            model = rundir.add_adapter(run, model, merge=True)
+            model = add_adapter(run, model, merge=True)
             seconds["adapter"] = time.perf_counter() - t0
             result[name], took, answers[name] = _evaluate_pass(
                 name, model, tok, inp, g, cfg.eval.batch_size, cfg.eval.bootstrap

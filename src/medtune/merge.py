@@ -72,7 +72,7 @@ def merge(run_dir: str | Path, out: str | Path, command: str = "medtune merge") 
 
 def _merge(run: RunFolder, out: Path) -> None:
     from medtune.deploy import check_serving_folder
-    from medtune.model import weights_dtype
+    from medtune.model import load_model, weights_dtype
     from medtune.modelcard import model_card
 
     run_dir, cfg = run.path, run.config
@@ -83,7 +83,7 @@ def _merge(run: RunFolder, out: Path) -> None:
     )
     # merged and checked in float32 (bf16 rounding of the sum alone moved logits by up to 2.5 on SmolLM2), on the
     # CPU, then saved in the run's weight dtype
-    model, tok = rundir.load_model(run, device="cpu", float32=True)
+    model, tok = load_model(run, device="cpu", float32=True)
 
     from medtune.generate import prompt_for
 

@@ -1,9 +1,11 @@
-"""Model: tokenizer, base model (hub id, local dir, a .gguf file, or random weights from a GPT-2 or Llama / Qwen2
-config), quantization, LoRA."""
+"""Model: tokenizer, base model (hub id, local dir, a .gguf file through medtune.gguf_load, or random weights from a
+GPT-2 or Llama / Qwen2 config), quantization, LoRA; and a run's model for inference (load_model: base + adapter, or
+a merged folder), the one place that loads models (rundir names a run's files, this loads what they hold)."""
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from medtune import rundir
 from medtune.config import GPT2_SHAPES, ModelConfig
 from medtune.errors import MedtuneError, first_line
+from medtune.gguf_load import gguf_path, load_gguf, require_gguf
 from medtune.validate import check_quantization, check_random_name
 
 ASSETS = Path(__file__).parent / "assets"
@@ -47,25 +51,6 @@ def _from_hub_or_cache(load, name: str, what: str, **kwargs):
         return load(name, **kwargs)
 
 
-def gguf_path(name: str | None) -> Path | None:
-    """The .gguf file that `name` points to, or None when `name` is not a GGUF path."""
-    if not name or not str(name).lower().endswith(".gguf"):
-        return None
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise MedtuneError(f"GGUF file not found: {name}")
-    return path
-
-
-def _require_gguf() -> None:
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise MedtuneError(
-            "loading a .gguf file needs the `gguf` package: pip install gguf (or pip install 'medtune[gguf]')"
-        ) from None
-
-
 def load_tokenizer(path_or_id: str):
     """A tokenizer from a local folder, a hub id, builtin:tiny, or a .gguf file (its embedded vocabulary)."""
     from transformers import AutoTokenizer
@@ -74,7 +59,7 @@ def load_tokenizer(path_or_id: str):
     try:
         gguf = gguf_path(path_or_id)
         if gguf is not None:
-            _require_gguf()
+            require_gguf()
             try:
                 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             except Exception as e:
@@ -239,65 +224,6 @@ def fix_cpu_4bit(model) -> None:
             m.support_avx512bf16_for_cpu = False
 
 
-def _gguf_context_config(path: Path) -> dict:
-    """transformers' GGUF reader assumes GPT-2's 1024 positions; a GPT-2 file of another context length loads with a
-    config that says so. {} for other architectures."""
-    import gguf
-    from transformers import AutoConfig
-
-    reader = gguf.GGUFReader(str(path))
-    f = reader.fields.get("gpt2.context_length")
-    if f is None:
-        return {}
-    n = int(f.parts[f.data[0]][0])
-    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-    if getattr(config, "n_positions", n) == n:
-        return {}
-    config.n_positions = n
-    return {"config": config}
-
-
-def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
-    """A GGUF checkpoint as a plain, trainable, serializable transformers model.
-
-    transformers dequantizes the file's weights (to float32), but the model it returns is marked as quantized with
-    gguf and refuses save_pretrained. So: rebuild the architecture from the config read out of
-    the file, and load the dequantized weights into it."""
-    from transformers import AutoModelForCausalLM
-
-    _require_gguf()
-    path = Path(path).expanduser()
-    kwargs = {}
-    try:  # transformers >= 5.2x can keep GGUF blocks packed (kernels package); we need plain, trainable weights
-        from transformers import GgufConfig
-
-        kwargs["quantization_config"] = GgufConfig(dequantize=True)
-    except ImportError:
-        pass
-    try:
-        kwargs.update(_gguf_context_config(path))
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32, **kwargs
-        )
-    except Exception as e:
-        raise MedtuneError(f"cannot load GGUF file {path}: {first_line(e)}") from None
-    config = copy.deepcopy(loaded.config)
-    if "quantization_config" in config.__dict__:
-        del config.quantization_config
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten below; leave the run's RNG alone
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-    try:
-        model.load_state_dict(loaded.state_dict(), strict=True)
-    except RuntimeError as e:
-        raise MedtuneError(
-            f"GGUF file {path}: its weights do not fit the architecture read from it: {first_line(e)}"
-        ) from None
-    model.generation_config = copy.deepcopy(loaded.generation_config)
-    model.config.name_or_path = model.name_or_path = str(path)
-    del loaded
-    return model.eval()
-
-
 def load_base_model(cfg: ModelConfig, tokenizer, local_path: str | None = None, quantize: bool = True):
     """Load the base causal LM. `local_path` overrides cfg.name (e.g. a random base saved with a run).
     A .gguf file loads dequantized as a plain model (serializable, so a run based on it merges to safetensors);
@@ -410,3 +336,65 @@ def add_lora(model, cfg: ModelConfig):
         f"quantization={cfg.quantization}"
     )
     return model
+
+
+# ---------------------------------------------------------------- a run's model, for inference
+
+
+def load_model(
+    run: rundir.RunFolder, device: str | None = None, adapter: bool = True, merge: bool = False, float32: bool = False
+):
+    """The run's model for inference: base + adapter (a PeftModel; merged into the weights with merge=True, see
+    add_adapter), the base alone (adapter=False: no LoRA layers at all), or the merged model. Returns (model,
+    tokenizer). float32 (a run): the base unquantized, in float32, whatever the run trained on (what `medtune merge`
+    folds the adapter into)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = load_tokenizer(str(run.path))
+    cfg = run.config
+    with _load_errors(run):
+        if run.is_run:
+            base_dir = run.base_model
+            model_cfg = dataclasses.replace(cfg.model, dtype="float32") if float32 else cfg.model
+            local = str(base_dir) if base_dir else None
+            model = load_base_model(model_cfg, tok, local_path=local, quantize=not float32)
+            if float32:
+                model = model.float()
+            if float32 or cfg.model.quantization == "none":
+                model.to(device)
+            if adapter:
+                model = add_adapter(run, model, merge=merge)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            merged: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+                str(run.path), dtype=weights_dtype(cfg.model)
+            )
+            model = merged.to(device)  # (typed as a Module: PreTrainedModel.to's @wraps misleads type checkers)
+    model.eval()
+    return model, tok
+
+
+def add_adapter(run: rundir.RunFolder, base, merge: bool):
+    """The run's adapter on a loaded base model; merged into its weights when merge is set and the base is not
+    quantized (one matmul per layer instead of three, same function), else a PeftModel."""
+    from peft import PeftModel
+
+    with _load_errors(run):
+        model = PeftModel.from_pretrained(base, str(run.path))
+    if merge and run.config.model.quantization == "none":
+        model = model.merge_and_unload()
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _load_errors(run: rundir.RunFolder):
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except MedtuneError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+        raise MedtuneError(
+            f"cannot load the model in {run.path} (a corrupt or incomplete file?): {first_line(e)}"
+        ) from None

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal, overload
 
 from medtune.config import Config, from_dict, read_yaml_mapping
-from medtune.errors import MedtuneError, first_line
+from medtune.errors import MedtuneError
 from medtune.files import STAGING
 from medtune.validate import check_output_folder
 
@@ -177,71 +177,6 @@ def open_run(path: str | Path, want: str = "any") -> RunFolder:
     else:
         config = Config()
     return RunFolder(path, kind, config)
-
-
-def load_model(
-    run: RunFolder, device: str | None = None, adapter: bool = True, merge: bool = False, float32: bool = False
-):
-    """The run's model for inference: base + adapter (a PeftModel; merged into the weights with merge=True, see
-    add_adapter), the base alone (adapter=False: no LoRA layers at all), or the merged model. Returns (model,
-    tokenizer). float32 (a run): the base unquantized, in float32, whatever the run trained on (what `medtune merge`
-    folds the adapter into)."""
-    import dataclasses
-
-    import torch
-
-    from medtune.model import load_base_model, load_tokenizer, weights_dtype
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = load_tokenizer(str(run.path))
-    cfg = run.config
-    with _load_errors(run):
-        if run.is_run:
-            base_dir = run.base_model
-            model_cfg = dataclasses.replace(cfg.model, dtype="float32") if float32 else cfg.model
-            local = str(base_dir) if base_dir else None
-            model = load_base_model(model_cfg, tok, local_path=local, quantize=not float32)
-            if float32:
-                model = model.float()
-            if float32 or cfg.model.quantization == "none":
-                model.to(device)
-            if adapter:
-                model = add_adapter(run, model, merge=merge)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            merged: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
-                str(run.path), dtype=weights_dtype(cfg.model)
-            )
-            model = merged.to(device)  # (typed as a Module: PreTrainedModel.to's @wraps misleads type checkers)
-    model.eval()
-    return model, tok
-
-
-def add_adapter(run: RunFolder, base, merge: bool):
-    """The run's adapter on a loaded base model; merged into its weights when merge is set and the base is not
-    quantized (one matmul per layer instead of three, same function), else a PeftModel."""
-    from peft import PeftModel
-
-    with _load_errors(run):
-        model = PeftModel.from_pretrained(base, str(run.path))
-    if merge and run.config.model.quantization == "none":
-        model = model.merge_and_unload()
-    return model.eval()
-
-
-@contextlib.contextmanager
-def _load_errors(run: RunFolder):
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except MedtuneError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
-        raise MedtuneError(
-            f"cannot load the model in {run.path} (a corrupt or incomplete file?): {first_line(e)}"
-        ) from None
 
 
 # ---------------------------------------------------------------- checkpoints (--resume)

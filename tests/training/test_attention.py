@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from medtune.batching import Collator, PackingCollator
 from medtune.training import attention
-from medtune.training.batching import Collator, PackingCollator
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and attention.varlen_available()), reason="needs CUDA flash varlen")

@@ -1,11 +1,11 @@
-"""Batches (medtune.training.batching): padding by position, packing that keeps examples apart (the same loss packed
+"""Batches (medtune.batching): padding by position, packing that keeps examples apart (the same loss packed
 or padded), and token-budget batches that are whole, bounded and reproducible."""
 
 import torch
 
+from medtune.batching import NUM_TOKENS, Collator, PackingCollator, TokenBudgetBatchSampler
 from medtune.config import DataConfig
 from medtune.data import IGNORE_INDEX, encode
-from medtune.training.batching import NUM_TOKENS, Collator, PackingCollator, TokenBudgetBatchSampler
 
 REC = {
     "instruction": "Answer this question truthfully",

@@ -1,13 +1,13 @@
-"""The chunked loss (medtune.training.loss) is exact: it equals the model's own loss and gradients, keeps bf16 with
+"""The chunked loss (medtune.loss) is exact: it equals the model's own loss and gradients, keeps bf16 with
 the dtype-keeping layer norms (medtune.training.patches), and the Trainer's chunked loss equals its default one."""
 
 import pytest
 import torch
 
+from medtune.batching import PackingCollator
 from medtune.data import IGNORE_INDEX
+from medtune.loss import linear_cross_entropy
 from medtune.model import decoder_and_head
-from medtune.training.batching import PackingCollator
-from medtune.training.loss import linear_cross_entropy
 from medtune.training.patches import keep_dtype_norms
 
 
@@ -122,7 +122,7 @@ def test_the_loss_holds_one_chunk_of_logits_at_a_time(grad):
 
 
 def test_cpu_chunks_are_smaller():
-    from medtune.training.loss import CHUNK_BYTES_CPU, default_chunk
+    from medtune.loss import CHUNK_BYTES_CPU, default_chunk
 
     assert default_chunk(50257, CHUNK_BYTES_CPU) == 512  # 0.1 GB of float32 logits for GPT-2's vocabulary
     assert default_chunk(50257) == 2048

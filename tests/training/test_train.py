@@ -153,7 +153,7 @@ def test_batch_tokens_one_entry_per_trained_batch(tmp_path, tiny_config):
     from medtune import data as data_mod
     from medtune import model as model_mod
     from medtune import training
-    from medtune.training.batching import NUM_TOKENS
+    from medtune.batching import NUM_TOKENS
 
     cfg = tiny_config(tmp_path / "out", "train.max_steps=3", "train.eval_steps=1", "train.eval_on_start=true")
     tok = model_mod.load_tokenizer("builtin:tiny")

@@ -22,7 +22,7 @@ from medtune import rundir
 from medtune.decoding import Request
 from medtune.errors import MedtuneError, first_line
 from medtune.generate import make_engine
-from medtune.model import context_length
+from medtune.model import context_length, load_model
 from medtune.serving.limits import Limits
 
 log = logging.getLogger("medtune.serve")
@@ -173,7 +173,7 @@ class Worker:
 
 def load(model_dir: str, limits: Limits, device: str | None) -> Worker:
     run = rundir.open_run(model_dir)
-    model, tok = rundir.load_model(run, device=device, merge=True)
+    model, tok = load_model(run, device=device, merge=True)
     return Worker(model, tok, limits, warm_up=run.config.generate)
 
 

@@ -1,8 +1,9 @@
 """Training, split by concern: entry (`run`, the one front door of `medtune train`: lock, signals, the checks that
 need no model), train (the recipe: fit, make_trainer), trainer (the Trainer subclass and its arguments), progress (log
-lines and bar), loss (chunked cross-entropy), attention (packed varlen attention), patches (GELU, layer norms),
-memory (max_memory_gib planner), batching (collators, token-budget batches), distributed (ranks), artifacts
-(manifest, loss curve), trackers, compiling. Importing this package imports no torch: the recipe loads on demand."""
+lines and bar), attention (packed varlen attention), patches (GELU, layer norms), memory (max_memory_gib planner),
+distributed (ranks), artifacts (manifest, the whole run's loss), trackers, compiling. What training shares with
+evaluation lives before it: medtune.batching (collators, token-budget batches), medtune.loss (chunked cross-entropy,
+the loss curve). Importing this package imports no torch: the recipe loads on demand."""
 
 from medtune.training.entry import run
 

@@ -1,4 +1,5 @@
-"""What a finished run records besides its adapter: the manifest, the loss curve, the whole run's train loss."""
+"""What a finished run records besides its adapter: the manifest, the whole run's train loss (the loss curve is
+medtune.loss.plot_losses, which `medtune eval` draws too)."""
 
 from __future__ import annotations
 
@@ -84,28 +85,3 @@ def whole_run_train_loss(log_history: list[dict]) -> float | None:
             steps += step - last
             last = step
     return total / steps if steps else None
-
-
-def plot_losses(log_history: list[dict], path: Path) -> None:
-    """Training and validation loss against step, as a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if val:
-        ax.plot(*zip(*val), marker="o", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)

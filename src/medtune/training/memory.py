@@ -7,7 +7,7 @@ import ctypes.util
 from dataclasses import dataclass
 
 from medtune.errors import MedtuneError
-from medtune.training.loss import default_chunk
+from medtune.loss import default_chunk
 
 GIB = 1 << 30
 

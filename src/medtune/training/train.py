@@ -13,13 +13,14 @@ import torch
 from medtune import data as data_mod
 from medtune import model as model_mod
 from medtune import rundir, stopping
+from medtune.batching import Collator, PackingCollator, TokenBudgetBatchSampler
 from medtune.config import Config, dump_yaml
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, staging_dir
+from medtune.loss import plot_losses
 from medtune.machine import optimizer_name
 from medtune.training import attention, compiling, memory, patches, progress, trackers
-from medtune.training.artifacts import manifest, plot_losses, whole_run_train_loss
-from medtune.training.batching import Collator, PackingCollator, TokenBudgetBatchSampler
+from medtune.training.artifacts import manifest, whole_run_train_loss
 from medtune.training.distributed import (
     barrier,
     is_main_process,

@@ -11,12 +11,12 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from medtune import rundir, stopping
+from medtune.batching import NUM_TOKENS
 from medtune.config import Config
+from medtune.loss import linear_cross_entropy
 from medtune.machine import optimizer_name, use_bf16
 from medtune.model import decoder_output
-from medtune.training.batching import NUM_TOKENS
 from medtune.training.distributed import max_over_processes, sum_over_processes, world_size
-from medtune.training.loss import linear_cross_entropy
 
 
 class MedtuneTrainer(Trainer):

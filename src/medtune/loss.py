@@ -1,9 +1,13 @@
-"""The causal-LM loss over labelled positions only, in chunks: the whole batch's logits never exist at once.
-Used by training (with gradients) and by evaluation (answer-token loss and perplexity).
+"""The causal-LM loss over labelled positions only, in chunks: the whole batch's logits never exist at once; and
+its curve against step (loss_curve.png). Used by training (with gradients) and by evaluation (answer-token loss and
+perplexity).
 transformers has no fused linear + cross-entropy for these models, and computing full logits for a 16k-token batch
 of GPT-2 takes 3 GiB in bf16; this keeps one chunk (measured in benchmarks/throughput.py)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
@@ -117,3 +121,28 @@ def linear_cross_entropy(
         )
         return total, count
     return _LinearCrossEntropy.apply(h, weight, t, chunk, compiled), count
+
+
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    """Training and validation loss against step, as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
