@@ -30,11 +30,6 @@ def _level(name: str, level: int):
         logger.setLevel(before)
 
 
-def _quiet_ml():
-    """The ML stack is about to load: its libraries' log lines go through medtune's console (medtune.console)."""
-    route_libraries()
-
-
 def _command_line(a) -> str:
     return shlex.join(["medtune", *a.argv])
 
@@ -79,7 +74,7 @@ def cmd_generate(a):
 
     validate_generate_flags(a.batch_size, a.question, a.input, a.output)
     run = rundir.open_run(a.run_dir)  # a missing or wrong folder is refused before the ML stack loads
-    _quiet_ml()
+    route_libraries()  # the ML stack loads next: its log lines through medtune.console
 
     from medtune.data import chat_prompt, with_system_prompt
     from medtune.generate import answer, generate_file, read_questions
@@ -138,7 +133,7 @@ def cmd_eval(a):
 
     with rundir.locked(a.run_dir, _command_line(a)):  # eval writes RUN_DIR/eval/
         rundir.open_run(a.run_dir, want="run")  # a missing or wrong folder is refused before the ML stack loads
-        _quiet_ml()
+        route_libraries()
         from medtune import evaluate
 
         evaluate.run(
@@ -165,7 +160,7 @@ def cmd_audit(a):
     cfg = load_config(config, a.set, data__source=a.source, model__tokenizer=a.model)
     name = Path(a.source).stem if Path(a.source).suffix else a.source.rstrip("/").split("/")[-1].split(":")[-1]
     out = check_output_folder(a.out or f"audit-{name}")
-    _quiet_ml()
+    route_libraries()
     tok = load_tokenizer(tokenizer_path(cfg.model))
     result = audit.audit(cfg.data, tok, out, against=a.against)  # its progress lines are debug (--verbose)
     print("\n".join(audit.summary_lines(result)))
@@ -185,7 +180,7 @@ def cmd_merge(a):
     out = Path(a.out).expanduser()
     with rundir.locked(out, _command_line(a), create=True):
         merge.check(a.run_dir, out)  # refusals before the ML stack is imported
-        _quiet_ml()
+        route_libraries()
         merge.merge(a.run_dir, out)
 
 
@@ -209,7 +204,7 @@ def _export(run, out, dtype: str) -> None:
     from medtune.gguf_export import export_gguf, ollama_modelfile
     from medtune.notice import NOTICE
 
-    _quiet_ml()
+    route_libraries()
     if run.is_run:  # a training run: merge into a temporary folder first (GGUF holds a standalone model)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".medtune-export-") as tmp:
             with _level("medtune.merge", logging.WARNING):  # the temporary merge is no news
@@ -223,7 +218,7 @@ def _export(run, out, dtype: str) -> None:
 
 
 def cmd_serve(a):
-    _quiet_ml()
+    route_libraries()
     from medtune.serving import server
 
     quiet = not logging.getLogger("medtune").isEnabledFor(logging.INFO)

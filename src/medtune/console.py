@@ -51,10 +51,6 @@ def setup_logging(level: int = logging.INFO) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up lines, where it is installed
 
 
-def verbose() -> bool:
-    return logging.getLogger("medtune").isEnabledFor(logging.DEBUG)
-
-
 def route_libraries() -> None:
     """transformers and huggingface_hub print through handlers of their own: send their records to the root's
     ConsoleHandler instead, which shows their warnings with --verbose only. Importing transformers takes a second or
